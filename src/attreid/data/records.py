@@ -1,0 +1,84 @@
+"""Dataset records shared by every reader: one image, its identity, camera and attributes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from attreid.schema import MISSING, NUM_TASKS
+
+DISTRACTOR_ID = 0
+"""Market-1501 gallery id 0000: a detection of nobody in the query set; counts as a wrong match."""
+JUNK_ID = -1
+"""Market-1501 gallery id -1: a junk detection; ignored by the standard protocol."""
+
+
+class DataError(ValueError):
+    """Invalid dataset input. The message names the file, row or value and what was expected."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image.
+
+    Attributes:
+        path: the image file.
+        pid: person id as in the file names (0 = distractor, -1 = junk); ``None`` when unlabelled
+            (the course layout's test/ and queries/).
+        camid: camera 1..6 in Market-1501; ``None`` when the layout gives no camera.
+        attributes: 12 task labels (see :mod:`attreid.schema`), ``MISSING`` where unknown;
+            ``None`` when the identity has no attribute annotation at all.
+    """
+
+    path: Path
+    pid: int | None
+    camid: int | None = None
+    attributes: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset loaded by one of the readers.
+
+    ``train`` carries identities and attributes; ``query``/``gallery`` form the test protocol
+    (unlabelled for the course layout). ``val_ids`` are the identities of the layout's own
+    validation split (the study's first 225 CSV rows for the course layout), empty otherwise.
+    ``duplicates`` maps an excluded duplicate file to the file it duplicates.
+    """
+
+    root: Path
+    layout: str
+    train: list[ImageRecord]
+    query: list[ImageRecord]
+    gallery: list[ImageRecord]
+    val_ids: tuple[int, ...] = ()
+    duplicates: dict[Path, Path] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    def split(self, name: str) -> list[ImageRecord]:
+        """Return the records of ``train``, ``query`` or ``gallery``."""
+        if name not in ("train", "query", "gallery"):
+            raise ValueError(f"unknown split {name!r}; expected train, query or gallery")
+        return getattr(self, name)
+
+
+def attribute_matrix(records: Sequence[ImageRecord]) -> np.ndarray:
+    """Stack task labels: (N, 12) int64, ``MISSING`` for records without attributes."""
+    out = np.full((len(records), NUM_TASKS), MISSING, dtype=np.int64)
+    for i, rec in enumerate(records):
+        if rec.attributes is not None:
+            out[i] = rec.attributes
+    return out
+
+
+def relabel(pids: Sequence[int]) -> tuple[np.ndarray, dict[int, int]]:
+    """Map person ids to contiguous labels 0..C-1 (sorted by id), e.g. for an ID-loss head.
+
+    Returns:
+        labels (N,) int64 and the mapping pid -> label.
+    """
+    mapping = {pid: i for i, pid in enumerate(sorted(set(int(p) for p in pids)))}
+    return np.array([mapping[int(p)] for p in pids], dtype=np.int64), mapping
