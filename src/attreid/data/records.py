@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
@@ -17,7 +17,43 @@ JUNK_ID = -1
 
 
 class DataError(ValueError):
-    """Invalid dataset input. The message names the file, row or value and what was expected."""
+    """Invalid dataset input. The message names the file, row or value and what was expected.
+
+    ``problems`` lists every problem found (a reader checks all files/rows before raising).
+    """
+
+    MAX_SHOWN = 20
+
+    def __init__(self, message: str, problems: Sequence[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems) if problems else [message]
+
+    @classmethod
+    def many(cls, problems: Sequence[str]) -> "DataError":
+        """One error for several problems; the message shows the first ``MAX_SHOWN``."""
+        if len(problems) == 1:
+            return cls(problems[0])
+        shown = "\n  ".join(problems[: cls.MAX_SHOWN])
+        more = len(problems) - cls.MAX_SHOWN
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        return cls(f"{len(problems)} problems:\n  {shown}{tail}", problems)
+
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+def collect(items: Iterable[T], fn: Callable[[T], U]) -> list[U]:
+    """Apply ``fn`` to every item; gather each DataError and raise them together at the end."""
+    out, problems = [], []
+    for item in items:
+        try:
+            out.append(fn(item))
+        except DataError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise DataError.many(problems)
+    return out
 
 
 @dataclass(frozen=True)
