@@ -120,9 +120,10 @@ def read_course(root: Path | str) -> Dataset:
     """Read a dataset in the study's course layout (see module docstring)."""
     root = Path(root)
     labels, order = read_annotations(root / CSV_FILE)
-    train = _read_train(root / "train", labels)
-    gallery, duplicates = _read_unlabelled(root / "test")
-    query, query_dupes = _read_unlabelled(root / "queries")
+    parts = [lambda: _read_train(root / "train", labels),
+             lambda: _read_unlabelled(root / "test"),
+             lambda: _read_unlabelled(root / "queries")]
+    train, (gallery, duplicates), (query, query_dupes) = collect(parts, lambda read: read())
     unused = sorted(set(labels) - {r.pid for r in train})
     if unused:
         warnings.warn(f"{root / CSV_FILE}: {len(unused)} identities have no training images "
