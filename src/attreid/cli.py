@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
+from typing import Callable, Iterator
 import warnings
 from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
+    TimeRemainingColumn
 from rich.table import Table
 
 from attreid.data.inspect import Summary, check_dataset, summarize
@@ -25,7 +28,7 @@ LAYOUTS = "auto|market|course|custom"
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=1)
 
 
@@ -43,11 +46,13 @@ def synth(
         info = generate(out, ids=ids, seed=seed, layout=layout, progress=True)
     except ValueError as exc:
         _fail(str(exc))
-    console.print(f"wrote a synthetic {info.layout} dataset to {info.out}: {info}")
+    counts = ", ".join(f"{k} {v}" for k, v in info.images.items())
+    console.print(f"wrote a synthetic {info.layout} dataset to {info.out} ({counts})",
+                  soft_wrap=True)
 
 
 def _summary_tables(summary: Summary) -> list[Table]:
-    counts = Table(title=f"{summary.root} ({summary.layout} layout)")
+    counts = Table(title=f"{summary.layout} layout: {summary.root}")
     for column in ("split", "images", "identities", "cameras", "distractors", "junk",
                    "unlabelled"):
         counts.add_column(column, justify="left" if column in ("split", "cameras") else "right")
@@ -85,7 +90,7 @@ def data_summary(
     if summary.val_ids:
         console.print(f"study validation split: {summary.val_ids} identities")
     for w in caught:
-        console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+        console.print(f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
 
 
 @data_app.command("check")
@@ -105,12 +110,59 @@ def data_check(
         except ValueError as exc:
             _fail(str(exc))
     for note in notes:
-        console.print(f"[yellow]warning:[/] {note}", highlight=False)
+        console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
     if problems:
         for problem in problems:
-            console.print(f"[red]problem:[/] {problem}", highlight=False)
+            console.print(f"[red]problem:[/] {problem}", highlight=False, soft_wrap=True)
         _fail(f"{len(problems)} problem(s) in {root}")
-    console.print(f"[green]ok:[/] {root} is a valid dataset")
+    console.print(f"[green]ok:[/] {root} is a valid dataset", soft_wrap=True)
+
+
+@app.command()
+def train(
+    config: str = typer.Option(..., "--config", "-c",
+                               help="Preset name (seed, strong, cpu, demo) or a YAML file."),
+    data: Path | None = typer.Option(None, "--data", help="Dataset folder (sets data.root)."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (sets train.out)."),
+    overrides: list[str] = typer.Option([], "--set", help="section.key=value, repeatable."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
+) -> None:
+    """Train a joint attribute + re-ID model; checkpoints and metrics go to train.out."""
+    from attreid.config import ConfigError, load_config
+    from attreid.engine import NonFiniteLossError, train as run_training
+
+    extra = [f"data.root={data}"] if data else []
+    extra += [f"train.out={out}"] if out else []
+    try:
+        cfg = load_config(config, [*overrides, *extra])
+    except ConfigError as exc:
+        _fail(str(exc))
+    console.print(f"training {cfg.model.name}/{cfg.model.backbone} on {cfg.data.root} "
+                  f"-> {cfg.train.out}")
+    try:
+        with _epoch_progress(cfg.optim.epochs) as on_step:
+            result = run_training(cfg, resume=resume, log=console.print, on_step=on_step)
+    except (DataError, ValueError, NonFiniteLossError, OSError) as exc:
+        _fail(str(exc))
+    console.print(f"done: {result.epochs} epochs, best {result.best or '-'}; files in "
+                  f"{result.out}")
+
+
+@contextmanager
+def _epoch_progress(epochs: int) -> Iterator[Callable[[int, int, int, dict], None]]:
+    columns = (TextColumn("epoch {task.fields[epoch]}/" + str(epochs)), BarColumn(),
+               MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("train", total=None, epoch=0, info="")
+
+        def on_step(epoch: int, step: int, steps: int, values: dict) -> None:
+            if step == 0:
+                bar.reset(task, total=steps)
+            info = "  ".join(f"{k} {v:.3f}" if k != "img/s" else f"{v:.0f} img/s"
+                             for k, v in values.items())
+            bar.update(task, completed=step + 1, epoch=epoch + 1, info=info)
+
+        yield on_step
 
 
 @app.command()

@@ -1,0 +1,45 @@
+"""The attreid command line (data commands) via typer's test runner."""
+
+from __future__ import annotations
+
+from helpers import make_market
+from typer.testing import CliRunner
+
+from attreid.cli import app
+
+runner = CliRunner()
+
+
+def test_synth_summary_check_on_both_layouts(tmp_path):
+    for layout in ("market", "course"):
+        out = tmp_path / layout
+        result = runner.invoke(app, ["synth", "--out", str(out), "--ids", "12", "--layout", layout])
+        assert result.exit_code == 0, result.output
+        result = runner.invoke(app, ["data", "summary", str(out)])
+        assert result.exit_code == 0, result.output
+        assert f"{layout} layout" in result.output and "upcolor" in result.output
+        result = runner.invoke(app, ["data", "check", str(out)])
+        assert result.exit_code == 0, result.output
+        assert "is a valid dataset" in result.output
+
+
+def test_check_custom_layout_and_failures(tmp_path):
+    root = make_market(tmp_path / "m")
+    (root / "query" / "0001_c1s1_000100_00.jpg").write_bytes(b"broken")
+    result = runner.invoke(app, ["data", "check", str(root)])
+    assert result.exit_code == 1
+    assert "0001_c1s1_000100_00.jpg: cannot decode image" in result.output
+    custom = tmp_path / "c"
+    custom.mkdir()
+    (custom / "labels.csv").write_text("image,pid\nnope.jpg,1\n")
+    result = runner.invoke(app, ["data", "check", str(custom)])
+    assert result.exit_code == 1 and "nope.jpg' not found" in result.output
+
+
+def test_errors_are_clear(tmp_path):
+    result = runner.invoke(app, ["data", "summary", str(tmp_path / "missing")])
+    assert result.exit_code == 1 and "dataset folder not found" in result.output
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    result = runner.invoke(app, ["synth", "--out", str(tmp_path / "full")])
+    assert result.exit_code == 1 and "full" in result.output
