@@ -2,7 +2,7 @@
 
 Two views of the same identity-level annotation:
 
-* **raw view** — what the files hold: ``age`` (1..4) and 27 binary attributes coded 1/2
+* **raw view** — what the files hold: ``age`` (1..4) and 26 binary attributes coded 1/2
   (1 = no / male / short hair / long sleeve / long lower body / dress,
   2 = yes / female / long hair / short sleeve / short lower body / pants).
 * **task view** — the study's 12 prediction tasks, as 0-based class indices:
@@ -51,7 +51,7 @@ DOWN_COLOR_COLUMNS: tuple[str, ...] = tuple("down" + c for c in DOWN_COLORS)
 RAW_ATTRIBUTES: tuple[str, ...] = (
     ("age",) + BINARY_ATTRIBUTES + UP_COLOR_COLUMNS + DOWN_COLOR_COLUMNS
 )
-"""The 28 raw columns (age + 27 binary) in the order of the study's ``annotations_train.csv``."""
+"""The 27 raw columns (age + 26 binary) in the order of the study's ``annotations_train.csv``."""
 
 CSV_COLUMNS: tuple[str, ...] = ("id",) + RAW_ATTRIBUTES
 """The 28 columns of the course layout's ``annotations_train.csv``."""
@@ -154,7 +154,7 @@ def raw_to_tasks(raw: Mapping[str, int], where: str = "attributes") -> np.ndarra
 
 
 def tasks_to_raw(labels: Sequence[int]) -> dict[str, int]:
-    """Inverse of :func:`raw_to_tasks` for fully known labels: 12 task labels -> 28 raw codes.
+    """Inverse of :func:`raw_to_tasks` for fully known labels: 12 task labels -> 27 raw codes.
 
     Multicolour writes every colour column of its group as 1 (no colour set).
     """

@@ -3,7 +3,7 @@
 Layout::
 
     annotations_train.csv   one row per training identity (751, shuffled), 28 columns:
-                            id + age + 27 binary attributes (see attreid.schema.CSV_COLUMNS)
+                            id + age + 26 binary attributes (see attreid.schema.CSV_COLUMNS)
     train/                  12,989 images PPPP_cC_NNNNNNNNN.jpg (identity, camera 1..6)
     test/                   19,679 unlabelled gallery images 000000.jpg ... (+ junk/distractors)
     queries/                2,248 unlabelled query images

@@ -12,7 +12,7 @@ Layout::
 * ``pid`` (required): integer person id (0 = distractor, -1 = junk, as in Market-1501);
 * ``camid`` (optional): integer camera id;
 * ``split`` (optional): ``train``, ``query`` or ``gallery`` (default ``train``);
-* any subset of the 28 raw attribute columns of :data:`attreid.schema.RAW_ATTRIBUTES`
+* any subset of the 27 raw attribute columns of :data:`attreid.schema.RAW_ATTRIBUTES`
   (age 1..4, others 1/2); an empty cell means unknown.
 
 ``attributes.csv`` (optional) gives the same attribute columns per identity (column ``pid``).

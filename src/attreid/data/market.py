@@ -5,7 +5,7 @@ Market-1501 (Zheng et al., ICCV 2015): 32,668 boxes of 1,501 identities from 6 c
 distractors 0000 + junk -1), ``query`` 3,368 images / 750 ids. File names
 ``PPPP_cCsS_FFFFFF_BB.jpg``: person, camera, sequence, frame, box.
 Market-1501_Attribute (Lin et al., Pattern Recognition 2019): ``market_attribute.mat`` holds one
-struct with ``train`` (751 ids) and ``test`` (750 ids) sub-structs of 27 binary attributes + age
+struct with ``train`` (751 ids) and ``test`` (750 ids) sub-structs of age + 26 binary attributes
 and ``image_index`` (the ids). The two list their fields in different orders: we index by name.
 """
 

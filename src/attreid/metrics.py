@@ -1,0 +1,561 @@
+"""Evaluation metrics: person re-identification ranking and attribute recognition.
+
+Every public function is pure (no logging, no global state) and returns a fixed type. Inputs may
+be numpy arrays or torch tensors; results are plain Python floats / numpy arrays.
+
+Re-identification (:func:`reid_metrics`)
+    CMC, mAP and mINP of a query x gallery distance matrix under two protocols:
+
+    * ``"market"`` — the standard Market-1501 protocol: for each query, gallery images of the
+      same identity *and* the same camera are removed, and junk images (id ``-1``) are removed.
+      Distractors (id ``0``) stay and count as wrong matches (they are just another identity).
+    * ``"seed"`` — the study's protocol: every query is ranked against the whole gallery, no
+      camera filter, no junk handling; with ``exclude_self=True`` query and gallery are the same
+      set and each query's own entry (the diagonal) is removed.
+
+Attribute recognition (:func:`attribute_metrics`, :func:`majority_baseline`)
+    Per-task accuracy on the 12 tasks of :mod:`attreid.schema` (``MISSING`` targets ignored),
+    majority-class baselines, and the PETA/RAP metrics (label-based mA, example-based accuracy,
+    precision, recall, F1) on the 26 raw binary attributes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from attreid.schema import MISSING, NUM_TASKS, RAW_ATTRIBUTES, TASK_NAMES, TASKS, tasks_to_raw
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+PROTOCOLS: tuple[str, ...] = ("market", "seed")
+"""Valid values of ``reid_metrics(protocol=...)``."""
+
+DISTANCE_METRICS: tuple[str, ...] = ("euclidean", "squared", "cosine")
+"""Valid values of ``pairwise_distance(metric=...)``."""
+
+BINARY_RAW_ATTRIBUTES: tuple[str, ...] = RAW_ATTRIBUTES[1:]
+"""The 26 raw binary attributes of the binary view: every raw column but ``age`` (9 binary
+attributes, 8 upper and 9 lower colours). With ``age`` they make Market-1501's 27 attributes."""
+
+JUNK_ID = -1
+"""Gallery identity removed by the ``"market"`` protocol."""
+
+_REPORTED_RANKS: tuple[int, ...] = (1, 5, 10, 20)
+
+
+def _to_tensor(x: ArrayLike, name: str) -> torch.Tensor:
+    """numpy array, tensor (or a plain list) -> tensor, without a copy when possible."""
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, (np.ndarray, list, tuple)):
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
+    raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}")
+
+
+def _to_numpy(x: ArrayLike, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    if isinstance(x, (np.ndarray, list, tuple)):
+        return np.asarray(x)
+    raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}")
+
+
+def _ids_1d(x: ArrayLike, name: str, length: int, length_name: str) -> torch.Tensor:
+    t = _to_tensor(x, name)
+    if t.ndim != 1 or t.shape[0] != length:
+        raise ValueError(
+            f"{name}: expected shape ({length},) to match {length_name}, got {tuple(t.shape)}"
+        )
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name}: expected integer ids, got dtype {t.dtype}")
+    return t.to(torch.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# Distances
+# --------------------------------------------------------------------------------------------
+
+
+def pairwise_distance(a: ArrayLike, b: ArrayLike, metric: str = "euclidean") -> torch.Tensor:
+    """Distances between the rows of ``a`` (N, D) and ``b`` (M, D) -> tensor (N, M).
+
+    Args:
+        a: (N, D) features (numpy or torch); integer inputs are converted to float32.
+        b: (M, D) features, same D, moved to ``a``'s device.
+        metric: ``"euclidean"`` (``sqrt(max(||a||² + ||b||² - 2 a·b, 0))``), ``"squared"``
+            (the same without the square root, clamped at 0) or ``"cosine"``
+            (``1 - cos(a, b)``, in [0, 2]; zero vectors have cosine 0 to everything).
+
+    Returns:
+        (N, M) float tensor on ``a``'s device. Row ``i`` depends only on ``a[i]``, so a large
+        query set can be processed in chunks of rows and the chunks concatenated.
+    """
+    if metric not in DISTANCE_METRICS:
+        raise ValueError(f"metric: got {metric!r}, expected one of {DISTANCE_METRICS}")
+    ta, tb = _to_tensor(a, "a"), _to_tensor(b, "b")
+    if ta.ndim != 2 or tb.ndim != 2 or ta.shape[1] != tb.shape[1]:
+        raise ValueError(
+            f"a, b: expected (N, D) and (M, D) with the same D, got {tuple(ta.shape)} "
+            f"and {tuple(tb.shape)}"
+        )
+    if not ta.is_floating_point():
+        ta = ta.float()
+    tb = tb.to(device=ta.device, dtype=ta.dtype)
+    if metric == "cosine":
+        return 1.0 - F.normalize(ta, dim=1) @ F.normalize(tb, dim=1).T  # (N, M)
+    squared = (ta * ta).sum(1, keepdim=True) + (tb * tb).sum(1)[None, :] - 2.0 * (ta @ tb.T)
+    squared = squared.clamp_(min=0.0)  # (N, M)
+    return squared if metric == "squared" else squared.sqrt_()
+
+
+# --------------------------------------------------------------------------------------------
+# Re-identification
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class ReidResult:
+    """Ranking metrics over the valid queries (those with at least one match).
+
+    Attributes:
+        cmc: (L,) float64, read-only; ``cmc[k]`` = fraction of valid queries whose first match
+            is at rank <= k + 1 (rank-1 first), L = min(max_rank, G).
+        mAP: mean average precision, a fraction in [0, 1].
+        mINP: mean inverse negative penalty (Ye et al., TPAMI 2021), a fraction in [0, 1].
+        num_valid_queries: queries with at least one match (the others are skipped).
+        num_queries: all queries, Q.
+    """
+
+    cmc: np.ndarray
+    mAP: float
+    mINP: float
+    num_valid_queries: int
+    num_queries: int
+
+    def rank(self, k: int) -> float:
+        """CMC at rank ``k`` (1-based): ``cmc[k - 1]``, a fraction."""
+        if not 1 <= k <= len(self.cmc):
+            raise ValueError(f"k: got {k}, expected 1..{len(self.cmc)} (the CMC length)")
+        return float(self.cmc[k - 1])
+
+    def as_dict(self) -> dict[str, float | int]:
+        """JSON-ready summary, all metrics as **fractions** in [0, 1] (not percent).
+
+        Keys: ``rank1``, ``rank5``, ``rank10``, ``rank20`` (only those <= the CMC length),
+        ``mAP``, ``mINP``, ``num_valid_queries``, ``num_queries``.
+        """
+        out: dict[str, float | int] = {
+            f"rank{k}": self.rank(k) for k in _REPORTED_RANKS if k <= len(self.cmc)
+        }
+        out.update(mAP=self.mAP, mINP=self.mINP, num_valid_queries=self.num_valid_queries,
+                   num_queries=self.num_queries)
+        return out
+
+
+def _check_reid_args(protocol: str, max_rank: int, chunk_size: int) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol: got {protocol!r}, expected one of {PROTOCOLS}")
+    if max_rank < 1:
+        raise ValueError(f"max_rank: got {max_rank}, expected >= 1")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size: got {chunk_size}, expected >= 1")
+
+
+def _cams(query_cams: ArrayLike | None, gallery_cams: ArrayLike | None, q: int, g: int
+          ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if (query_cams is None) != (gallery_cams is None):
+        raise ValueError("query_cams, gallery_cams: give both or neither")
+    if query_cams is None or gallery_cams is None:
+        return None
+    return (_ids_1d(query_cams, "query_cams", q, "distmat rows"),
+            _ids_1d(gallery_cams, "gallery_cams", g, "distmat columns"))
+
+
+def _reid_inputs(distmat: ArrayLike, query_ids: ArrayLike, gallery_ids: ArrayLike,
+                 query_cams: ArrayLike | None, gallery_cams: ArrayLike | None, exclude_self: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                            tuple[torch.Tensor, torch.Tensor] | None]:
+    """Validated tensors: distmat (Q, G), query ids (Q,), gallery ids (G,), cams or None."""
+    dist = _to_tensor(distmat, "distmat")
+    if dist.ndim != 2:
+        raise ValueError(f"distmat: expected shape (Q, G), got {tuple(dist.shape)}")
+    q, g = dist.shape
+    if q == 0 or g == 0:
+        raise ValueError(f"distmat: empty, shape {(q, g)}")
+    if exclude_self and q != g:
+        raise ValueError(f"exclude_self: requires Q == G (the same set), got distmat {q} x {g}")
+    qids = _ids_1d(query_ids, "query_ids", q, "distmat rows")
+    gids = _ids_1d(gallery_ids, "gallery_ids", g, "distmat columns")
+    return dist, qids, gids, _cams(query_cams, gallery_cams, q, g)
+
+
+def _gallery_codes(qids: torch.Tensor, gids: torch.Tensor,
+                   cams: tuple[torch.Tensor, torch.Tensor] | None, market: bool,
+                   self_idx: torch.Tensor | None) -> torch.Tensor:
+    """(B, G) int8 in gallery order: 0 = removed for this query, 1 = kept, 2 = kept match."""
+    same_id = gids[None, :] == qids[:, None]  # (B, G)
+    keep = torch.ones_like(same_id)
+    if market:
+        keep &= (gids != JUNK_ID)[None, :]
+        if cams is not None:
+            qcams, gcams = cams
+            keep &= ~(same_id & (gcams[None, :] == qcams[:, None]))
+    if self_idx is not None:
+        keep[torch.arange(len(qids), device=keep.device), self_idx] = False
+    return keep.to(torch.int8) + (same_id & keep).to(torch.int8)
+
+
+def _rank_chunk(dist: torch.Tensor, codes: torch.Tensor, ranks: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-query AP, INP, CMC hits and validity of one chunk of B queries.
+
+    Args:
+        dist: (B, G) distances; codes: (B, G) from :func:`_gallery_codes`; ranks: (L,) 1..L.
+
+    Returns:
+        ap (B,) float64, inp (B,) float64, cmc_hits (B, L) bool, valid (B,) bool.
+    """
+    order = torch.sort(dist, dim=1, stable=True).indices  # (B, G), ties -> lower index
+    ranked = codes.gather(1, order)  # (B, G) codes in ranking order
+    pos = torch.cumsum(ranked > 0, dim=1, dtype=torch.int32)  # 1-based rank among kept
+    rows, cols = (ranked == 2).nonzero(as_tuple=True)  # (K,) matches, row-major order
+    b = len(codes)
+    num = torch.bincount(rows, minlength=b)  # (B,) matches per query
+    offsets = torch.cumsum(num, 0) - num  # (B,) index of each query's first match in rows
+    hit_rank = pos[rows, cols].to(torch.float64)  # (K,) rank of each match
+    ordinal = torch.arange(len(rows), device=rows.device) - offsets[rows]  # (K,) 0-based
+    precision = torch.zeros(b, int(num.max()) if len(rows) else 1, dtype=torch.float64,
+                            device=codes.device)  # (B, max matches)
+    precision[rows, ordinal] = (ordinal + 1) / hit_rank
+    valid = num > 0
+    ap = precision.cumsum(1)[:, -1] / num.clamp(min=1)  # sequential sum: chunk-independent
+    first = torch.full((b,), torch.iinfo(torch.int32).max, dtype=torch.float64,
+                       device=codes.device)
+    last = torch.ones(b, dtype=torch.float64, device=codes.device)
+    first[valid] = hit_rank[offsets[valid]]
+    last[valid] = hit_rank[offsets[valid] + num[valid] - 1]  # the hardest match
+    inp = num / last  # (B,)
+    return ap, inp, first[:, None] <= ranks[None, :], valid
+
+
+def reid_metrics(
+    distmat: ArrayLike,
+    query_ids: ArrayLike,
+    gallery_ids: ArrayLike,
+    query_cams: ArrayLike | None = None,
+    gallery_cams: ArrayLike | None = None,
+    protocol: str = "market",
+    max_rank: int = 50,
+    chunk_size: int = 256,
+    device: str | torch.device | None = None,
+    exclude_self: bool = False,
+) -> ReidResult:
+    """CMC, mAP and mINP of a query x gallery distance matrix (smaller = more similar).
+
+    Args:
+        distmat: (Q, G) distances, numpy or torch. NaN is rejected.
+        query_ids: (Q,) integer identities of the queries.
+        gallery_ids: (G,) integer identities of the gallery.
+        query_cams, gallery_cams: (Q,), (G,) camera ids, both or neither. Used by ``"market"``
+            only; without them ``"market"`` applies no camera filter (a custom dataset without
+            cameras) but still removes junk. ``"seed"`` ignores them.
+        protocol: ``"market"``: per query, remove gallery entries with the same id and the same
+            camera, and entries with id -1 (junk); id 0 (distractors) stay as wrong matches.
+            ``"seed"``: no camera filter, no junk handling.
+        max_rank: CMC length (capped at G).
+        chunk_size: queries ranked at a time; memory is O(chunk_size * G).
+        device: where chunks are ranked (e.g. ``"cuda"``); default: ``distmat``'s device
+            (CPU for numpy). Only one chunk at a time is moved there.
+        exclude_self: query and gallery are the same set (Q == G required): remove the
+            diagonal entry (the query itself) from each query's ranking. Valid with both
+            protocols.
+
+    Returns:
+        :class:`ReidResult`. A match is a kept gallery entry with the query's id. AP =
+        (1 / #matches) * sum over matches of precision at that match; INP = #matches / rank of
+        the last match; CMC[k] = first match at rank <= k + 1. Ranks count kept entries only.
+        Each metric is averaged over valid queries (at least one match); others are skipped.
+        Ties in distance are broken deterministically by a stable sort: the gallery entry with
+        the lower index ranks first.
+
+    Raises:
+        ValueError: shapes or arguments mismatch, NaN distances, or no query has a match.
+    """
+    _check_reid_args(protocol, max_rank, chunk_size)
+    dist, qids, gids, cams = _reid_inputs(distmat, query_ids, gallery_ids, query_cams,
+                                          gallery_cams, exclude_self)
+    q, g = dist.shape
+    dev = torch.device(device) if device is not None else dist.device
+    gids = gids.to(dev)
+    cams = None if cams is None else (cams[0].to(dev), cams[1].to(dev))
+    ranks = torch.arange(1, min(max_rank, g) + 1, device=dev, dtype=torch.int32)  # (L,)
+    aps, inps, cmc_counts, valids = [], [], torch.zeros(len(ranks), dtype=torch.int64), []
+    for start in range(0, q, chunk_size):
+        stop = min(start + chunk_size, q)
+        self_idx = torch.arange(start, stop, device=dev) if exclude_self else None
+        chunk_cams = None if cams is None else (cams[0][start:stop], cams[1])
+        chunk = dist[start:stop].to(dev)  # (B, G)
+        if torch.isnan(chunk).any():
+            raise ValueError(f"distmat: contains NaN (in rows {start}..{stop - 1})")
+        codes = _gallery_codes(qids[start:stop].to(dev), gids, chunk_cams,
+                               protocol == "market", self_idx)
+        ap, inp, cmc_hits, valid = _rank_chunk(chunk, codes, ranks)
+        aps.append(ap[valid].cpu())
+        inps.append(inp[valid].cpu())
+        cmc_counts += cmc_hits[valid].sum(0).cpu()
+        valids.append(int(valid.sum()))
+    num_valid = sum(valids)
+    if num_valid == 0:
+        raise ValueError(f"no valid query: none of the {q} queries has a match in the gallery "
+                         f"under protocol {protocol!r}")
+    cmc = cmc_counts.numpy().astype(np.float64) / num_valid
+    cmc.setflags(write=False)
+    return ReidResult(cmc=cmc, mAP=float(torch.cat(aps).numpy().mean()),
+                      mINP=float(torch.cat(inps).numpy().mean()),
+                      num_valid_queries=num_valid, num_queries=q)
+
+
+# --------------------------------------------------------------------------------------------
+# Attributes
+# --------------------------------------------------------------------------------------------
+
+
+def predict_labels(logits: Mapping[str, ArrayLike]) -> torch.Tensor:
+    """Task logits -> predicted task labels (N, 12) int64, in the order of ``schema.TASKS``.
+
+    Args:
+        logits: task name -> logits, one entry per task of ``schema.TASK_NAMES`` (no others):
+            binary tasks (N, 1) or (N,), class 1 where the logit > 0; multi-class tasks (N, C)
+            with C = the task's classes, argmax (first maximum on ties).
+
+    Returns:
+        (N, 12) int64 tensor on the device of the first task's logits.
+    """
+    missing, unknown = set(TASK_NAMES) - set(logits), set(logits) - set(TASK_NAMES)
+    if missing or unknown:
+        raise ValueError(f"logits: expected the tasks {list(TASK_NAMES)}; "
+                         f"missing {sorted(missing)}, unknown {sorted(unknown)}")
+    first = _to_tensor(logits[TASK_NAMES[0]], f"logits[{TASK_NAMES[0]!r}]")
+    n, device = (first.shape[0] if first.ndim else -1), first.device
+    columns: list[torch.Tensor] = []
+    for task in TASKS:
+        t = _to_tensor(logits[task.name], f"logits[{task.name!r}]")
+        expected = ((n, 1), (n,)) if task.is_binary else ((n, task.num_classes),)
+        if tuple(t.shape) not in expected:
+            raise ValueError(f"logits[{task.name!r}]: expected shape "
+                             f"{' or '.join(map(str, expected))}, got {tuple(t.shape)}")
+        pred = (t.reshape(n) > 0).long() if task.is_binary else t.argmax(1)
+        columns.append(pred.to(device))  # (N,)
+    return torch.stack(columns, dim=1)  # (N, 12)
+
+
+def _check_labels(labels: np.ndarray, name: str, allow_missing: bool) -> np.ndarray:
+    if labels.ndim != 2 or labels.shape[1] != NUM_TASKS:
+        raise ValueError(f"{name}: expected shape (N, {NUM_TASKS}), got {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name}: expected integer labels, got dtype {labels.dtype}")
+    labels = labels.astype(np.int64)
+    for j, task in enumerate(TASKS):
+        col = labels[:, j]
+        bad = ~((col >= 0) & (col < task.num_classes))
+        if allow_missing:
+            bad &= col != MISSING
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            allowed = f"{MISSING} (missing) or " if allow_missing else ""
+            raise ValueError(f"{name}: row {row}, task {task.name!r} has label {col[row]}, "
+                             f"expected {allowed}0..{task.num_classes - 1}")
+    return labels
+
+
+def _as_predictions(logits_or_preds: Mapping[str, ArrayLike] | ArrayLike) -> np.ndarray:
+    if isinstance(logits_or_preds, Mapping):
+        return predict_labels(logits_or_preds).cpu().numpy()
+    return _check_labels(_to_numpy(logits_or_preds, "predictions"), "predictions",
+                         allow_missing=False)
+
+
+def _majority_class(col: np.ndarray, num_classes: int) -> tuple[int, float]:
+    """Most frequent class among the known labels of one task (ties -> lower index), its share."""
+    known = col[col != MISSING]
+    if known.size == 0:
+        return MISSING, math.nan
+    counts = np.bincount(known, minlength=num_classes)
+    cls = int(counts.argmax())
+    return cls, float(counts[cls] / known.size)
+
+
+def _raw_binary(labels: np.ndarray) -> np.ndarray:
+    """Fully known task labels (N, 12) -> 26 raw binary attributes (N, 26) bool (code 2 = True).
+
+    Converted with ``schema.tasks_to_raw`` once per distinct row.
+    """
+    if len(labels) == 0:
+        return np.zeros((0, len(BINARY_RAW_ATTRIBUTES)), dtype=bool)
+    unique, inverse = np.unique(labels, axis=0, return_inverse=True)
+    table = np.array([[tasks_to_raw(row)[a] == 2 for a in BINARY_RAW_ATTRIBUTES]
+                      for row in unique])  # (U, 26)
+    return table[inverse.reshape(-1)]
+
+
+def _safe_ratio(num: np.ndarray, den: np.ndarray, empty: np.ndarray) -> np.ndarray:
+    """num / den where den > 0, else ``empty`` (float)."""
+    out = np.asarray(empty, dtype=np.float64).copy()
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def _label_based_ma(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Per-attribute (TPR + TNR) / 2 of (N, A) bool arrays -> (A,) float64.
+
+    An attribute without positives (or negatives) in ``true`` uses the defined rate alone
+    (TNR, resp. TPR); with no rows at all it is NaN.
+    """
+    pos, neg = true.sum(0), (~true).sum(0)  # (A,)
+    tpr = _safe_ratio((pred & true).sum(0), pos, np.full(pos.shape, np.nan))
+    tnr = _safe_ratio((~pred & ~true).sum(0), neg, np.full(neg.shape, np.nan))
+    both = np.stack([tpr, tnr])  # (2, A)
+    counts = (~np.isnan(both)).sum(0)
+    return np.where(counts > 0, np.nansum(both, 0) / np.maximum(counts, 1), np.nan)
+
+
+def _example_based(pred: np.ndarray, true: np.ndarray) -> tuple[float, float, float, float]:
+    """Example-based accuracy, precision, recall, F1 of (N, A) bool arrays (NaN when N = 0)."""
+    if len(pred) == 0:
+        return math.nan, math.nan, math.nan, math.nan
+    inter = (pred & true).sum(1).astype(np.float64)  # (N,)
+    union, n_pred, n_true = (pred | true).sum(1), pred.sum(1), true.sum(1)
+    exact = (n_pred == 0) & (n_true == 0)  # both sets empty: a perfect prediction
+    acc = _safe_ratio(inter, union, np.ones(len(inter))).mean()
+    prec = _safe_ratio(inter, n_pred, exact.astype(np.float64)).mean()
+    rec = _safe_ratio(inter, n_true, exact.astype(np.float64)).mean()
+    f1 = 2 * prec * rec / (prec + rec) if prec + rec > 0 else 0.0
+    return float(acc), float(prec), float(rec), float(f1)
+
+
+@dataclass(frozen=True)
+class AttributeResult:
+    """Attribute metrics; every value is a fraction in [0, 1] or NaN where undefined.
+
+    Task view (12 tasks; MISSING targets ignored per task):
+        accuracy: task -> accuracy over its known targets (NaN: no known target).
+        mean_accuracy: mean of ``accuracy`` over tasks with at least one known target.
+        majority: task -> share of the most frequent class among its known targets (the
+            accuracy of always predicting the majority class *of these targets*).
+        mean_majority: mean of ``majority`` over the same tasks.
+
+    Binary view (26 raw binary attributes, code 2 = positive; rows with any MISSING target
+    skipped; NaN when no row is complete):
+        mA: mean over attributes of (TPR + TNR) / 2 (label-based); an attribute without
+            positives or without negatives among the targets uses the defined rate alone.
+        per_attribute_mA: attribute -> its (TPR + TNR) / 2.
+        instance_accuracy, instance_precision, instance_recall: mean over samples of
+            |P∩T| / |P∪T|, |P∩T| / |P|, |P∩T| / |T| (P, T = predicted / true positive
+            attributes). An empty denominator gives 1 when P and T are both empty, else 0.
+        instance_f1: 2 * precision * recall / (precision + recall) of the two means above
+            (as in the PETA/RAP papers), 0 when both are 0.
+        num_samples: N; num_complete_rows: rows used by the binary view.
+    """
+
+    accuracy: dict[str, float]
+    mean_accuracy: float
+    majority: dict[str, float]
+    mean_majority: float
+    mA: float
+    per_attribute_mA: dict[str, float]
+    instance_accuracy: float
+    instance_precision: float
+    instance_recall: float
+    instance_f1: float
+    num_samples: int
+    num_complete_rows: int
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready copy (fractions, not percent); NaN becomes ``None``."""
+        def clean(v: object) -> object:
+            if isinstance(v, dict):
+                return {k: clean(x) for k, x in v.items()}
+            return None if isinstance(v, float) and math.isnan(v) else v
+
+        return {name: clean(getattr(self, name)) for name in self.__dataclass_fields__}
+
+
+def _task_accuracies(pred: np.ndarray, targets: np.ndarray) -> tuple[dict[str, float],
+                                                                     dict[str, float]]:
+    accuracy, majority = {}, {}
+    for j, task in enumerate(TASKS):
+        known = targets[:, j] != MISSING
+        accuracy[task.name] = (float((pred[known, j] == targets[known, j]).mean())
+                               if known.any() else math.nan)
+        majority[task.name] = _majority_class(targets[:, j], task.num_classes)[1]
+    return accuracy, majority
+
+
+def _nanmean(values: Mapping[str, float]) -> float:
+    known = [v for v in values.values() if not math.isnan(v)]
+    return float(np.mean(known)) if known else math.nan
+
+
+def attribute_metrics(logits_or_preds: Mapping[str, ArrayLike] | ArrayLike,
+                      targets: ArrayLike) -> AttributeResult:
+    """Attribute metrics of predictions against task targets (see :class:`AttributeResult`).
+
+    Args:
+        logits_or_preds: either task name -> logits (see :func:`predict_labels`), or predicted
+            task labels (N, 12) int (no MISSING), numpy or torch.
+        targets: (N, 12) int task labels, ``MISSING`` (-1) where unknown.
+
+    Raises:
+        ValueError: shapes differ, labels out of range, or every target is MISSING.
+    """
+    pred = _as_predictions(logits_or_preds)
+    true = _check_labels(_to_numpy(targets, "targets"), "targets", allow_missing=True)
+    if pred.shape != true.shape:
+        raise ValueError(f"predictions {pred.shape} and targets {true.shape}: shapes differ")
+    if not (true != MISSING).any():
+        raise ValueError(f"targets: all {true.size} labels are MISSING, nothing to evaluate")
+    accuracy, majority = _task_accuracies(pred, true)
+    complete = (true != MISSING).all(1)  # (N,)
+    p_raw, t_raw = _raw_binary(pred[complete]), _raw_binary(true[complete])  # (n, 26)
+    per_attr = _label_based_ma(p_raw, t_raw)  # (26,)
+    acc, prec, rec, f1 = _example_based(p_raw, t_raw)
+    return AttributeResult(
+        accuracy=accuracy, mean_accuracy=_nanmean(accuracy),
+        majority=majority, mean_majority=_nanmean(majority),
+        mA=float(per_attr.mean()) if complete.any() else math.nan,
+        per_attribute_mA={a: float(v) for a, v in zip(BINARY_RAW_ATTRIBUTES, per_attr)},
+        instance_accuracy=acc, instance_precision=prec, instance_recall=rec, instance_f1=f1,
+        num_samples=int(len(true)), num_complete_rows=int(complete.sum()),
+    )
+
+
+def majority_baseline(train_targets: ArrayLike, eval_targets: ArrayLike) -> dict[str, float]:
+    """The study's "majority" column: accuracy of predicting the train-majority class.
+
+    For each task, the most frequent class among the known ``train_targets`` (ties -> the lower
+    class index) is predicted for every eval sample; the accuracy is over the known
+    ``eval_targets``. Contrast with ``AttributeResult.majority``, which takes the majority of
+    the evaluated targets themselves (an upper bound for any constant predictor).
+
+    Args:
+        train_targets: (N_train, 12) int task labels, MISSING where unknown.
+        eval_targets: (N_eval, 12) int task labels, MISSING where unknown.
+
+    Returns:
+        task -> accuracy (fraction), NaN where the task has no known train or eval label.
+    """
+    train = _check_labels(_to_numpy(train_targets, "train_targets"), "train_targets", True)
+    evals = _check_labels(_to_numpy(eval_targets, "eval_targets"), "eval_targets", True)
+    out: dict[str, float] = {}
+    for j, task in enumerate(TASKS):
+        cls, _ = _majority_class(train[:, j], task.num_classes)
+        known = evals[:, j][evals[:, j] != MISSING]
+        out[task.name] = (float((known == cls).mean()) if cls != MISSING and known.size
+                          else math.nan)
+    return out
