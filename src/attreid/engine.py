@@ -1,0 +1,396 @@
+"""The training engine: data, model, loss and optimizer from a Config; epochs with validation,
+atomic checkpoints, exact resume, JSON-lines metrics and a NaN guard.
+
+Resume is exact: every epoch reseeds torch (main process) and the DataLoader's generator from
+``(seed, epoch)``, and the PK sampler draws from ``(seed, epoch)`` too, so epoch ``e`` sees the
+same batches and augmentations whether or not the run was interrupted before it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from attreid import __version__
+from attreid.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from attreid.config import Config, dump_yaml, to_dict
+from attreid.data.dataset import ImageDataset
+from attreid.data.load import load_dataset
+from attreid.data.records import DataError, ImageRecord, attribute_matrix
+from attreid.data.sampler import PKSampler
+from attreid.data.splits import random_id_split, split_by_ids
+from attreid.data.transforms import TransformConfig, build_transforms
+from attreid.inference import autocast_context, extract, to_float
+from attreid.losses import MultiTaskLoss, positive_ratio_weights
+from attreid.metrics import attribute_metrics, majority_baseline, pairwise_distance, \
+    reid_metrics
+from attreid.models import build_model
+
+Log = Callable[[str], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message says where and what was saved."""
+
+
+@dataclass
+class ValidationSet:
+    """Images to validate on and how: ``protocol`` ``seed`` (all-vs-all) or ``market``."""
+
+    query: list[ImageRecord]
+    gallery: list[ImageRecord]
+    protocol: str
+    attributes: list[ImageRecord]
+
+    @property
+    def all_vs_all(self) -> bool:
+        return self.protocol == "seed"
+
+
+@dataclass
+class DataBundle:
+    """Training data and the validation set built from a DataConfig."""
+
+    train: ImageDataset
+    val: ValidationSet | None
+    train_targets: np.ndarray  # (N_ids, 12) identity-level task labels of the training set
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the output folder, the epochs run and the last metrics."""
+
+    out: Path
+    epochs: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=dict)
+
+
+def transform_config(cfg: Config) -> TransformConfig:
+    """The image transform settings of a training config."""
+    d = cfg.data
+    return TransformConfig(height=d.height, width=d.width, recipe=d.transform,
+                           erasing_p=d.erasing_p)
+
+
+def _split(cfg: Config, records: list[ImageRecord], val_ids: tuple[int, ...]
+           ) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    if cfg.data.split == "study":
+        if not val_ids:
+            raise DataError(f"{cfg.data.root}: split 'study' needs the course layout's "
+                            "annotations_train.csv order; use split 'random' for this dataset")
+        return split_by_ids(records, val_ids)
+    return random_id_split(records, cfg.data.val_ids, cfg.data.split_seed)
+
+
+def _identity_targets(records: list[ImageRecord]) -> np.ndarray:
+    first = {}
+    for rec in records:
+        first.setdefault(rec.pid, rec)
+    return attribute_matrix(list(first.values()))
+
+
+def build_data(cfg: Config) -> DataBundle:
+    """Load the dataset of ``cfg.data`` and split it into training data and a validation set."""
+    if not cfg.data.root:
+        raise DataError("no dataset: set data.root (attreid train --data DIR)")
+    dataset = load_dataset(cfg.data.root, cfg.data.layout)
+    if cfg.data.split in ("study", "random"):
+        train, val = _split(cfg, dataset.train, dataset.val_ids)
+        val_set = ValidationSet(val, val, "seed", val)
+    elif cfg.data.split == "test":
+        train = dataset.train
+        labelled = [r for r in dataset.query + dataset.gallery if r.pid is not None]
+        val_set = None
+        if labelled and len(labelled) == len(dataset.query) + len(dataset.gallery):
+            with_attrs = [r for r in dataset.gallery if r.attributes is not None]
+            val_set = ValidationSet(dataset.query, dataset.gallery, "market", with_attrs)
+    else:
+        raise ValueError(f"data.split={cfg.data.split!r}: expected study, random or test")
+    transform = build_transforms(transform_config(cfg), train=True)
+    return DataBundle(ImageDataset(train, transform), val_set, _identity_targets(train))
+
+
+def _model_kwargs(cfg: Config, num_identities: int) -> dict[str, Any]:
+    m = cfg.model
+    return dict(name=m.name, backbone=m.backbone, weights=m.weights,
+                study_strides=m.study_strides, last_stride=m.last_stride,
+                embedding_dim=m.embedding_dim, hidden_dim=m.hidden_dim, bnneck=m.bnneck,
+                num_identities=num_identities if m.id_head else 0, dropout=m.dropout,
+                input_size=(cfg.data.height, cfg.data.width))
+
+
+def build_criterion(cfg: Config, train_targets: np.ndarray) -> MultiTaskLoss:
+    """The multi-task loss of ``cfg.loss``; positive-ratio weights come from the train labels."""
+    c = cfg.loss
+    pos = positive_ratio_weights(train_targets) if c.pos_weighting else None
+    return MultiTaskLoss(triplet_mining=c.triplet, margin=c.margin, soft_margin=c.soft_margin,
+                         distance=c.distance, id_weight=c.id_weight,
+                         label_smoothing=c.label_smoothing, pos_weights=pos,
+                         weighting=c.weighting, reid_weight=c.reid_weight,
+                         attr_weight=c.attr_weight)
+
+
+def build_optimizer(cfg: Config, model: nn.Module, criterion: nn.Module
+                    ) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD over the model (with weight decay) and the loss weights (without)."""
+    o = cfg.optim
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad],
+               "weight_decay": o.weight_decay}]
+    extra = [p for p in criterion.parameters() if p.requires_grad]
+    if extra:
+        groups.append({"params": extra, "weight_decay": 0.0})
+    if o.name == "adam":
+        return torch.optim.Adam(groups, lr=o.lr)
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr)
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=0.9, nesterov=True)
+    raise ValueError(f"optim.name={o.name!r}: expected adam, adamw or sgd")
+
+
+def lr_factor(cfg: Config, epoch: int) -> float:
+    """Learning-rate multiplier of 0-based ``epoch``: linear warm-up from 0.1, then the schedule."""
+    o = cfg.optim
+    if epoch < o.warmup_epochs:
+        return 0.1 + 0.9 * epoch / o.warmup_epochs
+    if o.scheduler == "none":
+        return 1.0
+    if o.scheduler == "step":
+        return o.gamma ** sum(epoch >= s for s in o.step_epochs)
+    if o.scheduler == "cosine":
+        span = max(1, o.epochs - o.warmup_epochs)
+        return 0.5 * (1 + math.cos(math.pi * (epoch - o.warmup_epochs) / span))
+    raise ValueError(f"optim.scheduler={o.scheduler!r}: expected none, step or cosine")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def make_loader(cfg: Config, data: ImageDataset, epoch: int) -> DataLoader:
+    """The training loader of one epoch, seeded by (seed, epoch) for exact resume."""
+    sampler = PKSampler(data.pids(), cfg.data.p, cfg.data.k, seed=cfg.train.seed,
+                        num_batches=cfg.data.batches_per_epoch or None)
+    sampler.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(_epoch_seed(cfg.train.seed, epoch))
+    return DataLoader(data, batch_sampler=sampler, num_workers=cfg.data.workers,
+                      generator=generator, pin_memory=torch.cuda.is_available())
+
+
+@dataclass
+class _Parts:
+    model: nn.Module
+    criterion: MultiTaskLoss
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+
+
+def _finite_or_raise(cfg: Config, terms: dict[str, torch.Tensor], epoch: int, step: int,
+                     out: Path, parts: _Parts) -> None:
+    if torch.isfinite(terms["loss"]).item():
+        return
+    bad = {k: float(v) for k, v in terms.items() if not math.isfinite(float(v))}
+    rescue = out / "before_nonfinite.pt"
+    save_checkpoint(rescue, {"model": parts.model.state_dict(), "config": to_dict(cfg),
+                             "model_config": parts.model.config, "epoch": epoch})
+    raise NonFiniteLossError(
+        f"non-finite loss at epoch {epoch + 1}, step {step + 1}: {bad}. Training stopped; the "
+        f"weights before this step are in {rescue}, the last complete epoch in {out / 'last.pt'}. "
+        "Try a lower optim.lr, train.grad_clip or amp=none.")
+
+
+def train_epoch(cfg: Config, parts: _Parts, loader: DataLoader, epoch: int, out: Path,
+                on_step: Callable[[int, dict[str, float]], None] | None = None
+                ) -> dict[str, float]:
+    """One epoch of training; returns the mean of each loss term and the images/s."""
+    parts.model.train()
+    sums: dict[str, float] = {}
+    images_seen, start = 0, time.perf_counter()
+    for step, batch in enumerate(loader):
+        images = batch["image"].to(parts.device, non_blocking=True)
+        if cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast_context(parts.device, cfg.train.amp):
+            output = parts.model(images)
+        terms = parts.criterion(to_float(output), batch["label"].to(parts.device),
+                                batch["attributes"].to(parts.device))
+        _finite_or_raise(cfg, terms, epoch, step, out, parts)
+        parts.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        if cfg.train.grad_clip > 0:
+            nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.train.grad_clip)
+        parts.optimizer.step()
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + float(value.detach())
+        images_seen += len(images)
+        if on_step:
+            on_step(step, {"loss": float(terms["loss"]), "img/s": images_seen /
+                           (time.perf_counter() - start)})
+    steps = max(1, len(loader))
+    result = {name: total / steps for name, total in sums.items()}
+    result["images_per_s"] = images_seen / (time.perf_counter() - start)
+    return result
+
+
+def validate(cfg: Config, model: nn.Module, val: ValidationSet, train_targets: np.ndarray,
+             device: torch.device) -> dict[str, Any]:
+    """Attribute accuracy per task (+ majority baseline) and re-ID CMC/mAP on ``val``."""
+    kwargs = dict(transform=transform_config(cfg), device=device, amp=cfg.train.amp,
+                  channels_last=cfg.train.channels_last, flip=cfg.train.flip_test,
+                  workers=cfg.data.workers)
+    gallery = extract(model, val.gallery, **kwargs)
+    query = gallery if val.all_vs_all else extract(model, val.query, **kwargs)
+    dist = pairwise_distance(query.embeddings, gallery.embeddings, metric=cfg.loss.distance
+                             if cfg.loss.distance != "squared" else "euclidean")
+    ids = lambda recs: np.array([r.pid for r in recs])  # noqa: E731
+    cams = lambda recs: np.array([r.camid if r.camid is not None else -1 for r in recs])  # noqa
+    reid = reid_metrics(dist, ids(val.query), ids(val.gallery), cams(val.query),
+                        cams(val.gallery), protocol=val.protocol, exclude_self=val.all_vs_all)
+    attr_feats = gallery if val.attributes is val.gallery else extract(
+        model, val.attributes, **kwargs)
+    targets = attribute_matrix(val.attributes)
+    attrs = attribute_metrics(attr_feats.logits, targets)
+    majority = majority_baseline(train_targets, targets)
+    return {"mAP": reid.mAP, "rank1": reid.rank(1), "rank5": reid.rank(5), "mINP": reid.mINP,
+            "mean_accuracy": attrs.mean_accuracy, "accuracy": attrs.accuracy,
+            "mA": attrs.mA, "majority": majority}
+
+
+def _score(metrics: dict[str, Any]) -> float:
+    """Checkpoint selection: the mean of mAP and the mean attribute accuracy."""
+    return (metrics["mAP"] + metrics["mean_accuracy"]) / 2
+
+
+def _state(cfg: Config, parts: _Parts, epoch: int, label_of: dict[int, int],
+           best: dict[str, Any], metrics: dict[str, Any] | None) -> dict[str, Any]:
+    return {"model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
+            "criterion": parts.criterion.state_dict(), "epoch": epoch, "config": to_dict(cfg),
+            "model_config": parts.model.config, "label_of": label_of, "best": best,
+            "metrics": metrics, "attreid_version": __version__}
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _trim_jsonl(path: Path, epochs: int) -> None:
+    """Drop log lines of epochs after ``epochs`` (written by a run interrupted later)."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines()
+             if ln.strip() and json.loads(ln).get("epoch", 0) <= epochs]
+    atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+
+
+def _resume(out: Path, cfg: Config, parts: _Parts) -> tuple[int, dict[str, Any]]:
+    state = load_checkpoint(out / "last.pt")
+    saved = state["config"]
+    mine = to_dict(cfg)
+    for section in ("data", "model", "loss"):
+        if saved.get(section) != mine[section]:
+            raise ValueError(f"{out / 'last.pt'}: cannot resume, section {section!r} of the "
+                             "config differs from the checkpoint's")
+    parts.model.load_state_dict(state["model"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.criterion.load_state_dict(state["criterion"])
+    return int(state["epoch"]), state.get("best") or {}
+
+
+def setup(cfg: Config, bundle: DataBundle) -> _Parts:
+    """Build model, loss and optimizer for ``cfg`` on its device, seeded by ``train.seed``."""
+    torch.manual_seed(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    model = build_model(**_model_kwargs(cfg, bundle.train.num_classes)).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    criterion = build_criterion(cfg, bundle.train_targets).to(device)
+    return _Parts(model, criterion, build_optimizer(cfg, model, criterion), device)
+
+
+def train(cfg: Config, resume: bool = False, log: Log = print,
+          on_step: Callable[[int, int, int, dict[str, float]], None] | None = None
+          ) -> TrainResult:
+    """Train ``cfg``: write ``last.pt``, ``best.pt``, ``config.yaml`` and ``metrics.jsonl``
+    to ``cfg.train.out``. With ``resume`` continue from ``last.pt`` exactly.
+
+    Args:
+        on_step: called with (epoch, step, steps per epoch, running values) after each step.
+    """
+    out = Path(cfg.train.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bundle = build_data(cfg)
+    parts = setup(cfg, bundle)
+    start, best = _resume(out, cfg, parts) if resume else (0, {})
+    _trim_jsonl(out / "metrics.jsonl", start) if resume else (out / "metrics.jsonl").unlink(
+        missing_ok=True)
+    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+    result = TrainResult(out=out, epochs=start, best=best)
+    for epoch in range(start, cfg.optim.epochs):
+        record = _run_epoch(cfg, parts, bundle, epoch, out, on_step)
+        best = _checkpoint(cfg, parts, bundle, epoch, record, best, out)
+        _append_jsonl(out / "metrics.jsonl", record)
+        log(_format_epoch(record))
+        result.history.append(record)
+        result.epochs, result.best = epoch + 1, best
+    return result
+
+
+def _run_epoch(cfg: Config, parts: _Parts, bundle: DataBundle, epoch: int, out: Path,
+               on_step: Callable[[int, int, int, dict[str, float]], None] | None
+               ) -> dict[str, Any]:
+    torch.manual_seed(_epoch_seed(cfg.train.seed, epoch))
+    factor = lr_factor(cfg, epoch)
+    for group in parts.optimizer.param_groups:
+        group["lr"] = cfg.optim.lr * factor
+    loader = make_loader(cfg, bundle.train, epoch)
+    step_cb = (lambda step, values: on_step(epoch, step, len(loader), values)) \
+        if on_step else None
+    record: dict[str, Any] = {"epoch": epoch + 1, "lr": cfg.optim.lr * factor}
+    record["train"] = train_epoch(cfg, parts, loader, epoch, out, step_cb)
+    last = epoch + 1 == cfg.optim.epochs
+    if bundle.val is not None and ((epoch + 1) % cfg.train.eval_every == 0 or last):
+        record["val"] = validate(cfg, parts.model, bundle.val, bundle.train_targets,
+                                 parts.device)
+    return record
+
+
+def _checkpoint(cfg: Config, parts: _Parts, bundle: DataBundle, epoch: int,
+                record: dict[str, Any], best: dict[str, Any], out: Path) -> dict[str, Any]:
+    metrics = record.get("val")
+    if metrics is not None and (not best or _score(metrics) > best["score"]):
+        best = {"epoch": epoch + 1, "score": _score(metrics), "mAP": metrics["mAP"],
+                "mean_accuracy": metrics["mean_accuracy"]}
+        save_checkpoint(out / "best.pt", _state(cfg, parts, epoch + 1,
+                                                bundle.train.label_of, best, metrics))
+    save_checkpoint(out / "last.pt", _state(cfg, parts, epoch + 1, bundle.train.label_of,
+                                            best, metrics))
+    return best
+
+
+def _format_epoch(record: dict[str, Any]) -> str:
+    t = record["train"]
+    text = (f"epoch {record['epoch']}: loss {t['loss']:.4f} (reid {t.get('reid', 0):.4f}, "
+            f"attr {t.get('attr', 0):.4f}) {t['images_per_s']:.0f} img/s")
+    if "val" in record:
+        v = record["val"]
+        text += (f" | val mAP {v['mAP']:.2%} rank-1 {v['rank1']:.2%} "
+                 f"attr acc {v['mean_accuracy']:.2%}")
+    return text

@@ -1,0 +1,100 @@
+"""Batched feature and attribute extraction: the one path validation, evaluation and search use."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from attreid.data.dataset import ImageDataset
+from attreid.data.records import ImageRecord
+from attreid.data.transforms import TransformConfig, build_transforms
+from attreid.models.output import ModelOutput
+
+
+@dataclass
+class Features:
+    """Extracted outputs for N images.
+
+    Attributes:
+        embeddings: (N, D) float32 re-ID embeddings.
+        logits: task name -> (N, 1) or (N, C) float32 attribute logits.
+    """
+
+    embeddings: torch.Tensor
+    logits: dict[str, torch.Tensor]
+
+
+def autocast_context(device: torch.device, amp: str) -> ContextManager:
+    """Autocast for ``amp`` in ``none``/``bf16``/``fp16`` on ``device`` (fp16 needs a GPU)."""
+    if amp == "none":
+        return nullcontext()
+    if amp not in ("bf16", "fp16"):
+        raise ValueError(f"amp={amp!r}: expected none, bf16 or fp16")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("amp=fp16 needs a CUDA device; use bf16 on CPU")
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_float(out: ModelOutput) -> ModelOutput:
+    """Cast every tensor of an output to float32 (after autocast, before losses/metrics)."""
+    return ModelOutput(
+        embedding=out.embedding.float(),
+        triplet_features=out.triplet_features.float(),
+        attribute_logits={k: v.float() for k, v in out.attribute_logits.items()},
+        id_logits=None if out.id_logits is None else out.id_logits.float(),
+    )
+
+
+@torch.inference_mode()
+def _forward(model: nn.Module, images: torch.Tensor, flip: bool) -> ModelOutput:
+    out = to_float(model(images))
+    if not flip:
+        return out
+    flipped = to_float(model(torch.flip(images, dims=[3])))
+    return ModelOutput(
+        embedding=(out.embedding + flipped.embedding) / 2,
+        triplet_features=(out.triplet_features + flipped.triplet_features) / 2,
+        attribute_logits={k: (v + flipped.attribute_logits[k]) / 2
+                          for k, v in out.attribute_logits.items()},
+    )
+
+
+def extract(model: nn.Module, records: Sequence[ImageRecord], transform: TransformConfig,
+            device: torch.device, batch_size: int = 128, workers: int = 0, amp: str = "none",
+            channels_last: bool = False, flip: bool = False,
+            progress: Callable[[int], None] | None = None) -> Features:
+    """Embed ``records`` and predict their attributes with ``model`` in eval mode.
+
+    Args:
+        transform: sizes and normalisation (the eval transform of this config is used).
+        flip: test-time augmentation: average the outputs of the image and its mirror.
+        progress: called with the number of images done after each batch.
+    """
+    data = ImageDataset(records, build_transforms(transform, train=False))
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers)
+    was_training = model.training
+    model.eval()
+    embeddings, logits = [], {}
+    done = 0
+    try:
+        for batch in loader:
+            images = batch["image"].to(device)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast_context(device, amp):
+                out = _forward(model, images, flip)
+            embeddings.append(out.embedding.cpu())
+            for name, value in out.attribute_logits.items():
+                logits.setdefault(name, []).append(value.cpu())
+            done += len(images)
+            if progress:
+                progress(done)
+    finally:
+        model.train(was_training)
+    return Features(torch.cat(embeddings), {k: torch.cat(v) for k, v in logits.items()})

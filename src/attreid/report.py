@@ -1,0 +1,56 @@
+"""The study-style results table: per-task accuracy and mAP per variant, majority beside them."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from rich.table import Table
+
+from attreid.schema import TASK_NAMES
+
+
+def table_rows(results: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (percent, 2 decimals) of the study's table.
+
+    Args:
+        results: variant name -> validation metrics as returned by
+            :func:`attreid.engine.validate` (``accuracy``, ``mean_accuracy``, ``mAP``,
+            ``rank1``, ``majority``).
+    """
+    variants = list(results)
+    first = next(iter(results.values()))
+    majority = first["majority"]
+    header = ["task", *variants, "majority"]
+    rows = []
+    for task in TASK_NAMES:
+        rows.append([task, *(_pct(results[v]["accuracy"].get(task)) for v in variants),
+                     _pct(majority.get(task))])
+    known = [majority[t] for t in TASK_NAMES if majority.get(t) is not None]
+    rows.append(["mean", *(_pct(results[v]["mean_accuracy"]) for v in variants),
+                 _pct(sum(known) / len(known) if known else None)])
+    rows.append(["mAP", *(_pct(results[v]["mAP"]) for v in variants), "-"])
+    rows.append(["rank-1", *(_pct(results[v]["rank1"]) for v in variants), "-"])
+    return header, rows
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def rich_table(results: Mapping[str, Mapping[str, Any]], title: str) -> Table:
+    """The table for the terminal."""
+    header, rows = table_rows(results)
+    table = Table(title=title)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def markdown_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The table as GitHub markdown."""
+    header, rows = table_rows(results)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
