@@ -36,7 +36,7 @@ def demo_config(data: Path, out: Path, variant: str, epochs: int | None = None) 
                         train={"out": str(out / variant)}, optim=optim)
 
 
-def run_demo(out: Path, ids: int = 100, seed: int = 0, epochs: int | None = None,
+def run_demo(out: Path, ids: int = 200, seed: int = 0, epochs: int | None = None,
              variants: tuple[str, ...] = VARIANTS, log: Callable[[str], None] = print,
              on_step: Callable[..., None] | None = None) -> DemoResult:
     """Synthesise ``ids`` identities into ``out/data``, train and validate each variant."""
