@@ -43,3 +43,28 @@ def test_errors_are_clear(tmp_path):
     (tmp_path / "full" / "x").write_text("x")
     result = runner.invoke(app, ["synth", "--out", str(tmp_path / "full")])
     assert result.exit_code == 1 and "full" in result.output
+
+
+def test_train_command_and_bad_config(tmp_path):
+    data = tmp_path / "data"
+    assert runner.invoke(app, ["synth", "--out", str(data), "--ids", "12"]).exit_code == 0
+    args = ["train", "-c", "demo", "--data", str(data), "--out", str(tmp_path / "run"),
+            "--set", "optim.epochs=1", "--set", "data.batches_per_epoch=2",
+            "--set", "data.workers=0", "--set", "data.p=4"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "epoch 1:" in result.output and (tmp_path / "run" / "last.pt").is_file()
+    result = runner.invoke(app, [*args, "--set", "optim.lr=fast"])
+    assert result.exit_code == 1 and "optim.lr: expected float" in result.output
+    result = runner.invoke(app, ["train", "-c", "demo", "--data", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1 and "dataset folder not found" in result.output
+
+
+def test_demo_prints_and_saves_the_table(tmp_path):
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--ids", "20", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / "results.md").read_text()
+    for row in ("| age |", "| mean |", "| mAP |", "| downcolor |"):
+        assert row in table
+    assert "| task | resnet | convhead | attention | majority |" in table
+    assert "mAP" in result.output and "majority" in result.output

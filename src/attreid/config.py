@@ -149,6 +149,11 @@ def _is_int(value: Any) -> bool:
 def _coerce(value: Any, kind: Any, key: str) -> Any:
     if kind is float and (_is_int(value) or isinstance(value, float)):
         return float(value)
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if (kind is int and _is_int(value)) or (kind is bool and isinstance(value, bool)):
         return value
     if kind is str and (value is None or isinstance(value, str)):

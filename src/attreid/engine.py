@@ -206,7 +206,8 @@ def _finite_or_raise(cfg: Config, terms: dict[str, torch.Tensor], epoch: int, st
                      out: Path, parts: _Parts) -> None:
     if torch.isfinite(terms["loss"]).item():
         return
-    bad = {k: float(v) for k, v in terms.items() if not math.isfinite(float(v))}
+    values = {k: float(v.detach()) for k, v in terms.items()}
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
     rescue = out / "before_nonfinite.pt"
     save_checkpoint(rescue, {"model": parts.model.state_dict(), "config": to_dict(cfg),
                              "model_config": parts.model.config, "epoch": epoch})
@@ -241,7 +242,7 @@ def train_epoch(cfg: Config, parts: _Parts, loader: DataLoader, epoch: int, out:
             sums[name] = sums.get(name, 0.0) + float(value.detach())
         images_seen += len(images)
         if on_step:
-            on_step(step, {"loss": float(terms["loss"]), "img/s": images_seen /
+            on_step(step, {"loss": float(terms["loss"].detach()), "img/s": images_seen /
                            (time.perf_counter() - start)})
     steps = max(1, len(loader))
     result = {name: total / steps for name, total in sums.items()}
