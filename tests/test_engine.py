@@ -100,6 +100,8 @@ def test_train_writes_checkpoints_and_metrics(synth_root, tmp_path):
     assert state["epoch"] == 2 and state["config"]["data"]["root"] == str(synth_root)
     assert load_config(out / "config.yaml") == cfg
     assert not list(out.glob(".*.tmp"))
+    pytest.importorskip("tensorboard")
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_resume_equals_uninterrupted(synth_root, tmp_path):

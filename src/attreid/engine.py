@@ -200,6 +200,22 @@ class _Parts:
     criterion: MultiTaskLoss
     optimizer: torch.optim.Optimizer
     device: torch.device
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
+
+
+def _backward_step(cfg: Config, parts: _Parts, loss: torch.Tensor) -> None:
+    parts.optimizer.zero_grad(set_to_none=True)
+    scaler = parts.scaler
+    (scaler.scale(loss) if scaler else loss).backward()
+    if scaler:
+        scaler.unscale_(parts.optimizer)
+    if cfg.train.grad_clip > 0:
+        nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.train.grad_clip)
+    if scaler:
+        scaler.step(parts.optimizer)
+        scaler.update()
+    else:
+        parts.optimizer.step()
 
 
 def _finite_or_raise(cfg: Config, terms: dict[str, torch.Tensor], epoch: int, step: int,
@@ -233,17 +249,13 @@ def train_epoch(cfg: Config, parts: _Parts, loader: DataLoader, epoch: int, out:
         terms = parts.criterion(to_float(output), batch["label"].to(parts.device),
                                 batch["attributes"].to(parts.device))
         _finite_or_raise(cfg, terms, epoch, step, out, parts)
-        parts.optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        if cfg.train.grad_clip > 0:
-            nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.train.grad_clip)
-        parts.optimizer.step()
+        _backward_step(cfg, parts, terms["loss"])
         for name, value in terms.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach())
         images_seen += len(images)
         if on_step:
-            on_step(step, {"loss": float(terms["loss"].detach()), "img/s": images_seen /
-                           (time.perf_counter() - start)})
+            shown = {k: float(terms[k].detach()) for k in ("loss", "reid", "attr")}
+            on_step(step, {**shown, "img/s": images_seen / (time.perf_counter() - start)})
     steps = max(1, len(loader))
     result = {name: total / steps for name, total in sums.items()}
     result["images_per_s"] = images_seen / (time.perf_counter() - start)
@@ -284,7 +296,8 @@ def _state(cfg: Config, parts: _Parts, epoch: int, label_of: dict[int, int],
     return {"model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
             "criterion": parts.criterion.state_dict(), "epoch": epoch, "config": to_dict(cfg),
             "model_config": parts.model.config, "label_of": label_of, "best": best,
-            "metrics": metrics, "attreid_version": __version__}
+            "metrics": metrics, "attreid_version": __version__,
+            "scaler": parts.scaler.state_dict() if parts.scaler else None}
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -312,6 +325,8 @@ def _resume(out: Path, cfg: Config, parts: _Parts) -> tuple[int, dict[str, Any]]
     parts.model.load_state_dict(state["model"])
     parts.optimizer.load_state_dict(state["optimizer"])
     parts.criterion.load_state_dict(state["criterion"])
+    if parts.scaler and state.get("scaler"):
+        parts.scaler.load_state_dict(state["scaler"])
     return int(state["epoch"]), state.get("best") or {}
 
 
@@ -323,7 +338,8 @@ def setup(cfg: Config, bundle: DataBundle) -> _Parts:
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = build_criterion(cfg, bundle.train_targets).to(device)
-    return _Parts(model, criterion, build_optimizer(cfg, model, criterion), device)
+    scaler = torch.amp.GradScaler(device.type) if cfg.train.amp == "fp16" else None
+    return _Parts(model, criterion, build_optimizer(cfg, model, criterion), device, scaler)
 
 
 def train(cfg: Config, resume: bool = False, log: Log = print,
@@ -344,14 +360,36 @@ def train(cfg: Config, resume: bool = False, log: Log = print,
         missing_ok=True)
     atomic_write_text(out / "config.yaml", dump_yaml(cfg))
     result = TrainResult(out=out, epochs=start, best=best)
+    writer = _tensorboard(out) if cfg.train.tensorboard else None
     for epoch in range(start, cfg.optim.epochs):
         record = _run_epoch(cfg, parts, bundle, epoch, out, on_step)
         best = _checkpoint(cfg, parts, bundle, epoch, record, best, out)
         _append_jsonl(out / "metrics.jsonl", record)
+        if writer:
+            _write_scalars(writer, record, epoch + 1)
         log(_format_epoch(record))
         result.history.append(record)
         result.epochs, result.best = epoch + 1, best
+    if writer:
+        writer.close()
     return result
+
+
+def _tensorboard(out: Path) -> Any:
+    """A TensorBoard writer when the optional ``tensorboard`` package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(out / "tensorboard"))
+
+
+def _write_scalars(writer: Any, record: dict[str, Any], epoch: int, prefix: str = "") -> None:
+    for key, value in record.items():
+        if isinstance(value, dict):
+            _write_scalars(writer, value, epoch, f"{prefix}{key}/")
+        elif isinstance(value, (int, float)) and key != "epoch":
+            writer.add_scalar(prefix + key, value, epoch)
 
 
 def _run_epoch(cfg: Config, parts: _Parts, bundle: DataBundle, epoch: int, out: Path,
