@@ -6,3 +6,11 @@ try:
     __version__ = version("attreid")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0"
+
+
+def __getattr__(name: str):  # lazy: `import attreid` stays light; attreid.Predictor loads torch
+    if name == "Predictor":
+        from attreid.predictor import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'attreid' has no attribute {name!r}")

@@ -52,7 +52,8 @@ def to_float(out: ModelOutput) -> ModelOutput:
 
 
 @torch.inference_mode()
-def _forward(model: nn.Module, images: torch.Tensor, flip: bool) -> ModelOutput:
+def forward_tta(model: nn.Module, images: torch.Tensor, flip: bool) -> ModelOutput:
+    """Float32 outputs of ``model``; with ``flip``, averaged with those of the mirrored batch."""
     out = to_float(model(images))
     if not flip:
         return out
@@ -88,7 +89,7 @@ def extract(model: nn.Module, records: Sequence[ImageRecord], transform: Transfo
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast_context(device, amp):
-                out = _forward(model, images, flip)
+                out = forward_tta(model, images, flip)
             embeddings.append(out.embedding.cpu())
             for name, value in out.attribute_logits.items():
                 logits.setdefault(name, []).append(value.cpu())
