@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from contextlib import contextmanager
 from typing import Callable, Iterator
 import warnings
@@ -164,6 +163,49 @@ def _epoch_progress(epochs: int) -> Iterator[Callable[[int, int, int, dict], Non
             bar.update(task, completed=step + 1, epoch=epoch + 1, info=info)
 
         yield on_step
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint (best.pt or last.pt)."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder."),
+    protocol: str | None = typer.Option(None, help="market or seed (default: by split)."),
+    split: str = typer.Option("test", help="test (query vs gallery), study or random."),
+    rerank: bool = typer.Option(False, "--rerank", help="Also report re-ranked metrics."),
+    distance: str = typer.Option("euclidean", help="euclidean, squared or cosine."),
+    flip: bool = typer.Option(False, "--flip", help="Flip test-time augmentation."),
+    out: Path | None = typer.Option(None, help="Folder for metrics.json and plots "
+                                    "(default: eval/ beside the checkpoint)."),
+    layout: str = typer.Option("auto", help=LAYOUTS),
+    device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
+) -> None:
+    """Evaluate a checkpoint: a table in the terminal, metrics.json, CMC / attribute / ranked
+    gallery plots."""
+    from attreid.checkpoint import CheckpointError
+    from attreid.evaluate import evaluate_checkpoint
+    from attreid.report import rich_table
+
+    out = out or checkpoint.parent / "eval"
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("embedding images", total=None)
+            result = evaluate_checkpoint(
+                checkpoint, data, layout=layout, protocol=protocol, rerank=rerank,
+                distance=distance, flip=flip, device=device, split=split, out=out,
+                progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except (DataError, CheckpointError, ValueError) as exc:
+        _fail(str(exc))
+    m = result.metrics
+    console.print(rich_table({checkpoint.parent.name or "model": m},
+                             f"{split} split, {m['setup']['protocol']} protocol (%)"))
+    line = f"mAP {m['mAP']:.2%}  rank-1 {m['rank1']:.2%}  mINP {m['mINP']:.2%}"
+    if "reranked" in m:
+        r = m["reranked"]
+        line += f"  | re-ranked: mAP {r['mAP']:.2%}  rank-1 {r['rank1']:.2%}"
+    console.print(line)
+    console.print(f"wrote {', '.join(p.name for p in result.files)} to {out}", soft_wrap=True)
 
 
 @app.command()

@@ -25,11 +25,13 @@ from attreid.checkpoint import atomic_write_text, load_checkpoint, save_checkpoi
 from attreid.config import Config, dump_yaml, to_dict
 from attreid.data.dataset import ImageDataset
 from attreid.data.load import load_dataset
-from attreid.data.records import DataError, ImageRecord, attribute_matrix
+from attreid.data.records import DataError, attribute_matrix
 from attreid.data.sampler import PKSampler
-from attreid.data.splits import random_id_split, split_by_ids
 from attreid.data.transforms import TransformConfig, build_transforms
+from attreid.evalset import EvaluationSet, build_evaluation_set, identity_targets, \
+    labels_and_cameras, test_is_labelled
 from attreid.inference import autocast_context, extract, to_float
+from attreid.schema import MISSING
 from attreid.losses import MultiTaskLoss, positive_ratio_weights
 from attreid.metrics import attribute_metrics, majority_baseline, pairwise_distance, \
     reid_metrics
@@ -43,25 +45,11 @@ class NonFiniteLossError(RuntimeError):
 
 
 @dataclass
-class ValidationSet:
-    """Images to validate on and how: ``protocol`` ``seed`` (all-vs-all) or ``market``."""
-
-    query: list[ImageRecord]
-    gallery: list[ImageRecord]
-    protocol: str
-    attributes: list[ImageRecord]
-
-    @property
-    def all_vs_all(self) -> bool:
-        return self.protocol == "seed"
-
-
-@dataclass
 class DataBundle:
     """Training data and the validation set built from a DataConfig."""
 
     train: ImageDataset
-    val: ValidationSet | None
+    val: EvaluationSet | None
     train_targets: np.ndarray  # (N_ids, 12) identity-level task labels of the training set
 
 
@@ -82,42 +70,23 @@ def transform_config(cfg: Config) -> TransformConfig:
                            erasing_p=d.erasing_p)
 
 
-def _split(cfg: Config, records: list[ImageRecord], val_ids: tuple[int, ...]
-           ) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    if cfg.data.split == "study":
-        if not val_ids:
-            raise DataError(f"{cfg.data.root}: split 'study' needs the course layout's "
-                            "annotations_train.csv order; use split 'random' for this dataset")
-        return split_by_ids(records, val_ids)
-    return random_id_split(records, cfg.data.val_ids, cfg.data.split_seed)
-
-
-def _identity_targets(records: list[ImageRecord]) -> np.ndarray:
-    first = {}
-    for rec in records:
-        first.setdefault(rec.pid, rec)
-    return attribute_matrix(list(first.values()))
-
-
 def build_data(cfg: Config) -> DataBundle:
-    """Load the dataset of ``cfg.data`` and split it into training data and a validation set."""
+    """Load the dataset of ``cfg.data``; split it into training data and a validation set
+    (``None`` for split ``test`` when the query/gallery images are unlabelled)."""
     if not cfg.data.root:
         raise DataError("no dataset: set data.root (attreid train --data DIR)")
     dataset = load_dataset(cfg.data.root, cfg.data.layout)
-    if cfg.data.split in ("study", "random"):
-        train, val = _split(cfg, dataset.train, dataset.val_ids)
-        val_set = ValidationSet(val, val, "seed", val)
-    elif cfg.data.split == "test":
-        train = dataset.train
-        labelled = [r for r in dataset.query + dataset.gallery if r.pid is not None]
-        val_set = None
-        if labelled and len(labelled) == len(dataset.query) + len(dataset.gallery):
-            with_attrs = [r for r in dataset.gallery if r.attributes is not None]
-            val_set = ValidationSet(dataset.query, dataset.gallery, "market", with_attrs)
+    if cfg.data.split == "test" and not test_is_labelled(dataset):
+        train, val = dataset.train, None
     else:
-        raise ValueError(f"data.split={cfg.data.split!r}: expected study, random or test")
+        val = build_evaluation_set(dataset, cfg.data.split, cfg.data.val_ids,
+                                   cfg.data.split_seed)
+        train = val.train
+        if not train:
+            raise DataError(f"{cfg.data.root}: split {cfg.data.split!r} leaves no training "
+                            "identity; use split 'random' with fewer data.val_ids")
     transform = build_transforms(transform_config(cfg), train=True)
-    return DataBundle(ImageDataset(train, transform), val_set, _identity_targets(train))
+    return DataBundle(ImageDataset(train, transform), val, identity_targets(train))
 
 
 def _model_kwargs(cfg: Config, num_identities: int) -> dict[str, Any]:
@@ -262,7 +231,7 @@ def train_epoch(cfg: Config, parts: _Parts, loader: DataLoader, epoch: int, out:
     return result
 
 
-def validate(cfg: Config, model: nn.Module, val: ValidationSet, train_targets: np.ndarray,
+def validate(cfg: Config, model: nn.Module, val: EvaluationSet, train_targets: np.ndarray,
              device: torch.device) -> dict[str, Any]:
     """Attribute accuracy per task (+ majority baseline) and re-ID CMC/mAP on ``val``."""
     kwargs = dict(transform=transform_config(cfg), device=device, amp=cfg.train.amp,
@@ -270,24 +239,26 @@ def validate(cfg: Config, model: nn.Module, val: ValidationSet, train_targets: n
                   workers=cfg.data.workers)
     gallery = extract(model, val.gallery, **kwargs)
     query = gallery if val.all_vs_all else extract(model, val.query, **kwargs)
-    dist = pairwise_distance(query.embeddings, gallery.embeddings, metric=cfg.loss.distance
-                             if cfg.loss.distance != "squared" else "euclidean")
-    ids = lambda recs: np.array([r.pid for r in recs])  # noqa: E731
-    cams = lambda recs: np.array([r.camid if r.camid is not None else -1 for r in recs])  # noqa
-    reid = reid_metrics(dist, ids(val.query), ids(val.gallery), cams(val.query),
-                        cams(val.gallery), protocol=val.protocol, exclude_self=val.all_vs_all)
-    attr_feats = gallery if val.attributes is val.gallery else extract(
-        model, val.attributes, **kwargs)
-    targets = attribute_matrix(val.attributes)
-    attrs = attribute_metrics(attr_feats.logits, targets)
-    majority = majority_baseline(train_targets, targets)
-    return {"mAP": reid.mAP, "rank1": reid.rank(1), "rank5": reid.rank(5), "mINP": reid.mINP,
-            "mean_accuracy": attrs.mean_accuracy, "accuracy": attrs.accuracy,
-            "mA": attrs.mA, "majority": majority}
+    metric = "euclidean" if cfg.loss.distance == "squared" else cfg.loss.distance
+    dist = pairwise_distance(query.embeddings, gallery.embeddings, metric=metric)
+    qids, gids, qcams, gcams = labels_and_cameras(val)
+    reid = reid_metrics(dist, qids, gids, qcams, gcams, protocol=val.protocol,
+                        exclude_self=val.all_vs_all)
+    result = {"mAP": reid.mAP, "rank1": reid.rank(1), "rank5": reid.rank(5), "mINP": reid.mINP}
+    targets = attribute_matrix(val.attribute_records)
+    if (targets != MISSING).any():
+        index = torch.from_numpy(val.attribute_index)
+        attrs = attribute_metrics({k: v[index] for k, v in gallery.logits.items()}, targets)
+        result.update(mean_accuracy=attrs.mean_accuracy, accuracy=attrs.accuracy, mA=attrs.mA,
+                      majority=majority_baseline(train_targets, targets))
+    return result
 
 
 def _score(metrics: dict[str, Any]) -> float:
-    """Checkpoint selection: the mean of mAP and the mean attribute accuracy."""
+    """Checkpoint selection: the mean of mAP and the mean attribute accuracy (mAP alone when
+    no validation image has attributes)."""
+    if "mean_accuracy" not in metrics:
+        return metrics["mAP"]
     return (metrics["mAP"] + metrics["mean_accuracy"]) / 2
 
 
@@ -416,7 +387,7 @@ def _checkpoint(cfg: Config, parts: _Parts, bundle: DataBundle, epoch: int,
     metrics = record.get("val")
     if metrics is not None and (not best or _score(metrics) > best["score"]):
         best = {"epoch": epoch + 1, "score": _score(metrics), "mAP": metrics["mAP"],
-                "mean_accuracy": metrics["mean_accuracy"]}
+                "mean_accuracy": metrics.get("mean_accuracy")}
         save_checkpoint(out / "best.pt", _state(cfg, parts, epoch + 1,
                                                 bundle.train.label_of, best, metrics))
     save_checkpoint(out / "last.pt", _state(cfg, parts, epoch + 1, bundle.train.label_of,
@@ -430,6 +401,7 @@ def _format_epoch(record: dict[str, Any]) -> str:
             f"attr {t.get('attr', 0):.4f}) {t['images_per_s']:.0f} img/s")
     if "val" in record:
         v = record["val"]
-        text += (f" | val mAP {v['mAP']:.2%} rank-1 {v['rank1']:.2%} "
-                 f"attr acc {v['mean_accuracy']:.2%}")
+        text += f" | val mAP {v['mAP']:.2%} rank-1 {v['rank1']:.2%}"
+        if "mean_accuracy" in v:
+            text += f" attr acc {v['mean_accuracy']:.2%}"
     return text
