@@ -206,3 +206,12 @@ def test_stable_smallest_is_a_stable_argsort_prefix():
     for k in (1, 5, 17, 40):
         expected = torch.sort(values, dim=1, stable=True).indices[:, :k]
         torch.testing.assert_close(_stable_smallest(values, k), expected, rtol=0, atol=0)
+
+
+def test_public_metrics_entry_point_is_the_same():
+    from attreid import metrics
+    from attreid.rerank import rerank as direct
+
+    rng = np.random.default_rng(0)
+    q, g = rng.normal(size=(6, 16)), rng.normal(size=(30, 16))
+    np.testing.assert_array_equal(metrics.rerank(q, g, k1=5, k2=2), direct(q, g, k1=5, k2=2))

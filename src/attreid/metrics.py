@@ -559,3 +559,16 @@ def majority_baseline(train_targets: ArrayLike, eval_targets: ArrayLike) -> dict
         out[task.name] = (float((known == cls).mean()) if cls != MISSING and known.size
                           else math.nan)
     return out
+
+
+def rerank(query_features: ArrayLike, gallery_features: ArrayLike, k1: int = 20, k2: int = 6,
+           lambda_value: float = 0.3, chunk_size: int = 256,
+           device: str | torch.device | None = None) -> np.ndarray:
+    """k-reciprocal re-ranking (Zhong et al., CVPR 2017): the re-ranked (Q, G) distances.
+
+    Memory-bounded and equal to the paper's dense formulation; see :mod:`attreid.rerank`.
+    """
+    from attreid.rerank import rerank as _rerank  # rerank.py imports this module
+
+    return _rerank(query_features, gallery_features, k1=k1, k2=k2, lambda_value=lambda_value,
+                   chunk_size=chunk_size, device=device)
