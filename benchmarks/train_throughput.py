@@ -7,12 +7,21 @@ Measured in one run, on one model / loss / optimizer, images per second:
                   batch_sampler=PKSampler) + the same step
     cached        ImageCache (decoded once) + PKSampler + BatchAugment in the main process
     cached+pf     the same with the batch augmented one step ahead in a background thread
+    ..., paired   bare and cached steps alternating in one loop (ratio to the paired bare
+                  steps): the fairest comparison when other load comes and goes
 
-Each variant runs ``--repeats`` times, interleaved, and the best run counts (the 2-core machine
-is shared). The table gives each variant's ratio to ``bare`` and the time per step spent waiting
-for the batch. ``--write`` replaces the "## Training throughput" section of RESULTS.md.
+Each variant runs ``--repeats`` rounds, interleaved with the others, and its timed steps are
+pooled. img/s comes from the median step time (waiting for the batch + model step): the
+2-core machine is shared, and with 2 intra-op threads any other load slows OpenMP a lot in
+bursts; the mean-based img/s is given too. "other cores" is the most CPU that other processes
+used during a pooled round (from /proc/stat; our DataLoader workers are not counted); rounds
+where others used more than ``QUIET`` cores are left out when the variant has a quieter one.
+``--write`` puts the result into the "## Training throughput" section of RESULTS.md (replacing
+the subsection of the same size and recipe).
 
-    python benchmarks/train_throughput.py --height 64 --width 32 --write
+    python benchmarks/train_throughput.py --write
+    python benchmarks/train_throughput.py --height 128 --width 64 --steps 20 --warmup 3 --write
+    python benchmarks/train_throughput.py --recipe reid --write
 """
 
 from __future__ import annotations
@@ -21,9 +30,10 @@ import argparse
 import datetime
 import os
 import platform
+import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -41,11 +51,12 @@ from attreid.data.transforms import TransformConfig, build_transforms
 from attreid.inference import autocast_context, to_float
 from attreid.losses import MultiTaskLoss
 from attreid.models import build_model
-from attreid.schema import NUM_TASKS
+from attreid.schema import TASKS
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Training throughput"
-CLASSES = (4, 2, 2, 2, 2, 2, 2, 2, 2, 2, 9, 10)  # classes of the 12 attribute tasks
+PAIRED = ("bare, paired", "cached, paired")  # rows of the alternating loop
+QUIET = 0.2  # rounds where other processes used more cores than this are left out
 
 
 def parse_args() -> argparse.Namespace:
@@ -60,7 +71,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--amp", default="bf16", choices=["none", "bf16"])
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--id-head", action="store_true")
@@ -106,41 +117,97 @@ def train_step(parts: Parts, batch: dict[str, torch.Tensor]) -> None:
 
 
 @dataclass
-class Timing:
-    images_per_s: float
-    wait_ms: float  # mean time per step spent getting the batch
-    step_ms: float  # mean time per step in the model step
+class Steps:
+    """Per-step seconds of one variant, pooled over rounds: waiting for the batch, model step."""
+
+    batch_size: int
+    wait: list[float] = field(default_factory=list)
+    work: list[float] = field(default_factory=list)
+    foreign: list[float] = field(default_factory=list)  # per round: cores used by others
+
+    def images_per_s(self) -> float:
+        """From the median step (robust to bursts of load from other processes)."""
+        return self.batch_size / statistics.median(w + k for w, k in zip(self.wait, self.work))
+
+    def extend(self, other: "Steps") -> None:
+        self.wait += other.wait
+        self.work += other.work
+        self.foreign += other.foreign
+
+    def mean_images_per_s(self) -> float:
+        return self.batch_size * len(self.wait) / (sum(self.wait) + sum(self.work))
 
 
-def timed(parts: Parts, batches: Iterable[dict[str, torch.Tensor]], warmup: int) -> Timing:
-    """Run every batch through ``train_step``; time those after the first ``warmup``."""
+def cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds of the whole machine, of this process and its finished children)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    busy = (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+    t = os.times()
+    return busy, t.user + t.system + t.children_user + t.children_system
+
+
+def step_times(parts: Parts, batches: Iterable[dict[str, torch.Tensor]], warmup: int
+               ) -> tuple[list[tuple[float, float]], float]:
+    """Run every batch through ``train_step``.
+
+    Returns:
+        (seconds waiting for the batch, seconds in the step) of each step after ``warmup``,
+        and how many cores other processes used meanwhile.
+    """
     parts.model.train()
-    wait = work = 0.0
-    seen = steps = 0
+    times: list[tuple[float, float]] = []
     it: Iterator = iter(batches)
     for i in range(10**9):
+        if i == warmup:
+            cpu0, start = cpu_seconds(), time.perf_counter()
         t0 = time.perf_counter()
         batch = next(it, None)
         if batch is None:
             break
         t1 = time.perf_counter()
         train_step(parts, batch)
-        t2 = time.perf_counter()
         if i >= warmup:
-            wait, work, seen, steps = wait + t1 - t0, work + t2 - t1, seen + len(batch["label"]), \
-                steps + 1
-    total = wait + work
-    return Timing(seen / total, 1000 * wait / steps, 1000 * work / steps)
+            times.append((t1 - t0, time.perf_counter() - t1))
+    del it, batches  # DataLoader workers exit here and count as our children
+    cpu1, elapsed = cpu_seconds(), time.perf_counter() - start
+    return times, max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])) / elapsed
+
+
+def timed(parts: Parts, batches: Iterable[dict[str, torch.Tensor]], warmup: int,
+          batch_size: int) -> Steps:
+    """The steps of one stream of batches after ``warmup``."""
+    times, foreign = step_times(parts, batches, warmup)
+    return Steps(batch_size, [w for w, _ in times], [k for _, k in times], [foreign])
+
+
+def paired(parts: Parts, first: Iterable[dict[str, torch.Tensor]],
+           second: Iterable[dict[str, torch.Tensor]], warmup: int, batch_size: int
+           ) -> tuple[Steps, Steps]:
+    """Alternate the steps of two streams in one loop, so bursts of load hit both alike."""
+    times, foreign = step_times(parts, _alternate(first, second), 2 * warmup)
+    one, two = times[0::2], times[1::2]
+    return (Steps(batch_size, [w for w, _ in one], [k for _, k in one], [foreign]),
+            Steps(batch_size, [w for w, _ in two], [k for _, k in two], [foreign]))
+
+
+def _alternate(first: Iterable, second: Iterable) -> Iterator:
+    """first[0], second[0], first[1], ... each drawn only when asked for (so timed apart)."""
+    streams = [iter(first), iter(second)]
+    for i in range(10**9):
+        item = next(streams[i % 2], None)
+        if item is None:
+            return
+        yield item
 
 
 def bare_batches(args: argparse.Namespace, count: int) -> Iterator[dict[str, torch.Tensor]]:
     b = args.p * args.k
     g = torch.Generator().manual_seed(0)
-    batch = {"image": torch.randn(b, 3, args.height, args.width, generator=g),
-             "label": torch.arange(args.p).repeat_interleave(args.k),
-             "attributes": torch.stack([torch.randint(0, c, (b,), generator=g)
-                                        for c in CLASSES], dim=1)}
-    assert batch["attributes"].shape == (b, NUM_TASKS)
+    attributes = [torch.randint(0, t.num_classes, (b,), generator=g) for t in TASKS]
+    batch = {"image": torch.randn(b, 3, args.height, args.width, generator=g),  # (B, 3, H, W)
+             "label": torch.arange(args.p).repeat_interleave(args.k),  # (B,) P ids x K
+             "attributes": torch.stack(attributes, dim=1)}  # (B, 12)
     return (batch for _ in range(count))
 
 
@@ -158,19 +225,22 @@ def cached_batches(args, data: ImageDataset, cache: ImageCache, cfg: TransformCo
                         prefetch=prefetch)
 
 
-def augment_cost(args, cache: ImageCache, cfg: TransformConfig, count: int = 50) -> float:
-    """Milliseconds per batch of slicing the cache and augmenting, alone."""
+def augment_cost(args, cache: ImageCache, cfg: TransformConfig, count: int = 50
+                 ) -> tuple[float, float]:
+    """Milliseconds per batch of slicing the cache and augmenting, alone: (min, median)."""
     augment = BatchAugment(cfg, train=True, channels_last=args.channels_last)
     g = torch.Generator().manual_seed(0)
     index = torch.randint(0, len(cache), (count, args.p * args.k), generator=g)
     augment(cache.batch(index[0]), g)
-    start = time.perf_counter()
+    times = []
     for row in index:
+        start = time.perf_counter()
         augment(cache.batch(row), g)
-    return 1000 * (time.perf_counter() - start) / count
+        times.append(time.perf_counter() - start)
+    return 1000 * min(times), 1000 * statistics.median(times)
 
 
-def run(args: argparse.Namespace, root: Path) -> tuple[list[tuple[str, Timing]], dict]:
+def run(args: argparse.Namespace, root: Path) -> tuple[list[tuple[str, Steps]], dict]:
     t0 = time.perf_counter()
     generate(root / "synth", ids=args.ids, seed=0, layout="market")
     train = load_dataset(root / "synth").train
@@ -186,29 +256,49 @@ def run(args: argparse.Namespace, root: Path) -> tuple[list[tuple[str, Timing]],
             "decode_s": t2 - t1, "load_s": t3 - t2, "cache_mb": cache.nbytes / 1e6,
             "augment_ms": augment_cost(args, cache, cfg)}
     parts = build_parts(args, data.num_classes)
-    count = args.warmup + args.steps
+    count, b = args.warmup + args.steps, args.p * args.k
     variants: dict[str, Callable[[], Iterable]] = {"bare": lambda: bare_batches(args, count)}
     for w in args.workers:
         variants[f"loader w{w}"] = lambda w=w: loader_batches(args, data, w, count)
     variants["cached"] = lambda: cached_batches(args, data, cache, cfg, 0, count)
     variants["cached+pf"] = lambda: cached_batches(args, data, cache, cfg, 1, count)
-    best: dict[str, Timing] = {}
-    for _ in range(args.repeats):
-        for name, make in variants.items():
-            t = timed(parts, make(), args.warmup)
-            print(f"  {name:<11} {t.images_per_s:7.1f} img/s", flush=True)
-            if name not in best or t.images_per_s > best[name].images_per_s:
-                best[name] = t
-    return list(best.items()), info
+    rounds: dict[str, list[Steps]] = {name: [] for name in [*variants, *PAIRED]}
+    names = [*variants, "paired"]
+    for r in range(args.repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order
+            if name == "paired":
+                pair = paired(parts, variants["bare"](), variants["cached"](), args.warmup, b)
+                measured = list(zip(PAIRED, pair))
+            else:
+                measured = [(name, timed(parts, variants[name](), args.warmup, b))]
+            for key, steps in measured:
+                rounds[key].append(steps)
+                print(f"  round {r + 1} {key:<15} {steps.images_per_s():7.1f} img/s (other "
+                      f"processes: {steps.foreign[-1]:.2f} cores)", flush=True)
+    return [(name, pool(runs)) for name, runs in rounds.items()], info
 
 
-def table(results: list[tuple[str, Timing]]) -> str:
-    base = results[0][1].images_per_s
-    lines = ["| variant | img/s | ratio to bare | wait ms/step | step ms/step |",
-             "|---|---:|---:|---:|---:|"]
+def pool(runs: list[Steps]) -> Steps:
+    """Pool the quiet rounds (other processes < QUIET cores), or all rounds if none was quiet."""
+    quiet = [s for s in runs if s.foreign[0] < QUIET] or runs
+    pooled = Steps(runs[0].batch_size)
+    for steps in quiet:
+        pooled.extend(steps)
+    return pooled
+
+
+def table(results: list[tuple[str, Steps]]) -> str:
+    """One row per variant; the paired rows relative to the paired bare steps."""
+    bases = {name: dict(results)[PAIRED[0] if name in PAIRED else "bare"] for name, _ in results}
+    lines = ["| variant | img/s | ratio to bare | wait ms | step ms | img/s (mean) | ratio (mean) "
+             "| rounds | other cores |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, t in results:
-        lines.append(f"| {name} | {t.images_per_s:.1f} | {t.images_per_s / base:.2f} | "
-                     f"{t.wait_ms:.1f} | {t.step_ms:.1f} |")
+        base, base_mean = bases[name].images_per_s(), bases[name].mean_images_per_s()
+        ms = lambda v: f"{1000 * statistics.median(v):.1f}"  # noqa: E731
+        lines.append(f"| {name} | {t.images_per_s():.1f} | {t.images_per_s() / base:.2f} | "
+                     f"{ms(t.wait)} | {ms(t.work)} | {t.mean_images_per_s():.1f} | "
+                     f"{t.mean_images_per_s() / base_mean:.2f} | {len(t.foreign)} | "
+                     f"{max(t.foreign):.2f} |")
     return "\n".join(lines)
 
 
@@ -216,54 +306,57 @@ def settings(args: argparse.Namespace) -> str:
     return (f"{args.model}/{args.backbone} at {args.height}x{args.width}, recipe {args.recipe}, "
             f"batch P*K = {args.p}*{args.k} = {args.p * args.k}, amp {args.amp}, channels_last "
             f"{args.channels_last}, id head {args.id_head}, {args.steps} timed steps after "
-            f"{args.warmup} warm-up, best of {args.repeats}")
+            f"{args.warmup} warm-up, {args.repeats} interleaved rounds, medians of the steps of "
+            "the quiet rounds")
 
 
 def machine() -> str:
+    """The machine, with the 1-minute load average (call it before the run: ours adds 2)."""
     return (f"{platform.processor() or platform.machine()}, nproc {os.cpu_count()}, torch "
             f"{torch.__version__}, {torch.get_num_threads()} intra-op threads, Python "
-            f"{platform.python_version()}")
+            f"{platform.python_version()}, load average {os.getloadavg()[0]:.2f}")
 
 
-def report(args: argparse.Namespace, results: list[tuple[str, Timing]], info: dict) -> str:
+def report(args: argparse.Namespace, results: list[tuple[str, Steps]], info: dict,
+           host: str) -> str:
     return "\n".join([
         f"### {args.height}x{args.width}, {args.recipe} ({datetime.date.today().isoformat()})", "",
-        f"- machine: {machine()}",
+        f"- machine: {host} (before the run)",
         f"- settings: {settings(args)}",
         f"- data: synthetic, {info['ids']} train ids, {info['images']} images; cache build "
         f"(decode + resize, 4 threads) {info['decode_s']:.2f} s, reload from .npy "
         f"{info['load_s']:.3f} s, {info['cache_mb']:.1f} MB; slice + augment alone "
-        f"{info['augment_ms']:.2f} ms/batch", "",
+        f"{info['augment_ms'][0]:.2f} ms/batch (min; median {info['augment_ms'][1]:.2f})", "",
         table(results), ""])
 
 
 def write_section(body: str) -> None:
-    """Replace (or add) the subsection of this configuration inside the section."""
+    """Put ``body`` (a "### HxW, recipe (date)" subsection) into the section of RESULTS.md:
+    in place of the subsection with the same size and recipe, else at the section's end."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    head, sep, rest = text.partition(SECTION)
-    after = ""
-    if sep:
-        nxt = rest.find("\n## ")
-        section, after = (rest, "") if nxt < 0 else (rest[:nxt + 1], rest[nxt + 1:])
-    else:
-        section = ""
-    title = body.splitlines()[0].split(" (")[0]
-    subsections = [s for s in section.split("\n### ")[1:] if not ("### " + s).startswith(title)]
-    intro = section.split("\n### ")[0] if sep else (
-        "\n\nFull training step against the bare model step, "
-        "`python benchmarks/train_throughput.py --write`.\n")
-    kept = "".join("\n### " + s.rstrip("\n") + "\n" for s in subsections)
-    new = SECTION + intro.rstrip("\n") + "\n" + kept + "\n" + body
-    RESULTS.write_text(head.rstrip("\n") + "\n\n" + new.rstrip("\n") + "\n" +
-                       ("\n" + after if after else ""))
+    head, found, rest = text.partition(SECTION)
+    end = rest.find("\n## ")
+    section, after = (rest, "") if end < 0 else (rest[:end + 1], rest[end + 1:])
+    if not found:
+        section = ("\n\nFull training step against the bare model step, "
+                   "`python benchmarks/train_throughput.py --write`.\n")
+    intro, *subsections = section.split("\n### ")
+    title = body.splitlines()[0].split(" (")[0].removeprefix("### ")
+    parts = [body.removeprefix("### ").strip() if s.startswith(title + " (") else s.strip()
+             for s in subsections]
+    if not any(s.startswith(title + " (") for s in subsections):
+        parts.append(body.removeprefix("### ").strip())
+    new = SECTION + intro.rstrip() + "\n" + "".join(f"\n### {s}\n" for s in parts)
+    RESULTS.write_text(head.rstrip() + "\n\n" + new + ("\n" + after if after else ""))
 
 
 def main() -> None:
     args = parse_args()
-    print(f"{machine()}\n{settings(args)}", flush=True)
+    host = machine()
+    print(f"{host}\n{settings(args)}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         results, info = run(args, Path(tmp))
-    body = report(args, results, info)
+    body = report(args, results, info, host)
     print(body)
     if args.write:
         write_section(body)

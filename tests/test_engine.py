@@ -10,8 +10,8 @@ import torch
 from attreid.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from attreid.config import ConfigError, load_config, preset_names, with_updates
 from attreid.data.synth import generate
-from attreid.engine import NonFiniteLossError, build_data, lr_factor, make_loader, setup, train, \
-    train_epoch
+from attreid.engine import NonFiniteLossError, build_cache, build_data, lr_factor, make_loader, \
+    setup, train, train_epoch
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +72,17 @@ def _fixed_batch_loss(parts, batch):
                                      batch["attributes"])["loss"])
 
 
-@pytest.mark.parametrize("variant", ["resnet", "convhead", "attention"])
-def test_one_epoch_lowers_the_loss(synth_root, tmp_path, variant):
+@pytest.mark.parametrize("variant, cache", [("resnet", False), ("convhead", False),
+                                            ("attention", False), ("resnet", True)])
+def test_one_epoch_lowers_the_loss(synth_root, tmp_path, variant, cache):
     cfg = tiny_config(synth_root, tmp_path, model={"name": variant},
-                      data={"batches_per_epoch": 8})
+                      data={"batches_per_epoch": 8, "cache": cache})
     bundle = build_data(cfg)
     parts = setup(cfg, bundle)
-    batch = next(iter(make_loader(cfg, bundle.train, epoch=0)))
+    images = build_cache(cfg, bundle.train, log=lambda _: None)
+    batch = next(iter(make_loader(cfg, bundle.train, 0, images)))
     before = _fixed_batch_loss(parts, batch)
-    terms = train_epoch(cfg, parts, make_loader(cfg, bundle.train, epoch=0), 0, tmp_path)
+    terms = train_epoch(cfg, parts, make_loader(cfg, bundle.train, 0, images), 0, tmp_path)
     assert _fixed_batch_loss(parts, batch) < before
     assert {"loss", "reid", "attr", "triplet", "attr/hat"} <= set(terms)
 
@@ -104,10 +106,11 @@ def test_train_writes_checkpoints_and_metrics(synth_root, tmp_path):
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_resume_equals_uninterrupted(synth_root, tmp_path):
-    full = tiny_config(synth_root, tmp_path / "full", optim={"epochs": 3})
+@pytest.mark.parametrize("cache", [False, True])
+def test_resume_equals_uninterrupted(synth_root, tmp_path, cache):
+    full = tiny_config(synth_root, tmp_path / "full", optim={"epochs": 3}, data={"cache": cache})
     train(full, log=lambda _: None)
-    part = tiny_config(synth_root, tmp_path / "part", optim={"epochs": 1})
+    part = tiny_config(synth_root, tmp_path / "part", optim={"epochs": 1}, data={"cache": cache})
     train(part, log=lambda _: None)
     resumed = with_updates(part, optim={"epochs": 3})
     result = train(resumed, resume=True, log=lambda _: None)

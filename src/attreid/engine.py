@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -23,6 +23,8 @@ from torch.utils.data import DataLoader
 from attreid import __version__
 from attreid.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from attreid.config import Config, dump_yaml, to_dict
+from attreid.data.batch_transforms import BatchAugment
+from attreid.data.cache import CachedLoader, ImageCache
 from attreid.data.dataset import ImageDataset
 from attreid.data.load import load_dataset
 from attreid.data.records import DataError, attribute_matrix
@@ -153,14 +155,36 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def make_loader(cfg: Config, data: ImageDataset, epoch: int) -> DataLoader:
-    """The training loader of one epoch, seeded by (seed, epoch) for exact resume."""
+def make_loader(cfg: Config, data: ImageDataset, epoch: int, cache: ImageCache | None = None,
+                device: torch.device | None = None) -> Iterable[dict[str, Any]]:
+    """The training batches of one epoch, seeded by (seed, epoch) for exact resume.
+
+    With ``cache`` (``data.cache``) batches come from the decoded images in memory, augmented
+    as whole batches; otherwise from a DataLoader with ``data.workers`` worker processes.
+    """
     sampler = PKSampler(data.pids(), cfg.data.p, cfg.data.k, seed=cfg.train.seed,
                         num_batches=cfg.data.batches_per_epoch or None)
     sampler.set_epoch(epoch)
     generator = torch.Generator().manual_seed(_epoch_seed(cfg.train.seed, epoch))
+    if cache is not None:
+        augment = BatchAugment(transform_config(cfg), train=True,
+                               channels_last=cfg.train.channels_last)
+        return CachedLoader(data, cache, sampler, augment, generator,
+                            device=device or torch.device("cpu"))
     return DataLoader(data, batch_sampler=sampler, num_workers=cfg.data.workers,
                       generator=generator, pin_memory=torch.cuda.is_available())
+
+
+def build_cache(cfg: Config, data: ImageDataset, log: Log = print) -> ImageCache | None:
+    """The decoded training images when ``data.cache`` is on, else None."""
+    if not cfg.data.cache:
+        return None
+    start = time.perf_counter()
+    cache = ImageCache.build([r.path for r in data.records], cfg.data.height, cfg.data.width,
+                             cache_dir=cfg.data.cache_dir or None)
+    log(f"image cache: {len(cache)} images, {cache.nbytes / 2**20:.0f} MiB, "
+        f"{time.perf_counter() - start:.1f} s")
+    return cache
 
 
 @dataclass
@@ -202,7 +226,8 @@ def _finite_or_raise(cfg: Config, terms: dict[str, torch.Tensor], epoch: int, st
         "Try a lower optim.lr, train.grad_clip or amp=none.")
 
 
-def train_epoch(cfg: Config, parts: _Parts, loader: DataLoader, epoch: int, out: Path,
+def train_epoch(cfg: Config, parts: _Parts, loader: Iterable[dict[str, Any]], epoch: int,
+                out: Path,
                 on_step: Callable[[int, dict[str, float]], None] | None = None
                 ) -> dict[str, float]:
     """One epoch of training; returns the mean of each loss term and the images/s."""
@@ -332,8 +357,9 @@ def train(cfg: Config, resume: bool = False, log: Log = print,
     atomic_write_text(out / "config.yaml", dump_yaml(cfg))
     result = TrainResult(out=out, epochs=start, best=best)
     writer = _tensorboard(out) if cfg.train.tensorboard else None
+    cache = build_cache(cfg, bundle.train, log) if start < cfg.optim.epochs else None
     for epoch in range(start, cfg.optim.epochs):
-        record = _run_epoch(cfg, parts, bundle, epoch, out, on_step)
+        record = _run_epoch(cfg, parts, bundle, epoch, out, on_step, cache)
         best = _checkpoint(cfg, parts, bundle, epoch, record, best, out)
         _append_jsonl(out / "metrics.jsonl", record)
         if writer:
@@ -364,13 +390,13 @@ def _write_scalars(writer: Any, record: dict[str, Any], epoch: int, prefix: str 
 
 
 def _run_epoch(cfg: Config, parts: _Parts, bundle: DataBundle, epoch: int, out: Path,
-               on_step: Callable[[int, int, int, dict[str, float]], None] | None
-               ) -> dict[str, Any]:
+               on_step: Callable[[int, int, int, dict[str, float]], None] | None,
+               cache: ImageCache | None = None) -> dict[str, Any]:
     torch.manual_seed(_epoch_seed(cfg.train.seed, epoch))
     factor = lr_factor(cfg, epoch)
     for group in parts.optimizer.param_groups:
         group["lr"] = cfg.optim.lr * factor
-    loader = make_loader(cfg, bundle.train, epoch)
+    loader = make_loader(cfg, bundle.train, epoch, cache, parts.device)
     step_cb = (lambda step, values: on_step(epoch, step, len(loader), values)) \
         if on_step else None
     record: dict[str, Any] = {"epoch": epoch + 1, "lr": cfg.optim.lr * factor}

@@ -6,8 +6,8 @@ resizes it exactly as the eval transform does (``Resize((height, width))`` on th
 bilinear with antialias) and keeps the result as one uint8 tensor ``(N, 3, H, W)``
 (Market-1501's 12,936 training images at 128x64 take 318 MB). :class:`CachedLoader` then draws
 batches with a batch sampler, slices them out of the cache and augments them as tensors
-(:class:`attreid.data.batch_transforms.BatchAugment`) in the training process, optionally one
-batch ahead in a background thread.
+(:class:`attreid.data.batch_transforms.BatchAugment`) in the training process (optionally
+ahead in a background thread).
 
 With ``cache_dir`` the decoded images are also saved as a ``.npy`` file named by a hash of the
 image paths, their sizes and modification times and the output size, so a second run skips
@@ -90,8 +90,12 @@ class ImageCache:
         return len(self.images)
 
     def batch(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        """The cached images of ``indices`` ``(B,)`` -> uint8 ``(B, 3, H, W)`` (a copy)."""
-        index = torch.as_tensor(indices, dtype=torch.long)
+        """The cached images of ``indices`` ``(B,)`` -> uint8 ``(B, 3, H, W)`` (a copy).
+
+        On the device of ``images``: ``ImageCache(cache.images.cuda(), cache.paths)`` keeps a
+        whole cache on a GPU.
+        """
+        index = torch.as_tensor(indices, dtype=torch.long).to(self.images.device)
         return self.images.index_select(0, index)
 
 
@@ -183,13 +187,16 @@ class CachedLoader:
         augment: ``(uint8 (B, 3, H, W), generator) -> float32 (B, 3, H, W)``.
         generator: CPU generator for ``augment``; seed it per epoch for exact resume.
         device: where the images go (the uint8 batch is moved before augmenting).
-        prefetch: batches prepared ahead in a background thread; 0 for none.
+        prefetch: batches prepared ahead in a background thread; 0 (default) prepares each
+            batch when asked. On a small CPU the thread competes with the model's intra-op
+            threads and made steps slower (benchmarks/RESULTS.md); the augmentation itself
+            costs about 1 % of a step.
     """
 
     def __init__(self, dataset: ImageDataset, cache: ImageCache, batch_sampler: Iterable[list[int]],
                  augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
                  generator: torch.Generator, device: torch.device | str = "cpu",
-                 prefetch: int = 1) -> None:
+                 prefetch: int = 0) -> None:
         if len(cache) != len(dataset):
             raise ValueError(f"cache holds {len(cache)} images, dataset {len(dataset)} records")
         self.cache, self.batch_sampler, self.augment = cache, batch_sampler, augment
