@@ -33,7 +33,7 @@ def test_predict_paths_pil_and_tensors_agree(predictor, paths):
     np.testing.assert_allclose(pil.embeddings, by_path.embeddings, atol=1e-6)
     pre = predictor.predict(predictor.preprocess(paths))
     np.testing.assert_allclose(pre.embeddings, by_path.embeddings, atol=1e-6)
-    raw = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB")))
+    raw = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB")))
                        .permute(2, 0, 1) for p in paths])
     assert predictor.predict(raw).embeddings.shape == (7, predictor.embedding_dim)
 
