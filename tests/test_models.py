@@ -422,3 +422,14 @@ def test_resnet_variant_takes_any_size() -> None:
 def test_rejects_non_image_batches() -> None:
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         _build("resnet")(torch.zeros(2, 1, 64, 32))
+
+
+def test_imagenet_without_network_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from urllib.error import URLError
+
+    def offline(self, *args, **kwargs):
+        raise URLError("Name or service not known")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(OSError, match="ImageNet weights for resnet18.*model.weights=random"):
+        build_backbone("resnet18", weights="imagenet")

@@ -147,7 +147,12 @@ def build_backbone(
     spec = BACKBONES[name]
     path = _weights_path(weights)
     if weights == "imagenet":
-        net = spec.builder(weights=spec.imagenet)  # torchvision downloads and caches
+        try:
+            net = spec.builder(weights=spec.imagenet)  # torchvision downloads and caches
+        except OSError as exc:  # URLError and friends: no network and nothing cached
+            raise OSError(f"cannot load torchvision's ImageNet weights for {name} ({exc}); "
+                          "without network use model.weights=random or the path of a local "
+                          "state-dict file") from exc
     else:
         net = spec.builder(weights=None)
     report = load_state_dict_file(net, path, spec.by_order_prefix) if path is not None else None
