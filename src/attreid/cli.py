@@ -209,6 +209,35 @@ def evaluate(
 
 
 @app.command()
+def predict(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint (best.pt or last.pt)."),
+    data: Path = typer.Option(..., "--data", help="Dataset folder."),
+    out: Path = typer.Option(..., "--out", help="Folder for the output files."),
+    top_k: int = typer.Option(300, help="Gallery images per query in reid_test.txt."),
+    flip: bool = typer.Option(False, "--flip", help="Flip test-time augmentation."),
+    layout: str = typer.Option("auto", help=LAYOUTS),
+    device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
+) -> None:
+    """Predict the query and gallery images: features.npz for any layout, and the study's
+    classification_test.csv + reid_test.txt for the course layout."""
+    from attreid.checkpoint import CheckpointError
+    from attreid.predict import predict_dataset
+
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("predicting", total=None)
+            files = predict_dataset(
+                checkpoint, data, out, layout=layout, top_k=top_k, flip=flip, device=device,
+                progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except (DataError, CheckpointError, ValueError) as exc:
+        _fail(str(exc))
+    written = [p for p in (files.features, files.classification, files.ranking) if p]
+    console.print(f"wrote {', '.join(str(p) for p in written)}", soft_wrap=True)
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Working folder of the demo."),
     ids: int = typer.Option(200, help="Identities of the synthetic dataset."),

@@ -1,0 +1,137 @@
+"""``attreid predict``: predictions for a dataset's query and gallery images as files.
+
+* any layout: ``features.npz`` with the image paths, embeddings (N, D), predicted task labels
+  (N, 12) and per-task class probabilities, for downstream use;
+* course layout: the study's submission files, ``classification_test.csv`` (one row per test/
+  image, the 28 columns of ``annotations_train.csv`` with the file name in ``id``, 1/2 coding,
+  age 1..4, the predicted colour one-hot, multicolour = every colour column 1; the byte-identical
+  ``NNNNNN(1).jpg`` copies get their original's row) and ``reid_test.txt`` (one line per query,
+  ``query.jpg: t1.jpg, t2.jpg, ...``, the ``top_k`` nearest test images, nearest first).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from attreid.checkpoint import atomic_write_bytes, atomic_write_text
+from attreid.data.load import load_dataset
+from attreid.data.records import Dataset
+from attreid.metrics import pairwise_distance
+from attreid.predictor import Prediction, Predictor
+from attreid.schema import CSV_COLUMNS, TASK_NAMES, tasks_to_raw
+
+
+@dataclass(frozen=True)
+class PredictFiles:
+    """The files :func:`predict_dataset` wrote."""
+
+    features: Path
+    classification: Path | None = None
+    ranking: Path | None = None
+
+
+def _predict(predictor: Predictor, paths: Sequence[Path], chunk: int,
+             progress: Callable[[int, int], None] | None, offset: int, total: int
+             ) -> Prediction:
+    if not paths:
+        return Prediction(np.zeros((0, predictor.embedding_dim), np.float32), {},
+                          np.zeros((0, 12), np.int64))
+    parts = []
+    for start in range(0, len(paths), chunk):
+        parts.append(predictor.predict(list(paths[start:start + chunk])))
+        if progress:
+            progress(offset + min(start + chunk, len(paths)), total)
+    return Prediction(
+        embeddings=np.concatenate([p.embeddings for p in parts]),
+        probabilities={k: np.concatenate([p.probabilities[k] for p in parts])
+                       for k in parts[0].probabilities},
+        labels=np.concatenate([p.labels for p in parts]))
+
+
+def _write_features(path: Path, paths: Sequence[Path], split: Sequence[str],
+                    pred: Prediction) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, paths=np.array([str(p) for p in paths]),
+                        split=np.array(split), embeddings=pred.embeddings, labels=pred.labels,
+                        task_names=np.array(TASK_NAMES),
+                        **{f"prob_{k}": v for k, v in pred.probabilities.items()})
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def classification_rows(names: Sequence[str], labels: np.ndarray) -> str:
+    """The CSV text of ``classification_test.csv``: header + one row per image name."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for name, row in zip(names, labels):
+        raw = tasks_to_raw(row)
+        writer.writerow([name, *(raw[c] for c in CSV_COLUMNS[1:])])
+    return text.getvalue()
+
+
+def ranking_lines(query_names: Sequence[str], gallery_names: Sequence[str],
+                  query_emb: np.ndarray, gallery_emb: np.ndarray, top_k: int) -> str:
+    """The text of ``reid_test.txt``: ``query: g1, g2, ...`` nearest first (Euclidean)."""
+    k = min(top_k, len(gallery_names))
+    lines = []
+    for start in range(0, len(query_names), 256):
+        dist = pairwise_distance(torch.from_numpy(query_emb[start:start + 256]),
+                                 torch.from_numpy(gallery_emb))  # (q, G)
+        order = torch.sort(dist, dim=1, stable=True).indices[:, :k].numpy()
+        for name, row in zip(query_names[start:start + 256], order):
+            lines.append(f"{name}: " + ", ".join(gallery_names[j] for j in row))
+    return "\n".join(lines) + "\n"
+
+
+def _course_files(dataset: Dataset, out: Path, query: Prediction, gallery: Prediction,
+                  top_k: int) -> tuple[Path, Path]:
+    names = [r.path.name for r in dataset.gallery]
+    by_name = dict(zip(names, gallery.labels))
+    extra = [(copy.name, by_name[orig.name]) for copy, orig in dataset.duplicates.items()
+             if orig.name in by_name]
+    rows = sorted([*zip(names, gallery.labels), *extra])
+    classification = out / "classification_test.csv"
+    atomic_write_text(classification, classification_rows([n for n, _ in rows],
+                                                          np.array([r for _, r in rows])))
+    ranking = out / "reid_test.txt"
+    atomic_write_text(ranking, ranking_lines([r.path.name for r in dataset.query], names,
+                                             query.embeddings, gallery.embeddings, top_k))
+    return classification, ranking
+
+
+def predict_dataset(checkpoint: Path | str, data_root: Path | str, out: Path | str,
+                    layout: str = "auto", top_k: int = 300, flip: bool = False,
+                    device: str | None = None, batch_size: int = 128,
+                    progress: Callable[[int, int], None] | None = None) -> PredictFiles:
+    """Predict every query and gallery image of a dataset and write the files (module doc)."""
+    if top_k < 1:
+        raise ValueError(f"top_k={top_k}: expected >= 1")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = load_dataset(data_root, layout)
+    if not dataset.query and not dataset.gallery:
+        raise ValueError(f"{dataset.root}: no query or gallery images to predict")
+    predictor = Predictor(checkpoint, device=device, batch_size=batch_size, flip=flip)
+    total = len(dataset.query) + len(dataset.gallery)
+    query = _predict(predictor, [r.path for r in dataset.query], batch_size, progress, 0, total)
+    gallery = _predict(predictor, [r.path for r in dataset.gallery], batch_size, progress,
+                       len(dataset.query), total)
+    paths = [r.path for r in dataset.query + dataset.gallery]
+    split = ["query"] * len(dataset.query) + ["gallery"] * len(dataset.gallery)
+    merged = Prediction(np.concatenate([query.embeddings, gallery.embeddings]),
+                        {k: np.concatenate([p.probabilities[k] for p in (query, gallery)
+                                            if p.probabilities]) for k in TASK_NAMES},
+                        np.concatenate([query.labels, gallery.labels]))
+    features = out / "features.npz"
+    _write_features(features, paths, split, merged)
+    if dataset.layout != "course":
+        return PredictFiles(features)
+    classification, ranking = _course_files(dataset, out, query, gallery, top_k)
+    return PredictFiles(features, classification, ranking)
