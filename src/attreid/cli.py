@@ -92,20 +92,25 @@ def data_summary(
         console.print(f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
 
 
+@contextmanager
+def _count_progress(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A transient progress bar; yields the ``(done, total)`` callback the library calls."""
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
 @data_app.command("check")
 def data_check(
     root: Path = typer.Argument(..., help="Dataset folder."),
     layout: str = typer.Option("auto", help=LAYOUTS),
 ) -> None:
     """Decode every image and validate every record; exit 1 listing each problem."""
-    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("decoding images", total=None)
+    with _count_progress("decoding images") as progress:
         try:
-            problems, notes = check_dataset(
-                root, layout, progress=lambda done, total: bar.update(task, completed=done,
-                                                                      total=total))
+            problems, notes = check_dataset(root, layout, progress=progress)
         except ValueError as exc:
             _fail(str(exc))
     for note in notes:
@@ -186,15 +191,12 @@ def evaluate(
     from attreid.report import rich_table
 
     out = out or checkpoint.parent / "eval"
-    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn())
     try:
-        with Progress(*columns, console=console, transient=True) as bar:
-            task = bar.add_task("embedding images", total=None)
+        with _count_progress("embedding images") as progress:
             result = evaluate_checkpoint(
                 checkpoint, data, layout=layout, protocol=protocol, rerank=rerank,
                 distance=distance, flip=flip, device=device, split=split, out=out,
-                progress=lambda done, total: bar.update(task, completed=done, total=total))
+                progress=progress)
     except (DataError, CheckpointError, ValueError) as exc:
         _fail(str(exc))
     m = result.metrics
@@ -223,14 +225,10 @@ def predict(
     from attreid.checkpoint import CheckpointError
     from attreid.predict import predict_dataset
 
-    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn())
     try:
-        with Progress(*columns, console=console, transient=True) as bar:
-            task = bar.add_task("predicting", total=None)
-            files = predict_dataset(
-                checkpoint, data, out, layout=layout, top_k=top_k, flip=flip, device=device,
-                progress=lambda done, total: bar.update(task, completed=done, total=total))
+        with _count_progress("predicting") as progress:
+            files = predict_dataset(checkpoint, data, out, layout=layout, top_k=top_k,
+                                    flip=flip, device=device, progress=progress)
     except (DataError, CheckpointError, ValueError) as exc:
         _fail(str(exc))
     written = [p for p in (files.features, files.classification, files.ranking) if p]
