@@ -38,16 +38,12 @@ class PredictFiles:
 
 
 def _predict(predictor: Predictor, paths: Sequence[Path], chunk: int,
-             progress: Callable[[int, int], None] | None, offset: int, total: int
-             ) -> Prediction:
-    if not paths:
-        return Prediction(np.zeros((0, predictor.embedding_dim), np.float32), {},
-                          np.zeros((0, 12), np.int64))
+             progress: Callable[[int, int], None] | None) -> Prediction:
     parts = []
     for start in range(0, len(paths), chunk):
         parts.append(predictor.predict(list(paths[start:start + chunk])))
         if progress:
-            progress(offset + min(start + chunk, len(paths)), total)
+            progress(min(start + chunk, len(paths)), len(paths))
     return Prediction(
         embeddings=np.concatenate([p.embeddings for p in parts]),
         probabilities={k: np.concatenate([p.probabilities[k] for p in parts])
@@ -90,19 +86,21 @@ def ranking_lines(query_names: Sequence[str], gallery_names: Sequence[str],
     return "\n".join(lines) + "\n"
 
 
-def _course_files(dataset: Dataset, out: Path, query: Prediction, gallery: Prediction,
-                  top_k: int) -> tuple[Path, Path]:
+def _course_files(dataset: Dataset, out: Path, pred: Prediction, top_k: int
+                  ) -> tuple[Path, Path]:
+    nq = len(dataset.query)  # pred holds the queries first, then the gallery
     names = [r.path.name for r in dataset.gallery]
-    by_name = dict(zip(names, gallery.labels))
+    by_name = dict(zip(names, pred.labels[nq:]))
     extra = [(copy.name, by_name[orig.name]) for copy, orig in dataset.duplicates.items()
              if orig.name in by_name]
-    rows = sorted([*zip(names, gallery.labels), *extra])
+    rows = sorted([*zip(names, pred.labels[nq:]), *extra])
     classification = out / "classification_test.csv"
     atomic_write_text(classification, classification_rows([n for n, _ in rows],
                                                           np.array([r for _, r in rows])))
     ranking = out / "reid_test.txt"
     atomic_write_text(ranking, ranking_lines([r.path.name for r in dataset.query], names,
-                                             query.embeddings, gallery.embeddings, top_k))
+                                             pred.embeddings[:nq], pred.embeddings[nq:],
+                                             top_k))
     return classification, ranking
 
 
@@ -119,19 +117,12 @@ def predict_dataset(checkpoint: Path | str, data_root: Path | str, out: Path | s
     if not dataset.query and not dataset.gallery:
         raise ValueError(f"{dataset.root}: no query or gallery images to predict")
     predictor = Predictor(checkpoint, device=device, batch_size=batch_size, flip=flip)
-    total = len(dataset.query) + len(dataset.gallery)
-    query = _predict(predictor, [r.path for r in dataset.query], batch_size, progress, 0, total)
-    gallery = _predict(predictor, [r.path for r in dataset.gallery], batch_size, progress,
-                       len(dataset.query), total)
-    paths = [r.path for r in dataset.query + dataset.gallery]
+    records = dataset.query + dataset.gallery
+    pred = _predict(predictor, [r.path for r in records], batch_size, progress)
     split = ["query"] * len(dataset.query) + ["gallery"] * len(dataset.gallery)
-    merged = Prediction(np.concatenate([query.embeddings, gallery.embeddings]),
-                        {k: np.concatenate([p.probabilities[k] for p in (query, gallery)
-                                            if p.probabilities]) for k in TASK_NAMES},
-                        np.concatenate([query.labels, gallery.labels]))
     features = out / "features.npz"
-    _write_features(features, paths, split, merged)
+    _write_features(features, [r.path for r in records], split, pred)
     if dataset.layout != "course":
         return PredictFiles(features)
-    classification, ranking = _course_files(dataset, out, query, gallery, top_k)
+    classification, ranking = _course_files(dataset, out, pred, top_k)
     return PredictFiles(features, classification, ranking)
