@@ -26,7 +26,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -34,13 +33,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from _common import RESULTS, machine, replace_section
 from attreid.metrics import pairwise_distance, reid_metrics
 from attreid.rerank import rerank, rerank_dense
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Re-ranking"
+INTRO = ("Dense reference against the memory-bounded `attreid.rerank.rerank`, "
+         "`python benchmarks/rerank.py --write`.")
 DIM, NOISE, GALLERY_PER_ID, SEED = 128, 1.6, 26, 0
 DENSE_BYTES_PER_N2 = 44  # ~5.5 float64 N x N matrices at dense's peak (measured at N = 6000)
 
@@ -161,12 +161,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    return (f"{platform.processor() or platform.machine()}, nproc {os.cpu_count()}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"Python {platform.python_version()}")
-
-
 def report(args: argparse.Namespace, rows: list[dict], load: tuple[float, float]) -> str:
     return "\n".join([
         f"### k1=20, k2=6, lambda=0.3, D={DIM} ({datetime.date.today().isoformat()})", "",
@@ -178,19 +172,6 @@ def report(args: argparse.Namespace, rows: list[dict], load: tuple[float, float]
         "\"est.\": dense extrapolated as N² from the largest size it ran at (it would not fit "
         f"under {args.dense_limit_gb:g} GiB).", "",
         table(rows), ""])
-
-
-def write_section(body: str) -> None:
-    """Replace this section of RESULTS.md (re-read just before writing), keep the others."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    head, sep, rest = text.partition(SECTION)
-    nxt = rest.find("\n## ") if sep else -1
-    after = rest[nxt + 1:] if nxt >= 0 else ""
-    intro = ("\n\nDense reference against the memory-bounded `attreid.rerank.rerank`, "
-             "`python benchmarks/rerank.py --write`.\n\n")
-    new = SECTION + intro + body
-    RESULTS.write_text(head.rstrip("\n") + "\n\n" + new.rstrip("\n") + "\n" +
-                       ("\n" + after if after else ""))
 
 
 def main() -> None:
@@ -208,7 +189,7 @@ def main() -> None:
     body = report(args, rows, (load_start, os.getloadavg()[0]))
     print(body)
     if args.write:
-        write_section(body)
+        replace_section(SECTION, INTRO, body)
         print(f"updated {RESULTS}")
 
 

@@ -178,6 +178,47 @@ def test_reid_ties_are_broken_by_gallery_index() -> None:
         assert again.mAP == res.mAP
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_reid_infinite_distances_and_many_matches_match_brute_force(seed: int) -> None:
+    """+inf distances (tied with the pads of the match table) and a query whose matches
+    outnumber the others: the rank counting must still agree with the sorted walk."""
+    rng = np.random.default_rng(50 + seed)
+    dist, qids, gids, qcams, gcams = _random_case(seed, q=12, g=60, ties=True)
+    dist[rng.random(dist.shape) < 0.2] = np.inf
+    gids[:40] = qids[0]  # query 0: most of the gallery matches
+    for protocol in ("market", "seed"):
+        res = reid_metrics(dist, qids, gids, qcams, gcams, protocol=protocol, chunk_size=5)
+        _assert_equal_to_ref(res, _ref_reid(dist, qids, gids, qcams, gcams, protocol=protocol))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_reid_good_rankings_with_ties_match_brute_force(seed: int) -> None:
+    """Matches close to their query (a trained model): most of the gallery lies beyond the
+    last match, the case where only a few entries per query are counted at all."""
+    dist, qids, gids, qcams, gcams = _random_case(20 + seed, q=15, g=200, ties=False)
+    same = gids[None, :] == qids[:, None]
+    dist = np.where(same, dist * 0.3, 0.25 + dist)  # matches mostly first
+    dist = np.round(dist, 2)  # and ties, some between a match and a non-match
+    for protocol in ("market", "seed"):
+        res = reid_metrics(dist, qids, gids, qcams, gcams, protocol=protocol, chunk_size=4)
+        _assert_equal_to_ref(res, _ref_reid(dist, qids, gids, qcams, gcams, protocol=protocol))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_reid_float_dtypes_match_brute_force(dtype) -> None:
+    dist, qids, gids, qcams, gcams = _random_case(11, q=20, g=70, ties=False)
+    dist = dist.astype(dtype)
+    res = reid_metrics(dist, qids, gids, qcams, gcams, chunk_size=6)
+    _assert_equal_to_ref(res, _ref_reid(dist, qids, gids, qcams, gcams))
+
+
+def test_reid_integer_distances_match_brute_force() -> None:
+    dist, qids, gids, qcams, gcams = _random_case(12, q=20, g=70, ties=True)
+    dist = dist.astype(np.int32)  # many ties
+    res = reid_metrics(dist, qids, gids, qcams, gcams, chunk_size=6)
+    _assert_equal_to_ref(res, _ref_reid(dist, qids, gids, qcams, gcams))
+
+
 def test_reid_numpy_and_torch_inputs_agree() -> None:
     dist, qids, gids, qcams, gcams = _random_case(3)
     a = reid_metrics(dist, qids, gids, qcams, gcams)

@@ -185,6 +185,8 @@ def _reid_inputs(distmat: ArrayLike, query_ids: ArrayLike, gallery_ids: ArrayLik
     dist = _to_tensor(distmat, "distmat")
     if dist.ndim != 2:
         raise ValueError(f"distmat: expected shape (Q, G), got {tuple(dist.shape)}")
+    if not dist.is_floating_point():
+        dist = dist.to(torch.float64)  # integer distances: exact up to 2**53
     q, g = dist.shape
     if q == 0 or g == 0:
         raise ValueError(f"distmat: empty, shape {(q, g)}")
@@ -211,9 +213,77 @@ def _gallery_codes(qids: torch.Tensor, gids: torch.Tensor,
     return keep.to(torch.int8) + (same_id & keep).to(torch.int8)
 
 
+def _match_table(dist: torch.Tensor, codes: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each query's matches in ranking order, padded: distances, gallery indices, counts.
+
+    Returns:
+        dist (B, M) and index (B, M) of the matches sorted by (distance, gallery index), pads
+        +inf and G; num (B,) matches per query. M = the most matches of any query (>= 1).
+    """
+    b, g = codes.shape
+    rows, cols = (codes == 2).nonzero(as_tuple=True)  # row-major: ascending index per row
+    num = torch.bincount(rows, minlength=b)  # (B,)
+    width = max(int(num.max()), 1) if len(rows) else 1
+    ordinal = torch.arange(len(rows), device=rows.device) - (torch.cumsum(num, 0) - num)[rows]
+    mdist = torch.full((b, width), math.inf, dtype=dist.dtype, device=dist.device)
+    mindex = torch.full((b, width), g, dtype=torch.int64, device=dist.device)
+    mdist[rows, ordinal] = dist[rows, cols]
+    mindex[rows, ordinal] = cols
+    mdist, order = torch.sort(mdist, dim=1, stable=True)  # ties keep the lower index first
+    return mdist, mindex.gather(1, order), num
+
+
+def _near_nonmatches(dist: torch.Tensor, codes: torch.Tensor, mdist: torch.Tensor,
+                     num: torch.Tensor) -> torch.Tensor:
+    """(B, G) bool: kept non-matches not farther than the query's last match.
+
+    The other entries rank after every match and change no metric, so they are never counted.
+    """
+    last = mdist.gather(1, (num - 1).clamp(min=0)[:, None])  # (B, 1) the farthest match
+    last = torch.where(num[:, None] > 0, last, -math.inf)
+    return (codes == 1) & (dist <= last)
+
+
+def _tie_correction(values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                    mdist: torch.Tensor, mindex: torch.Tensor) -> torch.Tensor:
+    """(T,) for entries at exactly a match's distance: the tied matches with a lower gallery
+    index, which a stable sort ranks first."""
+    return ((mdist[rows] == values[:, None]) & (mindex[rows] < cols[:, None])).sum(1)
+
+
+def _histogram_slots(dist: torch.Tensor, near: torch.Tensor, mdist: torch.Tensor,
+                     mindex: torch.Tensor) -> torch.Tensor:
+    """Flat slots ``row * (M + 1) + j`` of the near non-matches, j = matches ranked before it.
+
+    Few near entries (a good model: most of the gallery lies beyond the last match) are
+    searched one by one in their own row; otherwise every row is searched at once and the
+    other entries are sent to the ignored slot j = M.
+    """
+    b, width = mdist.shape
+    offsets = torch.arange(b, device=dist.device)[:, None] * (width + 1)  # (B, 1)
+    if int(near.sum()) * width <= dist.numel():
+        rows, cols = near.nonzero(as_tuple=True)  # (T,)
+        values = dist[rows, cols]
+        before = torch.searchsorted(mdist[rows], values[:, None])[:, 0]
+        t = (mdist[rows, before.clamp(max=width - 1)] == values).nonzero()[:, 0]  # ties
+        before[t] += _tie_correction(values[t], rows[t], cols[t], mdist, mindex)
+        return offsets[rows, 0] + before
+    before = torch.searchsorted(mdist, dist.contiguous())  # (B, G) matches strictly closer
+    tied = near & (mdist.gather(1, before.clamp(max=width - 1)) == dist)
+    rows, cols = tied.nonzero(as_tuple=True)  # rare: exact ties with a match
+    before[rows, cols] += _tie_correction(dist[rows, cols], rows, cols, mdist, mindex)
+    return (offsets + torch.where(near, before, width)).flatten()
+
+
 def _rank_chunk(dist: torch.Tensor, codes: torch.Tensor, ranks: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-query AP, INP, CMC hits and validity of one chunk of B queries.
+    """Per-query AP, INP, CMC hits and validity of one chunk of B queries, without a sort.
+
+    Only the matches are sorted (a few per query). Each kept non-match not farther than the
+    last match is placed among them by binary search; a histogram of those places gives, for
+    the j-th match, the number of non-matches ranked before it, hence its rank. Ties in
+    distance rank the lower gallery index first, exactly as a stable sort of the row would.
 
     Args:
         dist: (B, G) distances; codes: (B, G) from :func:`_gallery_codes`; ranks: (L,) 1..L.
@@ -221,26 +291,21 @@ def _rank_chunk(dist: torch.Tensor, codes: torch.Tensor, ranks: torch.Tensor
     Returns:
         ap (B,) float64, inp (B,) float64, cmc_hits (B, L) bool, valid (B,) bool.
     """
-    order = torch.sort(dist, dim=1, stable=True).indices  # (B, G), ties -> lower index
-    ranked = codes.gather(1, order)  # (B, G) codes in ranking order
-    pos = torch.cumsum(ranked > 0, dim=1, dtype=torch.int32)  # 1-based rank among kept
-    rows, cols = (ranked == 2).nonzero(as_tuple=True)  # (K,) matches, row-major order
-    b = len(codes)
-    num = torch.bincount(rows, minlength=b)  # (B,) matches per query
-    offsets = torch.cumsum(num, 0) - num  # (B,) index of each query's first match in rows
-    hit_rank = pos[rows, cols].to(torch.float64)  # (K,) rank of each match
-    ordinal = torch.arange(len(rows), device=rows.device) - offsets[rows]  # (K,) 0-based
-    precision = torch.zeros(b, int(num.max()) if len(rows) else 1, dtype=torch.float64,
-                            device=codes.device)  # (B, max matches)
-    precision[rows, ordinal] = (ordinal + 1) / hit_rank
+    mdist, mindex, num = _match_table(dist, codes)
+    b, width = mdist.shape
+    near = _near_nonmatches(dist, codes, mdist, num)
+    slots = _histogram_slots(dist, near, mdist, mindex)
+    histogram = torch.bincount(slots, minlength=b * (width + 1)).view(b, width + 1)
+    negatives = histogram.cumsum(1)[:, :width]  # (B, M) non-matches before the j-th match
+    ordinal = torch.arange(1, width + 1, device=dist.device, dtype=torch.float64)  # (M,)
+    hit_rank = ordinal + negatives.to(torch.float64)  # (B, M) 1-based rank among kept
+    is_match = ordinal[None, :] <= num[:, None]
+    precision = torch.where(is_match, ordinal / hit_rank, 0.0)  # (B, M)
     valid = num > 0
     ap = precision.cumsum(1)[:, -1] / num.clamp(min=1)  # sequential sum: chunk-independent
-    first = torch.full((b,), torch.iinfo(torch.int32).max, dtype=torch.float64,
-                       device=codes.device)
-    last = torch.ones(b, dtype=torch.float64, device=codes.device)
-    first[valid] = hit_rank[offsets[valid]]
-    last[valid] = hit_rank[offsets[valid] + num[valid] - 1]  # the hardest match
-    inp = num / last  # (B,)
+    last = hit_rank.gather(1, (num - 1).clamp(min=0)[:, None])[:, 0]
+    inp = torch.where(valid, num / last, 0.0)  # (B,)
+    first = torch.where(valid, hit_rank[:, 0], math.inf)
     return ap, inp, first[:, None] <= ranks[None, :], valid
 
 
@@ -281,8 +346,10 @@ def reid_metrics(
         (1 / #matches) * sum over matches of precision at that match; INP = #matches / rank of
         the last match; CMC[k] = first match at rank <= k + 1. Ranks count kept entries only.
         Each metric is averaged over valid queries (at least one match); others are skipped.
-        Ties in distance are broken deterministically by a stable sort: the gallery entry with
-        the lower index ranks first.
+        Ties in distance are broken deterministically, as a stable sort would: the gallery
+        entry with the lower index ranks first. No row is sorted: only each query's matches
+        are, and the other entries are counted between them by binary search, so the cost is
+        O(Q * G * log(matches)) and identical to walking a sorted ranking.
 
     Raises:
         ValueError: shapes or arguments mismatch, NaN distances, or no query has a match.
