@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+import json
 from typing import Callable, Iterator
 import warnings
 from pathlib import Path
@@ -233,6 +234,43 @@ def predict(
         _fail(str(exc))
     written = [p for p in (files.features, files.classification, files.ranking) if p]
     console.print(f"wrote {', '.join(str(p) for p in written)}", soft_wrap=True)
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Training run folders (metrics.jsonl), "
+                                      "attreid evaluate folders (metrics.json), or folders "
+                                      "holding such runs (e.g. runs/demo)."),
+    markdown: Path | None = typer.Option(None, "--markdown", help="Also write the table "
+                                         "and summaries as markdown here."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the comparison "
+                                         "as JSON here."),
+    delta: bool = typer.Option(False, "--delta", help="Add each run's difference to the "
+                               "study (percentage points)."),
+) -> None:
+    """The study's table regenerated: per-task accuracy, mean, mAP and rank-1 of each run
+    (a training run's best epoch) beside the study's published numbers for its variant."""
+    from attreid.checkpoint import atomic_write_text
+    from attreid.compare import CompareError, comparison_json, load_runs, \
+        markdown as markdown_text, rich_table, summary
+
+    try:
+        loaded = load_runs(runs)
+    except CompareError as exc:
+        _fail(str(exc))
+    console.print(rich_table(loaded, delta))
+    for run in loaded:
+        console.print(summary(run), markup=False, highlight=False, soft_wrap=True)
+    outputs = [(markdown, lambda: markdown_text(loaded, delta)),
+               (json_out, lambda: json.dumps(comparison_json(loaded), indent=2) + "\n")]
+    for path, text in outputs:
+        if path is None:
+            continue
+        try:
+            atomic_write_text(path, text())
+        except OSError as exc:
+            _fail(f"{path}: cannot write ({exc})")
+        console.print(f"wrote {path}", soft_wrap=True)
 
 
 @app.command()
