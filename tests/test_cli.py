@@ -68,3 +68,10 @@ def test_demo_prints_and_saves_the_table(tmp_path):
         assert row in table
     assert "| task | resnet | convhead | attention | majority |" in table
     assert "mAP" in result.output and "majority" in result.output
+
+
+def test_error_messages_keep_square_brackets(tmp_path):
+    missing = tmp_path / "run [bold]1"
+    result = runner.invoke(app, ["data", "summary", str(missing)])
+    assert result.exit_code == 1
+    assert "[bold]1" in " ".join(result.output.split())
