@@ -259,7 +259,8 @@ def compare(
         loaded = load_runs(runs)
     except CompareError as exc:
         _fail(str(exc))
-    console.print(rich_table(loaded, delta))
+    table = rich_table(loaded, delta)
+    console.print(table, width=max(console.width, console.measure(table).minimum), crop=False)
     for run in loaded:
         console.print(summary(run), markup=False, highlight=False, soft_wrap=True)
     outputs = [(markdown, lambda: markdown_text(loaded, delta)),

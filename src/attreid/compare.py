@@ -343,7 +343,9 @@ def rich_table(runs: Sequence[Run], delta: bool = False) -> Table:
     table = Table(title="validation (%) beside the study's published numbers",
                   caption=f"study: {DESCRIPTION}")
     for i, name in enumerate(header):
-        table.add_column(escape(name), justify="left" if i == 0 else "right")
+        widest = max(*(len(row[i]) for row in rows), *map(len, name.split()))  # no "7…"
+        table.add_column(escape(name), justify="left" if i == 0 else "right", min_width=widest,
+                         overflow="fold")
     for row in rows:
         table.add_row(*row)
     return table
