@@ -9,7 +9,9 @@ import torch
 
 from attreid.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from attreid.config import ConfigError, load_config, preset_names, with_updates
+from attreid import engine
 from attreid.data.synth import generate
+from attreid.models import build_model
 from attreid.engine import NonFiniteLossError, build_cache, build_data, lr_factor, make_loader, \
     setup, train, train_epoch
 
@@ -38,6 +40,18 @@ def test_presets_load_and_overrides_apply():
     assert seed.model.study_strides and seed.loss.weighting == "uncertainty"
     cfg = load_config("seed", ["optim.lr=1e-3", "optim.step_epochs=[3, 5]", "model.bnneck=true"])
     assert cfg.optim.lr == 1e-3 and cfg.optim.step_epochs == (3, 5) and cfg.model.bnneck
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_preset_builds_its_three_variants(name):
+    """Keys, values and backbone options of each shipped preset make a working model (random
+    weights: the ImageNet sources are not installed in CI)."""
+    for variant in ("resnet", "convhead", "attention"):
+        cfg = load_config(name, [f"model.name={variant}", "model.weights=random"])
+        model = build_model(**engine._model_kwargs(cfg, num_identities=5)).eval()
+        with torch.no_grad():
+            out = model(torch.rand(2, 3, cfg.data.height, cfg.data.width))
+        assert out.embedding.shape[0] == 2 and len(out.attribute_logits) == 12
 
 
 @pytest.mark.parametrize("override, message", [
