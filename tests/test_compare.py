@@ -234,3 +234,27 @@ def test_cli_compare_on_a_real_training_run(tiny_checkpoint):
     assert isinstance(run, Run) and run.variant == "resnet"
     assert f"best epoch {run.epoch} of 1" in result.output
     assert "not the study's setup" in result.output  # the demo preset: random weights, 64x32
+
+
+def test_cli_compare_plots_the_training_curves(tmp_path):
+    from PIL import Image
+
+    run = write_training_run(tmp_path / "seed", [val(0.80, 0.60), None, val(0.82, 0.70)])
+    evaluation = write_evaluation(tmp_path / "seed" / "eval", val(0.85, 0.72))
+    png = tmp_path / "out" / "curves.png"
+    result = runner.invoke(app, ["compare", str(run), str(evaluation), "--curves", str(png)])
+    assert result.exit_code == 0, result.output
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.width > 2 * image.height  # three panels
+    result = runner.invoke(app, ["compare", str(evaluation), "--curves", str(png)])
+    assert result.exit_code == 1 and "none of the runs is a training run" in result.output
+
+
+def test_training_curves_skip_missing_values_and_need_a_run(tmp_path):
+    from attreid.plots import plot_training_curves
+
+    records = [{"epoch": 1, "train": {"loss": 2.0}},
+               {"epoch": 2, "train": {"loss": float("nan")}, "val": {"mAP": 0.5}}]
+    assert plot_training_curves({"a": records}, tmp_path / "c.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="at least one training run"):
+        plot_training_curves({}, tmp_path / "d.png")

@@ -237,6 +237,22 @@ def predict(
     console.print(f"wrote {', '.join(str(p) for p in written)}", soft_wrap=True)
 
 
+def _plot_curves(runs: list, path: Path) -> None:
+    """The per-epoch curves of the training runs among ``runs`` (evaluate output has none)."""
+    from attreid.compare import read_jsonl
+    from attreid.plots import plot_training_curves
+
+    training = {run.label: read_jsonl(run.path / "metrics.jsonl") for run in runs
+                if run.epoch is not None}
+    if not training:
+        _fail("--curves: none of the runs is a training run (metrics.jsonl)")
+    try:
+        plot_training_curves(training, path)
+    except OSError as exc:
+        _fail(f"{path}: cannot write ({exc})")
+    console.print(f"wrote {path}", soft_wrap=True)
+
+
 @app.command()
 def compare(
     runs: list[Path] = typer.Argument(..., help="Training run folders (metrics.jsonl), "
@@ -248,6 +264,8 @@ def compare(
                                          "as JSON here."),
     delta: bool = typer.Option(False, "--delta", help="Add each run's difference to the "
                                "study (percentage points)."),
+    curves: Path | None = typer.Option(None, "--curves", help="Also plot the training runs' "
+                                       "loss, mAP and mean accuracy per epoch to this PNG."),
 ) -> None:
     """The study's table regenerated: per-task accuracy, mean, mAP and rank-1 of each run
     (a training run's best epoch) beside the study's published numbers for its variant."""
@@ -273,6 +291,8 @@ def compare(
         except OSError as exc:
             _fail(f"{path}: cannot write ({exc})")
         console.print(f"wrote {path}", soft_wrap=True)
+    if curves is not None:
+        _plot_curves(loaded, curves)
 
 
 @app.command()

@@ -167,3 +167,38 @@ def plot_ranked_gallery(query_paths: Sequence[Path | str],
             _show(fig.add_subplot(grid[i, j + 2]), _crop(ranked_gallery_paths[i][j], colour),
                   f"{j + 1}" if i == 0 else None, caption)
     return _save(fig, path)
+
+
+CURVE_PANELS: tuple[tuple[str, str, str], ...] = (
+    ("train", "loss", "training loss"),
+    ("val", "mAP", "validation mAP"),
+    ("val", "mean_accuracy", "validation mean attribute accuracy"),
+)
+"""(record part, key, title) of each panel of :func:`plot_training_curves`."""
+
+
+def plot_training_curves(runs: Mapping[str, Sequence[Mapping]], path: Path | str) -> Path:
+    """Loss, mAP and mean attribute accuracy per epoch, one line per run.
+
+    Args:
+        runs: label -> the run's ``metrics.jsonl`` records (``epoch``, ``train``, and ``val``
+            on validated epochs); a record without a value is skipped in that panel.
+        path: the PNG to write.
+    """
+    if not runs:
+        raise ValueError("runs: expected at least one training run")
+    fig = Figure(figsize=(13.5, 4.0), layout="constrained")
+    axes = fig.subplots(1, len(CURVE_PANELS))
+    for ax, (part, key, title) in zip(axes, CURVE_PANELS):
+        for label, records in runs.items():
+            points = [(r["epoch"], r[part][key]) for r in records
+                      if _finite((r.get(part) or {}).get(key))]
+            if points:
+                epochs, values = zip(*points)
+                ax.plot(epochs, values, marker="o", markersize=3, label=label)
+        ax.set(xlabel="epoch", title=title)
+        if part == "val":
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="best")
+    return _save(fig, path)
