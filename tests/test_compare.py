@@ -86,10 +86,11 @@ def test_best_epoch_is_the_one_training_saved_as_best():
 
 
 def test_selection_score_is_the_engine_score():
-    from attreid.engine import _score
+    from attreid import engine
 
-    for metrics in (val(0.8, 0.6), {"mAP": 0.4, "rank1": 0.5}):
-        assert selection_score(metrics) == _score(metrics)
+    assert engine.selection_score is selection_score  # training picks best.pt with it
+    assert selection_score(val(0.8, 0.6)) == pytest.approx(0.7)
+    assert selection_score({"mAP": 0.4, "rank1": 0.5}) == 0.4  # no attributes: mAP alone
 
 
 def test_training_run_table_uses_the_best_epoch(tmp_path):

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
-from rich.markup import escape
 from rich.table import Table
 
+from attreid.report import rows_to_markdown, rows_to_rich
 from attreid.schema import TASK_NAMES
 from attreid.study import DESCRIPTION, PUBLISHED, SETUP, published
 
@@ -127,7 +127,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def selection_score(metrics: dict[str, Any]) -> float:
-    """The engine's checkpoint score: mean of mAP and mean attribute accuracy, or mAP alone."""
+    """Checkpoint selection, by training (``best.pt``) and here: the mean of mAP and the mean
+    attribute accuracy (mAP alone when no validation image has attributes)."""
     if not isinstance(metrics.get("mean_accuracy"), (int, float)):
         return metrics["mAP"]
     return (metrics["mAP"] + metrics["mean_accuracy"]) / 2
@@ -339,24 +340,15 @@ def summary(run: Run) -> str:
 
 def rich_table(runs: Sequence[Run], delta: bool = False) -> Table:
     """The table for the terminal."""
-    header, rows = table_rows(runs, delta)
-    table = Table(title="validation (%) beside the study's published numbers",
-                  caption=f"study: {DESCRIPTION}")
-    for i, name in enumerate(header):
-        widest = max(*(len(row[i]) for row in rows), *map(len, name.split()))  # no "7…"
-        table.add_column(escape(name), justify="left" if i == 0 else "right", min_width=widest,
-                         overflow="fold")
-    for row in rows:
-        table.add_row(*row)
-    return table
+    return rows_to_rich(*table_rows(runs, delta),
+                        title="validation (%) beside the study's published numbers",
+                        caption=f"study: {DESCRIPTION}")
 
 
 def markdown(runs: Sequence[Run], delta: bool = False) -> str:
     """The table as GitHub markdown, the summary line of each run and the study's setup."""
-    header, rows = table_rows(runs, delta)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines += ["", *(f"- {summary(run)}" for run in runs), "", f"Study: {DESCRIPTION}."]
+    lines = [rows_to_markdown(*table_rows(runs, delta)).rstrip("\n"), "",
+             *(f"- {summary(run)}" for run in runs), "", f"Study: {DESCRIPTION}."]
     return "\n".join(lines) + "\n"
 
 

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from attreid import __version__
 from attreid.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from attreid.compare import selection_score
 from attreid.config import Config, dump_yaml, to_dict
 from attreid.data.batch_transforms import BatchAugment
 from attreid.data.cache import CachedLoader, ImageCache
@@ -279,14 +280,6 @@ def validate(cfg: Config, model: nn.Module, val: EvaluationSet, train_targets: n
     return result
 
 
-def _score(metrics: dict[str, Any]) -> float:
-    """Checkpoint selection: the mean of mAP and the mean attribute accuracy (mAP alone when
-    no validation image has attributes)."""
-    if "mean_accuracy" not in metrics:
-        return metrics["mAP"]
-    return (metrics["mAP"] + metrics["mean_accuracy"]) / 2
-
-
 def _state(cfg: Config, parts: _Parts, epoch: int, label_of: dict[int, int],
            best: dict[str, Any], metrics: dict[str, Any] | None) -> dict[str, Any]:
     return {"model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
@@ -411,8 +404,8 @@ def _run_epoch(cfg: Config, parts: _Parts, bundle: DataBundle, epoch: int, out: 
 def _checkpoint(cfg: Config, parts: _Parts, bundle: DataBundle, epoch: int,
                 record: dict[str, Any], best: dict[str, Any], out: Path) -> dict[str, Any]:
     metrics = record.get("val")
-    if metrics is not None and (not best or _score(metrics) > best["score"]):
-        best = {"epoch": epoch + 1, "score": _score(metrics), "mAP": metrics["mAP"],
+    if metrics is not None and (not best or selection_score(metrics) > best["score"]):
+        best = {"epoch": epoch + 1, "score": selection_score(metrics), "mAP": metrics["mAP"],
                 "mean_accuracy": metrics.get("mean_accuracy")}
         save_checkpoint(out / "best.pt", _state(cfg, parts, epoch + 1,
                                                 bundle.train.label_of, best, metrics))

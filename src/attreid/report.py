@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+from rich.markup import escape
 from rich.table import Table
 
 from attreid.schema import TASK_NAMES
@@ -37,20 +38,32 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
-def rich_table(results: Mapping[str, Mapping[str, Any]], title: str) -> Table:
-    """The table for the terminal."""
-    header, rows = table_rows(results)
-    table = Table(title=title)
+def rows_to_rich(header: Sequence[str], rows: Sequence[Sequence[str]], title: str,
+                 caption: str | None = None) -> Table:
+    """A table for the terminal: first column left, the others right-aligned; no column is
+    narrower than its longest cell or header word, so numbers are never cut to "7…"."""
+    table = Table(title=title, caption=caption)
     for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right")
+        widest = max(*(len(row[i]) for row in rows), *map(len, name.split()))
+        table.add_column(escape(name), justify="left" if i == 0 else "right", min_width=widest,
+                         overflow="fold")
     for row in rows:
         table.add_row(*row)
     return table
 
 
-def markdown_table(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """The table as GitHub markdown."""
-    header, rows = table_rows(results)
+def rows_to_markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """The same table as GitHub markdown."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def rich_table(results: Mapping[str, Mapping[str, Any]], title: str) -> Table:
+    """The study-style table of ``results`` for the terminal."""
+    return rows_to_rich(*table_rows(results), title=title)
+
+
+def markdown_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The study-style table of ``results`` as GitHub markdown."""
+    return rows_to_markdown(*table_rows(results))
