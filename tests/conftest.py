@@ -1,4 +1,9 @@
+import socket
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -38,3 +43,51 @@ def tiny_checkpoint(synth_market, tmp_path_factory) -> Path:
     ])
     train(cfg, log=lambda _: None)
     return out / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def search_index(tiny_checkpoint, synth_market, tmp_path_factory) -> Path:
+    """A gallery index of ``synth_market``'s bounding_box_test made with ``tiny_checkpoint``
+    (its query/ folder holds held-out crops of the same identities)."""
+    from attreid.predictor import Predictor
+    from attreid.search import build_index
+
+    out = tmp_path_factory.mktemp("search") / "index"
+    build_index(Predictor(tiny_checkpoint, device="cpu"), synth_market / "bounding_box_test", out)
+    return out
+
+
+@contextmanager
+def served(app) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on a free loopback port in a thread; yields its URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    try:
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                pytest.fail("the uvicorn server did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def search_server(search_index) -> Iterator[str]:
+    """The search app over ``search_index``, served on loopback (module-scoped)."""
+    pytest.importorskip("uvicorn")
+    from attreid.search.query import GallerySearch
+    from attreid.search.service import create_app
+
+    with served(create_app(GallerySearch.open(search_index))) as url:
+        yield url

@@ -24,6 +24,8 @@ app = typer.Typer(help="attreid: joint pedestrian attribute recognition and pers
                   no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Inspect and validate datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+index_app = typer.Typer(help="Build and extend gallery search indexes.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
 console = Console()
 LAYOUTS = "auto|market|course|custom"
 
@@ -314,6 +316,139 @@ def demo(
                              "accuracy per task (%), mAP and rank-1 (%)"))
     console.print(f"demo finished in {result.seconds:.0f} s; table in {out / 'results.md'}",
                   soft_wrap=True)
+
+
+def _search_errors() -> tuple[type[Exception], ...]:
+    from attreid.checkpoint import CheckpointError
+    from attreid.search import GalleryIndexError, QueryError
+
+    return (DataError, CheckpointError, GalleryIndexError, QueryError, ImportError)
+
+
+@index_app.command("build")
+def index_build(
+    checkpoint: Path = typer.Argument(..., help="The checkpoint that embeds the crops."),
+    images: Path = typer.Option(..., "--images", help="Folder of crops (searched recursively)."),
+    out: Path = typer.Option(..., "--out", help="Index folder to create."),
+    ivf: int = typer.Option(0, "--ivf", help="Approximate IVF index with this many lists "
+                            "(-1: about 4 sqrt(N)); 0: exact search."),
+    nprobe: int = typer.Option(16, help="IVF lists visited per query."),
+    flip: bool = typer.Option(False, "--flip", help="Flip test-time augmentation."),
+    batch_size: int = typer.Option(64, help="Images per forward pass."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
+) -> None:
+    """Embed every crop, predict its attributes and write a FAISS + SQLite index."""
+    try:
+        from attreid.predictor import Predictor
+        from attreid.search import build_index
+
+        predictor = Predictor(checkpoint, device=device, batch_size=batch_size, flip=flip)
+        with warnings.catch_warnings(record=True) as caught, \
+                _count_progress("embedding crops") as progress:
+            warnings.simplefilter("always")
+            index = build_index(predictor, images, out, kind="ivf" if ivf else "flat",
+                                nlist=max(ivf, 0), nprobe=nprobe, batch_size=batch_size,
+                                overwrite=overwrite, progress=progress)
+    except _search_errors() as exc:
+        _fail(str(exc))
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {escape(str(w.message))}", soft_wrap=True)
+    console.print(f"indexed {len(index)} crops ({index.info['kind']}, {index.info['metric']} "
+                  f"distance, {index.info['dim']}-d) in {out}", soft_wrap=True)
+
+
+@index_app.command("add")
+def index_add(
+    index: Path = typer.Argument(..., help="Index folder made by `attreid index build`."),
+    images: Path = typer.Option(..., "--images", help="Folder of crops; known files are "
+                                "skipped."),
+    checkpoint: Path | None = typer.Option(None, help="The index's checkpoint, if it moved."),
+    batch_size: int = typer.Option(64, help="Images per forward pass."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
+) -> None:
+    """Append new crops to an index without rebuilding it (same checkpoint only)."""
+    try:
+        from attreid.search import GallerySearch, add_images
+
+        search = GallerySearch.open(index, checkpoint, device)
+        with warnings.catch_warnings(record=True) as caught, \
+                _count_progress("embedding new crops") as progress:
+            warnings.simplefilter("always")
+            added, known, skipped = add_images(search.index, search.predictor, images,
+                                               batch_size, progress)
+    except _search_errors() as exc:
+        _fail(str(exc))
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {escape(str(w.message))}", soft_wrap=True)
+    console.print(f"added {added} crops ({known} already indexed, {len(skipped)} undecodable); "
+                  f"{len(search.index)} in {index}", soft_wrap=True)
+
+
+@app.command()
+def search(
+    index: Path = typer.Argument(..., help="Index folder."),
+    image: Path | None = typer.Option(None, "--image", help="Query crop."),
+    query_id: int | None = typer.Option(None, "--id", help="Query by an indexed crop's id."),
+    attributes: str = typer.Option("", "--attributes", "-a",
+                                   help="Constraints, e.g. gender=female,backpack=yes."),
+    k: int = typer.Option(10, "-k", help="Number of results."),
+    camera: str = typer.Option("", help="Cameras to search in, e.g. 1,3."),
+    min_prob: float = typer.Option(0.5, help="Least probability of each constraint."),
+    rerank: bool = typer.Option(False, "--rerank", help="k-reciprocal re-ranking."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    checkpoint: Path | None = typer.Option(None, help="The index's checkpoint, if it moved."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
+) -> None:
+    """Search an index by image, by indexed crop and/or by attributes."""
+    try:
+        from attreid.search import GallerySearch, QueryError
+        from attreid.search.service import parse_cameras
+
+        if image is not None and query_id is not None:
+            raise QueryError("give --image or --id, not both")
+        opened = GallerySearch.open(index, checkpoint, device)
+        options = dict(attributes=attributes, cameras=parse_cameras(camera), min_prob=min_prob)
+        if image is not None:
+            hits = opened.by_image(image, k, rerank=rerank, **options)
+        elif query_id is not None:
+            hits = opened.by_id(query_id, k, rerank=rerank, **options)
+        else:
+            hits = opened.by_attributes(attributes, k, options["cameras"], min_prob)
+    except _search_errors() as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps([h.as_dict() for h in hits], indent=1))
+        return
+    table = Table(title=f"{len(hits)} result(s)")
+    for column in ("rank", "id", "name", "distance", "match", "camera", "attributes"):
+        table.add_column(column, overflow="fold")
+    for rank, hit in enumerate(hits, start=1):
+        attrs = hit.entry.attributes()
+        summary = ", ".join(f"{t}={attrs[t]['value']}"
+                            for t in ("gender", "age", "upcolor", "downcolor"))
+        table.add_row(str(rank), str(hit.entry.id), escape(Path(hit.entry.path).name),
+                      "" if hit.distance is None else f"{hit.distance:.4f}",
+                      "" if hit.match is None else f"{hit.match:.3f}",
+                      str(hit.entry.camera or ""), summary)
+    console.print(table)
+
+
+@app.command()
+def serve(
+    index: Path = typer.Argument(..., help="Index folder."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port."),
+    checkpoint: Path | None = typer.Option(None, help="The index's checkpoint, if it moved."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
+) -> None:
+    """Serve the search API (OpenAPI docs at /docs) and its web page (/)."""
+    try:
+        from attreid.search.service import serve as run_server
+
+        run_server(index, host=host, port=port, checkpoint=checkpoint, device=device)
+    except _search_errors() as exc:
+        _fail(str(exc))
 
 
 def main() -> None:

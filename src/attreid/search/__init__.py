@@ -1,0 +1,19 @@
+"""Gallery search: a FAISS + SQLite index of crops, queried by image and by description.
+
+Needs the ``search`` extra (faiss-cpu); the HTTP service also needs the ``serve`` extra.
+"""
+
+from attreid.search.index import (
+    Entry,
+    GalleryIndex,
+    GalleryIndexError,
+    add_images,
+    build_index,
+    write_index,
+)
+from attreid.search.query import Constraint, GallerySearch, Hit, QueryError, parse_attributes
+
+__all__ = [
+    "Constraint", "Entry", "GalleryIndex", "GalleryIndexError", "GallerySearch", "Hit",
+    "QueryError", "add_images", "build_index", "parse_attributes", "write_index",
+]

@@ -1,0 +1,250 @@
+"""Queries on a :class:`GalleryIndex`: by image, by attributes, both, by camera, re-ranked.
+
+Attribute constraints are ``task=value`` pairs with the class names of
+:data:`attreid.schema.TASKS` (``gender=female``, ``backpack=yes``, ``upcolor=red``). A crop
+satisfies a constraint when its predicted probability of that value is at least ``min_prob``
+(default 0.5; 0 keeps every crop). How well a crop matches is the product of those
+probabilities (``match``), which ranks attribute-only queries.
+
+Image and attributes together: the constraints (and cameras) *filter* the gallery, the image
+*ranks* what is left by embedding distance (FAISS search restricted to the allowed ids).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from attreid.schema import TASKS
+from attreid.search.index import Entry, GalleryIndex, GalleryIndexError, prepare_vectors
+
+RERANK_DEPTH = 100
+"""Candidates re-ranked by k-reciprocal re-ranking (the first ``max(k, RERANK_DEPTH)``)."""
+
+_TASKS = {t.name: t for t in TASKS}
+
+
+class QueryError(ValueError):
+    """A query is malformed: unknown attribute or value, bad k, unknown image id."""
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """``task == value`` with probability >= the query's ``min_prob``."""
+
+    task: str
+    value: str
+
+    @property
+    def column(self) -> str:
+        return f"p_{self.task}_{self.value}"
+
+
+def _constraint(task: str, value: str) -> Constraint:
+    task, value = str(task).strip(), str(value).strip()
+    if task not in _TASKS:
+        raise QueryError(f"unknown attribute {task!r}; expected one of {list(_TASKS)}")
+    classes = _TASKS[task].classes
+    if value not in classes:
+        raise QueryError(f"attribute {task!r}: unknown value {value!r}; expected one of "
+                         f"{list(classes)}")
+    return Constraint(task, value)
+
+
+def parse_attributes(spec: str | Mapping[str, str] | None) -> list[Constraint]:
+    """Constraints from ``"gender=female,backpack=yes"``, a JSON object or a mapping.
+
+    Raises:
+        QueryError: unknown attribute or value, a pair without ``=``, or a task given twice.
+    """
+    if spec is None:
+        return []
+    if isinstance(spec, str):
+        text = spec.strip()
+        if not text:
+            return []
+        if text.startswith("{"):
+            try:
+                spec = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise QueryError(f"attributes: invalid JSON ({exc})") from None
+            if not isinstance(spec, dict):
+                raise QueryError("attributes: expected a JSON object {task: value}")
+        else:
+            pairs = [p for p in text.split(",") if p.strip()]
+            if any("=" not in p for p in pairs):
+                raise QueryError(f"attributes {text!r}: expected task=value pairs separated "
+                                 "by commas, e.g. gender=female,backpack=yes")
+            items = [p.split("=", 1) for p in pairs]
+            tasks = [t.strip() for t, _ in items]
+            dupes = sorted({t for t in tasks if tasks.count(t) > 1})
+            if dupes:
+                raise QueryError(f"attributes: {dupes} given more than once")
+            spec = {t.strip(): v for t, v in items}
+    return [_constraint(task, value) for task, value in spec.items()]
+
+
+def _check_min_prob(min_prob: float) -> float:
+    if not 0.0 <= float(min_prob) <= 1.0:
+        raise QueryError(f"min_prob={min_prob}: expected a probability in [0, 1]")
+    return float(min_prob)
+
+
+def _check_k(k: int) -> int:
+    if int(k) < 1:
+        raise QueryError(f"k={k}: expected at least 1")
+    return int(k)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: the crop, its distance to the query image (``None`` for attribute-only
+    queries) and how well it matches the attribute constraints (``None`` without any)."""
+
+    entry: Entry
+    distance: float | None
+    match: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        e = self.entry
+        return {"id": e.id, "name": Path(e.path).name, "distance": self.distance,
+                "match": self.match, "camera": e.camera, "frame": e.frame,
+                "identity": e.identity, "attributes": e.attributes()}
+
+
+def _match(entry: Entry, constraints: Sequence[Constraint]) -> float | None:
+    if not constraints:
+        return None
+    probs = [entry.probabilities[c.task][_TASKS[c.task].classes.index(c.value)]
+             for c in constraints]
+    return float(np.prod(probs))
+
+
+class GallerySearch:
+    """Search an index by image, by attributes or both.
+
+    Example::
+
+        search = GallerySearch.open("runs/index")
+        hits = search.by_image("query.jpg", k=10, attributes="gender=female")
+        hits[0].entry.path, hits[0].distance
+    """
+
+    def __init__(self, index: GalleryIndex, predictor: Any | None = None) -> None:
+        self.index = index
+        self.predictor = predictor
+
+    @classmethod
+    def open(cls, index: Path | str, checkpoint: Path | str | None = None,
+             device: str | None = None) -> "GallerySearch":
+        """Open an index and the checkpoint that made it (``checkpoint`` overrides the recorded
+        path; either way its sha256 must match).
+
+        Raises:
+            GalleryIndexError: the index is missing/corrupt or the checkpoint does not match.
+        """
+        from attreid.checkpoint import CheckpointError
+        from attreid.predictor import Predictor
+
+        opened = GalleryIndex.open(index)
+        path = Path(checkpoint or opened.info["checkpoint"])
+        if not path.is_file():
+            raise GalleryIndexError(f"{path}: the checkpoint of index {opened.root} is not "
+                                    "there; pass the checkpoint (--checkpoint) that made it")
+        opened.check_checkpoint(path)
+        try:
+            predictor = Predictor(path, device=device, flip=bool(opened.info.get("flip")))
+        except CheckpointError as exc:
+            raise GalleryIndexError(str(exc)) from exc
+        return cls(opened, predictor)
+
+    # ---- filters -------------------------------------------------------------------------
+
+    def _where(self, constraints: Sequence[Constraint], cameras: Sequence[int] | None,
+               min_prob: float) -> tuple[str, list[Any]]:
+        clauses, params = ["1"], []
+        for c in constraints:
+            clauses.append(f"{c.column} >= ?")  # column names come from the schema only
+            params.append(min_prob)
+        if cameras:
+            clauses.append(f"camera IN ({', '.join('?' * len(cameras))})")
+            params.extend(int(c) for c in cameras)
+        return " AND ".join(clauses), params
+
+    def allowed_ids(self, constraints: Sequence[Constraint], cameras: Sequence[int] | None,
+                    min_prob: float) -> np.ndarray | None:
+        """Ids passing the filters, ``None`` when nothing filters."""
+        if not constraints and not cameras:
+            return None
+        where, params = self._where(constraints, cameras, min_prob)
+        return np.array([i for i, _ in self.index.select(where, params)], dtype=np.int64)
+
+    # ---- queries -------------------------------------------------------------------------
+
+    def by_attributes(self, attributes: str | Mapping[str, str] | None, k: int = 20,
+                      cameras: Sequence[int] | None = None,
+                      min_prob: float = 0.5) -> list[Hit]:
+        """Crops satisfying the constraints, best match first (ties: lower id)."""
+        constraints = parse_attributes(attributes)
+        k, min_prob = _check_k(k), _check_min_prob(min_prob)
+        if not constraints:
+            raise QueryError("an attribute query needs at least one task=value constraint")
+        where, params = self._where(constraints, cameras, min_prob)
+        score = " * ".join(c.column for c in constraints)
+        rows = self.index.select(where, params, order="score DESC, id", limit=k, score=score)
+        entries = self.index.entries([i for i, _ in rows])
+        return [Hit(e, None, _match(e, constraints)) for e in entries]
+
+    def by_vector(self, vector: np.ndarray, k: int = 10,
+                  attributes: str | Mapping[str, str] | None = None,
+                  cameras: Sequence[int] | None = None, min_prob: float = 0.5,
+                  rerank: bool = False, exclude: int | None = None) -> list[Hit]:
+        """Nearest crops to an embedding, optionally filtered and re-ranked."""
+        constraints = parse_attributes(attributes)
+        k, min_prob = _check_k(k), _check_min_prob(min_prob)
+        allowed = self.allowed_ids(constraints, cameras, min_prob)
+        if allowed is not None and exclude is not None:
+            allowed = allowed[allowed != exclude]
+        extra = 1 if exclude is not None and allowed is None else 0
+        depth = max(k, RERANK_DEPTH) if rerank else k
+        dist, ids = self.index.search(np.asarray(vector)[None], depth + extra, allowed)
+        pairs = [(float(d), int(i)) for d, i in zip(dist[0], ids[0]) if i >= 0 and i != exclude]
+        if rerank and len(pairs) > 1:
+            pairs = self._rerank(np.asarray(vector), [i for _, i in pairs])
+        pairs = pairs[:k]
+        entries = self.index.entries([i for _, i in pairs])
+        return [Hit(e, d, _match(e, constraints)) for (d, _), e in zip(pairs, entries)]
+
+    def _rerank(self, vector: np.ndarray, ids: list[int]) -> list[tuple[float, int]]:
+        from attreid.rerank import rerank
+
+        gallery = np.stack([self.index.vector(i) for i in ids])  # (n, D) prepared
+        query = prepare_vectors(vector[None], self.index.metric)
+        n = len(ids)
+        k1 = max(1, min(20, n - 1))
+        dist = rerank(query, gallery, k1=k1, k2=max(1, min(6, k1)), lambda_value=0.3)[0]
+        order = np.argsort(dist, kind="stable")
+        return [(float(dist[j]), ids[j]) for j in order]
+
+    def embed(self, image: Any) -> np.ndarray:
+        """The embedding (D,) of one image (PIL image or path)."""
+        if self.predictor is None:
+            raise QueryError("searching by image needs the index's checkpoint; open the search "
+                             "with GallerySearch.open(index)")
+        return self.predictor.predict([image]).embeddings[0]
+
+    def by_image(self, image: Any, k: int = 10, **options: Any) -> list[Hit]:
+        """Nearest crops to a query image (PIL image or path); options as :meth:`by_vector`."""
+        return self.by_vector(self.embed(image), k, **options)
+
+    def by_id(self, image_id: int, k: int = 10, **options: Any) -> list[Hit]:
+        """Nearest crops to an indexed crop, itself left out; options as :meth:`by_vector`."""
+        try:
+            vector = self.index.vector(int(image_id))
+        except KeyError as exc:
+            raise QueryError(str(exc.args[0])) from None
+        return self.by_vector(vector, k, exclude=int(image_id), **options)

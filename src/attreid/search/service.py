@@ -1,0 +1,207 @@
+"""The search service: a FastAPI app over a :class:`GallerySearch`, with a web page.
+
+Routes (OpenAPI docs at ``/docs``):
+
+* ``POST /search`` — multipart form: ``image`` (a crop) or ``query_id`` (an indexed crop, left
+  out of its own results), ``attributes`` (``gender=female,backpack=yes`` or a JSON object),
+  ``k``, ``camera`` (comma-separated camera numbers to search in), ``min_prob``, ``rerank``.
+  With neither image nor query_id it is an attribute query.
+* ``GET /search/attributes`` — one query parameter per attribute task (``?gender=female``),
+  plus ``k``, ``camera``, ``min_prob``; unknown parameters or values are a 422.
+* ``GET /images/{id}`` — the file of an indexed crop (only indexed files are served).
+* ``GET /api/schema`` — the attribute tasks and their values (the page builds its chips from it).
+* ``GET /healthz`` — status, number of images, checkpoint.
+* ``GET /`` — the web page (static files shipped in ``attreid/search/web``; no CDN).
+
+Uploads are checked before decoding: at most ``max_upload_bytes``, a decodable image format,
+and at most ``max_pixels`` pixels (read from the header, so a decompression bomb is refused
+before it is decompressed).
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route annotations at run time,
+# and the fastapi types are imported inside create_app (an optional dependency).
+import io
+import threading
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from attreid.schema import TASKS
+from attreid.search.query import GallerySearch, Hit, QueryError
+
+WEB_DIR = Path(__file__).parent / "web"
+MAX_UPLOAD_BYTES = 8 * 1024 * 1024
+MAX_PIXELS = 4096 * 4096
+MAX_K = 200
+
+
+def _fastapi() -> Any:
+    try:
+        import fastapi
+    except ImportError as exc:
+        raise ImportError("the search service needs FastAPI and uvicorn: "
+                          "pip install 'attreid[serve]'") from exc
+    return fastapi
+
+
+def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
+    """Decode uploaded bytes to an RGB PIL image.
+
+    Raises:
+        QueryError: empty, not a decodable image, or more than ``max_pixels`` pixels.
+    """
+    from PIL import Image
+
+    from attreid.data.io import _to_rgb
+
+    if not data:
+        raise QueryError("image: empty upload")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise QueryError(f"image: {width}x{height} pixels, at most {max_pixels} allowed")
+            img.load()
+            return _to_rgb(img)
+    except QueryError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise QueryError("image: not a decodable image (unrecognised format)") from None
+    except Image.DecompressionBombError:
+        raise QueryError(f"image: too many pixels, at most {max_pixels} allowed") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise QueryError(f"image: not a decodable image ({type(exc).__name__}: {exc})") from None
+
+
+def parse_cameras(text: str | None) -> list[int] | None:
+    """``"1,3"`` -> ``[1, 3]``; empty -> ``None`` (all cameras)."""
+    if not text or not text.strip():
+        return None
+    try:
+        return [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise QueryError(f"camera {text!r}: expected camera numbers separated by commas, "
+                         "e.g. 1,3") from None
+
+
+def _hits(hits: list[Hit]) -> list[dict[str, Any]]:
+    return [dict(h.as_dict(), url=f"/images/{h.entry.id}") for h in hits]
+
+
+def _attribute_params_model(max_k: int) -> Any:
+    """Pydantic model of GET /search/attributes: one optional parameter per task (its values
+    as a Literal, so OpenAPI lists them), unknown parameters forbidden."""
+    from pydantic import ConfigDict, Field, create_model
+
+    fields: dict[str, Any] = {
+        task.name: (Optional[Literal[task.classes]], Field(None, description=f"{task.name}: "
+                                                           + ", ".join(task.classes)))
+        for task in TASKS
+    }
+    fields["k"] = (int, Field(20, ge=1, le=max_k, description="number of results"))
+    fields["camera"] = (str, Field("", description="cameras to search in, e.g. 1,3"))
+    fields["min_prob"] = (float, Field(0.5, ge=0.0, le=1.0,
+                                       description="least probability of each constraint"))
+    return create_model("AttributeQuery", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+               max_pixels: int = MAX_PIXELS, max_k: int = MAX_K) -> Any:
+    """The FastAPI app serving ``search`` (see the module docstring for its routes)."""
+    fastapi = _fastapi()
+    from fastapi import File, Form, HTTPException, Query, Request, UploadFile
+    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+
+    app = fastapi.FastAPI(title="attreid search",
+                          description="Find a person in a gallery of crops by example image "
+                          "and/or by attributes.")
+    model_lock = threading.Lock()  # one forward pass at a time (the CPU is shared anyway)
+    AttributeQuery = _attribute_params_model(max_k)
+
+    @app.exception_handler(QueryError)
+    async def _query_error(_: Request, exc: QueryError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": str(exc)})
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_upload_bytes + 65536:
+            return JSONResponse(status_code=413, content={
+                "detail": f"request of {length} bytes; uploads are limited to "
+                          f"{max_upload_bytes} bytes"})
+        return await call_next(request)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        info = search.index.info
+        return {"status": "ok", "images": len(search.index), "index": info["kind"],
+                "metric": info["metric"], "checkpoint_sha256": info["checkpoint_sha256"]}
+
+    @app.get("/api/schema")
+    def schema() -> dict[str, Any]:
+        return {"tasks": [{"name": t.name, "values": list(t.classes)} for t in TASKS],
+                "cameras": search.index.cameras(), "max_k": max_k, "images": len(search.index)}
+
+    @app.post("/search")
+    def search_post(
+        image: Optional[UploadFile] = File(None, description="query crop (JPEG/PNG/...)"),
+        query_id: Optional[int] = Form(None, ge=0, description="id of an indexed crop"),
+        attributes: str = Form("", description="task=value pairs, e.g. gender=female"),
+        k: int = Form(10, ge=1, le=max_k),
+        camera: str = Form("", description="cameras to search in, e.g. 1,3"),
+        min_prob: float = Form(0.5, ge=0.0, le=1.0),
+        rerank: bool = Form(False),
+    ) -> dict[str, Any]:
+        cameras = parse_cameras(camera)
+        options = dict(attributes=attributes, cameras=cameras, min_prob=min_prob)
+        if image is not None and query_id is not None:
+            raise QueryError("give an image or a query_id, not both")
+        if image is not None:
+            data = image.file.read(max_upload_bytes + 1)
+            if len(data) > max_upload_bytes:
+                raise HTTPException(413, f"image larger than {max_upload_bytes} bytes")
+            with model_lock:
+                vector = search.embed(decode_upload(data, max_pixels))
+            hits = search.by_vector(vector, k, rerank=rerank, **options)
+            mode = "image"
+        elif query_id is not None:
+            hits = search.by_id(query_id, k, rerank=rerank, **options)
+            mode = "indexed image"
+        else:
+            hits = search.by_attributes(attributes, k, cameras, min_prob)
+            mode = "attributes"
+        return {"mode": mode, "count": len(hits), "results": _hits(hits)}
+
+    @app.get("/search/attributes")
+    def search_attributes(params: AttributeQuery = Query()) -> dict[str, Any]:  # type: ignore
+        values = params.model_dump()
+        constraints = {t.name: values[t.name] for t in TASKS if values[t.name] is not None}
+        hits = search.by_attributes(constraints, values["k"], parse_cameras(values["camera"]),
+                                    values["min_prob"])
+        return {"mode": "attributes", "count": len(hits), "results": _hits(hits)}
+
+    @app.get("/images/{image_id}")
+    def image_file(image_id: int) -> FileResponse:
+        if not 0 <= image_id < len(search.index):
+            raise HTTPException(404, f"no indexed image with id {image_id}")
+        path = Path(search.index.entries([image_id])[0].path)
+        if not path.is_file():
+            raise HTTPException(404, f"image {image_id} was indexed but its file is gone")
+        # Thumbnails are fetched again and again while browsing results: let the browser keep them.
+        return FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    return app
+
+
+def serve(index: Path | str, host: str = "127.0.0.1", port: int = 8000,
+          checkpoint: Path | str | None = None, device: str | None = None) -> None:
+    """Open the index and run the app with uvicorn until interrupted."""
+    import uvicorn
+
+    app = create_app(GallerySearch.open(index, checkpoint, device))
+    uvicorn.run(app, host=host, port=port, log_level="info")

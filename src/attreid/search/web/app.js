@@ -1,0 +1,513 @@
+// attreid search page: builds its controls from /api/schema and POSTs /search.
+// Plain browser JavaScript, no dependencies and no build step.
+"use strict";
+
+(function () {
+  // Display order and labels of the attribute tasks (tasks the schema adds later are
+  // appended with their own name).
+  const TASK_LABELS = {
+    gender: "Gender",
+    age: "Age",
+    backpack: "Backpack",
+    bag: "Bag",
+    handbag: "Handbag",
+    hat: "Hat",
+    up: "Sleeves",
+    down: "Lower length",
+    clothes: "Lower clothes",
+    hair: "Hair",
+    upcolor: "Upper colour",
+    downcolor: "Lower colour",
+  };
+  const COLOUR_TASKS = new Set(["upcolor", "downcolor"]);
+  const COLOURS = {
+    black: "#1f1f1f", white: "#ffffff", red: "#d93a3a", purple: "#8e4bb8",
+    yellow: "#f2c41b", gray: "#9a9a9a", grey: "#9a9a9a", blue: "#2f6fdb",
+    green: "#2e9e55", pink: "#f29ac0", brown: "#8a5a2e", orange: "#f08a24",
+  };
+  const K_CHOICES = [5, 10, 20, 50, 100, 200];
+  const DEFAULT_K = 10;
+  // Market-1501 style file names: identity_cCAMERAsSEQ_FRAME_NN.jpg
+  const MARKET_NAME = /^(-?\d+)_c(\d+)/;
+
+  const $ = (sel) => document.querySelector(sel);
+  const el = {
+    info: $("#index-info"),
+    dropZone: $("#drop-zone"),
+    fileInput: $("#file-input"),
+    preview: $("#query-preview"),
+    previewMissing: $("#preview-missing"),
+    previewEmpty: $("#preview-empty"),
+    queryTitle: $("#query-title"),
+    queryDetail: $("#query-detail"),
+    clearQuery: $("#clear-query"),
+    groups: $("#attribute-groups"),
+    clearAttributes: $("#clear-attributes"),
+    cameras: $("#camera-chips"),
+    k: $("#k-select"),
+    minProb: $("#min-prob"),
+    rerank: $("#rerank"),
+    search: $("#search-button"),
+    reset: $("#reset-button"),
+    status: $("#status"),
+    error: $("#error"),
+    results: $("#results"),
+    empty: $("#empty-state"),
+    legend: $("#legend"),
+  };
+
+  const state = {
+    schema: null,
+    query: null, // {kind: "file", file, name, identity} | {kind: "id", id, name, identity, camera}
+    previewUrl: null,
+    attributes: new Map(), // task -> value
+    cameras: new Set(),
+    controller: null,
+    seq: 0,
+  };
+
+  // ---- helpers ---------------------------------------------------------------------------
+
+  function make(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else if (key.startsWith("data-")) node.setAttribute(key, String(value));
+      else if (key in node) node[key] = value;
+      else node.setAttribute(key, String(value));
+    }
+    for (const child of children) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  function swatch(colour) {
+    const span = make("span", { class: "swatch", "aria-hidden": "true" });
+    if (colour === "multicolour" || colour === "multicolor") span.classList.add("multi");
+    else span.style.background = COLOURS[colour] || "#ccc";
+    if (colour === "white") span.classList.add("light");
+    return span;
+  }
+
+  function identityOfName(name) {
+    const m = MARKET_NAME.exec(name || "");
+    return m ? Number(m[1]) : null;
+  }
+
+  function errorText(detail, status) {
+    if (typeof detail === "string") return detail;
+    if (Array.isArray(detail)) {
+      return detail.map((d) => {
+        const loc = Array.isArray(d.loc) ? d.loc.filter((p) => p !== "body" && p !== "query") : [];
+        return (loc.length ? loc.join(".") + ": " : "") + (d.msg || JSON.stringify(d));
+      }).join("; ");
+    }
+    if (detail) return JSON.stringify(detail);
+    return `request failed (HTTP ${status})`;
+  }
+
+  function showError(message) {
+    el.error.textContent = message;
+    el.error.hidden = !message;
+  }
+
+  function setStatus(text, stateName) {
+    el.status.textContent = text;
+    el.status.dataset.state = stateName;
+  }
+
+  // ---- schema and controls ---------------------------------------------------------------
+
+  function orderedTasks(tasks) {
+    const known = Object.keys(TASK_LABELS);
+    const rank = (t) => (known.includes(t.name) ? known.indexOf(t.name) : known.length);
+    return [...tasks].sort((a, b) => rank(a) - rank(b));
+  }
+
+  function attributeChip(task, value) {
+    const chip = make("button", {
+      type: "button", class: "chip", "data-task": task.name, "data-value": value,
+      "aria-pressed": "false", title: `${task.name}=${value}`,
+    });
+    if (COLOUR_TASKS.has(task.name)) {
+      chip.classList.add("colour");
+      chip.append(swatch(value));
+    }
+    chip.append(value === "multicolour" ? "multi" : value);
+    chip.addEventListener("click", () => toggleAttribute(task.name, value));
+    return chip;
+  }
+
+  // Two-valued tasks go in a compact grid (label above its two chips); the others get a row
+  // each (label at the left).
+  function buildAttributeChips(tasks) {
+    el.groups.replaceChildren();
+    const grid = make("div", { class: "binary-grid" });
+    const rows = make("div", { class: "rows" });
+    for (const task of orderedTasks(tasks)) {
+      const label = TASK_LABELS[task.name] || task.name;
+      const chips = make("div", { class: "chips", role: "group", "aria-label": label },
+        ...task.values.map((value) => attributeChip(task, value)));
+      const binary = task.values.length === 2;
+      (binary ? grid : rows).append(make("div",
+        { class: binary ? "group stacked" : "group", "data-group": task.name },
+        make("span", { class: "group-label", text: label }), chips));
+    }
+    el.groups.append(grid, rows);
+  }
+
+  function buildCameraChips(cameras) {
+    el.cameras.replaceChildren();
+    const all = make("button", { type: "button", class: "chip", "data-camera": "all",
+      "aria-pressed": "true", text: "all" });
+    all.addEventListener("click", () => {
+      state.cameras.clear();
+      syncChips();
+      autoSearch();
+    });
+    el.cameras.append(all);
+    for (const cam of cameras) {
+      const chip = make("button", { type: "button", class: "chip", "data-camera": cam,
+        "aria-pressed": "false", text: String(cam), title: `camera ${cam}` });
+      chip.addEventListener("click", () => {
+        if (state.cameras.has(cam)) state.cameras.delete(cam);
+        else state.cameras.add(cam);
+        syncChips();
+        autoSearch();
+      });
+      el.cameras.append(chip);
+    }
+  }
+
+  function buildKSelect(maxK) {
+    const choices = K_CHOICES.filter((k) => k <= maxK);
+    if (!choices.includes(maxK) && maxK < K_CHOICES[K_CHOICES.length - 1]) choices.push(maxK);
+    el.k.replaceChildren(...choices.map((k) => make("option", { value: String(k), text: String(k) })));
+    el.k.value = String(choices.includes(DEFAULT_K) ? DEFAULT_K : choices[choices.length - 1]);
+  }
+
+  function syncChips() {
+    for (const chip of el.groups.querySelectorAll(".chip[data-task]")) {
+      const on = state.attributes.get(chip.dataset.task) === chip.dataset.value;
+      chip.classList.toggle("selected", on);
+      chip.setAttribute("aria-pressed", String(on));
+    }
+    for (const group of el.groups.querySelectorAll(".group")) {
+      group.classList.toggle("active", state.attributes.has(group.dataset.group));
+    }
+    for (const chip of el.cameras.querySelectorAll(".chip[data-camera]")) {
+      const cam = chip.dataset.camera;
+      const on = cam === "all" ? state.cameras.size === 0 : state.cameras.has(Number(cam));
+      chip.classList.toggle("selected", on);
+      chip.setAttribute("aria-pressed", String(on));
+    }
+    el.clearAttributes.hidden = state.attributes.size === 0;
+  }
+
+  function toggleAttribute(task, value) {
+    if (state.attributes.get(task) === value) state.attributes.delete(task);
+    else state.attributes.set(task, value);
+    syncChips();
+    autoSearch();
+  }
+
+  // ---- the query crop --------------------------------------------------------------------
+
+  function showPreview(url) {
+    el.previewMissing.hidden = true;
+    el.previewEmpty.hidden = Boolean(url);
+    el.preview.hidden = !url;
+    if (url) el.preview.src = url;
+    else el.preview.removeAttribute("src");
+  }
+
+  function renderQuery() {
+    const q = state.query;
+    el.dropZone.dataset.state = q ? q.kind : "empty";
+    el.clearQuery.hidden = !q;
+    if (!q) {
+      showPreview(null);
+      el.queryTitle.textContent = "Drop a crop here";
+      el.queryDetail.textContent = "or click to choose a file \u00b7 paste works too";
+      return;
+    }
+    if (q.kind === "file") {
+      showPreview(state.previewUrl);
+      el.queryTitle.textContent = "Uploaded crop";
+      el.queryDetail.textContent = q.name + (q.identity !== null ? ` \u00b7 id ${q.identity}` : "");
+    } else {
+      showPreview(`/images/${q.id}`);
+      el.queryTitle.textContent = `Indexed crop #${q.id}`;
+      const bits = [q.name];
+      if (q.identity !== null && q.identity !== undefined) bits.push(`id ${q.identity}`);
+      if (q.camera !== null && q.camera !== undefined) bits.push(`cam ${q.camera}`);
+      el.queryDetail.textContent = bits.join(" \u00b7 ");
+    }
+  }
+
+  function setFile(file) {
+    if (!file) return;
+    if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+    state.previewUrl = URL.createObjectURL(file);
+    state.query = { kind: "file", file, name: file.name || "pasted image",
+      identity: identityOfName(file.name) };
+    renderQuery();
+    runSearch();
+  }
+
+  function setIndexedQuery(hit) {
+    state.query = { kind: "id", id: hit.id, name: hit.name, identity: hit.identity,
+      camera: hit.camera };
+    renderQuery();
+    runSearch();
+  }
+
+  function clearQuery() {
+    state.query = null;
+    el.fileInput.value = "";
+    renderQuery();
+  }
+
+  // ---- searching -------------------------------------------------------------------------
+
+  function hasQuery() {
+    return Boolean(state.query) || state.attributes.size > 0;
+  }
+
+  function autoSearch() {
+    if (hasQuery()) runSearch();
+    else {
+      if (state.controller) state.controller.abort();
+      showResults([], null);
+      showError("");
+      setStatus("Choose a crop or an attribute to search.", "idle");
+    }
+  }
+
+  function formData() {
+    const form = new FormData();
+    const q = state.query;
+    if (q && q.kind === "file") form.append("image", q.file, q.name);
+    if (q && q.kind === "id") form.append("query_id", String(q.id));
+    const attrs = [...state.attributes].map(([t, v]) => `${t}=${v}`).join(",");
+    if (attrs) form.append("attributes", attrs);
+    form.append("k", el.k.value || String(DEFAULT_K));
+    if (state.cameras.size) form.append("camera", [...state.cameras].sort((a, b) => a - b).join(","));
+    form.append("min_prob", el.minProb.value === "" ? "0.5" : el.minProb.value);
+    form.append("rerank", el.rerank.checked ? "true" : "false");
+    return form;
+  }
+
+  async function runSearch() {
+    if (state.controller) state.controller.abort();
+    const controller = new AbortController();
+    state.controller = controller;
+    const started = performance.now();
+    document.body.classList.add("busy");
+    el.results.setAttribute("aria-busy", "true");
+    setStatus("Searching\u2026", "loading");
+    let body = null;
+    let response = null;
+    try {
+      response = await fetch("/search", { method: "POST", body: formData(),
+        signal: controller.signal });
+      body = await response.json().catch(() => null);
+    } catch (exc) {
+      if (controller.signal.aborted) return; // a newer search replaced this one
+      finish(controller);
+      fail(`Search failed: ${exc.message || exc}`);
+      return;
+    }
+    if (controller.signal.aborted) return;
+    finish(controller);
+    if (!response.ok) {
+      fail(errorText(body && body.detail, response.status));
+      return;
+    }
+    const ms = Math.round(performance.now() - started);
+    showError("");
+    showResults(body.results, body.mode);
+    const n = body.count;
+    const modes = { image: "by image", "indexed image": "by indexed crop",
+      attributes: "by attributes" };
+    const mode = modes[body.mode] || body.mode;
+    setStatus(`${n} result${n === 1 ? "" : "s"} in ${ms} ms \u00b7 ${mode}` +
+      (n === 0 ? " \u2014 try fewer attributes, more cameras or a lower min. prob." : ""), "done");
+  }
+
+  function finish(controller) {
+    if (state.controller === controller) state.controller = null;
+    document.body.classList.remove("busy");
+    el.results.removeAttribute("aria-busy");
+  }
+
+  function fail(message) {
+    showError(message);
+    showResults([], "error");
+    setStatus("Search failed.", "error");
+  }
+
+  // ---- results ---------------------------------------------------------------------------
+
+  function bagInfo(attrs) {
+    const items = [];
+    for (const task of ["backpack", "bag", "handbag"]) {
+      if (attrs[task] && attrs[task].value === "yes") items.push(task);
+    }
+    if (attrs.hat && attrs.hat.value === "yes") items.push("hat");
+    return items.length ? items.join(", ") : "no bag";
+  }
+
+  function percent(p) {
+    return `${Math.round(p * 100)}%`;
+  }
+
+  function attrTitle(attrs) {
+    return Object.entries(attrs)
+      .map(([task, a]) => `${task}: ${a.value} (${percent(a.probability)})`).join("\n");
+  }
+
+  function colourItem(attrs, task, label) {
+    const a = attrs[task];
+    if (!a) return null;
+    return make("span", { class: "colour-item", title: `${label}: ${a.value} (${percent(a.probability)})` },
+      swatch(a.value), a.value === "multicolour" ? "multi" : a.value);
+  }
+
+  function resultCard(hit, rank) {
+    const attrs = hit.attributes || {};
+    const queryIdentity = state.query ? state.query.identity : null;
+    const same = queryIdentity !== null && queryIdentity !== undefined && hit.identity === queryIdentity;
+    const score = [];
+    if (hit.distance !== null && hit.distance !== undefined) score.push(`d ${hit.distance.toFixed(3)}`);
+    if (hit.match !== null && hit.match !== undefined) score.push(`match ${percent(hit.match)}`);
+
+    const who = [attrs.gender && attrs.gender.value, attrs.age && attrs.age.value].filter(Boolean).join(", ");
+    const card = make("button", {
+      type: "button", class: "result" + (same ? " same" : ""),
+      "data-id": hit.id, "data-rank": rank,
+      "data-identity": hit.identity === null ? "" : hit.identity,
+      "data-camera": hit.camera === null ? "" : hit.camera,
+      title: `${hit.name}\n${attrTitle(attrs)}\n\nclick to search with this crop`,
+    },
+    make("span", { class: "thumb" },
+      make("img", { src: hit.url, alt: `result ${rank}: ${hit.name}`,
+        width: 96, height: 192 }),
+      make("span", { class: "rank", text: String(rank) }),
+      hit.camera !== null ? make("span", { class: "cam", text: `c${hit.camera}` }) : null),
+    make("span", { class: "meta" },
+      make("span", { class: "score", text: score.join(" \u00b7 ") || "\u00a0" }),
+      make("span", { class: "who", text: who || "\u00a0" }),
+      make("span", { class: "colours" }, colourItem(attrs, "upcolor", "upper"),
+        colourItem(attrs, "downcolor", "lower")),
+      make("span", { class: "bags", text: bagInfo(attrs) }),
+      make("span", { class: "ident",
+        text: (hit.identity !== null ? `id ${hit.identity} \u00b7 ` : "") + `#${hit.id}` })));
+    for (const [task, a] of Object.entries(attrs)) card.setAttribute(`data-attr-${task}`, a.value);
+    card.addEventListener("click", () => {
+      setIndexedQuery(hit);
+      window.scrollTo({ top: 0, behavior: "smooth" });
+    });
+    return card;
+  }
+
+  function showResults(hits, mode) {
+    el.results.replaceChildren(...hits.map((hit, i) => make("li", {}, resultCard(hit, i + 1))));
+    el.results.dataset.mode = mode && mode !== "error" ? mode : "";
+    el.results.dataset.count = String(hits.length);
+    state.seq += 1;
+    el.results.dataset.seq = String(state.seq);
+    el.empty.hidden = hits.length > 0 || mode !== null;
+    el.legend.hidden = !el.results.querySelector(".result.same");
+  }
+
+  // ---- wiring ----------------------------------------------------------------------------
+
+  function wire() {
+    el.fileInput.addEventListener("change", () => setFile(el.fileInput.files[0]));
+    el.preview.addEventListener("error", () => {
+      if (!el.preview.getAttribute("src")) return;
+      el.preview.hidden = true;
+      el.previewMissing.hidden = false;
+    });
+    for (const type of ["dragenter", "dragover"]) {
+      el.dropZone.addEventListener(type, (ev) => {
+        ev.preventDefault();
+        el.dropZone.classList.add("dragging");
+      });
+    }
+    for (const type of ["dragleave", "dragend"]) {
+      el.dropZone.addEventListener(type, () => el.dropZone.classList.remove("dragging"));
+    }
+    el.dropZone.addEventListener("drop", (ev) => {
+      ev.preventDefault();
+      el.dropZone.classList.remove("dragging");
+      const file = ev.dataTransfer && ev.dataTransfer.files[0];
+      if (file) setFile(file);
+    });
+    // Dropping a file anywhere else must not navigate away from the page.
+    window.addEventListener("dragover", (ev) => ev.preventDefault());
+    window.addEventListener("drop", (ev) => ev.preventDefault());
+    el.dropZone.addEventListener("keydown", (ev) => {
+      if (ev.key === "Enter" || ev.key === " ") {
+        ev.preventDefault();
+        el.fileInput.click();
+      }
+    });
+    document.addEventListener("paste", (ev) => {
+      const items = ev.clipboardData ? [...ev.clipboardData.files] : [];
+      const image = items.find((f) => f.type.startsWith("image/"));
+      if (image) setFile(image);
+    });
+    el.clearQuery.addEventListener("click", () => {
+      clearQuery();
+      autoSearch();
+    });
+    el.clearAttributes.addEventListener("click", () => {
+      state.attributes.clear();
+      syncChips();
+      autoSearch();
+    });
+    el.k.addEventListener("change", autoSearch);
+    el.rerank.addEventListener("change", () => { if (state.query) runSearch(); });
+    el.minProb.addEventListener("change", () => { if (state.attributes.size) runSearch(); });
+    el.search.addEventListener("click", runSearch);
+    el.reset.addEventListener("click", () => {
+      clearQuery();
+      state.attributes.clear();
+      state.cameras.clear();
+      el.rerank.checked = false;
+      el.minProb.value = "0.5";
+      if (state.schema) buildKSelect(state.schema.max_k);
+      syncChips();
+      autoSearch();
+    });
+  }
+
+  async function init() {
+    wire();
+    renderQuery();
+    try {
+      const response = await fetch("/api/schema");
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const schema = await response.json();
+      state.schema = schema;
+      buildAttributeChips(schema.tasks);
+      buildCameraChips(schema.cameras);
+      buildKSelect(schema.max_k);
+      syncChips();
+      el.info.textContent = `${schema.images} images \u00b7 ${schema.cameras.length} camera` +
+        (schema.cameras.length === 1 ? "" : "s");
+      document.body.dataset.ready = "true";
+    } catch (exc) {
+      el.info.textContent = "index unavailable";
+      showError(`Could not load the attribute schema: ${exc.message || exc}`);
+    }
+  }
+
+  init();
+})();

@@ -1,0 +1,280 @@
+"""Gallery index (FAISS + SQLite) and its queries, checked against brute force."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("faiss", reason="gallery search needs faiss (pip install 'attreid[search]')")
+
+from attreid.metrics import pairwise_distance  # noqa: E402
+from attreid.predictor import Predictor  # noqa: E402
+from attreid.schema import TASKS  # noqa: E402
+from attreid.search import (  # noqa: E402
+    GalleryIndex,
+    GalleryIndexError,
+    GallerySearch,
+    QueryError,
+    add_images,
+    build_index,
+    parse_attributes,
+)
+from attreid.search import index as index_module  # noqa: E402
+from attreid.search.index import parse_name  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def api(search_index) -> GallerySearch:
+    return GallerySearch.open(search_index)
+
+
+@pytest.fixture(scope="module")
+def gallery(api) -> dict:
+    """Every indexed crop's embedding (recomputed) and entry, for brute-force answers."""
+    entries = api.index.entries(range(len(api.index)))
+    emb = api.predictor.predict([Path(e.path) for e in entries]).embeddings
+    return {"entries": entries, "embeddings": emb}
+
+
+def _identity(path: Path) -> int:
+    return int(path.name[:4])
+
+
+def test_build_records_every_crop_with_metadata(api, synth_market, tiny_checkpoint):
+    files = sorted((synth_market / "bounding_box_test").glob("*.jpg"))
+    assert len(api.index) == len(files)
+    assert api.index.info["checkpoint_sha256"] == index_module.file_sha256(tiny_checkpoint)
+    entries = api.index.entries([0, len(files) - 1])
+    for entry in entries:
+        identity, camera, frame = parse_name(Path(entry.path).name)
+        assert (entry.identity, entry.camera, entry.frame) == (identity, camera, frame)
+        assert entry.camera is not None
+        for task in TASKS:
+            probs = entry.probabilities[task.name]
+            assert len(probs) == task.num_classes and abs(sum(probs) - 1) < 1e-4
+    assert sorted(Path(e.path).name for e in api.index.entries(range(len(files)))) == \
+        [f.name for f in files]
+
+
+def test_held_out_crops_find_their_identity(api, synth_market):
+    queries = sorted((synth_market / "query").glob("*.jpg"))
+    correct = [api.by_image(q, k=1)[0].entry.identity == _identity(q) for q in queries]
+    assert np.mean(correct) >= 0.5, f"rank-1 {np.mean(correct):.2f} over {len(queries)} queries"
+
+
+def test_image_search_equals_brute_force(api, gallery, synth_market):
+    query = sorted((synth_market / "query").glob("*.jpg"))[3]
+    q = api.predictor.predict([query]).embeddings
+    dist = pairwise_distance(torch.from_numpy(q), torch.from_numpy(gallery["embeddings"]))[0]
+    expected = torch.argsort(dist, stable=True)[:10].tolist()
+    hits = api.by_image(query, k=10)
+    assert [h.entry.id for h in hits] == expected
+    assert np.allclose([h.distance for h in hits], dist[expected].numpy(), atol=1e-4)
+
+
+def test_a_gallery_crop_finds_itself_at_distance_zero(api):
+    entry = api.index.entries([7])[0]
+    top = api.by_image(entry.path, k=1)[0]
+    assert top.entry.id == 7 and top.distance == pytest.approx(0.0, abs=1e-3)
+
+
+def test_search_by_indexed_crop_leaves_it_out(api, gallery):
+    hits = api.by_id(7, k=5)
+    assert 7 not in [h.entry.id for h in hits] and len(hits) == 5
+    emb = gallery["embeddings"]
+    dist = pairwise_distance(torch.from_numpy(emb[7:8]), torch.from_numpy(emb))[0]
+    dist[7] = float("inf")
+    assert [h.entry.id for h in hits] == torch.argsort(dist, stable=True)[:5].tolist()
+
+
+def _satisfies(entry, constraints, min_prob) -> bool:
+    return all(entry.probabilities[c.task][_class(c)] >= min_prob for c in constraints)
+
+
+def _class(c) -> int:
+    return next(t for t in TASKS if t.name == c.task).classes.index(c.value)
+
+
+def test_attribute_query_ranks_matching_crops_by_joint_probability(api, gallery):
+    spec = "gender=female,up=short"
+    constraints = parse_attributes(spec)
+    hits = api.by_attributes(spec, k=1000, min_prob=0.3)
+    expected = [e for e in gallery["entries"] if _satisfies(e, constraints, 0.3)]
+    assert hits and len(hits) == len(expected)
+    for hit in hits:
+        assert hit.entry.attributes()["gender"]["probability"] >= 0.3
+        assert hit.entry.probabilities["gender"][1] >= 0.3  # female
+        assert hit.entry.probabilities["up"][1] >= 0.3  # short sleeves
+    matches = [h.match for h in hits]
+    assert matches == sorted(matches, reverse=True)
+    best = max(expected, key=lambda e: e.probabilities["gender"][1] * e.probabilities["up"][1])
+    assert hits[0].entry.id == best.id
+
+
+def test_image_and_attributes_filter_then_rank(api, gallery, synth_market):
+    query = sorted((synth_market / "query").glob("*.jpg"))[0]
+    hits = api.by_image(query, k=1000, attributes={"gender": "male"}, cameras=[1, 2],
+                        min_prob=0.5)
+    allowed = [e.id for e in gallery["entries"]
+               if e.camera in (1, 2) and e.probabilities["gender"][0] >= 0.5]
+    assert sorted(h.entry.id for h in hits) == sorted(allowed)
+    q = api.predictor.predict([query]).embeddings
+    dist = pairwise_distance(torch.from_numpy(q), torch.from_numpy(gallery["embeddings"]))[0]
+    assert [h.entry.id for h in hits] == sorted(allowed, key=lambda i: (float(dist[i]), i))
+    assert all(h.match is not None and h.match >= 0.5 for h in hits)
+
+
+def test_rerank_reorders_the_top_candidates(api, synth_market):
+    query = sorted((synth_market / "query").glob("*.jpg"))[1]
+    plain = api.by_image(query, k=len(api.index))
+    reranked = api.by_image(query, k=10, rerank=True)
+    assert len(reranked) == 10
+    assert {h.entry.id for h in reranked} <= {h.entry.id for h in plain[:100]}
+    distances = [h.distance for h in reranked]
+    assert distances == sorted(distances)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("colour=red", "unknown attribute 'colour'"),
+    ("gender=woman", "unknown value 'woman'"),
+    ("gender", "task=value"),
+    ("gender=male,gender=female", "more than once"),
+    ('{"gender": ', "invalid JSON"),
+])
+def test_bad_attribute_queries_name_the_problem(spec, message):
+    with pytest.raises(QueryError, match=message):
+        parse_attributes(spec)
+
+
+def test_bad_query_arguments(api):
+    with pytest.raises(QueryError, match="k=0"):
+        api.by_attributes("gender=male", k=0)
+    with pytest.raises(QueryError, match="min_prob"):
+        api.by_attributes("gender=male", min_prob=2)
+    with pytest.raises(QueryError, match="at least one"):
+        api.by_attributes("")
+    with pytest.raises(QueryError, match="not in the index"):
+        api.by_id(10**6)
+
+
+def test_parse_name():
+    assert parse_name("0002_c1s1_000451_03.jpg") == (2, 1, 451)
+    assert parse_name("-1_c3s2_000100_00.jpg") == (-1, 3, 100)
+    assert parse_name("cam2-f42.png") == (None, 2, 42)
+    assert parse_name("c3_000120.jpg") == (None, 3, 120)
+    assert parse_name("person.jpg") == (None, None, None)
+
+
+# ---- building, adding, failures ------------------------------------------------------------
+
+
+@pytest.fixture
+def small_gallery(synth_market, tmp_path) -> Path:
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for f in sorted((synth_market / "bounding_box_test").glob("*.jpg"))[:20]:
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_checkpoint) -> Predictor:
+    return Predictor(tiny_checkpoint, device="cpu")
+
+
+def test_add_appends_new_crops_only(predictor, small_gallery, synth_market, tmp_path):
+    index = build_index(predictor, small_gallery, tmp_path / "idx")
+    first = index.entries([0])[0]
+    (small_gallery / "broken.jpg").write_bytes(b"not a jpeg")
+    for f in sorted((synth_market / "query").glob("*.jpg"))[:5]:
+        shutil.copy(f, small_gallery / f.name)
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        added, known, skipped = add_images(index, predictor, small_gallery)
+    assert (added, known, len(skipped)) == (5, 20, 1)
+    reopened = GalleryIndex.open(tmp_path / "idx")
+    assert len(reopened) == 25 and reopened.entries([0])[0] == first
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["meta.sqlite",
+                                                                    "vectors-1.faiss"]
+    new = reopened.entries([24])[0]
+    search = GallerySearch(reopened, predictor)
+    assert search.by_image(new.path, k=1)[0].entry.id == 24
+    with pytest.warns(UserWarning, match="broken.jpg"):  # tried again, never indexed
+        assert add_images(reopened, predictor, small_gallery)[:2] == (0, 25)
+
+
+def test_a_failed_add_leaves_the_index_unchanged(predictor, small_gallery, synth_market,
+                                                tmp_path, monkeypatch):
+    index = build_index(predictor, small_gallery, tmp_path / "idx")
+    for f in sorted((synth_market / "query").glob("*.jpg"))[:3]:
+        shutil.copy(f, small_gallery / f.name)
+
+    def fail(*_):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(index_module, "_insert", fail)
+    with pytest.raises(GalleryIndexError, match="disk is full.*unchanged"):
+        add_images(index, predictor, small_gallery)
+    reopened = GalleryIndex.open(tmp_path / "idx")
+    assert len(reopened) == 20
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["meta.sqlite",
+                                                                    "vectors-0.faiss"]
+
+
+def test_index_refuses_another_checkpoint(search_index, tiny_checkpoint, tmp_path):
+    other = tmp_path / "other.pt"
+    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=False)
+    first = next(iter(state["model"]))
+    state["model"][first] = state["model"][first] + 1
+    torch.save(state, other)
+    with pytest.raises(GalleryIndexError, match="did not make the index"):
+        GallerySearch.open(search_index, checkpoint=other)
+    with pytest.raises(GalleryIndexError, match="did not make the index"):
+        add_images(GalleryIndex.open(search_index), Predictor(other, device="cpu"),
+                   tmp_path)
+
+
+def test_build_refuses_to_overwrite_and_empty_folders(predictor, small_gallery, tmp_path):
+    build_index(predictor, small_gallery, tmp_path / "idx")
+    with pytest.raises(GalleryIndexError, match="already exists"):
+        build_index(predictor, small_gallery, tmp_path / "idx")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(Exception, match="no images"):
+        build_index(predictor, empty, tmp_path / "idx2")
+    assert not (tmp_path / "idx2").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_damaged_indexes_give_clear_errors(predictor, small_gallery, tmp_path):
+    with pytest.raises(GalleryIndexError, match="not an attreid index"):
+        GalleryIndex.open(tmp_path / "nothing")
+    build_index(predictor, small_gallery, tmp_path / "idx")
+    (tmp_path / "idx" / "vectors-0.faiss").write_bytes(b"garbage")
+    with pytest.raises(GalleryIndexError, match="cannot read FAISS vectors"):
+        GalleryIndex.open(tmp_path / "idx")
+    (tmp_path / "idx" / "vectors-0.faiss").unlink()
+    with pytest.raises(GalleryIndexError, match="not found"):
+        GalleryIndex.open(tmp_path / "idx")
+    (tmp_path / "idx" / "meta.sqlite").write_bytes(b"garbage" * 100)
+    with pytest.raises(GalleryIndexError, match="corrupt index database"):
+        GalleryIndex.open(tmp_path / "idx")
+
+
+def test_ivf_index_with_every_list_probed_equals_exact(predictor, synth_market, tmp_path,
+                                                      api):
+    ivf = build_index(predictor, synth_market / "bounding_box_test", tmp_path / "ivf",
+                      kind="ivf", nlist=4, nprobe=4)
+    assert ivf.info["kind"] == "ivf"
+    search = GallerySearch(ivf, predictor)
+    query = sorted((synth_market / "query").glob("*.jpg"))[2]
+    assert [h.entry.id for h in search.by_image(query, k=10)] == \
+        [h.entry.id for h in api.by_image(query, k=10)]
+    assert search.by_id(3, k=3)[0].entry.id != 3
+    with pytest.raises(GalleryIndexError, match="at least 1000 images"):
+        build_index(predictor, synth_market / "bounding_box_test", tmp_path / "ivf2",
+                    kind="ivf", nlist=1000)
