@@ -278,3 +278,36 @@ def test_ivf_index_with_every_list_probed_equals_exact(predictor, synth_market, 
     with pytest.raises(GalleryIndexError, match="at least 1000 images"):
         build_index(predictor, synth_market / "bounding_box_test", tmp_path / "ivf2",
                     kind="ivf", nlist=1000)
+
+
+def test_cli_build_add_search(tiny_checkpoint, small_gallery, synth_market, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from attreid.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "idx"
+    result = runner.invoke(app, ["index", "build", str(tiny_checkpoint), "--images",
+                                 str(small_gallery), "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "indexed 20 crops" in result.output
+    query = sorted((synth_market / "query").glob("*.jpg"))[0]
+    shutil.copy(query, small_gallery / query.name)
+    result = runner.invoke(app, ["index", "add", str(out), "--images", str(small_gallery)])
+    assert result.exit_code == 0 and "added 1 crops (20 already indexed" in result.output
+    result = runner.invoke(app, ["search", str(out), "--image", str(query), "-k", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.output)
+    assert hits[0]["name"] == query.name and hits[0]["distance"] < 1e-3
+    result = runner.invoke(app, ["search", str(out), "-a", "gender=female", "-k", "2"])
+    assert result.exit_code == 0 and "result(s)" in result.output
+    for args, message in ((["search", str(out), "-a", "hat=perhaps"], "unknown value"),
+                          (["search", str(tmp_path / "none"), "-a", "hat=yes"],
+                           "not an attreid index"),
+                          (["index", "build", str(tiny_checkpoint), "--images", str(small_gallery),
+                            "--out", str(out)], "already exists"),
+                          (["serve", str(tmp_path / "none")], "not an attreid index")):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1 and message in result.output, (args, result.output)
