@@ -121,7 +121,7 @@ def test_bad_posts_are_422_with_a_message(client, held_out):
         (dict(files={"image": ("x.jpg", b"plain text", "image/jpeg")}),
          "not a decodable image"),
         (dict(files={"image": ("x.jpg", b"", "image/jpeg")}), "empty upload"),
-        (dict(files={"image": ("x.jpg", open(held_out, "rb").read()[:300], "image/jpeg")}),
+        (dict(files={"image": ("x.jpg", held_out.read_bytes()[:300], "image/jpeg")}),
          "not a decodable image"),
         (dict(files={"image": ("x.jpg", b"x", "image/jpeg")}, data={"query_id": "1"}),
          "not both"),

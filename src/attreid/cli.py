@@ -421,12 +421,12 @@ def search(
         print(json.dumps([h.as_dict() for h in hits], indent=1))
         return
     table = Table(title=f"{len(hits)} result(s)")
-    for column in ("rank", "id", "name", "distance", "match", "camera", "attributes"):
+    for column in ("rank", "id", "name", "distance", "match", "cam", "attributes (up/down)"):
         table.add_column(column, overflow="fold")
     for rank, hit in enumerate(hits, start=1):
         attrs = hit.entry.attributes()
-        summary = ", ".join(f"{t}={attrs[t]['value']}"
-                            for t in ("gender", "age", "upcolor", "downcolor"))
+        summary = (f"{attrs['gender']['value']} {attrs['age']['value']}, "
+                   f"{attrs['upcolor']['value']}/{attrs['downcolor']['value']}")
         table.add_row(str(rank), str(hit.entry.id), escape(Path(hit.entry.path).name),
                       "" if hit.distance is None else f"{hit.distance:.4f}",
                       "" if hit.match is None else f"{hit.match:.3f}",
