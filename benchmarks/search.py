@@ -16,8 +16,8 @@ Measured per query (best-effort wall time; the machine may be shared):
 
 Queries/s = 1 / mean latency (one client); p95 = 95th percentile latency. Last, the same
 queries through the service (``attreid serve``'s app under uvicorn on loopback), 8 clients at
-once: queries/s = queries / wall time, latency per request as the client sees it. ``--write``
-replaces the "## Gallery search" section of RESULTS.md.
+once from a separate process: queries/s = queries / wall time, latency per request as the
+client sees it. ``--write`` replaces the "## Gallery search" section of RESULTS.md.
 
     python benchmarks/search.py --write
 """
@@ -44,9 +44,9 @@ INTRO = """Image queries on a 20,000-crop index, FAISS against brute-force torch
 
 Reading: embedding the query crop (~10 ms) dominates an image query. Exact FAISS (`IndexFlatL2`)
 and torch's addmm + topk are both bound by reading the 20,000 x 512 float32 gallery and run
-about equally fast (torch a little faster here); FAISS IVF searches about 17x faster at recall@10 0.97,
-which pays for much larger galleries. The HTTP row is a lower bound: its 8 client threads run in
-the server's own Python process and compete with it for the GIL and the 2 cores."""
+about equally fast (torch a little faster here); FAISS IVF searches about 17x faster at
+recall@10 0.97, which pays for much larger galleries. The HTTP row: 8 client threads in a
+separate process, sharing the 2 cores with the server."""
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -179,15 +179,36 @@ def main() -> None:
         replace_section(SECTION, INTRO, body)
 
 
-def http_queries(search: GallerySearch, queries: list[Path], k: int,
-                 clients: int) -> tuple[list[float], float]:
-    """Latencies of POST /search with each query crop, ``clients`` at a time, and the wall
-    time of them all."""
-    import socket
-    import threading
+def client_load(url: str, k: int, clients: int, queries: list[str]) -> tuple[list[float], float]:
+    """POST each query crop to ``url``, ``clients`` at a time: (latencies, wall time)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
+
+    payloads = {q: Path(q).read_bytes() for q in queries}
+
+    def one(query: str) -> float:
+        with httpx.Client(timeout=300) as http:
+            t = time.perf_counter()
+            r = http.post(url, files={"image": (Path(query).name, payloads[query],
+                                                "image/jpeg")}, data={"k": str(k)})
+            r.raise_for_status()
+            return time.perf_counter() - t
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        times = list(pool.map(one, queries))
+    return times, time.perf_counter() - start
+
+
+def http_queries(search: GallerySearch, queries: list[Path], k: int,
+                 clients: int) -> tuple[list[float], float]:
+    """Serve ``search`` with uvicorn on loopback (a thread of this process) and load it from
+    a separate client process (so clients and server do not share a GIL)."""
+    import multiprocessing
+    import socket
+    import threading
+
     import uvicorn
 
     from attreid.search.service import create_app
@@ -200,23 +221,12 @@ def http_queries(search: GallerySearch, queries: list[Path], k: int,
     while not server.started:
         time.sleep(0.05)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/search"
-    payloads = {q: q.read_bytes() for q in queries}
-
-    def one(query: Path) -> float:
-        with httpx.Client(timeout=300) as http:
-            t = time.perf_counter()
-            r = http.post(url, files={"image": (query.name, payloads[query], "image/jpeg")},
-                          data={"k": str(k)})
-            r.raise_for_status()
-            return time.perf_counter() - t
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        times = list(pool.map(one, queries))
-    wall = time.perf_counter() - start
-    server.should_exit = True
-    thread.join(timeout=10)
-    return times, wall
+    try:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            return pool.apply(client_load, (url, k, clients, [str(q) for q in queries]))
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def _probs(search: GallerySearch, emb: np.ndarray) -> dict[str, np.ndarray]:
