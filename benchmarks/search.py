@@ -44,9 +44,10 @@ INTRO = """Image queries on a 20,000-crop index, FAISS against brute-force torch
 
 Reading: embedding the query crop (~10 ms) dominates an image query. Exact FAISS (`IndexFlatL2`)
 and torch's addmm + topk are both bound by reading the 20,000 x 512 float32 gallery and run
-about equally fast (torch a little faster here); FAISS IVF searches about 17x faster at
+equally fast (within 5 % of each other across three runs); FAISS IVF searches about 17x faster at
 recall@10 0.97, which pays for much larger galleries. The HTTP row: 8 client threads in a
-separate process, sharing the 2 cores with the server."""
+separate process, sharing the 2 cores with the server; it serves half the in-process rate
+(multipart parsing, JSON, the client's own CPU), not yet profiled."""
 ROOT = Path(__file__).resolve().parents[1]
 
 
