@@ -179,6 +179,20 @@ def test_markdown_and_json(tmp_path):
     assert data["runs"][1]["rows"]["age"]["delta"] == pytest.approx(6.91)
 
 
+def test_without_the_study_only_runs_and_majority(tmp_path):
+    runs = [load_run(write_training_run(tmp_path / "r", [val(0.8, 0.7)]))]
+    header, rows = table_rows(runs, delta=True, study=False)
+    assert header == ["task", "r (resnet)", "majority"]
+    assert row(rows, "mAP") == ["mAP", "70.00", "-"]
+    assert summary(runs[0], study=False) == "r (resnet), best epoch 1 of 1: mean accuracy " \
+        "80.00; mAP 70.00"
+    text = markdown(runs, study=False)
+    assert text.startswith("| task | r (resnet) | majority |") and "Study:" not in text
+    result = runner.invoke(app, ["compare", str(tmp_path / "r"), "--no-study"])
+    assert result.exit_code == 0, result.output
+    assert "study" not in result.output and "mean accuracy 80.00; mAP 70.00" in result.output
+
+
 def test_errors_name_the_file(tmp_path):
     with pytest.raises(CompareError, match="nowhere: folder not found"):
         run_folders([tmp_path / "nowhere"])

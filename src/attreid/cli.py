@@ -268,6 +268,8 @@ def compare(
                                "study (percentage points)."),
     curves: Path | None = typer.Option(None, "--curves", help="Also plot the training runs' "
                                        "loss, mAP and mean accuracy per epoch to this PNG."),
+    no_study: bool = typer.Option(False, "--no-study", help="Leave out the study's columns "
+                                  "(for runs on another protocol, e.g. standard Market-1501)."),
 ) -> None:
     """The study's table regenerated: per-task accuracy, mean, mAP and rank-1 of each run
     (a training run's best epoch) beside the study's published numbers for its variant."""
@@ -279,11 +281,12 @@ def compare(
         loaded = load_runs(runs)
     except CompareError as exc:
         _fail(str(exc))
-    table = rich_table(loaded, delta)
+    study = not no_study
+    table = rich_table(loaded, delta, study)
     console.print(table, width=max(console.width, console.measure(table).minimum), crop=False)
     for run in loaded:
-        console.print(summary(run), markup=False, highlight=False, soft_wrap=True)
-    outputs = [(markdown, lambda: markdown_text(loaded, delta)),
+        console.print(summary(run, study), markup=False, highlight=False, soft_wrap=True)
+    outputs = [(markdown, lambda: markdown_text(loaded, delta, study)),
                (json_out, lambda: json.dumps(comparison_json(loaded), indent=2) + "\n")]
     for path, text in outputs:
         if path is None:

@@ -295,23 +295,27 @@ def _majority_columns(runs: Sequence[Run]) -> list[tuple[str, dict[str, float | 
     return [(f"majority {label}", v) for label, v in columns]
 
 
-def table_rows(runs: Sequence[Run], delta: bool = False) -> tuple[list[str], list[list[str]]]:
+def table_rows(runs: Sequence[Run], delta: bool = False,
+               study: bool = True) -> tuple[list[str], list[list[str]]]:
     """Header and rows (percent, 2 decimals): per run its number, the study's for its variant
-    and with ``delta`` their difference; then the runs' majority and the study's."""
+    and with ``delta`` their difference; then the runs' majority and the study's. Without
+    ``study`` (runs on another protocol) only the runs and their majority."""
+    delta = delta and study
     majorities = _majority_columns(runs)
     header = ["task"]
     for run in runs:
-        header += [run.title, "study", *(["Δ"] if delta else [])]
-    header += [name for name, _ in majorities] + ["study majority"]
+        header += [run.title, *(["study"] if study else []), *(["Δ"] if delta else [])]
+    header += [name for name, _ in majorities] + (["study majority"] if study else [])
     values = [run_values(run) for run in runs]
     rows = []
     for row in ROWS:
         cells = [row]
         for run, value in zip(runs, values):
-            study = published(run.variant or "", row)
-            cells += [_cell(value[row]), _cell(study)]
-            cells += [_cell(difference(value[row], study), sign=True)] if delta else []
-        cells += [_cell(v[row]) for _, v in majorities] + [_cell(published("majority", row))]
+            published_value = published(run.variant or "", row)
+            cells += [_cell(value[row])] + ([_cell(published_value)] if study else [])
+            cells += [_cell(difference(value[row], published_value), sign=True)] if delta else []
+        cells += [_cell(v[row]) for _, v in majorities]
+        cells += [_cell(published("majority", row))] if study else []
         rows.append(cells)
     return header, rows
 
@@ -326,29 +330,36 @@ def _verdict(name: str, value: float | None, study: float | None) -> str:
     return f"{name} {value:.2f} {word} the study's {study:.2f} ({diff:+.2f})"
 
 
-def summary(run: Run) -> str:
+def summary(run: Run, study: bool = True) -> str:
     """One line: which epoch, and whether the run beats or misses the study's mean accuracy
-    and mAP; then its notes."""
+    and mAP; then its notes. Without ``study``: the epoch and the two numbers."""
     values = run_values(run)
     where = (f"best epoch {run.epoch} of {run.epochs}" if run.epoch is not None
              else "attreid evaluate")
+    rows = (("mean", "mean accuracy"), ("mAP", "mAP"))
+    if not study:
+        return f"{run.title}, {where}: " + "; ".join(
+            f"{name} {_cell(values[row])}" for row, name in rows)
     verdicts = [_verdict(name, values[row], published(run.variant or "", row))
-                for row, name in (("mean", "mean accuracy"), ("mAP", "mAP"))]
+                for row, name in rows]
     text = f"{run.title}, {where}: " + "; ".join(verdicts)
     return text + (f" ({'; '.join(run.notes)})" if run.notes else "")
 
 
-def rich_table(runs: Sequence[Run], delta: bool = False) -> Table:
+def rich_table(runs: Sequence[Run], delta: bool = False, study: bool = True) -> Table:
     """The table for the terminal."""
+    if not study:
+        return rows_to_rich(*table_rows(runs, study=False), title="validation (%)")
     return rows_to_rich(*table_rows(runs, delta),
                         title="validation (%) beside the study's published numbers",
                         caption=f"study: {DESCRIPTION}")
 
 
-def markdown(runs: Sequence[Run], delta: bool = False) -> str:
+def markdown(runs: Sequence[Run], delta: bool = False, study: bool = True) -> str:
     """The table as GitHub markdown, the summary line of each run and the study's setup."""
-    lines = [rows_to_markdown(*table_rows(runs, delta)).rstrip("\n"), "",
-             *(f"- {summary(run)}" for run in runs), "", f"Study: {DESCRIPTION}."]
+    lines = [rows_to_markdown(*table_rows(runs, delta, study)).rstrip("\n"), "",
+             *(f"- {summary(run, study)}" for run in runs)]
+    lines += ["", f"Study: {DESCRIPTION}."] if study else []
     return "\n".join(lines) + "\n"
 
 
