@@ -223,17 +223,21 @@ def predict(
     flip: bool = typer.Option(False, "--flip", help="Flip test-time augmentation."),
     layout: str = typer.Option("auto", help=LAYOUTS),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
+    backend: str = typer.Option("torch", help="torch (a checkpoint) or onnx (a file made by "
+                                "`attreid export`, run with ONNX Runtime)."),
 ) -> None:
     """Predict the query and gallery images: features.npz for any layout, and the study's
     classification_test.csv + reid_test.txt for the course layout."""
     from attreid.checkpoint import CheckpointError
+    from attreid.export import ExportError
     from attreid.predict import predict_dataset
 
     try:
         with _count_progress("predicting") as progress:
             files = predict_dataset(checkpoint, data, out, layout=layout, top_k=top_k,
-                                    flip=flip, device=device, progress=progress)
-    except (DataError, CheckpointError, ValueError) as exc:
+                                    flip=flip, device=device, progress=progress,
+                                    backend=backend)
+    except (DataError, CheckpointError, ExportError, ValueError) as exc:
         _fail(str(exc))
     written = [p for p in (files.features, files.classification, files.ranking) if p]
     console.print(f"wrote {', '.join(str(p) for p in written)}", soft_wrap=True)
@@ -323,9 +327,29 @@ def demo(
 
 def _search_errors() -> tuple[type[Exception], ...]:
     from attreid.checkpoint import CheckpointError
+    from attreid.export import ExportError
     from attreid.search import GalleryIndexError, QueryError
 
-    return (DataError, CheckpointError, GalleryIndexError, QueryError, ImportError)
+    return (DataError, CheckpointError, ExportError, GalleryIndexError, QueryError, ImportError,
+            ValueError)
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint (best.pt or last.pt)."),
+    out: Path = typer.Option(..., "--out", help="The ONNX file to write."),
+    opset: int = typer.Option(17, help="ONNX opset."),
+) -> None:
+    """Export a checkpoint to ONNX: embedding + every attribute's logits, dynamic batch, the
+    preprocessing in the model's metadata."""
+    from attreid.checkpoint import CheckpointError
+    from attreid.export import ExportError, export_onnx
+
+    try:
+        path = export_onnx(checkpoint, out, opset)
+    except (CheckpointError, ExportError, ImportError) as exc:
+        _fail(str(exc))
+    console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)", soft_wrap=True)
 
 
 @index_app.command("build")
@@ -340,13 +364,15 @@ def index_build(
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
+    backend: str = typer.Option("torch", help="torch (a checkpoint) or onnx (its export)."),
 ) -> None:
     """Embed every crop, predict its attributes and write a FAISS + SQLite index."""
     try:
-        from attreid.predictor import Predictor
+        from attreid.export import load_predictor
         from attreid.search import build_index
 
-        predictor = Predictor(checkpoint, device=device, batch_size=batch_size, flip=flip)
+        predictor = load_predictor(checkpoint, backend, device=device, batch_size=batch_size,
+                                   flip=flip)
         with warnings.catch_warnings(record=True) as caught, \
                 _count_progress("embedding crops") as progress:
             warnings.simplefilter("always")

@@ -24,6 +24,7 @@ from attreid.checkpoint import atomic_write_bytes, atomic_write_text
 from attreid.data.load import load_dataset
 from attreid.data.records import Dataset
 from attreid.metrics import pairwise_distance
+from attreid.export import load_predictor
 from attreid.predictor import Prediction, Predictor
 from attreid.schema import CSV_COLUMNS, TASK_NAMES, tasks_to_raw
 
@@ -107,8 +108,12 @@ def _course_files(dataset: Dataset, out: Path, pred: Prediction, top_k: int
 def predict_dataset(checkpoint: Path | str, data_root: Path | str, out: Path | str,
                     layout: str = "auto", top_k: int = 300, flip: bool = False,
                     device: str | None = None, batch_size: int = 128,
-                    progress: Callable[[int, int], None] | None = None) -> PredictFiles:
-    """Predict every query and gallery image of a dataset and write the files (module doc)."""
+                    progress: Callable[[int, int], None] | None = None,
+                    backend: str = "torch") -> PredictFiles:
+    """Predict every query and gallery image of a dataset and write the files (module doc).
+
+    ``backend="onnx"``: ``checkpoint`` is an ONNX export (``attreid export``), run with ONNX
+    Runtime on the CPU."""
     if top_k < 1:
         raise ValueError(f"top_k={top_k}: expected >= 1")
     out = Path(out)
@@ -116,7 +121,8 @@ def predict_dataset(checkpoint: Path | str, data_root: Path | str, out: Path | s
     dataset = load_dataset(data_root, layout)
     if not dataset.query and not dataset.gallery:
         raise ValueError(f"{dataset.root}: no query or gallery images to predict")
-    predictor = Predictor(checkpoint, device=device, batch_size=batch_size, flip=flip)
+    predictor = load_predictor(checkpoint, backend, device=device, batch_size=batch_size,
+                               flip=flip)
     records = dataset.query + dataset.gallery
     pred = _predict(predictor, [r.path for r in records], batch_size, progress)
     split = ["query"] * len(dataset.query) + ["gallery"] * len(dataset.gallery)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -91,6 +93,21 @@ class Predictor:
     @property
     def embedding_dim(self) -> int:
         return int(self.model.config["embedding_dim"])
+
+    @property
+    def distance(self) -> str:
+        """The distance the model was trained with: ``euclidean`` or ``cosine``."""
+        distance = self.config.loss.distance
+        return "euclidean" if distance == "squared" else distance
+
+    @cached_property
+    def checkpoint_sha256(self) -> str:
+        """SHA-256 of the checkpoint file (identifies the model, e.g. in a search index)."""
+        digest = hashlib.sha256()
+        with open(self.checkpoint, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
 
     def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Decode, resize and normalise: (N, 3, H, W) float32."""

@@ -212,9 +212,10 @@ class GalleryIndex:
     def metric(self) -> str:
         return str(self.info["metric"])
 
-    def check_checkpoint(self, checkpoint: Path | str) -> None:
-        """Raise :class:`GalleryIndexError` unless ``checkpoint`` is the one that made the index."""
-        digest = file_sha256(Path(checkpoint))
+    def check_checkpoint(self, checkpoint: Path | str, digest: str | None = None) -> None:
+        """Raise :class:`GalleryIndexError` unless ``checkpoint`` is the one that made the index
+        (``digest``: its sha256 when known, e.g. an ONNX export's source checkpoint)."""
+        digest = digest or file_sha256(Path(checkpoint))
         if digest != self.info["checkpoint_sha256"]:
             raise GalleryIndexError(
                 f"{checkpoint}: this checkpoint did not make the index {self.root} (sha256 "
@@ -510,10 +511,9 @@ def build_index(predictor: Any, images: Path | str, out: Path | str, kind: str =
     _warn_skipped(embedded.skipped)
     if not embedded.paths:
         raise GalleryIndexError(f"{images}: none of the {len(paths)} images decoded")
-    metric = "euclidean" if predictor.config.loss.distance == "squared" \
-        else predictor.config.loss.distance
     return write_index(out, embedded.paths, embedded.embeddings, embedded.probabilities,
-                       checkpoint=Path(predictor.checkpoint), metric=metric, kind=kind,
+                       checkpoint=Path(predictor.checkpoint), metric=predictor.distance,
+                       checkpoint_sha256=predictor.checkpoint_sha256, kind=kind,
                        nlist=nlist, nprobe=nprobe, overwrite=overwrite,
                        extra={"flip": bool(predictor.flip),
                               "images_root": str(Path(images).resolve())})
@@ -522,7 +522,8 @@ def build_index(predictor: Any, images: Path | str, out: Path | str, kind: str =
 def write_index(out: Path | str, paths: Sequence[Path], embeddings: np.ndarray,
                 probabilities: dict[str, np.ndarray], checkpoint: Path, metric: str = "euclidean",
                 kind: str = "flat", nlist: int = 0, nprobe: int = 16, overwrite: bool = False,
-                extra: dict[str, Any] | None = None) -> GalleryIndex:
+                extra: dict[str, Any] | None = None,
+                checkpoint_sha256: str | None = None) -> GalleryIndex:
     """Write an index folder from embeddings already computed (by ``checkpoint``).
 
     Args:
@@ -530,6 +531,8 @@ def write_index(out: Path | str, paths: Sequence[Path], embeddings: np.ndarray,
         metric: ``"euclidean"`` or ``"cosine"`` (the checkpoint's training distance).
         kind, nlist, nprobe, overwrite: as in :func:`build_index`.
         extra: more ``info`` entries (flip, images_root).
+        checkpoint_sha256: the checkpoint's sha256 (default: hash ``checkpoint``; an ONNX
+            export gives its source checkpoint's).
     """
     if kind not in INDEX_KINDS:
         raise GalleryIndexError(f"index kind {kind!r}: expected one of {INDEX_KINDS}")
@@ -544,7 +547,8 @@ def write_index(out: Path | str, paths: Sequence[Path], embeddings: np.ndarray,
         _train_ivf(vectors, x, nlist)
     vectors.add(x)
     info = {"format": FORMAT_VERSION, "checkpoint": str(Path(checkpoint).resolve()),
-            "checkpoint_sha256": file_sha256(Path(checkpoint)), "metric": metric,
+            "checkpoint_sha256": checkpoint_sha256 or file_sha256(Path(checkpoint)),
+            "metric": metric,
             "dim": int(x.shape[1]), "kind": kind, "nlist": nlist if kind == "ivf" else 0,
             "nprobe": nprobe, "flip": False, "images_root": None,
             "vectors": "vectors-0.faiss", "generation": 0, **(extra or {})}
@@ -576,7 +580,7 @@ def add_images(index: GalleryIndex, predictor: Any, images: Path | str, batch_si
     Raises:
         GalleryIndexError: ``predictor``'s checkpoint did not make the index.
     """
-    index.check_checkpoint(predictor.checkpoint)
+    index.check_checkpoint(predictor.checkpoint, predictor.checkpoint_sha256)
     known = index.indexed_paths()
     paths = list_gallery(images)
     new = [p for p in paths if str(p) not in known]

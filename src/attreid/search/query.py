@@ -142,24 +142,27 @@ class GallerySearch:
     def open(cls, index: Path | str, checkpoint: Path | str | None = None,
              device: str | None = None) -> "GallerySearch":
         """Open an index and the checkpoint that made it (``checkpoint`` overrides the recorded
-        path; either way its sha256 must match).
+        path; either way its sha256 must match). An ONNX export (``.onnx``) of that checkpoint
+        works too and runs with ONNX Runtime.
 
         Raises:
             GalleryIndexError: the index is missing/corrupt or the checkpoint does not match.
         """
         from attreid.checkpoint import CheckpointError
-        from attreid.predictor import Predictor
+        from attreid.export import ExportError, load_predictor
 
         opened = GalleryIndex.open(index)
         path = Path(checkpoint or opened.info["checkpoint"])
         if not path.is_file():
             raise GalleryIndexError(f"{path}: the checkpoint of index {opened.root} is not "
                                     "there; pass the checkpoint (--checkpoint) that made it")
-        opened.check_checkpoint(path)
+        backend = "onnx" if path.suffix == ".onnx" else "torch"  # an export of the checkpoint
         try:
-            predictor = Predictor(path, device=device, flip=bool(opened.info.get("flip")))
-        except CheckpointError as exc:
+            predictor = load_predictor(path, backend, device=device,
+                                       flip=bool(opened.info.get("flip")))
+        except (CheckpointError, ExportError) as exc:
             raise GalleryIndexError(str(exc)) from exc
+        opened.check_checkpoint(path, predictor.checkpoint_sha256)
         return cls(opened, predictor)
 
     # ---- filters -------------------------------------------------------------------------

@@ -1,0 +1,185 @@
+"""ONNX export of a checkpoint, and :class:`OnnxPredictor`, which runs it with ONNX Runtime.
+
+The exported graph takes ``images``: float32 (N, 3, H, W), RGB, resized to the training size and
+normalised with the ImageNet mean/std (``(x / 255 - mean) / std``), N dynamic. It returns
+``embedding`` (N, D) and one ``logits_<task>`` per attribute task in the order of
+:data:`attreid.schema.TASKS`: (N, 1) for binary tasks (sigmoid gives P(class 1)), (N, C)
+otherwise (softmax). The preprocessing, the tasks and their classes, the distance and the source
+checkpoint's sha256 are written into the model's metadata (``metadata_props``), so the file is
+self-describing; :class:`OnnxPredictor` reads them from there.
+
+The TorchScript-based exporter is used: the torch.export-based one fails on the attention
+variant with torch 2.14.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from attreid.data.io import read_image
+from attreid.data.transforms import TransformConfig, build_transforms
+from attreid.metrics import predict_labels
+from attreid.predictor import ImageInput, Prediction, Predictor, _probabilities
+from attreid.schema import TASKS
+
+OPSET = 17
+OUTPUTS = ("embedding",) + tuple(f"logits_{t.name}" for t in TASKS)
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported or the ONNX file cannot be read; the message names it."""
+
+
+class _Flat(nn.Module):
+    """The model with a flat tuple output: embedding, then the logits of each task."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(images)
+        return (out.embedding, *(out.attribute_logits[t.name] for t in TASKS))
+
+
+def _metadata(predictor: Predictor) -> dict[str, str]:
+    tc = predictor.transform_config
+    return {
+        "attreid.format": "1",
+        "attreid.checkpoint_sha256": predictor.checkpoint_sha256,
+        "attreid.model": json.dumps(predictor.model.config),
+        "attreid.distance": predictor.distance,
+        "attreid.tasks": json.dumps([[t.name, list(t.classes)] for t in TASKS]),
+        "attreid.preprocess": json.dumps({
+            "layout": "NCHW float32 RGB", "height": tc.height, "width": tc.width,
+            "resize": "bilinear, antialiased, to (height, width)",
+            "normalise": "(pixel / 255 - mean) / std", "mean": list(tc.mean),
+            "std": list(tc.std)}),
+        "attreid.outputs": json.dumps({
+            "embedding": "(N, D) re-ID embedding", "logits_<task>":
+            "(N, 1) binary: sigmoid = P(class 1); (N, C) otherwise: softmax"}),
+    }
+
+
+def export_onnx(checkpoint: Path | str, out: Path | str, opset: int = OPSET) -> Path:
+    """Export ``checkpoint`` to an ONNX file at ``out`` (written atomically).
+
+    Raises:
+        CheckpointError: the checkpoint cannot be read.
+        ExportError: the export or the ONNX check fails.
+    """
+    import onnx
+
+    predictor = Predictor(checkpoint, device="cpu")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tc = predictor.transform_config
+    example = torch.randn(2, 3, tc.height, tc.width)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings on shape checks, deprecation
+            torch.onnx.export(_Flat(predictor.model).eval(), (example,), tmp,
+                              input_names=["images"], output_names=list(OUTPUTS),
+                              dynamic_axes={n: {0: "batch"} for n in ("images", *OUTPUTS)},
+                              opset_version=opset, dynamo=False)
+        model = onnx.load(tmp)
+        for key, value in _metadata(predictor).items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.checker.check_model(model)
+        onnx.save(model, tmp)
+        os.replace(tmp, out)
+    except Exception as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise ExportError(f"{checkpoint}: ONNX export failed ({exc})") from exc
+    return out
+
+
+class OnnxPredictor:
+    """:class:`~attreid.Predictor`'s interface on an exported ONNX file, with ONNX Runtime.
+
+    Example::
+
+        predictor = OnnxPredictor("model.onnx")
+        result = predictor.predict(["a.jpg"])   # the same Prediction as Predictor's
+    """
+
+    def __init__(self, path: Path | str, batch_size: int = 64, flip: bool = False,
+                 threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.checkpoint = Path(path)
+        if not self.checkpoint.is_file():
+            raise ExportError(f"{path}: ONNX model not found")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ExportError(f"{path}: cannot load ONNX model ({exc})") from exc
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get("attreid.format") != "1":
+            raise ExportError(f"{path}: not an attreid ONNX export (no attreid metadata)")
+        pre = json.loads(meta["attreid.preprocess"])
+        self.transform_config = TransformConfig(height=pre["height"], width=pre["width"],
+                                                mean=tuple(pre["mean"]), std=tuple(pre["std"]))
+        self._transform = build_transforms(self.transform_config, train=False)
+        self.checkpoint_sha256 = meta["attreid.checkpoint_sha256"]
+        self.distance = meta["attreid.distance"]
+        self.model_config = json.loads(meta["attreid.model"])
+        self.batch_size = batch_size
+        self.flip = flip
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.model_config["embedding_dim"])
+
+    def preprocess(self, images: Sequence[ImageInput]) -> np.ndarray:
+        pil = [img if not isinstance(img, (str, Path)) else read_image(img) for img in images]
+        return torch.stack([self._transform(img.convert("RGB")) for img in pil]).numpy()
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        out = self.session.run(list(OUTPUTS), {"images": x})
+        if not self.flip:
+            return out
+        flipped = self.session.run(list(OUTPUTS), {"images": np.ascontiguousarray(x[..., ::-1])})
+        return [(a + b) / 2 for a, b in zip(out, flipped)]
+
+    def predict(self, images: Sequence[ImageInput]) -> Prediction:
+        """Embed images (PIL images or paths) and predict their attributes."""
+        if not len(images):
+            raise ValueError("predict() needs at least one image")
+        parts = [self._run(self.preprocess(images[i:i + self.batch_size]))
+                 for i in range(0, len(images), self.batch_size)]
+        merged = [np.concatenate(p) for p in zip(*parts)]
+        logits = {t.name: torch.from_numpy(v) for t, v in zip(TASKS, merged[1:])}
+        return Prediction(embeddings=merged[0].astype(np.float32),
+                          probabilities=_probabilities(logits),
+                          labels=predict_labels(logits).numpy())
+
+
+def load_predictor(path: Path | str, backend: str = "torch", device: str | None = None,
+                   batch_size: int = 64, flip: bool = False) -> Any:
+    """A :class:`Predictor` (``backend="torch"``, a checkpoint) or an :class:`OnnxPredictor`
+    (``"onnx"``, an exported file)."""
+    if backend == "torch":
+        return Predictor(path, device=device, batch_size=batch_size, flip=flip)
+    if backend == "onnx":
+        return OnnxPredictor(path, batch_size=batch_size, flip=flip)
+    raise ValueError(f"backend {backend!r}: expected torch or onnx")
+
+
+__all__ = ["ExportError", "OnnxPredictor", "export_onnx", "load_predictor"]
