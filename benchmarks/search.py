@@ -85,9 +85,7 @@ def build(predictor: Predictor, crops: list[Path], size: int, out: Path) -> tupl
                  for k, v in probs.items()}
         paths += [p.with_name(f"copy{len(paths) + i}_{p.name}")
                   for i, p in enumerate(embedded.paths[:extra])]
-    metric = predictor.config.loss.distance
-    metric = "euclidean" if metric == "squared" else metric
-    index = write_index(out, paths, emb, probs, predictor.checkpoint, metric=metric)
+    index = write_index(out, paths, emb, probs, predictor.checkpoint, metric=predictor.distance)
     return GallerySearch(index, predictor), emb
 
 

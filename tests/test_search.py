@@ -12,6 +12,7 @@ import torch
 
 pytest.importorskip("faiss", reason="gallery search needs faiss (pip install 'attreid[search]')")
 
+from attreid.checkpoint import file_sha256  # noqa: E402
 from attreid.metrics import pairwise_distance  # noqa: E402
 from attreid.predictor import Predictor  # noqa: E402
 from attreid.schema import TASKS  # noqa: E402
@@ -48,7 +49,7 @@ def _identity(path: Path) -> int:
 def test_build_records_every_crop_with_metadata(api, synth_market, tiny_checkpoint):
     files = sorted((synth_market / "bounding_box_test").glob("*.jpg"))
     assert len(api.index) == len(files)
-    assert api.index.info["checkpoint_sha256"] == index_module.file_sha256(tiny_checkpoint)
+    assert api.index.info["checkpoint_sha256"] == file_sha256(tiny_checkpoint)
     entries = api.index.entries([0, len(files) - 1])
     for entry in entries:
         identity, camera, frame = parse_name(Path(entry.path).name)

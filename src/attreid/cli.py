@@ -325,6 +325,16 @@ def demo(
                   soft_wrap=True)
 
 
+@contextmanager
+def _reported_warnings() -> Iterator[None]:
+    """Collect the warnings raised in the block (e.g. skipped files) and print each after it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {escape(str(w.message))}", soft_wrap=True)
+
+
 def _search_errors() -> tuple[type[Exception], ...]:
     from attreid.checkpoint import CheckpointError
     from attreid.export import ExportError
@@ -373,16 +383,12 @@ def index_build(
 
         predictor = load_predictor(checkpoint, backend, device=device, batch_size=batch_size,
                                    flip=flip)
-        with warnings.catch_warnings(record=True) as caught, \
-                _count_progress("embedding crops") as progress:
-            warnings.simplefilter("always")
+        with _reported_warnings(), _count_progress("embedding crops") as progress:
             index = build_index(predictor, images, out, kind="ivf" if ivf else "flat",
                                 nlist=max(ivf, 0), nprobe=nprobe, batch_size=batch_size,
                                 overwrite=overwrite, progress=progress)
     except _search_errors() as exc:
         _fail(str(exc))
-    for w in caught:
-        console.print(f"[yellow]warning:[/] {escape(str(w.message))}", soft_wrap=True)
     console.print(f"indexed {len(index)} crops ({index.info['kind']}, {index.info['metric']} "
                   f"distance, {index.info['dim']}-d) in {out}", soft_wrap=True)
 
@@ -401,15 +407,11 @@ def index_add(
         from attreid.search import GallerySearch, add_images
 
         search = GallerySearch.open(index, checkpoint, device)
-        with warnings.catch_warnings(record=True) as caught, \
-                _count_progress("embedding new crops") as progress:
-            warnings.simplefilter("always")
+        with _reported_warnings(), _count_progress("embedding new crops") as progress:
             added, known, skipped = add_images(search.index, search.predictor, images,
                                                batch_size, progress)
     except _search_errors() as exc:
         _fail(str(exc))
-    for w in caught:
-        console.print(f"[yellow]warning:[/] {escape(str(w.message))}", soft_wrap=True)
     console.print(f"added {added} crops ({known} already indexed, {len(skipped)} undecodable); "
                   f"{len(search.index)} in {index}", soft_wrap=True)
 

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from attreid.data.io import read_image
 from attreid.data.transforms import TransformConfig, build_transforms
 from attreid.metrics import predict_labels
-from attreid.predictor import ImageInput, Prediction, Predictor, _probabilities
+from attreid.predictor import (ImageInput, Prediction, Predictor, _probabilities,
+                               preprocess_images)
 from attreid.schema import TASKS
 
 OPSET = 17
@@ -148,8 +148,8 @@ class OnnxPredictor:
         return int(self.model_config["embedding_dim"])
 
     def preprocess(self, images: Sequence[ImageInput]) -> np.ndarray:
-        pil = [img if not isinstance(img, (str, Path)) else read_image(img) for img in images]
-        return torch.stack([self._transform(img.convert("RGB")) for img in pil]).numpy()
+        """Decode, resize and normalise as the checkpoint did: (N, 3, H, W) float32."""
+        return preprocess_images(images, self._transform).numpy()
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
         out = self.session.run(list(OUTPUTS), {"images": x})

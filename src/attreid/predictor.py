@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from attreid.checkpoint import load_checkpoint
+from attreid.checkpoint import file_sha256, load_checkpoint
 from attreid.config import from_dict
 from attreid.data.io import read_image
 from attreid.data.transforms import TransformConfig, build_transforms
@@ -62,6 +61,13 @@ def _probabilities(logits: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return out
 
 
+def preprocess_images(images: Sequence[ImageInput],
+                      transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
+    """Decode paths, then apply the evaluation ``transform``: (N, 3, H, W) float32."""
+    pil = [img if isinstance(img, Image.Image) else read_image(img) for img in images]
+    return torch.stack([transform(img.convert("RGB")) for img in pil])
+
+
 class Predictor:
     """Inference with a trained checkpoint: the one path predict, index, serve and export use.
 
@@ -103,16 +109,11 @@ class Predictor:
     @cached_property
     def checkpoint_sha256(self) -> str:
         """SHA-256 of the checkpoint file (identifies the model, e.g. in a search index)."""
-        digest = hashlib.sha256()
-        with open(self.checkpoint, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return file_sha256(self.checkpoint)
 
     def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Decode, resize and normalise: (N, 3, H, W) float32."""
-        pil = [img if isinstance(img, Image.Image) else read_image(img) for img in images]
-        return torch.stack([self._transform(img.convert("RGB")) for img in pil])
+        return preprocess_images(images, self._transform)
 
     def _tensor_batch(self, batch: torch.Tensor) -> torch.Tensor:
         if batch.ndim != 4 or batch.shape[1] != 3:

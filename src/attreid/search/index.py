@@ -21,7 +21,6 @@ renamed into place.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -36,6 +35,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from attreid.checkpoint import file_sha256
 from attreid.data.io import IMAGE_SUFFIXES, read_image
 from attreid.data.records import DataError
 from attreid.schema import TASKS
@@ -58,15 +58,6 @@ def probability_columns() -> list[tuple[str, int, str]]:
     """``(task, class index, column name)`` for every class of every task."""
     return [(task.name, i, f"p_{task.name}_{cls}")
             for task in TASKS for i, cls in enumerate(task.classes)]
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file (1 MiB reads)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def parse_name(name: str) -> tuple[int | None, int | None, int | None]:
@@ -484,6 +475,14 @@ def _train_ivf(vectors: Any, x: np.ndarray, nlist: int, seed: int = 0) -> None:
     vectors.train(sample)
 
 
+def _check_target(out: Path, kind: str, overwrite: bool) -> None:
+    if kind not in INDEX_KINDS:
+        raise GalleryIndexError(f"index kind {kind!r}: expected one of {INDEX_KINDS}")
+    if out.exists() and not overwrite:
+        raise GalleryIndexError(f"{out}: already exists; pass overwrite (--overwrite) to "
+                                "replace it or `attreid index add` to extend it")
+
+
 def build_index(predictor: Any, images: Path | str, out: Path | str, kind: str = "flat",
                 nlist: int = 0, nprobe: int = 16, batch_size: int = 64, overwrite: bool = False,
                 progress: Progress | None = None) -> GalleryIndex:
@@ -500,12 +499,7 @@ def build_index(predictor: Any, images: Path | str, out: Path | str, kind: str =
             image decoded.
         DataError: the image folder is missing or empty.
     """
-    if kind not in INDEX_KINDS:
-        raise GalleryIndexError(f"index kind {kind!r}: expected one of {INDEX_KINDS}")
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise GalleryIndexError(f"{out}: already exists; pass overwrite (--overwrite) to "
-                                "replace it or `attreid index add` to extend it")
+    _check_target(Path(out), kind, overwrite)  # before the embedding, which takes long
     paths = list_gallery(images)
     embedded = embed_files(predictor, paths, batch_size, progress)
     _warn_skipped(embedded.skipped)
@@ -534,12 +528,8 @@ def write_index(out: Path | str, paths: Sequence[Path], embeddings: np.ndarray,
         checkpoint_sha256: the checkpoint's sha256 (default: hash ``checkpoint``; an ONNX
             export gives its source checkpoint's).
     """
-    if kind not in INDEX_KINDS:
-        raise GalleryIndexError(f"index kind {kind!r}: expected one of {INDEX_KINDS}")
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise GalleryIndexError(f"{out}: already exists; pass overwrite (--overwrite) to "
-                                "replace it or `attreid index add` to extend it")
+    _check_target(out, kind, overwrite)
     x = prepare_vectors(embeddings, metric)
     nlist = nlist or max(1, int(4 * np.sqrt(len(x))))
     vectors = _new_faiss_index(x.shape[1], metric, kind, nlist)
