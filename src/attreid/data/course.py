@@ -22,13 +22,13 @@ import re
 import warnings
 from pathlib import Path
 
-from attreid.data.io import list_images, parse_int, read_csv, warn_ignored
+from attreid.data.io import list_images, parse_int, read_csv_lines, warn_ignored
 from attreid.data.records import DataError, Dataset, ImageRecord, collect
 from attreid.schema import CSV_COLUMNS, RAW_ATTRIBUTES, AttributeCodeError, raw_to_tasks
 
 CSV_FILE = "annotations_train.csv"
 STUDY_VAL_ROWS = 225
-_TRAIN_NAME = re.compile(r"^(\d{4})_c(\d)_(\d+)\.jpg$")
+_TRAIN_NAME = re.compile(r"^(\d{4})_c(\d)_(\d+)\.jpg$", re.ASCII)
 _COPY_NAME = re.compile(r"^(.+)\((\d+)\)(\.[A-Za-z]+)$")
 
 Labels = tuple[int, ...]
@@ -43,7 +43,7 @@ def read_annotations(path: Path) -> tuple[dict[int, Labels], list[int]]:
     Raises:
         DataError: missing/extra columns, a non-integer or out-of-range code, a repeated id.
     """
-    header, rows = read_csv(path)
+    header, rows = read_csv_lines(path)
     missing = [c for c in CSV_COLUMNS if c not in header]
     extra = [c for c in header if c not in CSV_COLUMNS]
     if missing or extra:
@@ -51,9 +51,9 @@ def read_annotations(path: Path) -> tuple[dict[int, Labels], list[int]]:
                         f"missing {missing}, unexpected {extra}")
     if not rows:
         raise DataError(f"{path}: no rows")
-    parsed = collect(enumerate(rows, start=2), lambda item: _parse_row(path, *item))
+    parsed = collect(rows, lambda item: _parse_row(path, *item))
     labels: dict[int, Labels] = {}
-    for lineno, (pid, row_labels) in enumerate(parsed, start=2):
+    for (lineno, _), (pid, row_labels) in zip(rows, parsed):
         if pid in labels:
             raise DataError(f"{path}, line {lineno}: identity {pid} appears twice")
         labels[pid] = row_labels

@@ -31,7 +31,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from attreid.data.io import IMAGE_SUFFIXES, parse_int, read_csv
+from attreid.data.io import IMAGE_SUFFIXES, parse_int, read_csv_lines
 from attreid.data.records import DataError, Dataset, ImageRecord, collect
 from attreid.schema import RAW_ATTRIBUTES, AttributeCodeError, raw_to_tasks
 
@@ -58,7 +58,7 @@ def _merge(target: dict[int, Raw], pid: int, raw: Raw, where: str) -> None:
 
 
 def _read_attributes_csv(path: Path) -> dict[int, Raw]:
-    header, rows = read_csv(path)
+    header, rows = read_csv_lines(path)
     if "pid" not in header:
         raise DataError(f"{path}: missing column 'pid'")
     extra = [c for c in header if c not in RAW_ATTRIBUTES and c != "pid"]
@@ -66,7 +66,7 @@ def _read_attributes_csv(path: Path) -> dict[int, Raw]:
         raise DataError(f"{path}: unknown columns {extra}; expected pid and attribute columns "
                         f"from {list(RAW_ATTRIBUTES)}")
     out: dict[int, Raw] = {}
-    for lineno, row in enumerate(rows, start=2):
+    for lineno, row in rows:
         where = f"{path}, line {lineno}"
         pid = parse_int(row["pid"], where, "pid")
         if pid in out:
@@ -85,15 +85,25 @@ def _check_header(path: Path, header: list[str]) -> None:
                         f"and attribute columns from {list(RAW_ATTRIBUTES)}")
 
 
-def _parse_rows(root: Path, path: Path, rows: list[dict[str, str]],
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name longer than the file system allows
+        return False
+
+
+def _parse_rows(root: Path, path: Path, rows: list[tuple[int, dict[str, str]]],
                 attributes: dict[int, Raw]) -> list[tuple[str, Path, int, int | None]]:
     seen: dict[Path, int] = {}
 
     def parse(item: tuple[int, dict[str, str]]) -> tuple[str, Path, int, int | None]:
         lineno, row = item
         where = f"{path}, line {lineno}"
+        if Path(row["image"]).is_absolute():
+            raise DataError(f"{where}: image {row['image']!r} is an absolute path; expected a "
+                            f"path relative to {root}")
         image = root / row["image"]
-        if not row["image"] or not image.is_file():
+        if not row["image"] or not _is_file(image):
             raise DataError(f"{where}: image {row['image']!r} not found under {root}")
         if image in seen:
             raise DataError(f"{where}: image {row['image']!r} already listed on line {seen[image]}")
@@ -106,7 +116,7 @@ def _parse_rows(root: Path, path: Path, rows: list[dict[str, str]],
         _merge(attributes, pid, _raw_from_row(row, where), where)
         return split, image, pid, cam
 
-    return collect(enumerate(rows, start=2), parse)
+    return collect(rows, parse)
 
 
 def _labels(attributes: dict[int, Raw], where: Path) -> dict[int, tuple[int, ...] | None]:
@@ -124,7 +134,7 @@ def read_custom(root: Path | str) -> Dataset:
     """Read a dataset in the custom layout (see module docstring)."""
     root = Path(root)
     path = root / LABELS_FILE
-    header, rows = read_csv(path)
+    header, rows = read_csv_lines(path)
     _check_header(path, header)
     if not rows:
         raise DataError(f"{path}: no rows")

@@ -26,7 +26,7 @@ FOLDERS = {"train": "bounding_box_train", "gallery": "bounding_box_test", "query
 ATTRIBUTE_FILE = "market_attribute.mat"
 # The official release names 24 test/query files (identity 1488 and a few distractors/junk seen
 # by the same cameras) "...jpg.jpg"; they are valid images and are read like the others.
-_NAME = re.compile(r"^(-1|\d{4})_c(\d)s(\d+)_(\d{6})_(\d{2})\.jpg(\.jpg)?$")
+_NAME = re.compile(r"^(-1|\d{4})_c(\d)s(\d+)_(\d{6})_(\d{2})\.jpg(\.jpg)?$", re.ASCII)
 
 Labels = tuple[int, ...]
 
@@ -63,8 +63,17 @@ def load_market_attributes(path: Path) -> dict[str, dict[int, Labels]]:
         if split not in names:
             raise DataError(f"{path}: struct market_attribute has no field {split!r} "
                             f"(found {list(names)})")
-        result[split] = _read_split(root[0, 0][split], f"{path}:{split}")
+        result[split] = _read_split(_only(root, f"{path}: market_attribute")[split],
+                                    f"{path}:{split}")
     return result
+
+
+def _only(struct: np.ndarray, where: str) -> np.void:
+    """The single element of a 1x1 MATLAB struct array."""
+    if struct.size != 1:
+        raise DataError(f"{where}: expected a 1x1 struct, found a struct array of shape "
+                        f"{struct.shape}")
+    return struct.ravel()[0]
 
 
 def _user_keys(mat: dict) -> list[str]:
@@ -76,7 +85,7 @@ def _read_split(struct: np.ndarray, where: str) -> dict[int, Labels]:
     missing = [n for n in RAW_ATTRIBUTES + ("image_index",) if n not in names]
     if missing:
         raise DataError(f"{where}: missing fields {missing}")
-    cell = struct[0, 0]
+    cell = _only(struct, where)
     ids = [_parse_index(v, where) for v in np.asarray(cell["image_index"]).ravel()]
     columns = {}
     for name in RAW_ATTRIBUTES:
@@ -89,21 +98,61 @@ def _read_split(struct: np.ndarray, where: str) -> dict[int, Labels]:
         raise DataError(f"{where}: image_index lists an identity twice")
 
     def decode(i: int) -> Labels:
-        raw = {name: int(columns[name][i]) for name in RAW_ATTRIBUTES}
+        who = f"{where} identity {ids[i]:04d}"
+        raw = {name: _code(columns[name][i], f"{who}: attribute {name!r}")
+               for name in RAW_ATTRIBUTES}
         try:
-            return tuple(int(v) for v in raw_to_tasks(raw, f"{where} identity {ids[i]:04d}"))
+            return tuple(int(v) for v in raw_to_tasks(raw, who))
         except AttributeCodeError as exc:
             raise DataError(str(exc)) from None
 
     return dict(zip(ids, collect(range(len(ids)), decode)))
 
 
+def _unwrap(value: object) -> np.ndarray:
+    """A MATLAB value as an array, out of its (nested) 1x1 cells."""
+    array = np.asarray(value)
+    while array.dtype == object and array.size == 1:
+        array = np.asarray(array.ravel()[0])
+    return array
+
+
+def _integer(value: object) -> int | None:
+    """An integer from a MATLAB value (a number, a 1-element array/cell or a digit string);
+    None when it is not one (NaN, 1.5, text, an empty or longer array)."""
+    array = _unwrap(value)
+    if array.size != 1:
+        return None
+    item = array.ravel()[0].item()
+    if array.dtype.kind in "US":
+        text = item.decode("latin-1") if isinstance(item, bytes) else item
+        text = text.strip()
+        return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+    if array.dtype.kind in "biu":
+        return int(item)
+    if array.dtype.kind == "f" and np.isfinite(item) and float(item).is_integer():
+        return int(item)
+    return None
+
+
+def _code(value: object, where: str) -> int:
+    code = _integer(value)
+    if code is None:
+        raise DataError(f"{where} has value {_show(value)}, expected an integer code")
+    return code
+
+
+def _show(value: object) -> str:
+    array = _unwrap(value)
+    text = repr(array.ravel()[0].item() if array.size == 1 else array.tolist())
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _parse_index(value: object, where: str) -> int:
-    text = str(np.asarray(value).ravel()[0]) if np.asarray(value).size else ""
-    try:
-        return int(text)
-    except ValueError:
-        raise DataError(f"{where}: image_index entry {text!r} is not a person id") from None
+    pid = _integer(value)
+    if pid is None:
+        raise DataError(f"{where}: image_index entry {_show(value)} is not a person id")
+    return pid
 
 
 def _read_folder(folder: Path, attributes: dict[int, Labels], split: str) -> list[ImageRecord]:
