@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Union
+from typing import Callable, Iterable, Iterator, Mapping, Union
 
 import numpy as np
 import torch
@@ -199,8 +199,12 @@ def _reid_inputs(distmat: ArrayLike, query_ids: ArrayLike, gallery_ids: ArrayLik
 
 def _gallery_codes(qids: torch.Tensor, gids: torch.Tensor,
                    cams: tuple[torch.Tensor, torch.Tensor] | None, market: bool,
-                   self_idx: torch.Tensor | None) -> torch.Tensor:
-    """(B, G) int8 in gallery order: 0 = removed for this query, 1 = kept, 2 = kept match."""
+                   self_idx: torch.Tensor | None, offset: int = 0) -> torch.Tensor:
+    """(B, G) int8 in gallery order: 0 = removed for this query, 1 = kept, 2 = kept match.
+
+    ``gids`` (and the gallery cameras) may be a block of the gallery starting at ``offset``;
+    ``self_idx`` (B,) are then global gallery indices, removed where they fall in the block.
+    """
     same_id = gids[None, :] == qids[:, None]  # (B, G)
     keep = torch.ones_like(same_id)
     if market:
@@ -209,7 +213,10 @@ def _gallery_codes(qids: torch.Tensor, gids: torch.Tensor,
             qcams, gcams = cams
             keep &= ~(same_id & (gcams[None, :] == qcams[:, None]))
     if self_idx is not None:
-        keep[torch.arange(len(qids), device=keep.device), self_idx] = False
+        local = self_idx - offset
+        inside = (local >= 0) & (local < len(gids))
+        rows = torch.arange(len(qids), device=keep.device)
+        keep[rows[inside], local[inside]] = False
     return keep.to(torch.int8) + (same_id & keep).to(torch.int8)
 
 
@@ -223,12 +230,19 @@ def _match_table(dist: torch.Tensor, codes: torch.Tensor
     """
     b, g = codes.shape
     rows, cols = (codes == 2).nonzero(as_tuple=True)  # row-major: ascending index per row
+    return _matches_to_table(rows, cols, dist[rows, cols], b, g)
+
+
+def _matches_to_table(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, b: int,
+                      g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_match_table` from the matches as (row, gallery index, distance) triples (T,),
+    sorted by row then gallery index; ``g``: the gallery size (the index pad)."""
     num = torch.bincount(rows, minlength=b)  # (B,)
     width = max(int(num.max()), 1) if len(rows) else 1
     ordinal = torch.arange(len(rows), device=rows.device) - (torch.cumsum(num, 0) - num)[rows]
-    mdist = torch.full((b, width), math.inf, dtype=dist.dtype, device=dist.device)
-    mindex = torch.full((b, width), g, dtype=torch.int64, device=dist.device)
-    mdist[rows, ordinal] = dist[rows, cols]
+    mdist = torch.full((b, width), math.inf, dtype=values.dtype, device=values.device)
+    mindex = torch.full((b, width), g, dtype=torch.int64, device=values.device)
+    mdist[rows, ordinal] = values
     mindex[rows, ordinal] = cols
     mdist, order = torch.sort(mdist, dim=1, stable=True)  # ties keep the lower index first
     return mdist, mindex.gather(1, order), num
@@ -253,12 +267,13 @@ def _tie_correction(values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
 
 
 def _histogram_slots(dist: torch.Tensor, near: torch.Tensor, mdist: torch.Tensor,
-                     mindex: torch.Tensor) -> torch.Tensor:
+                     mindex: torch.Tensor, offset: int = 0) -> torch.Tensor:
     """Flat slots ``row * (M + 1) + j`` of the near non-matches, j = matches ranked before it.
 
     Few near entries (a good model: most of the gallery lies beyond the last match) are
     searched one by one in their own row; otherwise every row is searched at once and the
-    other entries are sent to the ignored slot j = M.
+    other entries are sent to the ignored slot j = M. ``dist`` may be a block of gallery
+    columns starting at ``offset`` (``mindex`` holds global gallery indices).
     """
     b, width = mdist.shape
     offsets = torch.arange(b, device=dist.device)[:, None] * (width + 1)  # (B, 1)
@@ -267,13 +282,23 @@ def _histogram_slots(dist: torch.Tensor, near: torch.Tensor, mdist: torch.Tensor
         values = dist[rows, cols]
         before = torch.searchsorted(mdist[rows], values[:, None])[:, 0]
         t = (mdist[rows, before.clamp(max=width - 1)] == values).nonzero()[:, 0]  # ties
-        before[t] += _tie_correction(values[t], rows[t], cols[t], mdist, mindex)
+        before[t] += _tie_correction(values[t], rows[t], cols[t] + offset, mdist, mindex)
         return offsets[rows, 0] + before
     before = torch.searchsorted(mdist, dist.contiguous())  # (B, G) matches strictly closer
     tied = near & (mdist.gather(1, before.clamp(max=width - 1)) == dist)
     rows, cols = tied.nonzero(as_tuple=True)  # rare: exact ties with a match
-    before[rows, cols] += _tie_correction(dist[rows, cols], rows, cols, mdist, mindex)
+    before[rows, cols] += _tie_correction(dist[rows, cols], rows, cols + offset, mdist, mindex)
     return (offsets + torch.where(near, before, width)).flatten()
+
+
+def _count_before(dist: torch.Tensor, codes: torch.Tensor, mdist: torch.Tensor,
+                  mindex: torch.Tensor, num: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """(B, M + 1) int64 histogram: kept non-matches of this block of gallery columns (from
+    ``offset``) ranked before exactly j matches; histograms of the blocks of a gallery add up."""
+    b, width = mdist.shape
+    near = _near_nonmatches(dist, codes, mdist, num)
+    slots = _histogram_slots(dist, near, mdist, mindex, offset)
+    return torch.bincount(slots, minlength=b * (width + 1)).view(b, width + 1)
 
 
 def _rank_chunk(dist: torch.Tensor, codes: torch.Tensor, ranks: torch.Tensor
@@ -292,12 +317,16 @@ def _rank_chunk(dist: torch.Tensor, codes: torch.Tensor, ranks: torch.Tensor
         ap (B,) float64, inp (B,) float64, cmc_hits (B, L) bool, valid (B,) bool.
     """
     mdist, mindex, num = _match_table(dist, codes)
-    b, width = mdist.shape
-    near = _near_nonmatches(dist, codes, mdist, num)
-    slots = _histogram_slots(dist, near, mdist, mindex)
-    histogram = torch.bincount(slots, minlength=b * (width + 1)).view(b, width + 1)
+    return _chunk_metrics(_count_before(dist, codes, mdist, mindex, num), num, ranks)
+
+
+def _chunk_metrics(histogram: torch.Tensor, num: torch.Tensor, ranks: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """AP, INP, CMC hits and validity of B queries from their histogram (B, M + 1) (see
+    :func:`_count_before`) and match counts ``num`` (B,); returns as :func:`_rank_chunk`."""
+    width = histogram.shape[1] - 1
     negatives = histogram.cumsum(1)[:, :width]  # (B, M) non-matches before the j-th match
-    ordinal = torch.arange(1, width + 1, device=dist.device, dtype=torch.float64)  # (M,)
+    ordinal = torch.arange(1, width + 1, device=num.device, dtype=torch.float64)  # (M,)
     hit_rank = ordinal + negatives.to(torch.float64)  # (B, M) 1-based rank among kept
     is_match = ordinal[None, :] <= num[:, None]
     precision = torch.where(is_match, ordinal / hit_rank, 0.0)  # (B, M)
@@ -362,7 +391,7 @@ def reid_metrics(
     gids = gids.to(dev)
     cams = None if cams is None else (cams[0].to(dev), cams[1].to(dev))
     ranks = torch.arange(1, min(max_rank, g) + 1, device=dev, dtype=torch.int32)  # (L,)
-    aps, inps, cmc_counts, valids = [], [], torch.zeros(len(ranks), dtype=torch.int64), []
+    totals = _Totals(len(ranks))
     for start in range(0, q, chunk_size):
         stop = min(start + chunk_size, q)
         self_idx = torch.arange(start, stop, device=dev) if exclude_self else None
@@ -372,20 +401,154 @@ def reid_metrics(
             raise ValueError(f"distmat: contains NaN (in rows {start}..{stop - 1})")
         codes = _gallery_codes(qids[start:stop].to(dev), gids, chunk_cams,
                                protocol == "market", self_idx)
-        ap, inp, cmc_hits, valid = _rank_chunk(chunk, codes, ranks)
-        aps.append(ap[valid].cpu())
-        inps.append(inp[valid].cpu())
-        cmc_counts += cmc_hits[valid].sum(0).cpu()
-        valids.append(int(valid.sum()))
-    num_valid = sum(valids)
-    if num_valid == 0:
-        raise ValueError(f"no valid query: none of the {q} queries has a match in the gallery "
-                         f"under protocol {protocol!r}")
-    cmc = cmc_counts.numpy().astype(np.float64) / num_valid
-    cmc.setflags(write=False)
-    return ReidResult(cmc=cmc, mAP=float(torch.cat(aps).numpy().mean()),
-                      mINP=float(torch.cat(inps).numpy().mean()),
-                      num_valid_queries=num_valid, num_queries=q)
+        totals.add(*_rank_chunk(chunk, codes, ranks))
+    return totals.result(q, protocol)
+
+
+class _Totals:
+    """Per-query AP / INP and CMC counts of the valid queries, gathered chunk by chunk."""
+
+    def __init__(self, length: int) -> None:
+        self.aps: list[torch.Tensor] = []
+        self.inps: list[torch.Tensor] = []
+        self.cmc_counts = torch.zeros(length, dtype=torch.int64)
+        self.num_valid = 0
+
+    def add(self, ap: torch.Tensor, inp: torch.Tensor, cmc_hits: torch.Tensor,
+            valid: torch.Tensor) -> None:
+        self.aps.append(ap[valid].cpu())
+        self.inps.append(inp[valid].cpu())
+        self.cmc_counts += cmc_hits[valid].sum(0).cpu()
+        self.num_valid += int(valid.sum())
+
+    def result(self, q: int, protocol: str) -> ReidResult:
+        if self.num_valid == 0:
+            raise ValueError(f"no valid query: none of the {q} queries has a match in the "
+                             f"gallery under protocol {protocol!r}")
+        cmc = self.cmc_counts.numpy().astype(np.float64) / self.num_valid
+        cmc.setflags(write=False)
+        return ReidResult(cmc=cmc, mAP=float(torch.cat(self.aps).numpy().mean()),
+                          mINP=float(torch.cat(self.inps).numpy().mean()),
+                          num_valid_queries=self.num_valid, num_queries=q)
+
+
+GalleryBlock = tuple[ArrayLike, ArrayLike, Union[ArrayLike, None]]
+"""One block of consecutive gallery rows: features (g, D), identities (g,), cameras (g,) or
+``None``."""
+
+
+def reid_metrics_streamed(
+    query_features: ArrayLike,
+    query_ids: ArrayLike,
+    gallery_blocks: Callable[[], Iterable[GalleryBlock]],
+    query_cams: ArrayLike | None = None,
+    protocol: str = "market",
+    metric: str = "euclidean",
+    max_rank: int = 50,
+    chunk_size: int = 512,
+    exclude_self: bool = False,
+) -> ReidResult:
+    """:func:`reid_metrics` of queries against a gallery read block by block (e.g. from a
+    memory-mapped :class:`attreid.features.FeatureStore`), never holding the whole gallery.
+
+    Each chunk of ``chunk_size`` queries reads the gallery twice: the first pass keeps only
+    each query's matches (its identity, a few per query), the second counts the non-matches
+    ranked between them; distances are :func:`pairwise_distance` of the query chunk and
+    one gallery block. Memory: O(chunk_size * block rows), independent of the gallery size;
+    nothing of size Q x G or G x D is held.
+
+    Args:
+        query_features: (Q, D) query embeddings.
+        query_ids: (Q,) integer identities; query_cams: (Q,) cameras, or ``None`` when the
+            gallery blocks carry no cameras.
+        gallery_blocks: called once per pass, returns an iterable of blocks (see
+            :data:`GalleryBlock`) that cover the gallery in the same order every time.
+        protocol, max_rank, exclude_self: as in :func:`reid_metrics` (``exclude_self``:
+            the queries are the gallery itself, in the same order).
+        metric: distance between embeddings, see :func:`pairwise_distance`.
+        chunk_size: queries ranked at a time.
+
+    Returns:
+        the same :class:`ReidResult` as :func:`reid_metrics` on the full distance matrix.
+
+    Raises:
+        ValueError: shapes or arguments mismatch, cameras on one side only, blocks that
+            differ between passes, NaN distances, or no query has a match.
+    """
+    _check_reid_args(protocol, max_rank, chunk_size)
+    if metric not in DISTANCE_METRICS:
+        raise ValueError(f"metric: got {metric!r}, expected one of {DISTANCE_METRICS}")
+    qf = _to_tensor(query_features, "query_features")
+    if qf.ndim != 2 or len(qf) == 0:
+        raise ValueError(f"query_features: expected a non-empty (Q, D), got {tuple(qf.shape)}")
+    q = len(qf)
+    qids = _ids_1d(query_ids, "query_ids", q, "query_features rows")
+    qcams = None if query_cams is None else _ids_1d(query_cams, "query_cams", q,
+                                                   "query_features rows")
+    totals = None
+    for start in range(0, q, chunk_size):
+        chunk = _QueryChunk(qf[start:start + chunk_size], qids[start:start + chunk_size],
+                            None if qcams is None else qcams[start:start + chunk_size],
+                            start if exclude_self else None, protocol, metric)
+        mdist, mindex, num, g = chunk.match_table(gallery_blocks())
+        if exclude_self and g != q:
+            raise ValueError(f"exclude_self: requires Q == G (the same set), got {q} x {g}")
+        histogram = torch.zeros(len(num), mdist.shape[1] + 1, dtype=torch.int64)
+        for offset, dist, codes in chunk.scored(gallery_blocks(), g):
+            histogram += _count_before(dist, codes, mdist, mindex, num, offset)
+        ranks = torch.arange(1, min(max_rank, g) + 1, dtype=torch.int32)  # (L,)
+        totals = totals or _Totals(len(ranks))
+        totals.add(*_chunk_metrics(histogram, num, ranks))
+    return totals.result(q, protocol)  # type: ignore[union-attr]  # q > 0: set
+
+
+class _QueryChunk:
+    """B queries scored against a gallery given block by block."""
+
+    def __init__(self, features: torch.Tensor, ids: torch.Tensor, cams: torch.Tensor | None,
+                 first_self: int | None, protocol: str, metric: str) -> None:
+        self.features, self.ids, self.cams = features, ids, cams
+        self.self_idx = None if first_self is None else \
+            torch.arange(first_self, first_self + len(ids))
+        self.market, self.metric = protocol == "market", metric
+
+    def scored(self, blocks: Iterable[GalleryBlock], expected: int | None = None
+               ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """``(offset, distances (B, g), codes (B, g))`` of each block; checks that the blocks
+        cover ``expected`` rows when given."""
+        offset = 0
+        for features, ids, cams in blocks:
+            g = len(features)
+            gids = _ids_1d(ids, "gallery block ids", g, "its features")
+            if (cams is None) != (self.cams is None):
+                raise ValueError("query_cams and the gallery blocks' cameras: give both or "
+                                 "neither")
+            pair = None if cams is None or self.cams is None else \
+                (self.cams, _ids_1d(cams, "gallery block cameras", g, "its features"))
+            dist = pairwise_distance(self.features, features, self.metric)  # (B, g)
+            if torch.isnan(dist).any():
+                raise ValueError(f"gallery rows {offset}..{offset + g - 1}: NaN distances")
+            yield offset, dist, _gallery_codes(self.ids, gids, pair, self.market,
+                                               self.self_idx, offset)
+            offset += g
+        if offset == 0 or (expected is not None and offset != expected):
+            raise ValueError(f"gallery_blocks: gave {offset} rows"
+                             + (f", {expected} in the first pass" if expected else ""))
+
+    def match_table(self, blocks: Iterable[GalleryBlock]
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """First pass: :func:`_match_table` of the whole gallery, and its size G."""
+        rows, cols, values, g = [], [], [], 0
+        for offset, dist, codes in self.scored(blocks):
+            r, c = (codes == 2).nonzero(as_tuple=True)
+            rows.append(r)
+            cols.append(c + offset)
+            values.append(dist[r, c])
+            g = offset + codes.shape[1]
+        order = torch.sort(torch.cat(rows), stable=True).indices  # by row, then index
+        table = _matches_to_table(torch.cat(rows)[order], torch.cat(cols)[order],
+                                  torch.cat(values)[order], len(self.ids), g)
+        return (*table, g)
 
 
 # --------------------------------------------------------------------------------------------

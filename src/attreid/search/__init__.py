@@ -10,10 +10,12 @@ from attreid.search.index import (
     add_images,
     build_index,
     write_index,
+    write_index_from_store,
 )
 from attreid.search.query import Constraint, GallerySearch, Hit, QueryError, parse_attributes
 
 __all__ = [
     "Constraint", "Entry", "GalleryIndex", "GalleryIndexError", "GallerySearch", "Hit",
     "QueryError", "add_images", "build_index", "parse_attributes", "write_index",
+    "write_index_from_store",
 ]

@@ -38,6 +38,8 @@ import numpy as np
 from attreid.checkpoint import file_sha256
 from attreid.data.io import IMAGE_SUFFIXES, read_image
 from attreid.data.records import DataError
+from attreid.features import (DEFAULT_SHARD_SIZE, EMBEDDINGS, PROBABILITIES, FeatureStore,
+                              FeatureStoreError, ImageBatch, extract_to_store)
 from attreid.schema import TASKS
 
 FORMAT_VERSION = 1
@@ -45,6 +47,14 @@ DATABASE = "meta.sqlite"
 INDEX_KINDS = ("flat", "ivf")
 _MARKET_NAME = re.compile(r"^(-1|\d+)_c(\d+)s(\d+)_(\d+)_(\d+)\.")
 _CAMERA_NAME = re.compile(r"(?:^|[_-])c(?:am)?(\d+)(?:s\d+)?[_-](?:f(?:rame)?)?(\d+)")
+IVF_SAMPLE_PER_LIST = 256
+"""The IVF quantizer trains on a seeded random sample of at most this many vectors per list,"""
+IVF_SAMPLE_MAX = 65_536
+"""and of at most this many in all (but never fewer than :data:`IVF_SAMPLE_MIN_PER_LIST` per
+list), so that training memory and time stay bounded however large the gallery."""
+IVF_SAMPLE_MIN_PER_LIST = 40
+WRITE_CHUNK = 16_384
+"""Vectors added to FAISS, and rows inserted into SQLite, at a time when writing an index."""
 
 Progress = Callable[[int, int], None]
 """Callback ``(done, total)`` for long work."""
@@ -307,7 +317,7 @@ class GalleryIndex:
         vectors.add(prepare_vectors(embeddings, self.metric))
         _write_vectors(vectors, self.root / name)
         start = len(self)
-        rows = _rows(paths, probabilities, start)
+        rows = _rows(paths, _probability_rows(probabilities), start)
         old = self.info["vectors"]
         with self._lock:
             try:
@@ -367,13 +377,16 @@ def _remove_strays(root: Path, current: str) -> None:
                 pass
 
 
-def _rows(paths: Sequence[Path], probabilities: dict[str, np.ndarray],
-          start: int) -> list[tuple]:
-    cols = probability_columns()
+def _probability_rows(probabilities: dict[str, np.ndarray]) -> np.ndarray:
+    """task -> (N, C) as (N, P) in the order of :func:`probability_columns` (dtype kept)."""
+    return np.concatenate([np.asarray(probabilities[t.name]) for t in TASKS], axis=1)
+
+
+def _rows(paths: Sequence[Path | str], probabilities: np.ndarray, start: int) -> list[tuple]:
+    """SQLite rows of N crops; ``probabilities`` (N, P) as :func:`_probability_rows`."""
     rows = []
-    for i, path in enumerate(paths):
+    for i, (path, probs) in enumerate(zip(paths, probabilities.tolist())):
         identity, camera, frame = parse_name(Path(path).name)
-        probs = [float(probabilities[task][i, cls]) for task, cls, _ in cols]
         rows.append((start + i, str(path), Path(path).name, camera, frame, identity, *probs))
     return rows
 
@@ -465,14 +478,23 @@ def _warn_skipped(skipped: list[str]) -> None:
         warnings.warn(f"skipped {len(skipped)} undecodable image(s): {shown}", stacklevel=3)
 
 
-def _train_ivf(vectors: Any, x: np.ndarray, nlist: int, seed: int = 0) -> None:
-    if len(x) < nlist:
+def ivf_sample_size(count: int, nlist: int) -> int:
+    """Training vectors of an IVF index with ``nlist`` lists over ``count`` vectors:
+    ``min(count, max(40 nlist, min(256 nlist, 65,536)))``."""
+    cap = max(IVF_SAMPLE_MIN_PER_LIST * nlist, min(IVF_SAMPLE_PER_LIST * nlist, IVF_SAMPLE_MAX))
+    return min(count, cap)
+
+
+def _train_ivf(vectors: Any, source: "_Source", nlist: int, metric: str, seed: int = 0) -> None:
+    """Train the IVF quantizer on a seeded sample of the source (see :func:`ivf_sample_size`)."""
+    if source.count < nlist:
         raise GalleryIndexError(f"IVF with {nlist} lists needs at least {nlist} images to "
-                                f"train on, the gallery has {len(x)}; use a smaller --nlist "
-                                "or the exact (flat) index")
-    rng = np.random.default_rng(seed)
-    sample = x if len(x) <= nlist * 256 else x[rng.choice(len(x), nlist * 256, replace=False)]
-    vectors.train(sample)
+                                f"train on, the gallery has {source.count}; use a smaller "
+                                "--nlist or the exact (flat) index")
+    size = ivf_sample_size(source.count, nlist)
+    rows = np.arange(size) if size == source.count else \
+        np.random.default_rng(seed).choice(source.count, size, replace=False)
+    vectors.train(prepare_vectors(source.take(rows), metric))  # (size, D)
 
 
 def _check_target(out: Path, kind: str, overwrite: bool) -> None:
@@ -485,32 +507,124 @@ def _check_target(out: Path, kind: str, overwrite: bool) -> None:
 
 def build_index(predictor: Any, images: Path | str, out: Path | str, kind: str = "flat",
                 nlist: int = 0, nprobe: int = 16, batch_size: int = 64, overwrite: bool = False,
-                progress: Progress | None = None) -> GalleryIndex:
+                progress: Progress | None = None, features: Path | str | None = None,
+                shard_size: int = DEFAULT_SHARD_SIZE) -> GalleryIndex:
     """Embed every crop under ``images`` and write a new index folder ``out``.
+
+    The crops are embedded batch by batch into a feature store (:mod:`attreid.features`),
+    then the index is written from it chunk by chunk: memory holds one batch, one shard and
+    the FAISS vectors, not every embedding and probability twice over.
 
     Args:
         predictor: an :class:`~attreid.Predictor` (its checkpoint is recorded).
-        kind: ``"flat"`` (exact search) or ``"ivf"`` (inverted lists; for large galleries).
+        kind: ``"flat"`` (exact search) or ``"ivf"`` (inverted lists; for large galleries;
+            trained on a sample, see :func:`ivf_sample_size`).
         nlist: IVF lists (0: about 4 * sqrt(N)); nprobe: lists visited per query.
         overwrite: replace an existing ``out``.
+        features: keep the feature store in this new folder (default: a temporary one,
+            removed); shard_size: its rows per shard.
 
     Raises:
         GalleryIndexError: ``out`` exists (without ``overwrite``), bad IVF settings, or no
             image decoded.
         DataError: the image folder is missing or empty.
     """
-    _check_target(Path(out), kind, overwrite)  # before the embedding, which takes long
+    out = Path(out)
+    _check_target(out, kind, overwrite)  # before the embedding, which takes long
     paths = list_gallery(images)
-    embedded = embed_files(predictor, paths, batch_size, progress)
-    _warn_skipped(embedded.skipped)
-    if not embedded.paths:
-        raise GalleryIndexError(f"{images}: none of the {len(paths)} images decoded")
-    return write_index(out, embedded.paths, embedded.embeddings, embedded.probabilities,
-                       checkpoint=Path(predictor.checkpoint), metric=predictor.distance,
-                       checkpoint_sha256=predictor.checkpoint_sha256, kind=kind,
-                       nlist=nlist, nprobe=nprobe, overwrite=overwrite,
-                       extra={"flip": bool(predictor.flip),
-                              "images_root": str(Path(images).resolve())})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    store_dir = Path(features) if features is not None else Path(
+        tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.features.", suffix=".tmp"))
+    try:
+        store, skipped = embed_files_to_store(predictor, paths, store_dir, batch_size,
+                                              shard_size, progress,
+                                              overwrite=features is None)
+        _warn_skipped(skipped)
+        if not len(store):
+            raise GalleryIndexError(f"{images}: none of the {len(paths)} images decoded")
+        return write_index_from_store(
+            out, store, checkpoint=Path(predictor.checkpoint), metric=predictor.distance,
+            checkpoint_sha256=predictor.checkpoint_sha256, kind=kind, nlist=nlist,
+            nprobe=nprobe, overwrite=overwrite,
+            extra={"flip": bool(predictor.flip), "images_root": str(Path(images).resolve())})
+    finally:
+        if features is None:
+            shutil.rmtree(store_dir, ignore_errors=True)
+
+
+def embed_files_to_store(predictor: Any, paths: Sequence[Path], out: Path | str,
+                         batch_size: int = 64, shard_size: int = DEFAULT_SHARD_SIZE,
+                         progress: Progress | None = None,
+                         overwrite: bool = False) -> tuple[FeatureStore, list[str]]:
+    """:func:`embed_files`, streamed to a feature store ``out`` (see :mod:`attreid.features`)
+    instead of held in memory: embeddings, probabilities and paths of the crops that decoded.
+
+    Returns:
+        (the store, skipped undecodable files as "path: reason").
+    """
+    skipped: list[str] = []
+
+    def batches() -> Iterator[ImageBatch]:
+        batch: list[tuple[Path, Any]] = []
+        for item in _decoded(paths, skipped):
+            batch.append(item)
+            if len(batch) == batch_size:
+                yield ImageBatch([img for _, img in batch], [str(p) for p, _ in batch])
+                batch = []
+        if batch:
+            yield ImageBatch([img for _, img in batch], [str(p) for p, _ in batch])
+
+    def report(done: int) -> None:
+        if progress:
+            progress(done + len(skipped), len(paths))
+
+    store = extract_to_store(predictor, batches(), out, shard_size, overwrite=overwrite,
+                             info={"flip": bool(predictor.flip),
+                                   "checkpoint_sha256": predictor.checkpoint_sha256},
+                             progress=report)
+    if progress:
+        progress(len(paths), len(paths))
+    return store, skipped
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Rows to index: how many, their dimension, chunks of (paths, embeddings (b, D),
+    probabilities (b, P)) in order, and a gather of embedding rows (K,) -> (K, D)."""
+
+    count: int
+    dim: int
+    chunks: Callable[[], Iterator[tuple[Sequence[Any], np.ndarray, np.ndarray]]]
+    take: Callable[[np.ndarray], np.ndarray]
+
+
+def _array_source(paths: Sequence[Path], embeddings: np.ndarray,
+                  probabilities: dict[str, np.ndarray]) -> _Source:
+    x = np.asarray(embeddings)
+    if x.ndim != 2 or len(x) != len(paths):
+        raise GalleryIndexError(f"embeddings: expected ({len(paths)}, D) for {len(paths)} "
+                                f"paths, got {x.shape}")
+    probs = _probability_rows(probabilities)  # (N, P)
+
+    def chunks() -> Iterator[tuple[Sequence[Any], np.ndarray, np.ndarray]]:
+        for lo in range(0, len(x), WRITE_CHUNK):
+            hi = lo + WRITE_CHUNK
+            yield paths[lo:hi], x[lo:hi], probs[lo:hi]
+
+    return _Source(len(x), x.shape[1], chunks, lambda rows: x[rows])
+
+
+def _store_source(store: FeatureStore) -> _Source:
+    if not store.has_paths or PROBABILITIES not in store.fields:
+        raise FeatureStoreError(f"{store.root}: an index needs the paths and probabilities "
+                                "of the crops; this store lacks them")
+
+    def chunks() -> Iterator[tuple[Sequence[Any], np.ndarray, np.ndarray]]:
+        for chunk in store.chunks([EMBEDDINGS, PROBABILITIES], WRITE_CHUNK, paths=True):
+            yield (chunk.paths or [], np.array(chunk.arrays[EMBEDDINGS]),
+                   np.array(chunk.arrays[PROBABILITIES]))
+
+    return _Source(len(store), store.dim, chunks, lambda rows: store.take(EMBEDDINGS, rows))
 
 
 def write_index(out: Path | str, paths: Sequence[Path], embeddings: np.ndarray,
@@ -528,29 +642,54 @@ def write_index(out: Path | str, paths: Sequence[Path], embeddings: np.ndarray,
         checkpoint_sha256: the checkpoint's sha256 (default: hash ``checkpoint``; an ONNX
             export gives its source checkpoint's).
     """
+    return _write_index(out, _array_source(paths, embeddings, probabilities), checkpoint,
+                        metric, kind, nlist, nprobe, overwrite, extra, checkpoint_sha256)
+
+
+def write_index_from_store(out: Path | str, store: FeatureStore, checkpoint: Path,
+                           metric: str = "euclidean", kind: str = "flat", nlist: int = 0,
+                           nprobe: int = 16, overwrite: bool = False,
+                           extra: dict[str, Any] | None = None,
+                           checkpoint_sha256: str | None = None) -> GalleryIndex:
+    """:func:`write_index` from a feature store with paths and probabilities (as made by
+    :func:`embed_files_to_store`), read chunk by chunk: vectors are added to FAISS and rows
+    inserted into SQLite :data:`WRITE_CHUNK` at a time, an IVF quantizer trains on a sample
+    (:func:`ivf_sample_size`). Memory: the FAISS vectors plus a chunk (plus the sample).
+    Gives the same index as :func:`write_index` on the store's arrays.
+    """
+    return _write_index(out, _store_source(store), checkpoint, metric, kind, nlist, nprobe,
+                        overwrite, extra, checkpoint_sha256)
+
+
+def _write_index(out: Path | str, source: _Source, checkpoint: Path, metric: str, kind: str,
+                 nlist: int, nprobe: int, overwrite: bool, extra: dict[str, Any] | None,
+                 checkpoint_sha256: str | None) -> GalleryIndex:
     out = Path(out)
     _check_target(out, kind, overwrite)
-    x = prepare_vectors(embeddings, metric)
-    nlist = nlist or max(1, int(4 * np.sqrt(len(x))))
-    vectors = _new_faiss_index(x.shape[1], metric, kind, nlist)
-    if kind == "ivf":
-        _train_ivf(vectors, x, nlist)
-    vectors.add(x)
+    nlist = nlist or max(1, int(4 * np.sqrt(source.count)))
     info = {"format": FORMAT_VERSION, "checkpoint": str(Path(checkpoint).resolve()),
             "checkpoint_sha256": checkpoint_sha256 or file_sha256(Path(checkpoint)),
             "metric": metric,
-            "dim": int(x.shape[1]), "kind": kind, "nlist": nlist if kind == "ivf" else 0,
+            "dim": int(source.dim), "kind": kind, "nlist": nlist if kind == "ivf" else 0,
             "nprobe": nprobe, "flip": False, "images_root": None,
             "vectors": "vectors-0.faiss", "generation": 0, **(extra or {})}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
-        _write_vectors(vectors, tmp / info["vectors"])
+        vectors = _new_faiss_index(source.dim, metric, kind, nlist)
+        if kind == "ivf":
+            _train_ivf(vectors, source, nlist, metric)
         with sqlite3.connect(tmp / DATABASE) as db:
             _create_schema(db)
-            _insert(db, _rows(paths, probabilities, 0))
+            start = 0
+            for paths, embeddings, probabilities in source.chunks():
+                vectors.add(prepare_vectors(embeddings, metric))
+                _insert(db, _rows(paths, probabilities, start))
+                start += len(paths)
             _set_info(db, info)
         db.close()
+        _write_vectors(vectors, tmp / info["vectors"])
+        del vectors  # GalleryIndex.open reads them back
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
