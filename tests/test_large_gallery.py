@@ -369,3 +369,30 @@ def test_extract_to_store_keeps_batch_fields(tmp_path):
     np.testing.assert_allclose(store.column(EMBEDDINGS)[:, 1], np.arange(11) * 2 / 255,
                                rtol=1e-6)
     assert store.column("probabilities").shape == (11, P)
+
+
+def test_cli_index_build_keeps_the_feature_store(tiny_checkpoint, synth_market, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from attreid.cli import app
+
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    for path in sorted((synth_market / "bounding_box_test").glob("*.jpg"))[:12]:
+        shutil.copy(path, crops / path.name)
+    args = ["index", "build", str(tiny_checkpoint), "--images", str(crops), "--device", "cpu",
+            "--batch-size", "4", "--shard-size", "5"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "idx"), "--features",
+                                      str(tmp_path / "features")])
+    assert result.exit_code == 0 and "indexed 12 crops" in result.output, result.output
+    store = FeatureStore.open(tmp_path / "features")
+    assert store.shard_rows == [5, 5, 2] and store.info["metric"] == "euclidean"
+    index = index_module.GalleryIndex.open(tmp_path / "idx")
+    np.testing.assert_allclose(index.vectors.reconstruct_n(0, 12), store.column(EMBEDDINGS),
+                               atol=1e-6)
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "idx2"), "--features",
+                                      str(tmp_path / "features")])
+    assert result.exit_code == 1 and "not an empty folder" in result.output
+    assert not (tmp_path / "idx2").exists()

@@ -338,10 +338,11 @@ def _reported_warnings() -> Iterator[None]:
 def _search_errors() -> tuple[type[Exception], ...]:
     from attreid.checkpoint import CheckpointError
     from attreid.export import ExportError
+    from attreid.features import FeatureStoreError
     from attreid.search import GalleryIndexError, QueryError
 
     return (DataError, CheckpointError, ExportError, GalleryIndexError, QueryError, ImportError,
-            ValueError)
+            ValueError, FeatureStoreError)
 
 
 @app.command()
@@ -375,8 +376,15 @@ def index_build(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
     backend: str = typer.Option("torch", help="torch (a checkpoint) or onnx (its export)."),
+    features: Path | None = typer.Option(None, "--features", help="Keep the extracted "
+                                         "embeddings and probabilities (a sharded feature "
+                                         "store) in this new folder."),
+    shard_size: int = typer.Option(8192, "--shard-size", min=1, help="Rows per feature shard."),
 ) -> None:
-    """Embed every crop, predict its attributes and write a FAISS + SQLite index."""
+    """Embed every crop, predict its attributes and write a FAISS + SQLite index.
+
+    Embeddings stream to a sharded feature store on disk, then into the index chunk by
+    chunk, so memory stays bounded apart from the FAISS vectors."""
     try:
         from attreid.export import load_predictor
         from attreid.search import build_index
@@ -386,7 +394,8 @@ def index_build(
         with _reported_warnings(), _count_progress("embedding crops") as progress:
             index = build_index(predictor, images, out, kind="ivf" if ivf else "flat",
                                 nlist=max(ivf, 0), nprobe=nprobe, batch_size=batch_size,
-                                overwrite=overwrite, progress=progress)
+                                overwrite=overwrite, progress=progress, features=features,
+                                shard_size=shard_size)
     except _search_errors() as exc:
         _fail(str(exc))
     console.print(f"indexed {len(index)} crops ({index.info['kind']}, {index.info['metric']} "
