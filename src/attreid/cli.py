@@ -442,12 +442,12 @@ def search(
 ) -> None:
     """Search an index by image, by indexed crop and/or by attributes."""
     try:
-        from attreid.search import GallerySearch, QueryError
-        from attreid.search.service import parse_cameras
+        from attreid.search import QueryError
+        from attreid.search.service import open_search, parse_cameras
 
         if image is not None and query_id is not None:
             raise QueryError("give --image or --id, not both")
-        opened = GallerySearch.open(index, checkpoint, device)
+        opened = open_search(index, checkpoint, device)
         options = dict(attributes=attributes, cameras=parse_cameras(camera), min_prob=min_prob)
         if image is not None:
             hits = opened.by_image(image, k, rerank=rerank, **options)

@@ -13,25 +13,32 @@ Routes (OpenAPI docs at ``/docs``):
 * ``GET /healthz`` — status, number of images, checkpoint.
 * ``GET /`` — the web page (static files shipped in ``attreid/search/web``; no CDN).
 
-Uploads are checked before decoding: at most ``max_upload_bytes``, a decodable image format,
-and at most ``max_pixels`` pixels (read from the header, so a decompression bomb is refused
-before it is decompressed).
+Uploads are checked before decoding: at most ``max_upload_bytes`` (by Content-Length, and by
+counting the bytes of a chunked body as they arrive), one of the raster formats of
+:data:`UPLOAD_FORMATS`, and at most ``max_pixels`` pixels (read from the header, so a
+decompression bomb is refused before it is decompressed). Errors are JSON ``{"detail": ...}``:
+a message, or FastAPI's list of field errors (documented in the OpenAPI schema).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations at run time,
 # and the fastapi types are imported inside create_app (an optional dependency).
 import io
+import json
+import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from attreid.schema import TASKS
+from attreid.search.index import GalleryIndexError
 from attreid.search.query import GallerySearch, Hit, QueryError
 
 WEB_DIR = Path(__file__).parent / "web"
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
 MAX_PIXELS = 4096 * 4096
 MAX_K = 200
+UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # JPEG includes MPO
+"""Formats decoded from uploads (PIL would also try EPS via Ghostscript, PDF, ... )."""
 
 
 def _fastapi() -> Any:
@@ -56,7 +63,7 @@ def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
     if not data:
         raise QueryError("image: empty upload")
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS) as img:
             width, height = img.size
             if width * height > max_pixels:
                 raise QueryError(f"image: {width}x{height} pixels, at most {max_pixels} allowed")
@@ -65,11 +72,113 @@ def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
     except QueryError:
         raise
     except Image.UnidentifiedImageError:
-        raise QueryError("image: not a decodable image (unrecognised format)") from None
+        raise QueryError("image: not a decodable image (unrecognised format; accepted: "
+                         f"{', '.join(UPLOAD_FORMATS)})") from None
     except Image.DecompressionBombError:
         raise QueryError(f"image: too many pixels, at most {max_pixels} allowed") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise QueryError(f"image: not a decodable image ({type(exc).__name__}: {exc})") from None
+
+
+def open_search(index: Path | str, checkpoint: Path | str | None = None,
+                device: str | None = None) -> GallerySearch:
+    """:meth:`GallerySearch.open`, with any damage of the index folder reported as a
+    :class:`GalleryIndexError` naming it (e.g. a metadata table that lacks a key).
+
+    Raises:
+        GalleryIndexError: the index is missing, damaged, or not made by the checkpoint.
+    """
+    try:
+        return GallerySearch.open(index, checkpoint, device)
+    except GalleryIndexError:
+        raise
+    except (LookupError, TypeError, ValueError, OSError, RuntimeError, sqlite3.Error) as exc:
+        raise GalleryIndexError(f"{index}: damaged index, cannot open it ({type(exc).__name__}: "
+                                f"{exc}); rebuild it with `attreid index build`") from exc
+
+
+class _BodyLimit:
+    """ASGI middleware: 413 for a body over ``limit`` bytes, by its Content-Length or, for a
+    chunked body, as soon as the bytes received pass the limit. The rest of the body is read
+    and dropped (never stored) up to ``drain`` bytes, so that the client, still sending,
+    receives the 413; past that the connection is closed. The message names ``upload_limit``,
+    the size allowed for the image itself."""
+
+    def __init__(self, app: Any, limit: int, upload_limit: int, drain: int = 4 * MAX_UPLOAD_BYTES
+                 ) -> None:
+        self.app = app
+        self.limit = limit
+        self.upload_limit = upload_limit
+        self.drain = drain
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            await self._refuse(receive, send, f"request of {int(length)} bytes",
+                               int(length) <= self.drain)
+            return
+        state = {"received": 0, "over": False, "started": False}
+
+        async def counted_receive() -> dict:
+            message = await receive()
+            if message["type"] == "http.request":
+                state["received"] += len(message.get("body", b""))
+                if state["received"] > self.limit:
+                    state["over"] = True
+                    raise _TooLarge()
+            return message
+
+        async def guarded_send(message: dict) -> None:
+            if state["over"]:  # the app turned _TooLarge into some response: send 413 instead
+                if message["type"] == "http.response.start" and not state["started"]:
+                    state["started"] = True
+                    await self._refuse(receive, send, "request of more bytes", True,
+                                       state["received"])
+                return
+            state["started"] = state["started"] or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except _TooLarge:
+            if not state["started"]:
+                await self._refuse(receive, send, "request of more bytes", True,
+                                   state["received"])
+
+    async def _refuse(self, receive: Any, send: Any, what: str, drain: bool,
+                      received: int = 0) -> None:
+        while drain:  # read and drop the rest of the body, up to self.drain bytes in all
+            message = await receive()
+            received += len(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+            drain = received <= self.drain
+        body = json.dumps({"detail": f"{what}; uploads are limited to {self.upload_limit} "
+                                     "bytes"}).encode()
+        headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(body)).encode())]
+        if not drain:  # body left unread: this connection cannot carry another request
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+class _TooLarge(Exception):
+    """Raised inside the app when a chunked body passes the size limit."""
+
+
+def _error_responses(*codes: int) -> dict[Union[int, str], dict[str, Any]]:
+    """OpenAPI entries of the error responses: JSON ``{"detail": message or field errors}``."""
+    from pydantic import BaseModel
+
+    class Error(BaseModel):
+        detail: Union[str, list[dict[str, Any]]]
+
+    meaning = {400: "malformed request body", 404: "no such image",
+               413: "upload too large", 422: "invalid input (a message, or the field errors)"}
+    return {code: {"model": Error, "description": meaning[code]} for code in codes}
 
 
 def parse_cameras(text: str | None) -> list[int] | None:
@@ -122,14 +231,9 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     async def _query_error(_: Request, exc: QueryError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(exc)})
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_upload_bytes + 65536:
-            return JSONResponse(status_code=413, content={
-                "detail": f"request of {length} bytes; uploads are limited to "
-                          f"{max_upload_bytes} bytes"})
-        return await call_next(request)
+    # the upload plus room for the other form fields and the multipart framing
+    app.add_middleware(_BodyLimit, limit=max_upload_bytes + 65536, upload_limit=max_upload_bytes)
+    errors = _error_responses(413, 422)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -142,7 +246,7 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         return {"tasks": [{"name": t.name, "values": list(t.classes)} for t in TASKS],
                 "cameras": search.index.cameras(), "max_k": max_k, "images": len(search.index)}
 
-    @app.post("/search")
+    @app.post("/search", responses={**_error_responses(400), **errors})
     def search_post(
         image: Optional[UploadFile] = File(None, description="query crop (JPEG/PNG/...)"),
         query_id: Optional[int] = Form(None, ge=0, description="id of an indexed crop"),
@@ -172,7 +276,7 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
             mode = "attributes"
         return {"mode": mode, "count": len(hits), "results": _hits(hits)}
 
-    @app.get("/search/attributes")
+    @app.get("/search/attributes", responses=errors)
     def search_attributes(params: AttributeQuery = Query()) -> dict[str, Any]:  # type: ignore
         values = params.model_dump()
         constraints = {t.name: values[t.name] for t in TASKS if values[t.name] is not None}
@@ -180,7 +284,9 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                                     values["min_prob"])
         return {"mode": "attributes", "count": len(hits), "results": _hits(hits)}
 
-    @app.get("/images/{image_id}")
+    @app.get("/images/{image_id}", response_class=FileResponse, responses={
+        200: {"content": {"image/*": {}}, "description": "the image file"},
+        **_error_responses(404, 422)})
     def image_file(image_id: int) -> FileResponse:
         if not 0 <= image_id < len(search.index):
             raise HTTPException(404, f"no indexed image with id {image_id}")
@@ -203,5 +309,5 @@ def serve(index: Path | str, host: str = "127.0.0.1", port: int = 8000,
     """Open the index and run the app with uvicorn until interrupted."""
     import uvicorn
 
-    app = create_app(GallerySearch.open(index, checkpoint, device))
+    app = create_app(open_search(index, checkpoint, device))
     uvicorn.run(app, host=host, port=port, log_level="info")
