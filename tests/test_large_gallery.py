@@ -10,9 +10,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from attreid.features import (EMBEDDINGS, FeatureStore, FeatureStoreError, FeatureWriter,
-                              ImageBatch, extract_to_store, probability_matrix,
-                              reid_metrics_on_store, split_probabilities, store_blocks)
+from attreid.features import (
+    EMBEDDINGS,
+    FeatureStore,
+    FeatureStoreError,
+    FeatureWriter,
+    ImageBatch,
+    extract_to_store,
+    probability_matrix,
+    reid_metrics_on_store,
+    split_probabilities,
+    store_blocks,
+)
 from attreid.metrics import pairwise_distance, reid_metrics, reid_metrics_streamed
 from attreid.schema import TASKS
 
@@ -69,7 +78,7 @@ def test_store_round_trip_in_shards_with_a_partial_last_one(tmp_path):
     assert [c.start for c in chunks] == sorted(c.start for c in chunks)
     assert np.array_equal(np.concatenate([c.arrays[EMBEDDINGS] for c in chunks]), g["emb"])
     assert np.array_equal(np.concatenate([c.arrays["ids"] for c in chunks]), g["ids"])
-    assert sum((c.paths for c in chunks), []) == g["paths"]
+    assert [p for c in chunks for p in c.paths] == g["paths"]
     assert isinstance(chunks[0].arrays[EMBEDDINGS], np.memmap)
     rows = np.array([39, 0, 8, 7, 21, 8])
     assert np.array_equal(store.take(EMBEDDINGS, rows), g["emb"][rows])
@@ -82,10 +91,10 @@ def test_store_round_trip_in_shards_with_a_partial_last_one(tmp_path):
 
 def test_store_writes_nothing_it_cannot_finish(tmp_path):
     g = _gallery(n=20)
-    with pytest.raises(RuntimeError, match="boom"):
-        with FeatureWriter(tmp_path / "s", shard_size=4) as writer:
-            writer.add(g["emb"][:10], ids=g["ids"][:10])
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), \
+            FeatureWriter(tmp_path / "s", shard_size=4) as writer:
+        writer.add(g["emb"][:10], ids=g["ids"][:10])
+        raise RuntimeError("boom")
     assert not (tmp_path / "s").exists()
     writer = FeatureWriter(tmp_path / "t", shard_size=4)
     writer.add(g["emb"][:10])  # two shards written, no manifest yet

@@ -141,7 +141,7 @@ class FeatureWriter:
                              f" (paths: {self._paths is not None}), got {sorted(arrays)} "
                              f"(paths: {paths is not None})")
         for name, value in arrays.items():
-            dtype, shape = self._fields[name]
+            shape = self._fields[name][1]
             if len(value) != n or value.shape[1:] != shape:
                 raise ValueError(f"{name}: expected shape ({n}, {', '.join(map(str, shape))})"
                                  f", got {value.shape}")

@@ -13,6 +13,9 @@ Re-identification (:func:`reid_metrics`)
       camera filter, no junk handling; with ``exclude_self=True`` query and gallery are the same
       set and each query's own entry (the diagonal) is removed.
 
+    :func:`reid_metrics_streamed` gives the same from query features and a gallery read block
+    by block (a memory-mapped feature store), never holding the Q x G matrix.
+
 Attribute recognition (:func:`attribute_metrics`, :func:`majority_baseline`)
     Per-task accuracy on the 12 tasks of :mod:`attreid.schema` (``MISSING`` targets ignored),
     majority-class baselines, and the PETA/RAP metrics (label-based mA, example-based accuracy,

@@ -38,8 +38,15 @@ import numpy as np
 from attreid.checkpoint import file_sha256
 from attreid.data.io import IMAGE_SUFFIXES, read_image
 from attreid.data.records import DataError
-from attreid.features import (DEFAULT_SHARD_SIZE, EMBEDDINGS, PROBABILITIES, FeatureStore,
-                              FeatureStoreError, ImageBatch, extract_to_store)
+from attreid.features import (
+    DEFAULT_SHARD_SIZE,
+    EMBEDDINGS,
+    PROBABILITIES,
+    FeatureStore,
+    FeatureStoreError,
+    ImageBatch,
+    extract_to_store,
+)
 from attreid.schema import TASKS
 
 FORMAT_VERSION = 1
