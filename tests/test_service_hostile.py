@@ -103,7 +103,8 @@ def test_openapi_schema_fuzzing_finds_no_server_error(app):
             except Unsatisfiable:  # no parameters to violate (GET /healthz, /api/schema)
                 assert mode == GenerationMode.NEGATIVE, operation.path
     print(f"\nschemathesis: {sum(seen.values())} requests:",
-          ", ".join(f"{m} {meth} {p} {code} x{n}" for (m, meth, p, code), n in sorted(seen.items())))
+          ", ".join(f"{m} {meth} {p} {code} x{n}"
+                    for (m, meth, p, code), n in sorted(seen.items())))
     assert {code for *_, code in seen} <= {200, 400, 404, 422}
     assert sum(seen.values()) >= 200
 
