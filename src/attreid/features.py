@@ -68,6 +68,8 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         np.save(f, array, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -145,7 +147,7 @@ class FeatureWriter:
             if len(value) != n or value.shape[1:] != shape:
                 raise ValueError(f"{name}: expected shape ({n}, {', '.join(map(str, shape))})"
                                  f", got {value.shape}")
-        if paths is not None and (len(paths) != n or any("\n" in p for p in paths)):
+        if paths is not None and (len(paths) != n or any("\n" in str(p) for p in paths)):
             raise ValueError(f"paths: expected {n} paths without line breaks")
         return n
 
