@@ -134,9 +134,13 @@ def train(
     out: Path | None = typer.Option(None, "--out", help="Output folder (sets train.out)."),
     overrides: list[str] = typer.Option([], "--set", help="section.key=value, repeatable."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (GPUs, or CPU workers with "
+                              "gloo) for DistributedDataParallel; runs torchrun. data.p is the "
+                              "global P: each process gets P/nproc identities x K."),
 ) -> None:
     """Train a joint attribute + re-ID model; checkpoints and metrics go to train.out."""
     from attreid.config import ConfigError, load_config
+    from attreid.distributed import env_info
     from attreid.engine import NonFiniteLossError, train as run_training
 
     extra = [f"data.root={data}"] if data else []
@@ -145,19 +149,44 @@ def train(
         cfg = load_config(config, [*overrides, *extra])
     except ConfigError as exc:
         _fail(str(exc))
-    console.print(f"training {cfg.model.name}/{cfg.model.backbone} on {cfg.data.root} "
-                  f"-> {cfg.train.out}")
+    if nproc > 1:
+        _torchrun(nproc, ["--config", config, *(f"--set={o}" for o in [*overrides, *extra]),
+                          *(["--resume"] if resume else [])])
+        return
+    main = env_info().is_main
+    if main:
+        console.print(f"training {cfg.model.name}/{cfg.model.backbone} on {cfg.data.root} "
+                      f"-> {cfg.train.out}")
     try:
-        with _epoch_progress(cfg.optim.epochs) as on_step:
+        with _epoch_progress(cfg.optim.epochs, main) as on_step:
             result = run_training(cfg, resume=resume, log=console.print, on_step=on_step)
     except (DataError, ValueError, NonFiniteLossError, OSError) as exc:
         _fail(str(exc))
-    console.print(f"done: {result.epochs} epochs, best {result.best or '-'}; files in "
-                  f"{result.out}")
+    if main:
+        console.print(f"done: {result.epochs} epochs, best {result.best or '-'}; files in "
+                      f"{result.out}")
+
+
+def _torchrun(nproc: int, args: list[str]) -> None:
+    """Run ``attreid train ARGS`` in ``nproc`` processes with torchrun on this machine."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "attreid.train", *args]
+    console.print(f"running {nproc} processes: {' '.join(command[1:])}", soft_wrap=True)
+    code = subprocess.call(command)
+    if code:
+        _fail(f"distributed training failed (exit code {code}); the messages above say which "
+              "rank stopped and why")
 
 
 @contextmanager
-def _epoch_progress(epochs: int) -> Iterator[Callable[[int, int, int, dict], None]]:
+def _epoch_progress(epochs: int, show: bool = True
+                    ) -> Iterator[Callable[[int, int, int, dict], None] | None]:
+    if not show:
+        yield None
+        return
     total = f"/{epochs}" if epochs else ""
     columns = (TextColumn("epoch {task.fields[epoch]}" + total), BarColumn(),
                MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn())

@@ -107,6 +107,7 @@ class TrainConfig:
     flip_test: bool = False
     grad_clip: float = 0.0
     tensorboard: bool = True
+    sync_bn: bool = False  # distributed runs: batch-norm statistics of the global batch
 
 
 @dataclass(frozen=True)

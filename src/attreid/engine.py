@@ -12,6 +12,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from attreid import __version__
+from attreid import __version__, distributed
 from attreid.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from attreid.compare import selection_score
 from attreid.config import Config, dump_yaml, to_dict
@@ -31,14 +32,19 @@ from attreid.data.load import load_dataset
 from attreid.data.records import DataError, attribute_matrix
 from attreid.data.sampler import PKSampler
 from attreid.data.transforms import TransformConfig, build_transforms
-from attreid.evalset import EvaluationSet, build_evaluation_set, identity_targets, \
-    labels_and_cameras, test_is_labelled
+from attreid.distributed import SINGLE, DistInfo, RankBatches
+from attreid.evalset import (
+    EvaluationSet,
+    build_evaluation_set,
+    identity_targets,
+    labels_and_cameras,
+    test_is_labelled,
+)
 from attreid.inference import autocast_context, extract, to_float
-from attreid.schema import MISSING
 from attreid.losses import MultiTaskLoss, positive_ratio_weights
-from attreid.metrics import attribute_metrics, majority_baseline, pairwise_distance, \
-    reid_metrics
+from attreid.metrics import attribute_metrics, majority_baseline, pairwise_distance, reid_metrics
 from attreid.models import build_model
+from attreid.schema import MISSING
 
 Log = Callable[[str], None]
 
@@ -101,15 +107,18 @@ def _model_kwargs(cfg: Config, num_identities: int) -> dict[str, Any]:
                 input_size=(cfg.data.height, cfg.data.width))
 
 
-def build_criterion(cfg: Config, train_targets: np.ndarray) -> MultiTaskLoss:
-    """The multi-task loss of ``cfg.loss``; positive-ratio weights come from the train labels."""
+def build_criterion(cfg: Config, train_targets: np.ndarray, info: DistInfo = SINGLE
+                    ) -> MultiTaskLoss:
+    """The multi-task loss of ``cfg.loss``; positive-ratio weights come from the train labels.
+    In a distributed run the triplet loss mines the batch of all ranks."""
     c = cfg.loss
     pos = positive_ratio_weights(train_targets) if c.pos_weighting else None
+    gather = partial(distributed.gather, info=info) if info.enabled else None
     return MultiTaskLoss(triplet_mining=c.triplet, margin=c.margin, soft_margin=c.soft_margin,
                          distance=c.distance, id_weight=c.id_weight,
                          label_smoothing=c.label_smoothing, pos_weights=pos,
                          weighting=c.weighting, reid_weight=c.reid_weight,
-                         attr_weight=c.attr_weight)
+                         attr_weight=c.attr_weight, gather=gather)
 
 
 def build_optimizer(cfg: Config, model: nn.Module, criterion: nn.Module
@@ -152,21 +161,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    entropy = [seed, epoch] if rank == 0 else [seed, epoch, rank]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def make_loader(cfg: Config, data: ImageDataset, epoch: int, cache: ImageCache | None = None,
-                device: torch.device | None = None) -> Iterable[dict[str, Any]]:
+                device: torch.device | None = None, info: DistInfo = SINGLE
+                ) -> Iterable[dict[str, Any]]:
     """The training batches of one epoch, seeded by (seed, epoch) for exact resume.
 
     With ``cache`` (``data.cache``) batches come from the decoded images in memory, augmented
     as whole batches; otherwise from a DataLoader with ``data.workers`` worker processes.
+    In a distributed run each rank gets its ``P / W`` identities of every global batch.
     """
-    sampler = PKSampler(data.pids(), cfg.data.p, cfg.data.k, seed=cfg.train.seed,
-                        num_batches=cfg.data.batches_per_epoch or None)
-    sampler.set_epoch(epoch)
-    generator = torch.Generator().manual_seed(_epoch_seed(cfg.train.seed, epoch))
+    pk = PKSampler(data.pids(), cfg.data.p, cfg.data.k, seed=cfg.train.seed,
+                   num_batches=cfg.data.batches_per_epoch or None)
+    pk.set_epoch(epoch)
+    sampler = RankBatches(pk, cfg.data.p, cfg.data.k, info) if info.enabled else pk
+    generator = torch.Generator().manual_seed(_epoch_seed(cfg.train.seed, epoch, info.rank))
     if cache is not None:
         augment = BatchAugment(transform_config(cfg), train=True,
                                channels_last=cfg.train.channels_last)
@@ -195,12 +208,20 @@ class _Parts:
     optimizer: torch.optim.Optimizer
     device: torch.device
     scaler: torch.amp.GradScaler | None = None  # fp16 only
+    info: DistInfo = SINGLE
+    ddp: nn.Module | None = None  # the DistributedDataParallel wrapper of model, when used
+
+    @property
+    def trained(self) -> nn.Module:
+        """The module to call in training steps (DDP when distributed, else the model)."""
+        return self.ddp if self.ddp is not None else self.model
 
 
 def _backward_step(cfg: Config, parts: _Parts, loss: torch.Tensor) -> None:
     parts.optimizer.zero_grad(set_to_none=True)
     scaler = parts.scaler
     (scaler.scale(loss) if scaler else loss).backward()
+    distributed.average_gradients(parts.criterion.parameters(), parts.info)
     if scaler:
         scaler.unscale_(parts.optimizer)
     if cfg.train.grad_clip > 0:
@@ -214,15 +235,18 @@ def _backward_step(cfg: Config, parts: _Parts, loss: torch.Tensor) -> None:
 
 def _finite_or_raise(cfg: Config, terms: dict[str, torch.Tensor], epoch: int, step: int,
                      out: Path, parts: _Parts) -> None:
-    if torch.isfinite(terms["loss"]).item():
+    if distributed.all_true(bool(torch.isfinite(terms["loss"]).item()), parts.info):
         return
     values = {k: float(v.detach()) for k, v in terms.items()}
     bad = {k: v for k, v in values.items() if not math.isfinite(v)}
     rescue = out / "before_nonfinite.pt"
-    save_checkpoint(rescue, {"model": parts.model.state_dict(), "config": to_dict(cfg),
-                             "model_config": parts.model.config, "epoch": epoch})
+    if parts.info.is_main:
+        save_checkpoint(rescue, {"model": parts.model.state_dict(), "config": to_dict(cfg),
+                                 "model_config": parts.model.config, "epoch": epoch})
+    where = f" (rank {parts.info.rank})" if parts.info.enabled else ""
     raise NonFiniteLossError(
-        f"non-finite loss at epoch {epoch + 1}, step {step + 1}: {bad}. Training stopped; the "
+        f"non-finite loss{where} at epoch {epoch + 1}, step {step + 1}: "
+        f"{bad or 'on another rank'}. Training stopped; the "
         f"weights before this step are in {rescue}, the last complete epoch in {out / 'last.pt'}. "
         "Try a lower optim.lr, train.grad_clip or amp=none.")
 
@@ -231,7 +255,8 @@ def train_epoch(cfg: Config, parts: _Parts, loader: Iterable[dict[str, Any]], ep
                 out: Path,
                 on_step: Callable[[int, dict[str, float]], None] | None = None
                 ) -> dict[str, float]:
-    """One epoch of training; returns the mean of each loss term and the images/s."""
+    """One epoch of training; returns the mean of each loss term and the images/s (over all
+    ranks in a distributed run)."""
     parts.model.train()
     sums: dict[str, float] = {}
     images_seen, start = 0, time.perf_counter()
@@ -240,7 +265,7 @@ def train_epoch(cfg: Config, parts: _Parts, loader: Iterable[dict[str, Any]], ep
         if cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast_context(parts.device, cfg.train.amp):
-            output = parts.model(images)
+            output = parts.trained(images)
         terms = parts.criterion(to_float(output), batch["label"].to(parts.device),
                                 batch["attributes"].to(parts.device))
         _finite_or_raise(cfg, terms, epoch, step, out, parts)
@@ -252,8 +277,9 @@ def train_epoch(cfg: Config, parts: _Parts, loader: Iterable[dict[str, Any]], ep
             shown = {k: float(terms[k].detach()) for k in ("loss", "reid", "attr")}
             on_step(step, {**shown, "img/s": images_seen / (time.perf_counter() - start)})
     steps = max(1, len(loader))
-    result = {name: total / steps for name, total in sums.items()}
-    result["images_per_s"] = images_seen / (time.perf_counter() - start)
+    result = distributed.mean_over_ranks({k: v / steps for k, v in sums.items()}, parts.info)
+    result["images_per_s"] = distributed.sum_over_ranks(
+        images_seen / (time.perf_counter() - start), parts.info)
     return result
 
 
@@ -319,16 +345,30 @@ def _resume(out: Path, cfg: Config, parts: _Parts) -> tuple[int, dict[str, Any]]
     return int(state["epoch"]), state.get("best") or {}
 
 
-def setup(cfg: Config, bundle: DataBundle) -> _Parts:
-    """Build model, loss and optimizer for ``cfg`` on its device, seeded by ``train.seed``."""
+def setup(cfg: Config, bundle: DataBundle, info: DistInfo = SINGLE) -> _Parts:
+    """Build model, loss and optimizer for ``cfg`` on its device, seeded by ``train.seed``.
+    In a distributed run the model is wrapped in DistributedDataParallel (its batch norms
+    synchronised with ``train.sync_bn``) and each rank uses the GPU of its local rank."""
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device)
-    model = build_model(**_model_kwargs(cfg, bundle.train.num_classes)).to(device)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    model = build_model(**_model_kwargs(cfg, bundle.train.num_classes))
+    if info.enabled and cfg.train.sync_bn:
+        model = distributed.convert_sync_batchnorm(model, device.type)
+    model = model.to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    criterion = build_criterion(cfg, bundle.train_targets).to(device)
+    criterion = build_criterion(cfg, bundle.train_targets, info).to(device)
     scaler = torch.amp.GradScaler(device.type) if cfg.train.amp == "fp16" else None
-    return _Parts(model, criterion, build_optimizer(cfg, model, criterion), device, scaler)
+    ddp = None
+    if info.enabled:
+        idle_head = cfg.model.id_head and cfg.loss.id_weight <= 0  # an ID head no loss uses
+        ddp = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=idle_head)
+    return _Parts(model, criterion, build_optimizer(cfg, model, criterion), device, scaler,
+                  info, ddp)
 
 
 def train(cfg: Config, resume: bool = False, log: Log = print,
@@ -339,30 +379,64 @@ def train(cfg: Config, resume: bool = False, log: Log = print,
 
     Args:
         on_step: called with (epoch, step, steps per epoch, running values) after each step.
+
+    Run under torchrun (``WORLD_SIZE`` > 1) it trains with DistributedDataParallel, one process
+    per rank (see :mod:`attreid.distributed`); only rank 0 logs and writes files.
     """
+    joined = not torch.distributed.is_initialized()
+    info = distributed.init(resolve_device(cfg.train.device).type)
+    try:
+        return _train(cfg, resume, log if info.is_main else _quiet,
+                      on_step if info.is_main else None, info)
+    finally:
+        if joined:
+            distributed.shutdown()
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _train(cfg: Config, resume: bool, log: Log,
+           on_step: Callable[[int, int, int, dict[str, float]], None] | None,
+           info: DistInfo) -> TrainResult:
     out = Path(cfg.train.out)
     out.mkdir(parents=True, exist_ok=True)
     bundle = build_data(cfg)
-    parts = setup(cfg, bundle)
+    parts = setup(cfg, bundle, info)
     start, best = _resume(out, cfg, parts) if resume else (0, {})
-    _trim_jsonl(out / "metrics.jsonl", start) if resume else (out / "metrics.jsonl").unlink(
-        missing_ok=True)
-    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+    if info.is_main:
+        _trim_jsonl(out / "metrics.jsonl", start) if resume else (out / "metrics.jsonl").unlink(
+            missing_ok=True)
+        atomic_write_text(out / "config.yaml", dump_yaml(cfg))
     result = TrainResult(out=out, epochs=start, best=best)
-    writer = _tensorboard(out) if cfg.train.tensorboard else None
-    cache = build_cache(cfg, bundle.train, log) if start < cfg.optim.epochs else None
+    writer = _tensorboard(out) if cfg.train.tensorboard and info.is_main else None
+    cache = _ranked_cache(cfg, bundle, log, info) if start < cfg.optim.epochs else None
     for epoch in range(start, cfg.optim.epochs):
         record = _run_epoch(cfg, parts, bundle, epoch, out, on_step, cache)
-        best = _checkpoint(cfg, parts, bundle, epoch, record, best, out)
-        _append_jsonl(out / "metrics.jsonl", record)
-        if writer:
-            _write_scalars(writer, record, epoch + 1)
+        if info.is_main:
+            best = _checkpoint(cfg, parts, bundle, epoch, record, best, out)
+            _append_jsonl(out / "metrics.jsonl", record)
+            if writer:
+                _write_scalars(writer, record, epoch + 1)
+        distributed.barrier(info)  # last.pt is complete before any rank goes on
         log(_format_epoch(record))
         result.history.append(record)
         result.epochs, result.best = epoch + 1, best
     if writer:
         writer.close()
     return result
+
+
+def _ranked_cache(cfg: Config, bundle: DataBundle, log: Log, info: DistInfo
+                  ) -> ImageCache | None:
+    """The image cache; with a shared ``data.cache_dir`` rank 0 decodes and saves it first and
+    the other ranks load its file."""
+    if not cfg.data.cache_dir or not info.enabled:
+        return build_cache(cfg, bundle.train, log)
+    cache = build_cache(cfg, bundle.train, log) if info.is_main else None
+    distributed.barrier(info)
+    return cache if info.is_main else build_cache(cfg, bundle.train, log)
 
 
 def _tensorboard(out: Path) -> Any:
@@ -389,13 +463,14 @@ def _run_epoch(cfg: Config, parts: _Parts, bundle: DataBundle, epoch: int, out: 
     factor = lr_factor(cfg, epoch)
     for group in parts.optimizer.param_groups:
         group["lr"] = cfg.optim.lr * factor
-    loader = make_loader(cfg, bundle.train, epoch, cache, parts.device)
+    loader = make_loader(cfg, bundle.train, epoch, cache, parts.device, parts.info)
     step_cb = (lambda step, values: on_step(epoch, step, len(loader), values)) \
         if on_step else None
     record: dict[str, Any] = {"epoch": epoch + 1, "lr": cfg.optim.lr * factor}
     record["train"] = train_epoch(cfg, parts, loader, epoch, out, step_cb)
     last = epoch + 1 == cfg.optim.epochs
-    if bundle.val is not None and ((epoch + 1) % cfg.train.eval_every == 0 or last):
+    due = (epoch + 1) % cfg.train.eval_every == 0 or last
+    if bundle.val is not None and due and parts.info.is_main:  # rank 0 alone, on the whole set
         record["val"] = validate(cfg, parts.model, bundle.val, bundle.train_targets,
                                  parts.device)
     return record

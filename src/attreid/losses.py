@@ -11,7 +11,7 @@ Shapes: B batch size, D feature width, C number of identities.
 
 from __future__ import annotations
 
-from typing import Literal, Mapping, Sequence
+from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -393,7 +393,8 @@ class MultiTaskLoss(nn.Module):
 
     Defaults reproduce the study: batch-all triplet, margin 1, Euclidean, uncertainty weighting.
     With ``weighting="uncertainty"`` this module has parameters (s0, s1): give them to the
-    optimizer.
+    optimizer. ``gather`` maps this process's (B, ...) tensors to the batch of all processes
+    (distributed training): the triplet loss then mines the global batch.
     """
 
     def __init__(
@@ -411,6 +412,7 @@ class MultiTaskLoss(nn.Module):
         weighting: str = "uncertainty",
         reid_weight: float = 1.0,
         attr_weight: float = 1.0,
+        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         if triplet_mining not in MININGS:
@@ -427,10 +429,13 @@ class MultiTaskLoss(nn.Module):
         self.task_weights = None if task_weights is None else [float(w) for w in task_weights]
         self.pos_weights = None if pos_weights is None else dict(pos_weights)
         self.weighting = build_weighting(weighting, reid_weight, attr_weight)
+        self.gather = gather
 
     def _reid(self, output: ModelOutput, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        triplet, stats = triplet_loss_with_stats(output.triplet_features, labels,
-                                                 **self.triplet_kwargs)
+        features, batch_labels = output.triplet_features, labels
+        if self.gather is not None:
+            features, batch_labels = self.gather(features), self.gather(labels)
+        triplet, stats = triplet_loss_with_stats(features, batch_labels, **self.triplet_kwargs)
         terms = {"triplet": triplet, "triplet/frac_positive": stats["frac_positive"]}
         reid = self.triplet_weight * triplet
         if output.id_logits is not None and self.id_weight > 0:
