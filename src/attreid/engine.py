@@ -321,12 +321,25 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 def _trim_jsonl(path: Path, epochs: int) -> None:
-    """Drop log lines of epochs after ``epochs`` (written by a run interrupted later)."""
+    """Drop log lines of epochs after ``epochs`` (written by a run interrupted later), and a line
+    cut short by a kill in the middle of its write."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text().splitlines()
-             if ln.strip() and json.loads(ln).get("epoch", 0) <= epochs]
-    atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line
+        if record.get("epoch", 0) <= epochs:
+            kept.append(line)
+    atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Temporary files of atomic writes that a killed run left behind (``.<name>.*.tmp``)."""
+    for tmp in out.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def _resume(out: Path, cfg: Config, parts: _Parts) -> tuple[int, dict[str, Any]]:
@@ -406,6 +419,7 @@ def _train(cfg: Config, resume: bool, log: Log,
     parts = setup(cfg, bundle, info)
     start, best = _resume(out, cfg, parts) if resume else (0, {})
     if info.is_main:
+        _remove_stale_temporaries(out)
         _trim_jsonl(out / "metrics.jsonl", start) if resume else (out / "metrics.jsonl").unlink(
             missing_ok=True)
         atomic_write_text(out / "config.yaml", dump_yaml(cfg))
@@ -415,8 +429,10 @@ def _train(cfg: Config, resume: bool, log: Log,
     for epoch in range(start, cfg.optim.epochs):
         record = _run_epoch(cfg, parts, bundle, epoch, out, on_step, cache)
         if info.is_main:
-            best = _checkpoint(cfg, parts, bundle, epoch, record, best, out)
+            # the log line first: a kill before last.pt is written makes a resume redo this
+            # epoch and drop the line (_trim_jsonl); the other order would lose it
             _append_jsonl(out / "metrics.jsonl", record)
+            best = _checkpoint(cfg, parts, bundle, epoch, record, best, out)
             if writer:
                 _write_scalars(writer, record, epoch + 1)
         distributed.barrier(info)  # last.pt is complete before any rank goes on
