@@ -255,6 +255,14 @@ def test_damaged_indexes_give_clear_errors(predictor, small_gallery, tmp_path):
     with pytest.raises(GalleryIndexError, match="not an attreid index"):
         GalleryIndex.open(tmp_path / "nothing")
     build_index(predictor, small_gallery, tmp_path / "idx")
+    with sqlite3.connect(tmp_path / "idx" / "meta.sqlite") as db:  # a key lost from its info
+        saved = db.execute("SELECT value FROM info WHERE key = 'vectors'").fetchone()[0]
+        db.execute("DELETE FROM info WHERE key = 'vectors'")
+    with pytest.raises(GalleryIndexError, match="info table lacks vectors"):
+        GalleryIndex.open(tmp_path / "idx")
+    with sqlite3.connect(tmp_path / "idx" / "meta.sqlite") as db:
+        db.execute("INSERT INTO info (key, value) VALUES ('vectors', ?)", (saved,))
+    GalleryIndex.open(tmp_path / "idx").close()
     (tmp_path / "idx" / "vectors-0.faiss").write_bytes(b"garbage")
     with pytest.raises(GalleryIndexError, match="cannot read FAISS vectors"):
         GalleryIndex.open(tmp_path / "idx")

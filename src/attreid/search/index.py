@@ -203,6 +203,10 @@ class GalleryIndex:
         if info.get("format") != FORMAT_VERSION:
             raise GalleryIndexError(f"{db_path}: index format {info.get('format')!r}, "
                                     f"this attreid reads {FORMAT_VERSION}; rebuild the index")
+        missing = [k for k in ("vectors", "dim", "metric", "kind") if k not in info]
+        if missing:
+            raise GalleryIndexError(f"{db_path}: damaged index, its info table lacks "
+                                    f"{', '.join(missing)}; rebuild it with `attreid index build`")
         vectors = _read_vectors(root / info["vectors"], info)
         if vectors.ntotal != count:
             raise GalleryIndexError(f"{root}: {vectors.ntotal} vectors but {count} image rows; "
