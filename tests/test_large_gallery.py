@@ -48,7 +48,8 @@ def _gallery(seed: int = 0, n: int = 101, dim: int = 6, integer: bool = False) -
             "probs": _probabilities(rng, n)}
 
 
-def _write(root: Path, g: dict, shard_size: int, adds: tuple[int, ...] = (5, 13, 1)) -> FeatureStore:
+def _write(root: Path, g: dict, shard_size: int, adds: tuple[int, ...] = (5, 13, 1)
+           ) -> FeatureStore:
     """Write ``g`` in adds of varying sizes (then the rest) to a store."""
     bounds = np.cumsum((0, *adds))
     bounds = [int(b) for b in bounds if b < len(g["ids"])] + [len(g["ids"])]
@@ -343,7 +344,8 @@ def test_build_index_streams_through_a_store_and_equals_write_index(tmp_path):
     rng = np.random.default_rng(0)
     for k in range(23):
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-        Image.new("RGB", (8, 16), colour).save(folder / f"{k % 5:04d}_c{k % 3 + 1}s1_{k:06d}_00.png")
+        name = f"{k % 5:04d}_c{k % 3 + 1}s1_{k:06d}_00.png"
+        Image.new("RGB", (8, 16), colour).save(folder / name)
     (folder / "broken.jpg").write_bytes(b"not an image")
     predictor = _ColourPredictor()
     with pytest.warns(UserWarning, match="broken.jpg"):
