@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from helpers import make_market
 from typer.testing import CliRunner
 
@@ -75,3 +77,17 @@ def test_error_messages_keep_square_brackets(tmp_path):
     result = runner.invoke(app, ["data", "summary", str(missing)])
     assert result.exit_code == 1
     assert "[bold]1" in " ".join(result.output.split())
+
+
+def test_evaluate_with_a_feature_store(synth_market, tiny_checkpoint, tmp_path):
+    result = runner.invoke(app, ["evaluate", str(tiny_checkpoint), "--data", str(synth_market),
+                                 "--out", str(tmp_path / "eval"), "--store",
+                                 str(tmp_path / "gallery"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "mAP" in result.output and (tmp_path / "gallery" / "manifest.json").is_file()
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["setup"]["store"] == str(tmp_path / "gallery")
+    refused = runner.invoke(app, ["evaluate", str(tiny_checkpoint), "--data", str(synth_market),
+                                  "--out", str(tmp_path / "eval2"), "--store",
+                                  str(tmp_path / "gallery"), "--rerank", "--device", "cpu"])
+    assert refused.exit_code == 1 and "re-ranking needs" in refused.output

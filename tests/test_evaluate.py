@@ -181,3 +181,25 @@ def test_plot_cmc_and_attributes(tmp_path):
         assert path.read_bytes()[:8] == PNG_MAGIC
     with pytest.raises(ValueError):
         plots.plot_cmc({}, tmp_path / "empty.png")
+
+
+def test_gallery_streamed_to_a_store_gives_the_in_memory_numbers(market_result, synth_market,
+                                                                  tiny_checkpoint, tmp_path):
+    """evaluate_checkpoint(store=...) (galleries beyond memory) equals the in-memory path: every
+    re-ID metric, the CMC and every attribute metric; the store holds the whole gallery."""
+    from attreid.features import FeatureStore
+
+    streamed = evaluate_checkpoint(tiny_checkpoint, synth_market, device="cpu", batch_size=64,
+                                   store=tmp_path / "gallery", out=tmp_path / "eval")
+    m, ref = streamed.metrics, market_result.metrics
+    for key in REID_KEYS:
+        assert m[key] == pytest.approx(ref[key], abs=1e-6), key
+    np.testing.assert_allclose(streamed.cmc["plain"], market_result.cmc["plain"], atol=1e-6)
+    assert m["accuracy"] == ref["accuracy"] and m["mA"] == pytest.approx(ref["mA"])
+    assert m["instance"] == pytest.approx(ref["instance"])
+    assert m["setup"]["store"] == str(tmp_path / "gallery")
+    assert len(FeatureStore.open(tmp_path / "gallery")) == m["setup"]["num_gallery"]
+    assert {p.name for p in streamed.files} == {"metrics.json", "cmc.png", "attributes.png"}
+    with pytest.raises(ValueError, match="re-ranking needs the whole distance matrix"):
+        evaluate_checkpoint(tiny_checkpoint, synth_market, device="cpu", rerank=True,
+                            store=tmp_path / "gallery")

@@ -216,11 +216,15 @@ def evaluate(
                                     "(default: eval/ beside the checkpoint)."),
     layout: str = typer.Option("auto", help=LAYOUTS),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
+    store: Path | None = typer.Option(None, "--store", help="Galleries beyond memory: embed "
+                                      "the gallery into a feature store at this folder "
+                                      "(replaced) and score it block by block."),
 ) -> None:
     """Evaluate a checkpoint: a table in the terminal, metrics.json, CMC / attribute / ranked
     gallery plots."""
     from attreid.checkpoint import CheckpointError
     from attreid.evaluate import evaluate_checkpoint
+    from attreid.features import FeatureStoreError
     from attreid.report import rich_table
 
     out = out or checkpoint.parent / "eval"
@@ -229,8 +233,8 @@ def evaluate(
             result = evaluate_checkpoint(
                 checkpoint, data, layout=layout, protocol=protocol, rerank=rerank,
                 distance=distance, flip=flip, device=device, split=split, out=out,
-                progress=progress)
-    except (DataError, CheckpointError, ValueError) as exc:
+                progress=progress, store=store)
+    except (DataError, CheckpointError, ValueError, FeatureStoreError) as exc:
         _fail(str(exc))
     m = result.metrics
     console.print(rich_table({checkpoint.parent.name or "model": m},

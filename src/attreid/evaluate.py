@@ -26,7 +26,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -36,6 +36,8 @@ from attreid.data.load import load_dataset
 from attreid.data.records import JUNK_ID, attribute_matrix
 from attreid.evalset import SPLITS, EvaluationSet, build_evaluation_set, identity_targets, \
     labels_and_cameras
+from attreid.features import PROBABILITIES, ImageBatch, extract_to_store, \
+    reid_metrics_on_store, split_probabilities
 from attreid.inference import Features, extract
 from attreid.metrics import (DISTANCE_METRICS, PROTOCOLS, ReidResult, attribute_metrics,
                              majority_baseline, pairwise_distance, reid_metrics)
@@ -128,13 +130,14 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _attribute_block(logits: dict[str, torch.Tensor], data: EvaluationSet) -> dict[str, Any]:
-    """Accuracy per task, mA, instance metrics and the train-majority baseline."""
+def _attribute_block(predictions: Any, data: EvaluationSet) -> dict[str, Any]:
+    """Accuracy per task, mA, instance metrics and the train-majority baseline of the
+    predictions for the gallery images ``data.attribute_index``: task -> (A, ...) logits, or
+    (A, 12) predicted labels."""
     if len(data.attribute_index) == 0:
         return {}
-    index = torch.from_numpy(data.attribute_index)
     targets = attribute_matrix([data.gallery[i] for i in data.attribute_index])  # (A, 12)
-    result = attribute_metrics({k: v[index] for k, v in logits.items()}, targets)
+    result = attribute_metrics(predictions, targets)
     majority = majority_baseline(identity_targets(data.train), targets)
     known = [v for v in majority.values() if not math.isnan(v)]
     return {
@@ -240,6 +243,7 @@ def evaluate_checkpoint(
     val_ids: int | None = None,
     split_seed: int | None = None,
     workers: int = 0,
+    store: Path | str | None = None,
 ) -> EvaluationResult:
     """Score ``checkpoint`` on the dataset at ``data_root`` (see the module docstring).
 
@@ -260,6 +264,10 @@ def evaluate_checkpoint(
         val_ids, split_seed: the ``random`` split's size and seed; default: the checkpoint's
             training config, so the held-out identities are those training validated on.
         workers: DataLoader worker processes for decoding.
+        store: for galleries beyond memory: embed the gallery into a feature store at this
+            folder (:mod:`attreid.features`, replaced if present) and score it block by block;
+            memory then stays bounded whatever the gallery size. Same numbers as the in-memory
+            path; not with ``rerank`` or an all-vs-all split, and without ``ranked.png``.
 
     Raises:
         ValueError: bad arguments, or a split the dataset cannot provide (e.g. split ``test``
@@ -272,6 +280,11 @@ def evaluate_checkpoint(
     dataset = load_dataset(data_root, layout)
     data = build_evaluation_set(dataset, split, cfg.val_ids if val_ids is None else val_ids,
                                 cfg.split_seed if split_seed is None else split_seed)
+    if store is not None:
+        return _evaluate_streamed(predictor, data, protocol, distance, Path(store), out,
+                                  progress, workers, _setup(checkpoint, data_root, dataset.layout,
+                                                            split, protocol, data, distance, flip,
+                                                            rerank))
     query, gallery = _features(predictor, data, batch_size, flip, workers, progress)
     dist = pairwise_distance(query.embeddings, gallery.embeddings, distance).numpy()  # (Q, G)
     plain = _reid(dist, data, protocol)
@@ -282,17 +295,78 @@ def evaluate_checkpoint(
         reranked = _reid(dist, data, protocol)
         metrics["reranked"] = reranked.as_dict()
         cmc["re-ranked"] = np.array(reranked.cmc)
-    metrics.update(_attribute_block(gallery.logits, data))
-    metrics["setup"] = {
-        "checkpoint": str(checkpoint), "data": str(data_root), "layout": dataset.layout,
-        "split": split, "protocol": protocol, "all_vs_all": data.all_vs_all,
-        "distance": distance, "flip": flip, "rerank": dict(RERANK_PARAMS) if rerank else None,
-        "num_query": len(data.query), "num_gallery": len(data.gallery)}
+    if len(data.attribute_index):
+        index = torch.from_numpy(data.attribute_index)
+        metrics.update(_attribute_block({k: v[index] for k, v in gallery.logits.items()}, data))
+    metrics["setup"] = _setup(checkpoint, data_root, dataset.layout, split, protocol, data,
+                              distance, flip, rerank)
     result = EvaluationResult(_clean(metrics), cmc,
                               rank_queries(dist, data, protocol, num_visual_queries))
     if out is not None:
         result.files = write_outputs(result, Path(out))
     return result
+
+
+def _setup(checkpoint: Path | str, data_root: Path | str, layout: str, split: str,
+           protocol: str, data: EvaluationSet, distance: str, flip: bool, rerank: bool
+           ) -> dict[str, Any]:
+    return {"checkpoint": str(checkpoint), "data": str(data_root), "layout": layout,
+            "split": split, "protocol": protocol, "all_vs_all": data.all_vs_all,
+            "distance": distance, "flip": flip,
+            "rerank": dict(RERANK_PARAMS) if rerank else None,
+            "num_query": len(data.query), "num_gallery": len(data.gallery)}
+
+
+def _gallery_batches(data: EvaluationSet, batch_size: int) -> Iterator[ImageBatch]:
+    """The gallery in batches of files, with identities and cameras (-1 when unknown)."""
+    for start in range(0, len(data.gallery), batch_size):
+        records = data.gallery[start:start + batch_size]
+        fields = {"ids": np.array([JUNK_ID if r.pid is None else r.pid for r in records]),
+                  "cams": np.array([-1 if r.camid is None else r.camid for r in records])}
+        yield ImageBatch([r.path for r in records], [str(r.path) for r in records], fields)
+
+
+def _evaluate_streamed(predictor: Predictor, data: EvaluationSet, protocol: str, distance: str,
+                       store_dir: Path, out: Path | str | None,
+                       progress: Callable[[int, int], None] | None, workers: int,
+                       setup: dict[str, Any]) -> EvaluationResult:
+    """The re-ID and attribute metrics of :func:`evaluate_checkpoint` with the gallery streamed
+    to a feature store and ranked block by block (see its ``store`` argument)."""
+    if data.all_vs_all or setup["rerank"]:
+        raise ValueError("a feature store (--store) scores query against gallery splits "
+                         "(split test) without re-ranking; re-ranking needs the whole "
+                         "distance matrix in memory")
+    total = len(data.query) + len(data.gallery)
+    query = extract(predictor.model, data.query, predictor.transform_config, predictor.device,
+                    batch_size=predictor.batch_size, workers=workers, flip=predictor.flip,
+                    progress=(lambda done: progress(done, total)) if progress else None)
+    done = len(data.query)
+    gallery = extract_to_store(
+        predictor, _gallery_batches(data, predictor.batch_size), store_dir, overwrite=True,
+        progress=(lambda n: progress(done + n, total)) if progress else None)
+    qids, _, qcams, _ = labels_and_cameras(data)
+    use_cams = protocol == "market" and qcams is not None
+    reid = reid_metrics_on_store(query.embeddings.numpy(), qids, gallery,
+                                 qcams if use_cams else None, protocol=protocol,
+                                 metric=distance, max_rank=CMC_RANKS)
+    metrics: dict[str, Any] = dict(reid.as_dict())
+    if len(data.attribute_index):
+        probabilities = gallery.take(PROBABILITIES, data.attribute_index)  # (A, 40)
+        metrics.update(_attribute_block(_labels_of(probabilities), data))
+    metrics["setup"] = {**setup, "store": str(store_dir)}
+    none = RankedQueries(np.empty(0, np.int64), np.empty((0, 0), np.int64), np.empty((0, 0)),
+                         np.empty((0, 0), bool), [], [])
+    result = EvaluationResult(_clean(metrics), {"plain": np.array(reid.cmc)}, none)
+    if out is not None:
+        result.files = write_outputs(result, Path(out))
+    return result
+
+
+def _labels_of(probabilities: np.ndarray) -> np.ndarray:
+    """(A, 40) class probabilities -> (A, 12) predicted labels (argmax within each task; the
+    same labels as thresholding the binary logits at 0)."""
+    return np.stack([block.argmax(axis=1) for block in split_probabilities(probabilities)
+                     .values()], axis=1)
 
 
 def write_outputs(result: EvaluationResult, out: Path) -> list[Path]:
@@ -316,6 +390,8 @@ def write_outputs(result: EvaluationResult, out: Path) -> list[Path]:
             accuracy, majority, out / "attributes.png",
             title=f"Attribute accuracy ({m['num_attribute_images']} images, {where})"))
     r = result.ranked
+    if not r.query_paths:  # none ranked (a gallery scored from a feature store)
+        return files
     kind = "re-ranked" if setup["rerank"] else setup["distance"]
     files.append(plots.plot_ranked_gallery(
         r.query_paths, r.gallery_paths, r.correct, out / "ranked.png", r.distances,
