@@ -184,3 +184,14 @@ def test_two_processes_follow_one_process_and_resume(ddp_root, tmp_path):
     assert state["epoch"] == 3
     uninterrupted = load_checkpoint(tmp_path / "two" / "last.pt")["model"]
     assert all(torch.equal(uninterrupted[k], v) for k, v in state["model"].items())
+
+
+def test_nproc_refuses_a_p_that_does_not_split(ddp_root, tmp_path):
+    from typer.testing import CliRunner
+
+    from attreid.cli import app
+
+    result = CliRunner().invoke(app, ["train", "-c", "demo", "--data", str(ddp_root), "--out",
+                                      str(tmp_path / "x"), "--set", "data.p=5", "--nproc", "2"])
+    assert result.exit_code == 1 and "data.p=5" in result.output
+    assert not (tmp_path / "x").exists()  # refused before any process started

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 import json
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 import warnings
 from pathlib import Path
 
@@ -19,6 +19,9 @@ from attreid.data.inspect import Summary, check_dataset, summarize
 from attreid.data.load import load_dataset
 from attreid.data.records import DataError
 from attreid.schema import TASKS
+
+if TYPE_CHECKING:
+    from attreid.config import Config
 
 app = typer.Typer(help="attreid: joint pedestrian attribute recognition and person re-ID.",
                   no_args_is_help=True, add_completion=False)
@@ -150,6 +153,7 @@ def train(
     except ConfigError as exc:
         _fail(str(exc))
     if nproc > 1:
+        _check_nproc(cfg, nproc)
         _torchrun(nproc, ["--config", config, *(f"--set={o}" for o in [*overrides, *extra]),
                           *(["--resume"] if resume else [])])
         return
@@ -165,6 +169,20 @@ def train(
     if main:
         console.print(f"done: {result.epochs} epochs, best {result.best or '-'}; files in "
                       f"{result.out}")
+
+
+def _check_nproc(cfg: Config, nproc: int) -> None:
+    """Refuse, before starting any process, what every rank would fail on."""
+    import torch
+
+    from attreid.engine import resolve_device
+
+    if cfg.data.p % nproc:
+        _fail(f"--nproc {nproc}: data.p={cfg.data.p} identities per batch cannot be split over "
+              f"{nproc} processes; make data.p a multiple of {nproc}")
+    if resolve_device(cfg.train.device).type == "cuda" and torch.cuda.device_count() < nproc:
+        _fail(f"--nproc {nproc}: one GPU per process, but {torch.cuda.device_count()} visible; "
+              "use fewer processes or train.device=cpu (gloo)")
 
 
 def _torchrun(nproc: int, args: list[str]) -> None:
