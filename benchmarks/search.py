@@ -201,7 +201,7 @@ def client_load(url: str, k: int, clients: int, queries: list[str]) -> tuple[lis
 
 
 def http_queries(search: GallerySearch, queries: list[Path], k: int,
-                 clients: int) -> tuple[list[float], float]:
+                 clients: int, max_batch: int = 16) -> tuple[list[float], float]:
     """Serve ``search`` with uvicorn on loopback (a thread of this process) and load it from
     a separate client process (so clients and server do not share a GIL)."""
     import multiprocessing
@@ -214,7 +214,8 @@ def http_queries(search: GallerySearch, queries: list[Path], k: int,
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(search), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(search, max_batch=max_batch),
+                                           log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:

@@ -532,12 +532,15 @@ def serve(
     port: int = typer.Option(8000, help="Port."),
     checkpoint: Path | None = typer.Option(None, help="The index's checkpoint, if it moved."),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
+    max_batch: int = typer.Option(16, "--max-batch", min=1, help="Crops of concurrent "
+                                  "requests embedded together, at most this many per pass."),
 ) -> None:
     """Serve the search API (OpenAPI docs at /docs) and its web page (/)."""
     try:
         from attreid.search.service import serve as run_server
 
-        run_server(index, host=host, port=port, checkpoint=checkpoint, device=device)
+        run_server(index, host=host, port=port, checkpoint=checkpoint, device=device,
+                   max_batch=max_batch)
     except _search_errors() as exc:
         _fail(str(exc))
 

@@ -235,10 +235,14 @@ class GallerySearch:
 
     def embed(self, image: Any) -> np.ndarray:
         """The embedding (D,) of one image (PIL image or path)."""
+        return self.embed_many([image])[0]
+
+    def embed_many(self, images: Sequence[Any]) -> np.ndarray:
+        """The embeddings (N, D) of N images (PIL images or paths), in one batched pass."""
         if self.predictor is None:
             raise QueryError("searching by image needs the index's checkpoint; open the search "
                              "with GallerySearch.open(index)")
-        return self.predictor.predict([image]).embeddings[0]
+        return self.predictor.predict(list(images)).embeddings
 
     def by_image(self, image: Any, k: int = 10, **options: Any) -> list[Hit]:
         """Nearest crops to a query image (PIL image or path); options as :meth:`by_vector`."""

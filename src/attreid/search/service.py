@@ -25,11 +25,11 @@ a message, or FastAPI's list of field errors (documented in the OpenAPI schema).
 import io
 import json
 import sqlite3
-import threading
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from attreid.schema import TASKS
+from attreid.search.batching import EmbeddingBatcher
 from attreid.search.index import GalleryIndexError
 from attreid.search.query import GallerySearch, Hit, QueryError
 
@@ -214,8 +214,10 @@ def _attribute_params_model(max_k: int) -> Any:
 
 
 def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-               max_pixels: int = MAX_PIXELS, max_k: int = MAX_K) -> Any:
-    """The FastAPI app serving ``search`` (see the module docstring for its routes)."""
+               max_pixels: int = MAX_PIXELS, max_k: int = MAX_K, max_batch: int = 16) -> Any:
+    """The FastAPI app serving ``search`` (see the module docstring for its routes).
+    Uploaded crops of concurrent requests share forward passes of up to ``max_batch`` images
+    (:class:`~attreid.search.batching.EmbeddingBatcher`; 1: one pass per request)."""
     fastapi = _fastapi()
     from fastapi import File, Form, HTTPException, Query, Request, UploadFile
     from fastapi.responses import FileResponse, JSONResponse
@@ -224,7 +226,7 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     app = fastapi.FastAPI(title="attreid search",
                           description="Find a person in a gallery of crops by example image "
                           "and/or by attributes.")
-    model_lock = threading.Lock()  # one forward pass at a time (the CPU is shared anyway)
+    batcher = EmbeddingBatcher(search.embed_many, max_batch)  # the only caller of the model
     AttributeQuery = _attribute_params_model(max_k)
 
     @app.exception_handler(QueryError)
@@ -264,8 +266,7 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
             data = image.file.read(max_upload_bytes + 1)
             if len(data) > max_upload_bytes:
                 raise HTTPException(413, f"image larger than {max_upload_bytes} bytes")
-            with model_lock:
-                vector = search.embed(decode_upload(data, max_pixels))
+            vector = batcher.embed(decode_upload(data, max_pixels))
             hits = search.by_vector(vector, k, rerank=rerank, **options)
             mode = "image"
         elif query_id is not None:
@@ -305,9 +306,10 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
 
 
 def serve(index: Path | str, host: str = "127.0.0.1", port: int = 8000,
-          checkpoint: Path | str | None = None, device: str | None = None) -> None:
+          checkpoint: Path | str | None = None, device: str | None = None,
+          max_batch: int = 16) -> None:
     """Open the index and run the app with uvicorn until interrupted."""
     import uvicorn
 
-    app = create_app(open_search(index, checkpoint, device))
+    app = create_app(open_search(index, checkpoint, device), max_batch=max_batch)
     uvicorn.run(app, host=host, port=port, log_level="info")
