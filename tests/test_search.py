@@ -201,6 +201,7 @@ def test_add_appends_new_crops_only(predictor, small_gallery, synth_market, tmp_
     assert len(reopened) == 25 and reopened.entries([0])[0] == first
     assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["meta.sqlite",
                                                                     "vectors-1.faiss"]
+    assert not list(tmp_path.glob(".idx.add.*"))  # the scratch feature store is gone
     new = reopened.entries([24])[0]
     search = GallerySearch(reopened, predictor)
     assert search.by_image(new.path, k=1)[0].entry.id == 24
@@ -224,6 +225,7 @@ def test_a_failed_add_leaves_the_index_unchanged(predictor, small_gallery, synth
     assert len(reopened) == 20
     assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["meta.sqlite",
                                                                     "vectors-0.faiss"]
+    assert not list(tmp_path.glob(".idx.add.*"))
 
 
 def test_index_refuses_another_checkpoint(search_index, tiny_checkpoint, tmp_path):

@@ -321,24 +321,35 @@ class GalleryIndex:
     def append(self, paths: Sequence[Path], embeddings: np.ndarray,
                probabilities: dict[str, np.ndarray]) -> None:
         """Add embedded crops atomically (see the module docstring)."""
+        self._append(_array_source(paths, embeddings, probabilities))
+
+    def append_store(self, store: FeatureStore) -> None:
+        """Add the crops of a feature store (paths, embeddings, probabilities, as made by
+        :func:`embed_files_to_store`) atomically, :data:`WRITE_CHUNK` rows at a time."""
+        self._append(_store_source(store))
+
+    def _append(self, source: "_Source") -> None:
         faiss = _faiss()
         generation = int(self.info["generation"]) + 1
         name = f"vectors-{generation}.faiss"
         vectors = faiss.clone_index(self.vectors)
-        vectors.add(prepare_vectors(embeddings, self.metric))
-        _write_vectors(vectors, self.root / name)
-        start = len(self)
-        rows = _rows(paths, _probability_rows(probabilities), start)
         old = self.info["vectors"]
         with self._lock:
             try:
-                with self._db:  # one transaction
-                    _insert(self._db, rows)
+                with self._db:  # one transaction: the rows and the switch to the new vectors
+                    start = len(self)
+                    for paths, embeddings, probabilities in source.chunks():
+                        vectors.add(prepare_vectors(embeddings, self.metric))
+                        _insert(self._db, _rows(paths, probabilities, start))
+                        start += len(paths)
+                    _write_vectors(vectors, self.root / name)
                     _set_info(self._db, {"vectors": name, "generation": generation})
-            except sqlite3.Error as exc:
+            except BaseException as exc:  # the transaction is rolled back; drop the new file
                 (self.root / name).unlink(missing_ok=True)
-                raise GalleryIndexError(f"{self.root / DATABASE}: cannot add rows ({exc}); "
-                                        "the index is unchanged") from exc
+                if isinstance(exc, sqlite3.Error):
+                    raise GalleryIndexError(f"{self.root / DATABASE}: cannot add rows ({exc}); "
+                                            "the index is unchanged") from exc
+                raise
         if self.info["kind"] == "ivf":
             vectors.make_direct_map()
         self.vectors = vectors
@@ -726,8 +737,14 @@ def add_images(index: GalleryIndex, predictor: Any, images: Path | str, batch_si
     new = [p for p in paths if str(p) not in known]
     if not new:
         return 0, len(paths), []
-    embedded = embed_files(predictor, new, batch_size, progress)
-    _warn_skipped(embedded.skipped)
-    if embedded.paths:
-        index.append(embedded.paths, embedded.embeddings, embedded.probabilities)
-    return len(embedded.paths), len(paths) - len(new), embedded.skipped
+    scratch = Path(tempfile.mkdtemp(dir=index.root.parent, prefix=f".{index.root.name}.add.",
+                                    suffix=".tmp"))
+    try:  # streamed through a scratch feature store: memory bounded whatever the number of crops
+        store, skipped = embed_files_to_store(predictor, new, scratch, batch_size,
+                                              progress=progress, overwrite=True)
+        _warn_skipped(skipped)
+        if len(store):
+            index.append_store(store)
+        return len(store), len(paths) - len(new), skipped
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
