@@ -28,7 +28,7 @@ from attreid.distributed import (
     convert_sync_batchnorm,
     gather,
 )
-from attreid.engine import train
+from attreid.engine import build_data, setup, train, validate
 from attreid.models import build_model
 
 
@@ -195,3 +195,29 @@ def test_nproc_refuses_a_p_that_does_not_split(ddp_root, tmp_path):
                                       str(tmp_path / "x"), "--set", "data.p=5", "--nproc", "2"])
     assert result.exit_code == 1 and "data.p=5" in result.output
     assert not (tmp_path / "x").exists()  # refused before any process started
+
+
+def _validate_worker(rank: int, world: int, port: int, root: str, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    cfg = load_config("demo", [f"data.root={root}", *OVERRIDES])
+    bundle = build_data(cfg)
+    parts = setup(cfg, bundle)  # same seed: the same weights on every rank
+    out[rank] = validate(cfg, parts.model, bundle.val, bundle.train_targets, parts.device,
+                         DistInfo(rank, world))
+    dist.destroy_process_group()
+
+
+def test_validation_shared_by_ranks_equals_one_process(ddp_root):
+    """Each of 3 ranks embeds every third validation image; rank 0 scores the merged features:
+    the numbers of one process validating alone (the others return None)."""
+    out = mp.Manager().dict()
+    mp.spawn(_validate_worker, args=(3, _free_port(), str(ddp_root), out), nprocs=3)
+    cfg = load_config("demo", [f"data.root={ddp_root}", *OVERRIDES])
+    bundle = build_data(cfg)
+    parts = setup(cfg, bundle)
+    alone = validate(cfg, parts.model, bundle.val, bundle.train_targets, parts.device)
+    assert out[1] is None and out[2] is None
+    assert out[0]["mAP"] == pytest.approx(alone["mAP"], abs=1e-6)
+    assert out[0]["rank1"] == alone["rank1"] and out[0]["accuracy"] == alone["accuracy"]

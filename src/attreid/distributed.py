@@ -64,8 +64,8 @@ def env_info() -> DistInfo:
 
 def init(device_type: str, timeout_min: float = 60.0) -> DistInfo:
     """Join the process group of a torchrun job (NCCL on CUDA, gloo otherwise); a no-op for a
-    single process. ``timeout_min`` bounds how long ranks wait for each other (rank 0 validates
-    alone while the others wait)."""
+    single process. ``timeout_min`` bounds how long ranks wait for each other (rank 0 scores
+    the validation and writes checkpoints while the others wait)."""
     info = env_info()
     if info.enabled and not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
@@ -238,3 +238,23 @@ def convert_sync_batchnorm(module: nn.Module, device_type: str) -> nn.Module:
     for name, child in module.named_children():
         setattr(module, name, convert_sync_batchnorm(child, device_type))
     return module
+
+
+def merge_strided(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Undo a strided split: ``parts[r]`` holds rows ``r, r + W, r + 2W, ...`` of a tensor
+    (each (n_r, ...)); returns the (sum n_r, ...) tensor in the original row order."""
+    total = sum(len(p) for p in parts)
+    out = parts[0].new_empty((total, *parts[0].shape[1:]))
+    for rank, part in enumerate(parts):
+        out[rank::len(parts)] = part
+    return out
+
+
+def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """``obj`` of every rank, in rank order (pickled; for results such as features)."""
+    if not info.enabled:
+        return [obj]
+    parts: list[Any] = [None] * info.world_size
+    dist.all_gather_object(parts, obj)
+    return parts
+
