@@ -16,6 +16,7 @@ How a distributed run reproduces a single-process one with the same global batch
 * **Batch norm.** Without ``train.sync_bn`` each rank normalises with its own ``P / W x K``
   images (the usual DDP behaviour, slightly different statistics); with it the statistics are
   those of the global batch: torch's SyncBatchNorm on GPU, :class:`GlobalBatchNorm` on CPU.
+* **Validation.** Every rank embeds every W-th image; rank 0 scores the gathered features.
 * **Not shared:** the batch augmentation draws its randomness per rank, and dropout masks differ,
   so with augmentation the runs agree in distribution, not to the last bit.
 """
@@ -115,7 +116,7 @@ class RankBatches:
 
 class _Gather(torch.autograd.Function):
     """All-gather along dim 0 whose backward sums the gradient over the ranks (one all-reduce)
-    and returns this rank's rows."""
+    and returns this rank's rows. Every rank passes the same number of rows (a PK share)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # (B, ...) -> (W * B, ...)
