@@ -313,8 +313,8 @@ def validate(cfg: Config, model: nn.Module, val: EvaluationSet, train_targets: n
 
 def _extract_sharded(model: nn.Module, records: list, info: DistInfo, kwargs: dict[str, Any]
                     ) -> Features:
-    """:func:`extract` of ``records``, every rank taking every W-th record; the merged
-    features on rank 0 (an empty placeholder elsewhere)."""
+    """:func:`extract` of ``records``, every rank taking every W-th record. Rank 0 gets the
+    merged features of all records; the other ranks get only their own share (or nothing)."""
     if not info.enabled or len(records) < info.world_size:  # (too few to share: rank 0 alone)
         return extract(model, records, **kwargs) if info.is_main else Features(
             torch.empty(0), {})

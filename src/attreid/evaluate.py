@@ -295,9 +295,8 @@ def evaluate_checkpoint(
         reranked = _reid(dist, data, protocol)
         metrics["reranked"] = reranked.as_dict()
         cmc["re-ranked"] = np.array(reranked.cmc)
-    if len(data.attribute_index):
-        index = torch.from_numpy(data.attribute_index)
-        metrics.update(_attribute_block({k: v[index] for k, v in gallery.logits.items()}, data))
+    index = torch.from_numpy(data.attribute_index)
+    metrics.update(_attribute_block({k: v[index] for k, v in gallery.logits.items()}, data))
     metrics["setup"] = _setup(checkpoint, data_root, dataset.layout, split, protocol, data,
                               distance, flip, rerank)
     result = EvaluationResult(_clean(metrics), cmc,

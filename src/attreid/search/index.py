@@ -318,17 +318,11 @@ class GalleryIndex:
     def indexed_paths(self) -> set[str]:
         return {r[0] for r in self._query("SELECT path FROM images")}
 
-    def append(self, paths: Sequence[Path], embeddings: np.ndarray,
-               probabilities: dict[str, np.ndarray]) -> None:
-        """Add embedded crops atomically (see the module docstring)."""
-        self._append(_array_source(paths, embeddings, probabilities))
-
     def append_store(self, store: FeatureStore) -> None:
         """Add the crops of a feature store (paths, embeddings, probabilities, as made by
-        :func:`embed_files_to_store`) atomically, :data:`WRITE_CHUNK` rows at a time."""
-        self._append(_store_source(store))
-
-    def _append(self, source: "_Source") -> None:
+        :func:`embed_files_to_store`) atomically (see the module docstring),
+        :data:`WRITE_CHUNK` rows at a time."""
+        source = _store_source(store)
         faiss = _faiss()
         generation = int(self.info["generation"]) + 1
         name = f"vectors-{generation}.faiss"
