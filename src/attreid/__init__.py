@@ -2,6 +2,10 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from attreid.backend import cap_onednn_isa
+
+cap_onednn_isa()  # before any CPU kernel runs: no AMX bf16 kernels (see attreid.backend)
+
 try:
     __version__ = version("attreid")
 except PackageNotFoundError:  # running from a source tree without installation

@@ -11,8 +11,10 @@ from typing import Any
 
 import torch
 
+from attreid.errors import AttreidError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(AttreidError, RuntimeError):
     """A checkpoint cannot be read or written; the message names the file."""
 
 

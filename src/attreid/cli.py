@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 import json
+import os
+import sys
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterator
 import warnings
 from pathlib import Path
@@ -545,9 +547,29 @@ def serve(
         _fail(str(exc))
 
 
+def run(args: list[str] | None = None, prog_name: str | None = None) -> None:
+    """Run the command line: a named error (:class:`attreid.errors.AttreidError`) is printed
+    as one paragraph with exit status 1, Ctrl-C as one line with status 130; other exceptions
+    are bugs and keep their traceback. ``ATTREID_DEBUG=1`` shows the traceback of every error."""
+    from attreid.errors import AttreidError
+
+    try:
+        app(args, prog_name=prog_name)
+    except AttreidError as exc:
+        if os.environ.get("ATTREID_DEBUG"):
+            raise
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
+                      soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("interrupted (a training run continues from its last epoch with "
+                      "--resume)", highlight=False)
+        sys.exit(130)
+
+
 def main() -> None:
     """Console-script entry point."""
-    app()
+    run()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import yaml
 from rich.table import Table
 
+from attreid.errors import AttreidError
 from attreid.report import rows_to_markdown, rows_to_rich
 from attreid.schema import TASK_NAMES
 from attreid.study import DESCRIPTION, PUBLISHED, SETUP, published
@@ -33,7 +34,7 @@ ROWS: tuple[str, ...] = (*TASK_NAMES, "mean", "mAP", "rank-1")
 """The table's rows: the 12 tasks, the mean accuracy, mAP and rank-1."""
 
 
-class CompareError(ValueError):
+class CompareError(AttreidError, ValueError):
     """A run folder cannot be read; the message names the file and what was expected."""
 
 

@@ -15,6 +15,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from attreid.errors import AttreidError
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -121,7 +123,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-class ConfigError(ValueError):
+class ConfigError(AttreidError, ValueError):
     """A configuration file or override is invalid; the message names the key."""
 
 

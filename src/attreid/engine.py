@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from attreid import __version__, distributed
 from attreid.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from attreid.compare import selection_score
-from attreid.config import Config, dump_yaml, to_dict
+from attreid.config import Config, ConfigError, dump_yaml, to_dict
 from attreid.data.batch_transforms import BatchAugment
 from attreid.data.cache import CachedLoader, ImageCache
 from attreid.data.dataset import ImageDataset
@@ -33,6 +33,7 @@ from attreid.data.records import DataError, attribute_matrix
 from attreid.data.sampler import PKSampler
 from attreid.data.transforms import TransformConfig, build_transforms
 from attreid.distributed import SINGLE, DistInfo, RankBatches
+from attreid.errors import AttreidError
 from attreid.evalset import (
     EvaluationSet,
     build_evaluation_set,
@@ -49,7 +50,7 @@ from attreid.schema import MISSING
 Log = Callable[[str], None]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(AttreidError, RuntimeError):
     """The loss became NaN or infinite; the message says where and what was saved."""
 
 
@@ -217,11 +218,22 @@ class _Parts:
         return self.ddp if self.ddp is not None else self.model
 
 
-def _backward_step(cfg: Config, parts: _Parts, loss: torch.Tensor) -> None:
+def _forward_loss(parts: _Parts, images: torch.Tensor, labels: torch.Tensor,
+                  attributes: torch.Tensor, amp: str) -> dict[str, torch.Tensor]:
+    with autocast_context(parts.device, amp):
+        output = parts.trained(images)
+    return parts.criterion(to_float(output), labels, attributes)
+
+
+def _backward(parts: _Parts, loss: torch.Tensor) -> None:
     parts.optimizer.zero_grad(set_to_none=True)
     scaler = parts.scaler
     (scaler.scale(loss) if scaler else loss).backward()
     distributed.average_gradients(parts.criterion.parameters(), parts.info)
+
+
+def _optimizer_step(cfg: Config, parts: _Parts) -> None:
+    scaler = parts.scaler
     if scaler:
         scaler.unscale_(parts.optimizer)
     if cfg.train.grad_clip > 0:
@@ -233,10 +245,23 @@ def _backward_step(cfg: Config, parts: _Parts, loss: torch.Tensor) -> None:
         parts.optimizer.step()
 
 
-def _finite_or_raise(cfg: Config, terms: dict[str, torch.Tensor], epoch: int, step: int,
+def _grads_finite(parts: _Parts) -> bool:
+    """Whether every gradient is finite (fp16 skips this: its GradScaler handles overflow)."""
+    if parts.scaler is not None:
+        return True
+    grads = [p.grad for group in parts.optimizer.param_groups for p in group["params"]
+             if p.grad is not None]
+    return not grads or bool(torch.isfinite(nn.utils.get_total_norm(grads)).item())
+
+
+def _step_finite(terms: dict[str, torch.Tensor], parts: _Parts) -> bool:
+    """Loss and gradients finite on every rank (one agreed answer, so all ranks act alike)."""
+    mine = bool(torch.isfinite(terms["loss"]).item()) and _grads_finite(parts)
+    return distributed.all_true(mine, parts.info)
+
+
+def _raise_nonfinite(cfg: Config, terms: dict[str, torch.Tensor], epoch: int, step: int,
                      out: Path, parts: _Parts) -> None:
-    if distributed.all_true(bool(torch.isfinite(terms["loss"]).item()), parts.info):
-        return
     values = {k: float(v.detach()) for k, v in terms.items()}
     bad = {k: v for k, v in values.items() if not math.isfinite(v)}
     rescue = out / "before_nonfinite.pt"
@@ -244,11 +269,59 @@ def _finite_or_raise(cfg: Config, terms: dict[str, torch.Tensor], epoch: int, st
         save_checkpoint(rescue, {"model": parts.model.state_dict(), "config": to_dict(cfg),
                                  "model_config": parts.model.config, "epoch": epoch})
     where = f" (rank {parts.info.rank})" if parts.info.enabled else ""
+    if bad:
+        what, detail = "loss", bad
+    elif not _grads_finite(parts):
+        what, detail = "gradients", f"loss {values['loss']:.4g}, some gradients not finite"
+    else:
+        what, detail = "loss", "on another rank"
+    tried = " (the bf16 step was recomputed in float32 and failed too)" \
+        if cfg.train.amp == "bf16" else ""
     raise NonFiniteLossError(
-        f"non-finite loss{where} at epoch {epoch + 1}, step {step + 1}: "
-        f"{bad or 'on another rank'}. Training stopped; the "
+        f"non-finite {what}{where} at epoch {epoch + 1}, step {step + 1}: {detail}{tried}. "
+        "Training stopped; the "
         f"weights before this step are in {rescue}, the last complete epoch in {out / 'last.pt'}. "
-        "Try a lower optim.lr, train.grad_clip or amp=none.")
+        "Try a lower optim.lr or set train.grad_clip (e.g. --set train.grad_clip=5).")
+
+
+def _restore(model: nn.Module, saved: list[torch.Tensor]) -> None:
+    """Put back the buffers (batch-norm statistics) a failed forward pass updated."""
+    with torch.no_grad():
+        for buffer, value in zip(model.buffers(), saved):
+            buffer.copy_(value)
+
+
+def _train_step(cfg: Config, parts: _Parts, batch: dict[str, Any], epoch: int, step: int,
+                out: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """One optimisation step on ``batch``; returns the loss terms and whether the step was
+    recomputed in float32.
+
+    Under bf16 a step whose loss or gradients are not finite is recomputed in float32 from the
+    same weights and batch-norm statistics (bf16 kernels have returned NaN for finite inputs on
+    Intel AMX, see :mod:`attreid.backend`); so bf16 is never the reason a run stops. A float32
+    step that is not finite raises :class:`NonFiniteLossError` before the weights, optimizer
+    state or batch-norm statistics change.
+    """
+    images = batch["image"].to(parts.device, non_blocking=True)
+    if cfg.train.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = batch["label"].to(parts.device)
+    attributes = batch["attributes"].to(parts.device)
+    saved = [b.detach().clone() for b in parts.model.buffers()]  # batch-norm statistics
+    terms = _forward_loss(parts, images, labels, attributes, cfg.train.amp)
+    _backward(parts, terms["loss"])
+    finite = _step_finite(terms, parts)
+    redone = cfg.train.amp == "bf16" and not finite
+    if redone:
+        _restore(parts.model, saved)
+        terms = _forward_loss(parts, images, labels, attributes, "none")
+        _backward(parts, terms["loss"])
+        finite = _step_finite(terms, parts)
+    if not finite:
+        _restore(parts.model, saved)
+        _raise_nonfinite(cfg, terms, epoch, step, out, parts)
+    _optimizer_step(cfg, parts)
+    return terms, redone
 
 
 def train_epoch(cfg: Config, parts: _Parts, loader: Iterable[dict[str, Any]], epoch: int,
@@ -256,23 +329,17 @@ def train_epoch(cfg: Config, parts: _Parts, loader: Iterable[dict[str, Any]], ep
                 on_step: Callable[[int, dict[str, float]], None] | None = None
                 ) -> dict[str, float]:
     """One epoch of training; returns the mean of each loss term and the images/s (over all
-    ranks in a distributed run)."""
+    ranks in a distributed run); under bf16 also ``bf16_steps_in_fp32``, the steps that were
+    recomputed in float32 because bf16 gave non-finite values."""
     parts.model.train()
     sums: dict[str, float] = {}
-    images_seen, start = 0, time.perf_counter()
+    images_seen, redone, start = 0, 0, time.perf_counter()
     for step, batch in enumerate(loader):
-        images = batch["image"].to(parts.device, non_blocking=True)
-        if cfg.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast_context(parts.device, cfg.train.amp):
-            output = parts.trained(images)
-        terms = parts.criterion(to_float(output), batch["label"].to(parts.device),
-                                batch["attributes"].to(parts.device))
-        _finite_or_raise(cfg, terms, epoch, step, out, parts)
-        _backward_step(cfg, parts, terms["loss"])
+        terms, again = _train_step(cfg, parts, batch, epoch, step, out)
+        redone += again
         for name, value in terms.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach())
-        images_seen += len(images)
+        images_seen += len(batch["image"])
         if on_step:
             shown = {k: float(terms[k].detach()) for k in ("loss", "reid", "attr")}
             on_step(step, {**shown, "img/s": images_seen / (time.perf_counter() - start)})
@@ -280,6 +347,8 @@ def train_epoch(cfg: Config, parts: _Parts, loader: Iterable[dict[str, Any]], ep
     result = distributed.mean_over_ranks({k: v / steps for k, v in sums.items()}, parts.info)
     result["images_per_s"] = distributed.sum_over_ranks(
         images_seen / (time.perf_counter() - start), parts.info)
+    if cfg.train.amp == "bf16":
+        result["bf16_steps_in_fp32"] = redone  # the same steps on every rank
     return result
 
 
@@ -431,9 +500,24 @@ def _quiet(_: str) -> None:
     pass
 
 
+def check_precision(cfg: Config, device: torch.device) -> None:
+    """Refuse a ``train.amp`` the device cannot run, before any data is read.
+
+    Raises:
+        ConfigError: an unknown mode, or fp16 off CUDA (CPU autocast is bf16 only).
+    """
+    amp = cfg.train.amp
+    if amp not in ("none", "bf16", "fp16"):
+        raise ConfigError(f"train.amp={amp!r}: expected none, bf16 or fp16")
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.amp=fp16 needs a CUDA device; use bf16 on {device.type} "
+                          "(--set train.amp=bf16) or none")
+
+
 def _train(cfg: Config, resume: bool, log: Log,
            on_step: Callable[[int, int, int, dict[str, float]], None] | None,
            info: DistInfo) -> TrainResult:
+    check_precision(cfg, resolve_device(cfg.train.device))
     out = Path(cfg.train.out)
     out.mkdir(parents=True, exist_ok=True)
     bundle = build_data(cfg)
@@ -532,6 +616,8 @@ def _format_epoch(record: dict[str, Any]) -> str:
     t = record["train"]
     text = (f"epoch {record['epoch']}: loss {t['loss']:.4f} (reid {t.get('reid', 0):.4f}, "
             f"attr {t.get('attr', 0):.4f}) {t['images_per_s']:.0f} img/s")
+    if t.get("bf16_steps_in_fp32"):
+        text += f" ({t['bf16_steps_in_fp32']} bf16 step(s) non-finite, recomputed in float32)"
     if "val" in record:
         v = record["val"]
         text += f" | val mAP {v['mAP']:.2%} rank-1 {v['rank1']:.2%}"

@@ -26,16 +26,16 @@ import torch
 from torch import nn
 
 from attreid.data.transforms import TransformConfig, build_transforms
+from attreid.errors import AttreidError
 from attreid.metrics import predict_labels
-from attreid.predictor import (ImageInput, Prediction, Predictor, _probabilities,
-                               preprocess_images)
+from attreid.predictor import ImageInput, Prediction, Predictor, _probabilities, preprocess_images
 from attreid.schema import TASKS
 
 OPSET = 17
 OUTPUTS = ("embedding",) + tuple(f"logits_{t.name}" for t in TASKS)
 
 
-class ExportError(RuntimeError):
+class ExportError(AttreidError, RuntimeError):
     """The model cannot be exported or the ONNX file cannot be read; the message names it."""
 
 

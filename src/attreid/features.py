@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from attreid.checkpoint import atomic_write_text
+from attreid.errors import AttreidError
 from attreid.metrics import ReidResult, reid_metrics_streamed
 from attreid.schema import TASKS
 
@@ -39,7 +40,7 @@ DEFAULT_SHARD_SIZE = 8192
 """Rows per shard (16 MiB of 512-d float32 embeddings)."""
 
 
-class FeatureStoreError(RuntimeError):
+class FeatureStoreError(AttreidError, RuntimeError):
     """A feature store is missing, incomplete, corrupt or inconsistent; the message names the
     file."""
 

@@ -66,6 +66,30 @@ def forward_tta(model: nn.Module, images: torch.Tensor, flip: bool) -> ModelOutp
     )
 
 
+def all_finite(out: ModelOutput) -> bool:
+    """Whether the embedding and every attribute logit of ``out`` are finite."""
+    tensors = [out.embedding, *out.attribute_logits.values()]
+    return bool(torch.stack([t.isfinite().all() for t in tensors]).all())
+
+
+def forward_checked(model: nn.Module, images: torch.Tensor, flip: bool, device: torch.device,
+                    amp: str) -> ModelOutput:
+    """:func:`forward_tta` under ``amp`` autocast; a batch whose outputs are not finite under
+    bf16/fp16 is recomputed in float32 (CPU bf16 kernels have returned NaN on Intel AMX, see
+    :mod:`attreid.backend`), so reduced precision never turns into a NaN embedding.
+
+    Args:
+        images: (N, 3, H, W) normalised batch on ``device``.
+    Returns:
+        Float32 outputs; non-finite only where the float32 model itself gives them.
+    """
+    with autocast_context(device, amp):
+        out = forward_tta(model, images, flip)
+    if amp == "none" or all_finite(out):
+        return out
+    return forward_tta(model, images, flip)
+
+
 def extract(model: nn.Module, records: Sequence[ImageRecord], transform: TransformConfig,
             device: torch.device, batch_size: int = 128, workers: int = 0, amp: str = "none",
             channels_last: bool = False, flip: bool = False,
@@ -88,8 +112,7 @@ def extract(model: nn.Module, records: Sequence[ImageRecord], transform: Transfo
             images = batch["image"].to(device)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with autocast_context(device, amp):
-                out = forward_tta(model, images, flip)
+            out = forward_checked(model, images, flip, device, amp)
             embeddings.append(out.embedding.cpu())
             for name, value in out.attribute_logits.items():
                 logits.setdefault(name, []).append(value.cpu())

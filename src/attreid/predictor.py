@@ -17,7 +17,7 @@ from attreid.config import from_dict
 from attreid.data.io import read_image
 from attreid.data.transforms import TransformConfig, build_transforms
 from attreid.engine import resolve_device, transform_config
-from attreid.inference import autocast_context, forward_tta
+from attreid.inference import forward_checked
 from attreid.metrics import predict_labels
 from attreid.models import build_model
 from attreid.models.output import ModelOutput
@@ -128,8 +128,7 @@ class Predictor:
         return batch.float()
 
     def _run(self, x: torch.Tensor) -> ModelOutput:
-        with autocast_context(self.device, self.amp):
-            return forward_tta(self.model, x.to(self.device), self.flip)
+        return forward_checked(self.model, x.to(self.device), self.flip, self.device, self.amp)
 
     def predict(self, images: Sequence[ImageInput] | torch.Tensor) -> Prediction:
         """Embed images and predict their attributes.

@@ -22,6 +22,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from attreid.errors import AttreidError
+
 MISSING = -1
 """Task label of an unknown attribute."""
 
@@ -93,7 +95,7 @@ TASK_NAMES: tuple[str, ...] = tuple(t.name for t in TASKS)
 NUM_TASKS = len(TASKS)
 
 
-class AttributeCodeError(ValueError):
+class AttributeCodeError(AttreidError, ValueError):
     """A raw attribute value is out of range or a colour group is ambiguous."""
 
 

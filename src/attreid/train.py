@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import sys
 
-from attreid.cli import app
+from attreid.cli import run
 
 
 def main(argv: list[str] | None = None) -> None:
-    app(["train", *(sys.argv[1:] if argv is None else argv)], prog_name="attreid train")
+    run(["train", *(sys.argv[1:] if argv is None else argv)], prog_name="attreid train")
 
 
 if __name__ == "__main__":

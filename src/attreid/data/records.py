@@ -8,6 +8,7 @@ from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
+from attreid.errors import AttreidError
 from attreid.schema import MISSING, NUM_TASKS
 
 DISTRACTOR_ID = 0
@@ -16,7 +17,7 @@ JUNK_ID = -1
 """Market-1501 gallery id -1: a junk detection; ignored by the standard protocol."""
 
 
-class DataError(ValueError):
+class DataError(AttreidError, ValueError):
     """Invalid dataset input. The message names the file, row or value and what was expected.
 
     ``problems`` lists every problem found (a reader checks all files/rows before raising).

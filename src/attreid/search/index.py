@@ -38,6 +38,7 @@ import numpy as np
 from attreid.checkpoint import file_sha256
 from attreid.data.io import IMAGE_SUFFIXES, read_image
 from attreid.data.records import DataError
+from attreid.errors import AttreidError
 from attreid.features import (
     DEFAULT_SHARD_SIZE,
     EMBEDDINGS,
@@ -67,7 +68,7 @@ Progress = Callable[[int, int], None]
 """Callback ``(done, total)`` for long work."""
 
 
-class GalleryIndexError(RuntimeError):
+class GalleryIndexError(AttreidError, RuntimeError):
     """An index folder is missing, corrupt or does not belong to the given checkpoint."""
 
 

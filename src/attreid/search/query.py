@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from attreid.errors import AttreidError
 from attreid.schema import TASKS
 from attreid.search.index import Entry, GalleryIndex, GalleryIndexError, prepare_vectors
 
@@ -28,7 +29,7 @@ RERANK_DEPTH = 100
 _TASKS = {t.name: t for t in TASKS}
 
 
-class QueryError(ValueError):
+class QueryError(AttreidError, ValueError):
     """A query is malformed: unknown attribute or value, bad k, unknown image id."""
 
 
