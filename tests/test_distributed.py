@@ -219,5 +219,12 @@ def test_validation_shared_by_ranks_equals_one_process(ddp_root):
     parts = setup(cfg, bundle)
     alone = validate(cfg, parts.model, bundle.val, bundle.train_targets, parts.device)
     assert out[1] is None and out[2] is None
-    assert out[0]["mAP"] == pytest.approx(alone["mAP"], abs=1e-6)
-    assert out[0]["rank1"] == alone["rank1"] and out[0]["accuracy"] == alone["accuracy"]
+    # The shards run other batch compositions (and 1 thread a rank), so float32 rounding may
+    # differ per CPU: |mAP difference| measured 0 on AMD EPYC (oneDNN ISA default, AVX512_CORE,
+    # AVX2) and 9.6e-6 on an Intel Xeon with AMX; 1e-4 is 10x that. A wrong merge order moves
+    # mAP by far more. Rank-1 and attribute accuracy may flip one near-tied query or image.
+    assert out[0]["mAP"] == pytest.approx(alone["mAP"], abs=1e-4)
+    queries, images = len(bundle.val.query), len(bundle.val.attribute_records)
+    assert out[0]["rank1"] == pytest.approx(alone["rank1"], abs=1.01 / queries)
+    for task, value in alone["accuracy"].items():
+        assert out[0]["accuracy"][task] == pytest.approx(value, abs=1.01 / images), task
