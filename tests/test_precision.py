@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from attreid import cli
-from attreid.backend import ONEDNN_ISA_CAP, cap_onednn_isa
+from attreid.backend import ONEDNN_ISA_CAP, cap_onednn_isa, cpu_bf16_native, cpu_flags
 from attreid.config import ConfigError, load_config, with_updates
 from attreid.data.synth import generate
 from attreid.engine import NonFiniteLossError, build_data, make_loader, setup, train, \
     train_epoch, transform_config
 from attreid.errors import AttreidError
-from attreid.inference import extract
+from attreid.inference import extract, resolve_amp
 
 
 @pytest.fixture(scope="module")
@@ -267,3 +267,60 @@ def test_fp16_on_cpu_is_refused_before_training(synth_root, tmp_path):
                                                                       "device": "cpu"})
     with pytest.raises(ConfigError, match="train.amp=fp16 needs a CUDA device; use bf16"):
         train(with_updates(cfg, data={"root": str(tmp_path / "absent")}), log=lambda _: None)
+
+
+# ------------------------------------------------------------------ train.amp=auto
+
+
+@pytest.mark.parametrize("flags, limit, native", [
+    ({"avx512f", "avx512_bf16"}, "", True),          # AMD EPYC (Zen 4/5), oneDNN default
+    ({"avx512_bf16", "amx_bf16"}, "AVX512_CORE_BF16", True),  # Intel AMX under attreid's cap
+    ({"avx512_bf16", "amx_bf16"}, "ALL", True),
+    ({"avx512_bf16"}, "AVX512_CORE", False),         # the ISA limit excludes bf16
+    ({"avx512_bf16"}, "AVX2", False),
+    ({"avx2", "fma"}, "", False),                    # no bf16 instructions at all
+    ({"amx_bf16"}, "avx10_1_512_amx", True),
+])
+def test_native_bf16_needs_the_flag_and_an_isa_limit_that_allows_it(flags, limit, native):
+    environ = {"ONEDNN_MAX_CPU_ISA": limit} if limit else {}
+    assert cpu_bf16_native(frozenset(flags), environ) is native
+
+
+def test_cpu_flags_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 avx512_bf16\n"
+                    "processor\t: 1\nflags\t\t: fpu\n")
+    assert cpu_flags(info) == {"fpu", "avx2", "avx512_bf16"}
+    assert cpu_flags(tmp_path / "absent") == frozenset()
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "none")])
+def test_auto_is_bf16_only_where_the_cpu_has_it(monkeypatch, native, expected):
+    from attreid import inference
+
+    monkeypatch.setattr(inference, "cpu_bf16_native", lambda: native)
+    assert resolve_amp("auto", torch.device("cpu")) == expected
+    assert resolve_amp("bf16", torch.device("cpu")) == "bf16"  # explicit modes stay
+    assert resolve_amp("none", torch.device("cpu")) == "none"
+    with pytest.raises(ValueError, match="expected one of auto, none, bf16, fp16"):
+        resolve_amp("bfloat16", torch.device("cpu"))
+
+
+def test_auto_run_records_what_ran_and_bf16_without_native_support_warns(
+        synth_root, tmp_path, monkeypatch):
+    from attreid import engine, inference
+
+    monkeypatch.setattr(inference, "cpu_bf16_native", lambda: False)
+    monkeypatch.setattr(engine, "cpu_bf16_native", lambda: False)
+    cfg = with_updates(_config(synth_root, tmp_path / "auto", "auto"), optim={"epochs": 1})
+    lines = []
+    train(cfg, log=lines.append)
+    assert "precision: float32 (train.amp=auto on cpu)" in lines
+    assert "amp: none" in (tmp_path / "auto" / "config.yaml").read_text()
+    record = json.loads((tmp_path / "auto" / "metrics.jsonl").read_text())
+    assert "bf16_steps_in_fp32" not in record["train"]
+    lines = []
+    bf16 = with_updates(cfg, train={"amp": "bf16", "out": str(tmp_path / "bf16")})
+    train(bf16, log=lines.append)
+    assert lines[0] == "precision: bf16 autocast"
+    assert lines[1].startswith("warning: train.amp=bf16 on a CPU without native bf16")

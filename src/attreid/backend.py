@@ -14,13 +14,19 @@ kernel: the cap only works when attreid is imported before the process runs any 
 or matmul on the CPU. Where it comes too late, the engine's guard (a bf16 step with non-finite
 values is recomputed in float32) still keeps a run alive.
 
+Without native bf16 instructions (AVX512_BF16 or AMX-BF16) oneDNN emulates bf16, or PyTorch
+falls back to reference kernels: the demo's ResNet-18 trained at 210 img/s (AVX512_CORE) and
+31 img/s (AVX2) against 330 in float32 on the same AMD EPYC. :func:`cpu_bf16_native` tells
+``train.amp=auto`` whether bf16 pays here.
+
 This module imports nothing heavy: ``import attreid`` stays light.
 """
 
 from __future__ import annotations
 
 import os
-from typing import MutableMapping
+from pathlib import Path
+from typing import Mapping, MutableMapping
 
 ONEDNN_ISA_CAP = "AVX512_CORE_BF16"
 """The highest instruction set oneDNN may use unless the user says otherwise (no AMX)."""
@@ -39,3 +45,28 @@ def cap_onednn_isa(environ: MutableMapping[str, str] = os.environ) -> str:
             return environ[name]
     environ["ONEDNN_MAX_CPU_ISA"] = ONEDNN_ISA_CAP
     return ONEDNN_ISA_CAP
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The ISA flags of the first CPU in ``/proc/cpuinfo`` (empty where there is none)."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def cpu_bf16_native(flags: frozenset[str] | None = None,
+                    environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether oneDNN runs bf16 on native instructions: the CPU has AVX512_BF16 or AMX-BF16
+    and the oneDNN ISA limit in force (``ONEDNN_MAX_CPU_ISA``) lets it use them."""
+    flags = cpu_flags() if flags is None else flags
+    if not flags & {"avx512_bf16", "amx_bf16"}:
+        return False
+    limit = (environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or "ALL")
+    limit = limit.upper()
+    return limit in ("ALL", "DEFAULT") or any(
+        tag in limit for tag in ("BF16", "FP16", "AMX", "AVX10"))

@@ -22,9 +22,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from attreid import __version__, distributed
+from attreid.backend import cpu_bf16_native
 from attreid.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from attreid.compare import selection_score
-from attreid.config import Config, ConfigError, dump_yaml, to_dict
+from attreid.config import Config, ConfigError, dump_yaml, to_dict, with_updates
 from attreid.data.batch_transforms import BatchAugment
 from attreid.data.cache import CachedLoader, ImageCache
 from attreid.data.dataset import ImageDataset
@@ -41,7 +42,7 @@ from attreid.evalset import (
     labels_and_cameras,
     test_is_labelled,
 )
-from attreid.inference import Features, autocast_context, extract, to_float
+from attreid.inference import Features, autocast_context, extract, resolve_amp, to_float
 from attreid.losses import MultiTaskLoss, positive_ratio_weights
 from attreid.metrics import attribute_metrics, majority_baseline, pairwise_distance, reid_metrics
 from attreid.models import build_model
@@ -500,24 +501,36 @@ def _quiet(_: str) -> None:
     pass
 
 
-def check_precision(cfg: Config, device: torch.device) -> None:
-    """Refuse a ``train.amp`` the device cannot run, before any data is read.
+def resolve_precision(cfg: Config, device: torch.device, log: Log = print) -> Config:
+    """``cfg`` with ``train.amp`` resolved for ``device`` (:func:`attreid.inference.resolve_amp`:
+    ``auto`` is bf16 on CUDA and on CPUs with native bf16, else float32), checked before any
+    data is read; logs the choice, and a warning for bf16 on a CPU that only emulates it.
 
     Raises:
         ConfigError: an unknown mode, or fp16 off CUDA (CPU autocast is bf16 only).
     """
     amp = cfg.train.amp
-    if amp not in ("none", "bf16", "fp16"):
-        raise ConfigError(f"train.amp={amp!r}: expected none, bf16 or fp16")
-    if amp == "fp16" and device.type != "cuda":
+    try:
+        resolved = resolve_amp(amp, device)
+    except ValueError as exc:
+        raise ConfigError(f"train.amp: {exc}") from None
+    if resolved == "fp16" and device.type != "cuda":
         raise ConfigError(f"train.amp=fp16 needs a CUDA device; use bf16 on {device.type} "
-                          "(--set train.amp=bf16) or none")
+                          "(--set train.amp=bf16), auto or none")
+    names = {"none": "float32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
+    how = f" (train.amp=auto on {device.type})" if amp == "auto" else ""
+    log(f"precision: {names[resolved]}{how}")
+    if resolved == "bf16" and device.type == "cpu" and not cpu_bf16_native():
+        log("warning: train.amp=bf16 on a CPU without native bf16 instructions (AVX512_BF16 "
+            "or AMX, or ONEDNN_MAX_CPU_ISA excludes them): bf16 is emulated here and can be "
+            "several times slower than float32; --set train.amp=auto picks float32 here")
+    return with_updates(cfg, train={"amp": resolved})
 
 
 def _train(cfg: Config, resume: bool, log: Log,
            on_step: Callable[[int, int, int, dict[str, float]], None] | None,
            info: DistInfo) -> TrainResult:
-    check_precision(cfg, resolve_device(cfg.train.device))
+    cfg = resolve_precision(cfg, resolve_device(cfg.train.device), log)
     out = Path(cfg.train.out)
     out.mkdir(parents=True, exist_ok=True)
     bundle = build_data(cfg)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from attreid.backend import cpu_bf16_native
 from attreid.data.dataset import ImageDataset
 from attreid.data.records import ImageRecord
 from attreid.data.transforms import TransformConfig, build_transforms
@@ -39,6 +40,26 @@ def autocast_context(device: torch.device, amp: str) -> ContextManager:
         raise ValueError("amp=fp16 needs a CUDA device; use bf16 on CPU")
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+AMP_MODES = ("auto", "none", "bf16", "fp16")
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """The precision ``amp`` means on ``device``: ``auto`` is bf16 on CUDA (fp16 where the GPU
+    has no bf16) and on a CPU with native bf16 instructions (:func:`attreid.backend.
+    cpu_bf16_native`), float32 (``none``) on other CPUs; other modes are returned as they are.
+
+    Raises:
+        ValueError: a mode other than auto, none, bf16, fp16.
+    """
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp={amp!r}: expected one of {', '.join(AMP_MODES)}")
+    if amp != "auto":
+        return amp
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device.type == "cpu" and cpu_bf16_native() else "none"
 
 
 def to_float(out: ModelOutput) -> ModelOutput:
