@@ -7,9 +7,10 @@ import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import torch
+from torch import nn
 
 from attreid.errors import AttreidError
 
@@ -78,3 +79,54 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path}: not an attreid checkpoint (expected keys model, config)")
     return state
+
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+"""Key prefixes that wrappers add to a state dict: DataParallel/DistributedDataParallel
+(``module.``) and ``torch.compile`` (``_orig_mod.``)."""
+
+
+def strip_wrapper_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` with every :data:`WRAPPER_PREFIXES` component removed from its keys, wherever
+    it stands (a compiled DDP model writes ``module._orig_mod.backbone...``; a compiled
+    sub-module ``backbone._orig_mod.layer1...``)."""
+    def clean(key: str) -> str:
+        parts = key.split(".")
+        return ".".join(p for p in parts if f"{p}." not in WRAPPER_PREFIXES)
+    return {clean(k): v for k, v in state.items()}
+
+
+def describe_key_mismatch(missing: Iterable[str], unexpected: Iterable[str], shown: int = 5
+                          ) -> str:
+    """``"3 missing (e.g. [...]), 2 unexpected (e.g. [...])"``, naming only what is there."""
+    parts = []
+    for name, keys in (("missing", sorted(missing)), ("unexpected", sorted(unexpected))):
+        if keys:
+            more = ", ..." if len(keys) > shown else ""
+            parts.append(f"{len(keys)} {name} ({', '.join(keys[:shown])}{more})")
+    return ", ".join(parts) or "no key differs"
+
+
+def load_model_weights(model: nn.Module, state: Mapping[str, torch.Tensor],
+                       path: Path | str) -> None:
+    """Load a checkpoint's ``model`` state dict into ``model`` strictly, after
+    :func:`strip_wrapper_prefixes`.
+
+    Raises:
+        CheckpointError: naming ``path`` and, for keys that do not match, how many are missing
+            and unexpected with a few of each; for tensors of another shape, a few of them
+            (a checkpoint of another model or configuration).
+    """
+    state = strip_wrapper_prefixes(state)
+    expected = model.state_dict()
+    missing = set(expected) - set(state)
+    unexpected = set(state) - set(expected)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: the weights do not fit this model: "
+                              f"{describe_key_mismatch(missing, unexpected)}")
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if tuple(state[k].shape) != tuple(v.shape)]
+    if shapes:
+        raise CheckpointError(f"{path}: {len(shapes)} tensor(s) of another shape than this "
+                              f"model's (checkpoint vs model): {'; '.join(shapes[:3])}")
+    model.load_state_dict(state)

@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader
 
 from attreid import __version__, distributed
 from attreid.backend import cpu_bf16_native
-from attreid.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from attreid.checkpoint import atomic_write_text, load_checkpoint, load_model_weights, \
+    save_checkpoint
 from attreid.compare import selection_score
 from attreid.config import Config, ConfigError, dump_yaml, to_dict, with_updates
 from attreid.data.batch_transforms import BatchAugment
@@ -441,7 +442,7 @@ def _resume(out: Path, cfg: Config, parts: _Parts) -> tuple[int, dict[str, Any]]
         if saved.get(section) != mine[section]:
             raise ValueError(f"{out / 'last.pt'}: cannot resume, section {section!r} of the "
                              "config differs from the checkpoint's")
-    parts.model.load_state_dict(state["model"])
+    load_model_weights(parts.model, state["model"], out / "last.pt")
     parts.optimizer.load_state_dict(state["optimizer"])
     parts.criterion.load_state_dict(state["criterion"])
     if parts.scaler and state.get("scaler"):

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from attreid.checkpoint import file_sha256, load_checkpoint
+from attreid.checkpoint import file_sha256, load_checkpoint, load_model_weights
 from attreid.config import from_dict
 from attreid.data.io import read_image
 from attreid.data.transforms import TransformConfig, build_transforms
@@ -88,7 +88,7 @@ class Predictor:
         self.config = from_dict(state["config"])
         self.device = resolve_device(device or "auto")
         self.model = build_model(**state["model_config"])
-        self.model.load_state_dict(state["model"])
+        load_model_weights(self.model, state["model"], checkpoint)
         self.model.to(self.device).eval()
         self.transform_config: TransformConfig = transform_config(self.config)
         self._transform = build_transforms(self.transform_config, train=False)

@@ -64,6 +64,7 @@ import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
 
+from attreid.checkpoint import describe_key_mismatch, strip_wrapper_prefixes
 from attreid.models.efficientnet_lite import EfficientNetLite0
 from attreid.models.weight_packages import WEIGHT_PACKAGES, package_weights_file
 
@@ -324,10 +325,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not_tensors:
         raise ValueError(f"{path}: expected a state dict of tensors, but keys {not_tensors[:5]} "
                          "hold other values")
-    state = dict(obj)
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
+    return strip_wrapper_prefixes(obj)
 
 
 def _optional(key: str) -> bool:
@@ -364,9 +362,9 @@ def _check_shapes(path: Path, state: Mapping[str, torch.Tensor],
 
 def _key_mismatch_message(path: Path, state: Mapping[str, torch.Tensor],
                           expected: Mapping[str, torch.Tensor]) -> str:
-    missing = sorted(k for k in expected
-                     if k not in state and not k.startswith(HEAD_PREFIXES) and not _optional(k))
-    unexpected = sorted(k for k in state if k not in expected)
-    return (f"{path}: keys do not match the backbone: {len(missing)} missing "
-            f"(e.g. {missing[:5]}), {len(unexpected)} unexpected (e.g. {unexpected[:5]}); "
+    missing = [k for k in expected
+               if k not in state and not k.startswith(HEAD_PREFIXES) and not _optional(k)]
+    unexpected = [k for k in state if k not in expected]
+    return (f"{path}: keys do not match the backbone: "
+            f"{describe_key_mismatch(missing, unexpected)}; "
             "classifier keys (fc.*, classifier.*, _fc.*) are ignored")
