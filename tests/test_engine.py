@@ -141,8 +141,28 @@ def test_resume_refuses_a_different_model(synth_root, tmp_path):
     cfg = tiny_config(synth_root, tmp_path, optim={"epochs": 1})
     train(cfg, log=lambda _: None)
     other = with_updates(cfg, model={"embedding_dim": 64}, optim={"epochs": 2})
-    with pytest.raises(ValueError, match="section 'model' of the config differs"):
+    with pytest.raises(ConfigError, match=r"cannot resume, the config differs from the "
+                       r"checkpoint's in 1 key\(s\): model\.embedding_dim: 128 \(checkpoint\) "
+                       r"vs 64 \(now\)\. "):
         train(other, resume=True, log=lambda _: None)
+
+
+def test_resume_compares_paths_by_the_folder_they_name(synth_root, tmp_path, monkeypatch):
+    """Issue 15, fault 6: trained with an absolute --data, resumed from the data's parent
+    folder with a relative one; differing keys are each named with both values."""
+    cfg = tiny_config(synth_root.resolve(), tmp_path / "run", optim={"epochs": 1})
+    train(cfg, log=lambda _: None)
+    monkeypatch.chdir(synth_root.parent)
+    relative = with_updates(cfg, data={"root": synth_root.name}, optim={"epochs": 2})
+    assert train(relative, resume=True, log=lambda _: None).epochs == 2
+    other = with_updates(relative, data={"root": f"./{synth_root.name}/", "p": 2, "k": 4},
+                         optim={"epochs": 3})
+    with pytest.raises(ConfigError) as info:
+        train(other, resume=True, log=lambda _: None)
+    message = str(info.value)
+    assert "in 2 key(s): data.k: 2 (checkpoint) vs 4 (now); data.p: 4 (checkpoint) vs 2 " \
+        "(now)." in message
+    assert "data.root" not in message
 
 
 def test_nan_loss_stops_with_a_clear_message(synth_root, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Mapping, get_type_hints
 
 import yaml
 
@@ -244,3 +244,49 @@ def with_updates(config: Config, **sections: dict[str, Any]) -> Config:
 def dump_yaml(config: Config) -> str:
     """The resolved configuration as YAML text."""
     return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+PATH_KEYS = (("data", "root"), ("data", "cache_dir"), ("model", "weights"))
+"""Keys that may hold a file system path: compared by the file they name, not their spelling."""
+
+
+def _meaning(section: str, key: str, value: Any) -> Any:
+    if (section, key) not in PATH_KEYS or not isinstance(value, str) or not value:
+        return value
+    path = Path(value).expanduser()
+    if key == "weights" and not (path.suffix in (".pt", ".pth") or path.exists()):
+        return value  # a weight source name such as "imagenet", not a file
+    return str(path.resolve())
+
+
+def absolute_paths(config: Config) -> Config:
+    """``config`` with its path keys (:data:`PATH_KEYS`) made absolute, as a run records them
+    so that a later ``--resume`` from another folder compares the same files."""
+    updates: dict[str, dict[str, Any]] = {}
+    for section, key in PATH_KEYS:
+        value = getattr(getattr(config, section), key)
+        meaning = _meaning(section, key, value)
+        if meaning != value:
+            updates.setdefault(section, {})[key] = meaning
+    return with_updates(config, **updates)
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
+                       sections: tuple[str, ...] = ("data", "model", "loss")) -> list[str]:
+    """The keys of ``sections`` whose values differ in meaning between two :func:`to_dict`
+    configs, as ``"section.key: SAVED (checkpoint) vs CURRENT (now)"``. Paths are compared after
+    resolving (relative to the working folder), a key missing on one side counts as a
+    difference, and a key equal to its dataclass default on the other side does not (a
+    checkpoint written before that key existed)."""
+    defaults = to_dict(Config())
+    out = []
+    for section in sections:
+        old, new = saved.get(section) or {}, current.get(section) or {}
+        for key in sorted(set(old) | set(new)):
+            fallback = defaults.get(section, {}).get(key)
+            a = _meaning(section, key, old.get(key, fallback))
+            b = _meaning(section, key, new.get(key, fallback))
+            if a != b:
+                out.append(f"{section}.{key}: {old.get(key, fallback)!r} (checkpoint) vs "
+                           f"{new.get(key, fallback)!r} (now)")
+    return out

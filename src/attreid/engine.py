@@ -26,7 +26,15 @@ from attreid.backend import cpu_bf16_native
 from attreid.checkpoint import atomic_write_text, load_checkpoint, load_model_weights, \
     save_checkpoint
 from attreid.compare import selection_score
-from attreid.config import Config, ConfigError, dump_yaml, to_dict, with_updates
+from attreid.config import (
+    Config,
+    ConfigError,
+    absolute_paths,
+    config_differences,
+    dump_yaml,
+    to_dict,
+    with_updates,
+)
 from attreid.data.batch_transforms import BatchAugment
 from attreid.data.cache import CachedLoader, ImageCache
 from attreid.data.dataset import ImageDataset
@@ -436,12 +444,12 @@ def _remove_stale_temporaries(out: Path) -> None:
 
 def _resume(out: Path, cfg: Config, parts: _Parts) -> tuple[int, dict[str, Any]]:
     state = load_checkpoint(out / "last.pt")
-    saved = state["config"]
-    mine = to_dict(cfg)
-    for section in ("data", "model", "loss"):
-        if saved.get(section) != mine[section]:
-            raise ValueError(f"{out / 'last.pt'}: cannot resume, section {section!r} of the "
-                             "config differs from the checkpoint's")
+    differences = config_differences(state["config"], to_dict(cfg))
+    if differences:
+        raise ConfigError(f"{out / 'last.pt'}: cannot resume, the config differs from the "
+                          f"checkpoint's in {len(differences)} key(s): {'; '.join(differences)}. "
+                          "Resume with the checkpoint's settings (its config.yaml), or train into "
+                          "another --out")
     load_model_weights(parts.model, state["model"], out / "last.pt")
     parts.optimizer.load_state_dict(state["optimizer"])
     parts.criterion.load_state_dict(state["criterion"])
@@ -531,7 +539,7 @@ def resolve_precision(cfg: Config, device: torch.device, log: Log = print) -> Co
 def _train(cfg: Config, resume: bool, log: Log,
            on_step: Callable[[int, int, int, dict[str, float]], None] | None,
            info: DistInfo) -> TrainResult:
-    cfg = resolve_precision(cfg, resolve_device(cfg.train.device), log)
+    cfg = absolute_paths(resolve_precision(cfg, resolve_device(cfg.train.device), log))
     out = Path(cfg.train.out)
     out.mkdir(parents=True, exist_ok=True)
     bundle = build_data(cfg)
