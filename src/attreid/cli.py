@@ -230,7 +230,8 @@ def evaluate(
     protocol: str | None = typer.Option(None, help="market or seed (default: by split)."),
     split: str = typer.Option("test", help="test (query vs gallery), study or random."),
     rerank: bool = typer.Option(False, "--rerank", help="Also report re-ranked metrics."),
-    distance: str = typer.Option("euclidean", help="euclidean, squared or cosine."),
+    distance: str | None = typer.Option(None, help="euclidean, squared or cosine (default: "
+                                        "the distance the checkpoint was trained with)."),
     flip: bool = typer.Option(False, "--flip", help="Flip test-time augmentation."),
     out: Path | None = typer.Option(None, help="Folder for metrics.json and plots "
                                     "(default: eval/ beside the checkpoint)."),
@@ -259,6 +260,8 @@ def evaluate(
     m = result.metrics
     console.print(rich_table({checkpoint.parent.name or "model": m},
                              f"{split} split, {m['setup']['protocol']} protocol (%)"))
+    how = "given" if distance else "the checkpoint's"
+    console.print(f"distance: {m['setup']['distance']} ({how})")
     line = f"mAP {m['mAP']:.2%}  rank-1 {m['rank1']:.2%}  mINP {m['mINP']:.2%}"
     if "reranked" in m:
         r = m["reranked"]

@@ -232,7 +232,7 @@ def evaluate_checkpoint(
     layout: str = "auto",
     protocol: str | None = None,
     rerank: bool = False,
-    distance: str = "euclidean",
+    distance: str | None = None,
     flip: bool = False,
     device: str | None = None,
     batch_size: int = 128,
@@ -253,7 +253,9 @@ def evaluate_checkpoint(
             ``study`` / ``random``.
         rerank: also report k-reciprocal re-ranked metrics (:data:`RERANK_PARAMS`) under
             ``metrics["reranked"]``; the ranked-gallery figure then shows re-ranked results.
-        distance: ``euclidean``, ``squared`` or ``cosine`` between embeddings.
+        distance: ``euclidean``, ``squared`` or ``cosine`` between embeddings; default: the
+            distance the checkpoint was trained with (``loss.distance``, as validation used),
+            recorded in ``metrics["setup"]["distance"]``.
         flip: average the outputs of each image and its mirror.
         device: ``cpu``, ``cuda``, ...; default: CUDA when available.
         split: ``test``, ``study`` or ``random``.
@@ -274,8 +276,9 @@ def evaluate_checkpoint(
             on the course layout, whose test images are unlabelled).
     """
     protocol = protocol or ("market" if split == "test" else "seed")
-    _check_args(split, protocol, distance)
+    _check_args(split, protocol, distance or "euclidean")
     predictor = Predictor(checkpoint, device=device, batch_size=batch_size, flip=flip)
+    distance = distance or predictor.distance
     cfg = predictor.config.data
     dataset = load_dataset(data_root, layout)
     data = build_evaluation_set(dataset, split, cfg.val_ids if val_ids is None else val_ids,

@@ -1,0 +1,78 @@
+"""One source of truth for the distance (issue 15, fault 7): a checkpoint trained with
+``loss.distance=cosine`` is evaluated, ranked in predict files and indexed with cosine unless
+the user overrides it, and each says which distance it used."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from attreid import cli
+from attreid.data.load import load_dataset
+from attreid.evaluate import evaluate_checkpoint
+from attreid.metrics import reid_metrics
+from attreid.predictor import Predictor
+
+
+@pytest.fixture(scope="module")
+def cosine_checkpoint(synth_market, tmp_path_factory):
+    from attreid.config import load_config
+    from attreid.engine import train
+
+    out = tmp_path_factory.mktemp("cosine_run")
+    cfg = load_config("demo", [
+        f"data.root={synth_market}", "data.p=4", "data.k=2", "data.workers=0",
+        "data.batches_per_epoch=2", f"train.out={out}", "train.amp=none",
+        "train.channels_last=false", "optim.epochs=1", "optim.warmup_epochs=0",
+        "train.tensorboard=false", "loss.distance=cosine"])
+    train(cfg, log=lambda _: None)
+    return out / "best.pt"
+
+
+def _brute_force(query: np.ndarray, gallery: np.ndarray, metric: str) -> np.ndarray:
+    """(Q, G) float64 distances, written out independently of attreid.metrics."""
+    q, g = query.astype(np.float64), gallery.astype(np.float64)
+    if metric == "cosine":
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        g = g / np.linalg.norm(g, axis=1, keepdims=True)
+        return 1.0 - q @ g.T
+    return np.sqrt(((q[:, None, :] - g[None, :, :]) ** 2).sum(-1))
+
+
+def _reference(checkpoint, root, metric):
+    ds = load_dataset(root)
+    predictor = Predictor(checkpoint, device="cpu")
+    q = predictor.predict([r.path for r in ds.query]).embeddings
+    g = predictor.predict([r.path for r in ds.gallery]).embeddings
+    ids = lambda recs: np.array([r.pid for r in recs])  # noqa: E731
+    cams = lambda recs: np.array([r.camid for r in recs])  # noqa: E731
+    return reid_metrics(_brute_force(q, g, metric), ids(ds.query), ids(ds.gallery),
+                        cams(ds.query), cams(ds.gallery), protocol="market")
+
+
+def test_evaluate_defaults_to_the_checkpoints_distance(cosine_checkpoint, synth_market):
+    assert Predictor(cosine_checkpoint, device="cpu").distance == "cosine"
+    default = evaluate_checkpoint(cosine_checkpoint, synth_market, device="cpu").metrics
+    forced = evaluate_checkpoint(cosine_checkpoint, synth_market, device="cpu",
+                                 distance="euclidean").metrics
+    assert default["setup"]["distance"] == "cosine"
+    assert forced["setup"]["distance"] == "euclidean"
+    cosine, euclid = (_reference(cosine_checkpoint, synth_market, m)
+                      for m in ("cosine", "euclidean"))
+    # float32 in attreid vs float64 here: near-ties may order differently; 1e-4 in mAP is far
+    # below what swapping the distance changes (asserted next)
+    assert default["mAP"] == pytest.approx(cosine.mAP, abs=1e-4)
+    assert forced["mAP"] == pytest.approx(euclid.mAP, abs=1e-4)
+    assert abs(cosine.mAP - euclid.mAP) > 1e-3  # the two distances rank differently here
+
+
+def test_cli_evaluate_says_which_distance(cosine_checkpoint, synth_market, tmp_path, capsys):
+    try:
+        cli.run(["evaluate", str(cosine_checkpoint), "--data", str(synth_market), "--out",
+                 str(tmp_path)])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    assert "distance: cosine (the checkpoint's)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "metrics.json").read_text())["setup"]["distance"] == "cosine"
