@@ -28,7 +28,14 @@ from torch import nn
 from attreid.data.transforms import TransformConfig, build_transforms
 from attreid.errors import AttreidError
 from attreid.metrics import predict_labels
-from attreid.predictor import ImageInput, Prediction, Predictor, _probabilities, preprocess_images
+from attreid.predictor import (
+    ImageInput,
+    Prediction,
+    Predictor,
+    _check_batch,
+    _probabilities,
+    preprocess_images,
+)
 from attreid.schema import TASKS
 
 OPSET = 17
@@ -147,9 +154,10 @@ class OnnxPredictor:
     def embedding_dim(self) -> int:
         return int(self.model_config["embedding_dim"])
 
-    def preprocess(self, images: Sequence[ImageInput]) -> np.ndarray:
-        """Decode, resize and normalise as the checkpoint did: (N, 3, H, W) float32."""
-        return preprocess_images(images, self._transform).numpy()
+    def preprocess(self, images: Sequence[ImageInput] | torch.Tensor) -> np.ndarray:
+        """Decode, resize and normalise as :class:`~attreid.Predictor` does (the same
+        :func:`~attreid.predictor.preprocess_images`): (N, 3, H, W) float32."""
+        return np.ascontiguousarray(preprocess_images(images, self._transform).cpu().numpy())
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
         out = self.session.run(list(OUTPUTS), {"images": x})
@@ -158,8 +166,10 @@ class OnnxPredictor:
         flipped = self.session.run(list(OUTPUTS), {"images": np.ascontiguousarray(x[..., ::-1])})
         return [(a + b) / 2 for a, b in zip(out, flipped)]
 
-    def predict(self, images: Sequence[ImageInput]) -> Prediction:
-        """Embed images (PIL images or paths) and predict their attributes."""
+    def predict(self, images: Sequence[ImageInput] | torch.Tensor) -> Prediction:
+        """Embed images and predict their attributes; inputs as :meth:`Predictor.predict`
+        (paths, PIL images, a uint8 or preprocessed float tensor (N, 3, H, W))."""
+        images = _check_batch(images)
         if not len(images):
             raise ValueError("predict() needs at least one image")
         parts = [self._run(self.preprocess(images[i:i + self.batch_size]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -10,11 +11,10 @@ from typing import Callable, Sequence, Union
 import numpy as np
 import torch
 from PIL import Image
-from torch.nn import functional as F
 
 from attreid.checkpoint import file_sha256, load_checkpoint, load_model_weights
 from attreid.config import from_dict
-from attreid.data.io import read_image
+from attreid.data.io import ImageInputError, load_rgb
 from attreid.data.transforms import TransformConfig, build_transforms
 from attreid.engine import resolve_device, transform_config
 from attreid.inference import forward_checked
@@ -24,6 +24,9 @@ from attreid.models.output import ModelOutput
 from attreid.schema import TASKS, describe
 
 ImageInput = Union[Image.Image, str, Path]
+"""What predict() decodes: a PIL image or a file path (``str`` or ``os.PathLike``)."""
+
+__all__ = ["ImageInput", "ImageInputError", "Prediction", "Predictor", "preprocess_images"]
 
 
 @dataclass(frozen=True)
@@ -61,11 +64,56 @@ def _probabilities(logits: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return out
 
 
-def preprocess_images(images: Sequence[ImageInput],
+def preprocess_images(images: Sequence[ImageInput] | torch.Tensor,
                       transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
-    """Decode paths, then apply the evaluation ``transform``: (N, 3, H, W) float32."""
-    pil = [img if isinstance(img, Image.Image) else read_image(img) for img in images]
-    return torch.stack([transform(img.convert("RGB")) for img in pil])
+    """Decode and apply the evaluation ``transform``: (N, 3, H, W) float32.
+
+    Every kind of input reaches ``transform`` as the same 8-bit RGB PIL image, so a file, that
+    file opened with PIL and its pixels as a uint8 tensor give the same tensor:
+
+    * a path: :func:`attreid.data.io.read_image`; a PIL image: :func:`attreid.data.io.to_rgb`
+      (16-bit keeps the high byte, alpha composited on black; see there);
+    * a uint8 tensor (N, 3, H, W) of RGB pixels: each image made a PIL image, so it is resized
+      by the same PIL resize as a file (not by ``torch.nn.functional.interpolate``);
+    * a floating-point tensor (N, 3, H, W): taken as already preprocessed (returned as float32,
+      on its device; every other input gives a CPU tensor).
+
+    Raises:
+        ImageInputError: an element (or the batch) is of an unsupported type or dtype.
+        ValueError: a tensor not shaped (N, 3, H, W).
+        DataError: a file is missing or cannot be decoded.
+    """
+    if isinstance(images, torch.Tensor):
+        return _tensor_batch(images, transform)
+    return torch.stack([transform(load_rgb(img)) for img in images])
+
+
+def _tensor_batch(batch: torch.Tensor,
+                  transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
+    if batch.ndim != 4 or batch.shape[1] != 3:
+        raise ValueError(f"expected an image batch (N, 3, H, W), got {tuple(batch.shape)}")
+    if batch.dtype == torch.uint8:  # raw RGB pixels: the PIL path of a file, resize included
+        pixels = batch.detach().cpu().permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, 3)
+        return torch.stack([transform(Image.fromarray(p)) for p in pixels])
+    if not batch.dtype.is_floating_point:
+        raise ImageInputError(f"image tensor of dtype {batch.dtype}: expected uint8 pixels "
+                              "(resized and normalised here) or a float batch already "
+                              "preprocessed")
+    return batch.detach().float()
+
+
+def _check_batch(images: object) -> Sequence[ImageInput] | torch.Tensor:
+    """``images`` as predict() takes it: a tensor batch, or a list of paths / PIL images."""
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        raise ImageInputError(f"predict() takes a sequence of images, got one "
+                              f"{type(images).__name__}; pass [image]")
+    if isinstance(images, torch.Tensor):
+        return images
+    try:
+        return list(images)  # type: ignore[call-overload]
+    except TypeError:
+        raise ImageInputError(f"predict() takes a sequence of images (paths or PIL images) or "
+                              f"a tensor (N, 3, H, W), got {type(images).__name__}") from None
 
 
 class Predictor:
@@ -111,21 +159,9 @@ class Predictor:
         """SHA-256 of the checkpoint file (identifies the model, e.g. in a search index)."""
         return file_sha256(self.checkpoint)
 
-    def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
-        """Decode, resize and normalise: (N, 3, H, W) float32."""
+    def preprocess(self, images: Sequence[ImageInput] | torch.Tensor) -> torch.Tensor:
+        """Decode, resize and normalise: (N, 3, H, W) float32 (see :func:`preprocess_images`)."""
         return preprocess_images(images, self._transform)
-
-    def _tensor_batch(self, batch: torch.Tensor) -> torch.Tensor:
-        if batch.ndim != 4 or batch.shape[1] != 3:
-            raise ValueError(f"expected an image batch (N, 3, H, W), got {tuple(batch.shape)}")
-        if batch.dtype == torch.uint8:  # raw pixels: resize and normalise here
-            size = (self.transform_config.height, self.transform_config.width)
-            x = F.interpolate(batch.float() / 255, size=size, mode="bilinear",
-                              antialias=True, align_corners=False)
-            mean = torch.tensor(self.transform_config.mean).view(1, 3, 1, 1)
-            std = torch.tensor(self.transform_config.std).view(1, 3, 1, 1)
-            return (x - mean) / std
-        return batch.float()
 
     def _run(self, x: torch.Tensor) -> ModelOutput:
         return forward_checked(self.model, x.to(self.device), self.flip, self.device, self.amp)
@@ -135,15 +171,21 @@ class Predictor:
 
         Args:
             images: PIL images or file paths (decoded, resized, normalised here), or a tensor
-                batch (N, 3, H, W): uint8 pixels are resized and normalised, float tensors are
-                taken as already preprocessed.
+                batch (N, 3, H, W): uint8 RGB pixels are resized and normalised exactly as a
+                file of those pixels, float tensors are taken as already preprocessed. A path,
+                that file opened with PIL and its pixels as uint8 give the same embedding
+                (one conversion, :func:`attreid.data.io.to_rgb`; one resize, PIL's).
+
+        Raises:
+            ImageInputError: an input of another type (a numpy array, bytes, one bare image).
+            DataError: a file is missing or cannot be decoded.
         """
+        images = _check_batch(images)
         embeddings, logits = [], {}
         n = len(images)
         for start in range(0, n, self.batch_size):
             chunk = images[start:start + self.batch_size]
-            x = self._tensor_batch(chunk) if isinstance(chunk, torch.Tensor) \
-                else self.preprocess(chunk)
+            x = self.preprocess(chunk)
             out = self._run(x)
             embeddings.append(out.embedding.cpu())
             for name, value in out.attribute_logits.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 import struct
 import warnings
@@ -12,14 +13,25 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from attreid.data.records import DataError
+from attreid.errors import AttreidError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def read_image(path: Path | str) -> Image.Image:
-    """Decode an image file fully and return it as RGB.
+ALPHA_MODES = ("RGBA", "LA", "PA", "P", "RGBa", "La")
+"""Modes composited on opaque black by :func:`to_rgb` (P: its palette or ``transparency`` may
+hold alpha; RGBa and La: premultiplied)."""
 
-    Grayscale, palette, RGBA, CMYK and 16-bit images are converted to 8-bit RGB.
+
+class ImageInputError(AttreidError, TypeError):
+    """An image input of a type that no entry point decodes (e.g. a numpy array or bytes); the
+    message names the type and the accepted ones."""
+
+
+def read_image(path: Path | str) -> Image.Image:
+    """Decode an image file fully and return it as 8-bit RGB, converted by :func:`to_rgb`.
+
+    ``read_image(path)`` equals ``to_rgb(Image.open(path))`` pixel for pixel.
 
     Raises:
         DataError: the file is missing, empty, truncated or not an image; the message names it.
@@ -28,7 +40,7 @@ def read_image(path: Path | str) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            return _to_rgb(img)
+            return to_rgb(img)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
@@ -38,17 +50,73 @@ def read_image(path: Path | str) -> Image.Image:
         raise DataError(f"{path}: image too large ({exc})") from exc
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The one conversion of a decoded image to 8-bit RGB, used by every entry point that takes
+    an image (files, PIL images, uploads, uint8 tensors), so they all give the same pixels.
+
+    Returns a new RGB image of the same size (``image`` is not modified; a lazily opened one is
+    loaded). By mode:
+
+    * ``RGB``: unchanged (a copy). PIL itself opens 16-bit-per-channel PNG (48-bit RGB, 64-bit
+      RGBA, 16-bit grey+alpha) as 8-bit ``RGB``/``RGBA`` keeping the high byte of each sample,
+      which is what the 16-bit grey rule below does too.
+    * ``I;16``, ``I;16L``, ``I;16B``, ``I;16N`` (16-bit grey, e.g. PNG and TIFF) and ``I``
+      (32-bit integer grey): the high byte of 16 bits, ``value // 256`` (30*256 -> 30,
+      65535 -> 255); above 65535 saturates at 255, below 0 at 0. PIL's ``convert("RGB")`` would
+      clip at 255 and turn almost every 16-bit pixel white.
+    * ``RGBA``, ``LA``, ``PA``, ``P`` (a palette, with or without ``transparency``) and the
+      premultiplied ``RGBa``, ``La``: composited on opaque black, ``colour * alpha / 255``
+      rounded, so a fully transparent pixel is black whatever colour it hides.
+    * ``L``, ``1`` (0 -> 0, 1 -> 255), ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ``RGBX``: PIL's
+      ``convert("RGB")`` (grey replicated to three channels; CMYK by PIL's plain formula).
+    * ``F`` (32-bit float): PIL's ``convert("RGB")``, values taken as 0..255, clipped and
+      rounded.
+
+    EXIF orientation is not applied and a multi-frame image gives its current frame, for a path
+    and a PIL image alike. A colour-key ``transparency`` of an ``L`` or ``RGB`` image is ignored.
+    """
+    img = image
     if img.mode.startswith("I;16") or img.mode == "I":
         # 16/32-bit grayscale: keep the high 8 of 16 bits (PIL's convert would clip at 255;
         # its point() does not take the big-endian I;16B of TIFF files). Above 65535 saturates.
         pixels = np.asarray(img).astype(np.int64)  # (H, W)
         img = Image.fromarray(np.clip(pixels // 256, 0, 255).astype(np.uint8))
-    if img.mode in ("RGBA", "LA", "P", "PA"):
+    if img.mode == "La":  # premultiplied grey+alpha: PIL converts it to nothing else
+        grey, alpha = img.split()
+        img = Image.merge("RGBa", (grey, grey, grey, alpha))
+    if img.mode in ALPHA_MODES:
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, img)
     return img.convert("RGB")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Deprecated private name of :func:`to_rgb`."""
+    return to_rgb(img)
+
+
+def load_rgb(image: object) -> Image.Image:
+    """A file path (``str`` or ``os.PathLike``) through :func:`read_image`, or a PIL image
+    through :func:`to_rgb`: the same RGB pixels for a file and for that file opened with PIL.
+
+    Raises:
+        ImageInputError: ``image`` is of another type (the message names it).
+        DataError: the file is missing or cannot be decoded, or a lazily opened PIL image
+            cannot be decoded.
+    """
+    if isinstance(image, Image.Image):
+        try:
+            return to_rgb(image)
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+            name = getattr(image, "filename", "") or f"PIL image ({image.mode}, {image.size})"
+            raise DataError(f"{name}: cannot decode image ({exc})") from exc
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    raise ImageInputError(
+        f"unsupported image input of type {type(image).__module__}.{type(image).__qualname__}: "
+        "expected a file path (str or os.PathLike) or a PIL.Image.Image (a numpy array: "
+        "PIL.Image.fromarray(array); a batch of pixels: one uint8 torch.Tensor (N, 3, H, W))")
 
 
 def list_images(folder: Path) -> tuple[list[Path], list[Path]]:

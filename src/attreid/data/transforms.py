@@ -8,7 +8,8 @@ Recipes (train); every eval transform is the ``"none"`` pipeline:
   -> RandomErasing (erased pixels set to 0 after normalisation, i.e. the mean colour).
 * ``"none"``: Resize -> ToTensor -> Normalize.
 
-Every pipeline first converts the image to RGB, so the output is always float32 ``(3, H, W)``.
+Every pipeline first converts the image to RGB (:func:`attreid.data.io.to_rgb`), so the output
+is always float32 ``(3, H, W)``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Callable
 import torch
 import torchvision.transforms as T
 from PIL import Image
+
+from attreid.data.io import to_rgb
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -104,10 +107,12 @@ def denormalize(tensor: torch.Tensor, cfg: TransformConfig) -> torch.Tensor:
 
 
 class _ToRGB:
-    """Convert a PIL image to RGB (grey, palette or RGBA inputs) so outputs have 3 channels."""
+    """Convert a PIL image to RGB with :func:`attreid.data.io.to_rgb` (the conversion of every
+    image input: 16-bit keeps the high byte, alpha composited on black), so outputs have 3
+    channels and a transform applied to any PIL image sees what a decoded file gives."""
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return image if image.mode == "RGB" else to_rgb(image)
 
     def __repr__(self) -> str:
         return "ToRGB()"

@@ -58,7 +58,7 @@ def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
     """
     from PIL import Image
 
-    from attreid.data.io import _to_rgb
+    from attreid.data.io import to_rgb
 
     if not data:
         raise QueryError("image: empty upload")
@@ -68,7 +68,7 @@ def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
             if width * height > max_pixels:
                 raise QueryError(f"image: {width}x{height} pixels, at most {max_pixels} allowed")
             img.load()
-            return _to_rgb(img)
+            return to_rgb(img)
     except QueryError:
         raise
     except Image.UnidentifiedImageError:
