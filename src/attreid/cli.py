@@ -179,9 +179,13 @@ def _check_nproc(cfg: Config, nproc: int) -> None:
 
     from attreid.engine import resolve_device
 
-    if cfg.data.p % nproc:
-        _fail(f"--nproc {nproc}: data.p={cfg.data.p} identities per batch cannot be split over "
-              f"{nproc} processes; make data.p a multiple of {nproc}")
+    from attreid.checks import check_training_config
+    from attreid.config import ConfigError
+
+    try:
+        check_training_config(cfg, nproc)  # its warnings are printed by rank 0
+    except ConfigError as exc:
+        _fail(f"--nproc {nproc}: {exc}")
     if resolve_device(cfg.train.device).type == "cuda" and torch.cuda.device_count() < nproc:
         _fail(f"--nproc {nproc}: one GPU per process, but {torch.cuda.device_count()} visible; "
               "use fewer processes or train.device=cpu (gloo)")

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from attreid import __version__, distributed
 from attreid.backend import cpu_bf16_native
+from attreid.checks import check_training_config
 from attreid.checkpoint import atomic_write_text, load_checkpoint, load_model_weights, \
     save_checkpoint
 from attreid.compare import selection_score
@@ -539,6 +540,8 @@ def resolve_precision(cfg: Config, device: torch.device, log: Log = print) -> Co
 def _train(cfg: Config, resume: bool, log: Log,
            on_step: Callable[[int, int, int, dict[str, float]], None] | None,
            info: DistInfo) -> TrainResult:
+    for warning in check_training_config(cfg, info.world_size):
+        log(f"warning: {warning}")
     cfg = absolute_paths(resolve_precision(cfg, resolve_device(cfg.train.device), log))
     out = Path(cfg.train.out)
     out.mkdir(parents=True, exist_ok=True)
