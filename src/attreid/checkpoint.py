@@ -47,6 +47,35 @@ def atomic_write_text(path: Path | str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def printable_name(text: str) -> str:
+    """``text`` (a file name or path) for people and for UTF-8 text files: valid UTF-8 on one
+    line, every other character unchanged.
+
+    A byte of a POSIX file name that is not UTF-8 reaches Python as a lone surrogate
+    (U+DC80..U+DCFF, ``os.fsdecode``'s ``surrogateescape``) that no UTF-8 writer accepts; it is
+    shown as ``\\xNN`` (the byte, as ``ls -b`` does). Other lone surrogates and the line
+    separators U+2028, U+2029 are shown as ``\\uNNNN``, control characters (line breaks,
+    tabs, ...) as ``\\n``, ``\\t``, ``\\xNN``. A display form: the exact name is what the
+    caller stores elsewhere.
+
+    Example: ``printable_name(os.fsdecode(b"caf\\xe9.jpg")) == "caf\\\\xe9.jpg"``.
+    """
+    if text.isprintable():  # the usual case: no surrogate, no control character
+        return text
+    out = []
+    for char in text:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif 0xD800 <= code <= 0xDFFF or code in (0x2028, 0x2029):  # or a line separator
+            out.append(f"\\u{code:04x}")
+        elif code < 0x20 or 0x7F <= code < 0xA0:
+            out.append(repr(char)[1:-1])
+        else:
+            out.append(char)
+    return "".join(out)
+
+
 def file_sha256(path: Path | str) -> str:
     """Hex SHA-256 of a file, read in 1 MiB blocks (identifies a checkpoint or an export)."""
     digest = hashlib.sha256()

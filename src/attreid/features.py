@@ -8,12 +8,18 @@ index (:func:`attreid.search.index.write_index_from_store`). Layout::
       manifest.json           # written last: no manifest = an unfinished extraction
       embeddings-00000.npy    # (rows, D) float32, shard 0
       <field>-00000.npy       # (rows, ...) each further field (ids, cams, probabilities, ...)
-      paths-00000.txt         # optional: one image path per line
+      paths-00000.txt         # optional: one image path per line, a JSON string
       embeddings-00001.npy    # shard 1, ...
 
 Every shard holds ``shard_size`` rows but the last. Every file is written to a temporary name
 and renamed into place (``os.replace``), the manifest after all shards, so a crash never leaves
 a store that opens with missing or half-written rows. The writer holds one shard in memory.
+
+Paths are stored exactly, whatever they hold: a file name's bytes that are not UTF-8 (which
+Python holds as lone surrogates, see ``os.fsdecode``), line breaks, any character. Each line of
+a paths file is a JSON string, plain UTF-8 where the path is valid UTF-8 and ``\\u`` escapes
+where it is not, so reading gives back the identical ``str`` (stores of format 1 hold one plain
+path per line, and are still read).
 """
 
 from __future__ import annotations
@@ -27,12 +33,14 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from attreid.checkpoint import atomic_write_text
+from attreid.checkpoint import atomic_write_bytes, atomic_write_text
 from attreid.errors import AttreidError
 from attreid.metrics import ReidResult, reid_metrics_streamed
 from attreid.schema import TASKS
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_FORMATS = (1, 2)
+"""Store formats this attreid reads: 1 (paths as plain lines), 2 (paths as JSON strings)."""
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings"
 PROBABILITIES = "probabilities"
@@ -63,6 +71,16 @@ def split_probabilities(matrix: np.ndarray) -> dict[str, np.ndarray]:
 
 def _shard_name(name: str, shard: int, suffix: str = ".npy") -> str:
     return f"{name}-{shard:05d}{suffix}"
+
+
+def _path_line(path: str) -> str:
+    """One line of a paths file: ``path`` as a JSON string (module docstring)."""
+    line = json.dumps(path, ensure_ascii=False)  # escapes line breaks and control characters
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates (bytes of a name that are not UTF-8)
+        line = json.dumps(path, ensure_ascii=True)
+    return line + "\n"
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
@@ -148,8 +166,8 @@ class FeatureWriter:
             if len(value) != n or value.shape[1:] != shape:
                 raise ValueError(f"{name}: expected shape ({n}, {', '.join(map(str, shape))})"
                                  f", got {value.shape}")
-        if paths is not None and (len(paths) != n or any("\n" in str(p) for p in paths)):
-            raise ValueError(f"paths: expected {n} paths without line breaks")
+        if paths is not None and len(paths) != n:
+            raise ValueError(f"paths: expected {n} paths, got {len(paths)}")
         return n
 
     def add(self, embeddings: np.ndarray, paths: Sequence[str] | None = None,
@@ -177,8 +195,8 @@ class FeatureWriter:
         for name, buffer in self._buffers.items():
             _atomic_save(self.root / _shard_name(name, shard), buffer[:self._filled])
         if self._paths is not None:
-            atomic_write_text(self.root / _shard_name("paths", shard, ".txt"),
-                              "".join(p + "\n" for p in self._paths))
+            atomic_write_bytes(self.root / _shard_name("paths", shard, ".txt"),
+                               "".join(_path_line(p) for p in self._paths).encode("utf-8"))
             self._paths.clear()
         self._shards.append(self._filled)
         self._filled = 0
@@ -198,7 +216,9 @@ class FeatureWriter:
             "paths": self._paths is not None, "info": self.info,
         }
         self._buffers = {}
-        atomic_write_text(self.root / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+        # ASCII JSON: any str in ``info`` (a checkpoint path, ...) is written as \u escapes
+        atomic_write_text(self.root / MANIFEST,
+                          json.dumps(manifest, indent=1, ensure_ascii=True) + "\n")
         self.store = FeatureStore.open(self.root)
         return self.store
 
@@ -250,9 +270,9 @@ class FeatureStore:
             count, version = int(manifest["count"]), manifest["format"]
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise FeatureStoreError(f"{path}: corrupt manifest ({exc!r})") from exc
-        if version != FORMAT_VERSION:
+        if version not in READ_FORMATS:
             raise FeatureStoreError(f"{path}: store format {version!r}, this attreid reads "
-                                    f"{FORMAT_VERSION}; extract again")
+                                    f"{' and '.join(map(str, READ_FORMATS))}; extract again")
         if sum(shards) != count:
             raise FeatureStoreError(f"{path}: shards hold {sum(shards)} rows, count says "
                                     f"{count}")
@@ -341,8 +361,17 @@ class FeatureStore:
             del maps  # unmap the shard before the next one
 
     def _read_paths(self, shard: int) -> list[str]:
-        text = (self.root / _shard_name("paths", shard, ".txt")).read_text()
-        return text.split("\n")[:-1]
+        path = self.root / _shard_name("paths", shard, ".txt")
+        lines = path.read_bytes().decode("utf-8", "surrogateescape").split("\n")[:-1]
+        if self.manifest["format"] == 1:  # plain lines
+            return lines
+        try:
+            names = [json.loads(line) for line in lines]
+        except json.JSONDecodeError as exc:
+            raise FeatureStoreError(f"{path}: corrupt path list ({exc})") from exc
+        if not all(isinstance(name, str) for name in names):
+            raise FeatureStoreError(f"{path}: corrupt path list (a line is not a JSON string)")
+        return names
 
     def take(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Rows ``rows`` (K,) of one field, in that order, as an in-memory copy (K, ...)."""

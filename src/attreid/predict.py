@@ -7,12 +7,18 @@
   age 1..4, the predicted colour one-hot, multicolour = every colour column 1; the byte-identical
   ``NNNNNN(1).jpg`` copies get their original's row) and ``reid_test.txt`` (one line per query,
   ``query.jpg: t1.jpg, t2.jpg, ...``, the ``top_k`` nearest test images, nearest first).
+
+``features.npz`` keeps every path exactly, whatever bytes the file name holds. The two text
+files are UTF-8: a file name byte that is not UTF-8 (or a control character such as a line
+break) is written escaped, ``\\xNN`` (:func:`attreid.checkpoint.printable_name`), with a
+warning naming those files.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from attreid.checkpoint import atomic_write_bytes, atomic_write_text
+from attreid.checkpoint import atomic_write_bytes, atomic_write_text, printable_name
 from attreid.data.load import load_dataset
 from attreid.data.records import Dataset
 from attreid.metrics import pairwise_distance
@@ -63,27 +69,30 @@ def _write_features(path: Path, paths: Sequence[Path], split: Sequence[str],
 
 
 def classification_rows(names: Sequence[str], labels: np.ndarray) -> str:
-    """The CSV text of ``classification_test.csv``: header + one row per image name."""
+    """The CSV text of ``classification_test.csv``: header + one row per image name (shown by
+    :func:`~attreid.checkpoint.printable_name`)."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for name, row in zip(names, labels):
         raw = tasks_to_raw(row)
-        writer.writerow([name, *(raw[c] for c in CSV_COLUMNS[1:])])
+        writer.writerow([printable_name(name), *(raw[c] for c in CSV_COLUMNS[1:])])
     return text.getvalue()
 
 
 def ranking_lines(query_names: Sequence[str], gallery_names: Sequence[str],
                   query_emb: np.ndarray, gallery_emb: np.ndarray, top_k: int) -> str:
-    """The text of ``reid_test.txt``: ``query: g1, g2, ...`` nearest first (Euclidean)."""
+    """The text of ``reid_test.txt``: ``query: g1, g2, ...`` nearest first (Euclidean); names
+    shown by :func:`~attreid.checkpoint.printable_name`."""
     k = min(top_k, len(gallery_names))
+    shown = [printable_name(name) for name in gallery_names]
     lines = []
     for start in range(0, len(query_names), 256):
         dist = pairwise_distance(torch.from_numpy(query_emb[start:start + 256]),
                                  torch.from_numpy(gallery_emb))  # (q, G)
         order = torch.sort(dist, dim=1, stable=True).indices[:, :k].numpy()
         for name, row in zip(query_names[start:start + 256], order):
-            lines.append(f"{name}: " + ", ".join(gallery_names[j] for j in row))
+            lines.append(f"{printable_name(name)}: " + ", ".join(shown[j] for j in row))
     return "\n".join(lines) + "\n"
 
 
@@ -95,6 +104,7 @@ def _course_files(dataset: Dataset, out: Path, pred: Prediction, top_k: int
     extra = [(copy.name, by_name[orig.name]) for copy, orig in dataset.duplicates.items()
              if orig.name in by_name]
     rows = sorted([*zip(names, pred.labels[nq:]), *extra])
+    _warn_escaped([n for n, _ in rows] + [r.path.name for r in dataset.query])
     classification = out / "classification_test.csv"
     atomic_write_text(classification, classification_rows([n for n, _ in rows],
                                                           np.array([r for _, r in rows])))
@@ -103,6 +113,17 @@ def _course_files(dataset: Dataset, out: Path, pred: Prediction, top_k: int
                                              pred.embeddings[:nq], pred.embeddings[nq:],
                                              top_k))
     return classification, ranking
+
+
+def _warn_escaped(names: Sequence[str]) -> None:
+    """Warn, naming them, about file names that the text files show escaped."""
+    escaped = [shown for name in names if (shown := printable_name(name)) != name]
+    if escaped:
+        more = f" and {len(escaped) - 5} more" if len(escaped) > 5 else ""
+        warnings.warn(f"{len(escaped)} file name(s) hold bytes that are not UTF-8 or control "
+                      "characters; classification_test.csv and reid_test.txt show them "
+                      f"escaped: {', '.join(escaped[:5])}{more} (features.npz keeps the exact "
+                      "paths)", stacklevel=3)
 
 
 def predict_dataset(checkpoint: Path | str, data_root: Path | str, out: Path | str,

@@ -12,6 +12,11 @@ names ``PPPP_cCsS_FFFFFF_BB.jpg`` when the name carries them), each row holds th
 probability of every class of every task in a column ``p_<task>_<class>``, so attribute
 constraints are plain SQL.
 
+Paths and names are stored exactly: as TEXT when they are valid UTF-8, else (a file name with
+bytes that are not UTF-8, which Python holds as lone surrogates, see ``os.fsdecode``) as a BLOB
+of their UTF-8 encoding with the surrogates passed through (Python's ``surrogatepass``), which
+reads back as the identical ``str``.
+
 Updates are atomic: :meth:`GalleryIndex.add` writes the next generation's vectors file first,
 then inserts the rows and switches ``info["vectors"]`` in one SQLite transaction, then deletes
 the previous file. A crash leaves the old index or the new one, never a mix; a stray file of an
@@ -35,7 +40,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from attreid.checkpoint import file_sha256
+from attreid.checkpoint import file_sha256, printable_name
 from attreid.data.io import IMAGE_SUFFIXES, read_image
 from attreid.data.records import DataError
 from attreid.errors import AttreidError
@@ -121,6 +126,12 @@ class Entry:
     frame: int | None
     identity: int | None
     probabilities: dict[str, list[float]]  # task -> class probabilities
+
+    @property
+    def display_name(self) -> str:
+        """The file name for people (:func:`attreid.checkpoint.printable_name`: bytes that are
+        not UTF-8 as ``\\xNN``); :attr:`path` is the exact one."""
+        return printable_name(Path(self.path).name)
 
     def attributes(self) -> dict[str, dict[str, Any]]:
         """task -> {"value": most probable class, "probability": its probability}."""
@@ -317,7 +328,8 @@ class GalleryIndex:
     # ---- writing -------------------------------------------------------------------------
 
     def indexed_paths(self) -> set[str]:
-        return {r[0] for r in self._query("SELECT path FROM images")}
+        """The exact paths of every indexed crop."""
+        return {_from_sql(r[0]) for r in self._query("SELECT path FROM images")}
 
     def append_store(self, store: FeatureStore) -> None:
         """Add the crops of a feature store (paths, embeddings, probabilities, as made by
@@ -356,8 +368,24 @@ def _entry(row: tuple, cols: list[tuple[str, int, str]]) -> Entry:
     probs: dict[str, list[float]] = {t.name: [] for t in TASKS}
     for (task, _, _), value in zip(cols, row[5:]):
         probs[task].append(float(value))
-    return Entry(id=int(row[0]), path=row[1], camera=row[2], frame=row[3], identity=row[4],
-                 probabilities=probs)
+    return Entry(id=int(row[0]), path=_from_sql(row[1]), camera=row[2], frame=row[3],
+                 identity=row[4], probabilities=probs)
+
+
+def _to_sql(text: str) -> str | bytes:
+    """``text`` as SQLite stores it exactly: itself when it is valid UTF-8, else (lone
+    surrogates: bytes of a file name that are not UTF-8) a BLOB of its UTF-8 encoding with the
+    surrogates passed through (:func:`_from_sql` gives back the identical str)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+    return text
+
+
+def _from_sql(value: str | bytes) -> str:
+    """Inverse of :func:`_to_sql`."""
+    return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
 
 
 def _read_vectors(path: Path, info: dict[str, Any]) -> Any:
@@ -403,8 +431,10 @@ def _rows(paths: Sequence[Path | str], probabilities: np.ndarray, start: int) ->
     """SQLite rows of N crops; ``probabilities`` (N, P) as :func:`_probability_rows`."""
     rows = []
     for i, (path, probs) in enumerate(zip(paths, probabilities.tolist())):
-        identity, camera, frame = parse_name(Path(path).name)
-        rows.append((start + i, str(path), Path(path).name, camera, frame, identity, *probs))
+        name = Path(path).name
+        identity, camera, frame = parse_name(name)
+        rows.append((start + i, _to_sql(str(path)), _to_sql(name), camera, frame, identity,
+                     *probs))
     return rows
 
 
@@ -415,8 +445,10 @@ def _insert(db: sqlite3.Connection, rows: list[tuple]) -> None:
 
 
 def _set_info(db: sqlite3.Connection, values: dict[str, Any]) -> None:
+    # ASCII JSON: a path (images_root, checkpoint) with bytes that are not UTF-8 is kept as
+    # \u escapes, read back exactly
     db.executemany("INSERT OR REPLACE INTO info VALUES (?, ?)",
-                   [(k, json.dumps(v)) for k, v in values.items()])
+                   [(k, json.dumps(v, ensure_ascii=True)) for k, v in values.items()])
 
 
 def _create_schema(db: sqlite3.Connection) -> None:
@@ -492,7 +524,8 @@ def _warn_skipped(skipped: list[str]) -> None:
     if skipped:
         shown = "; ".join(skipped[:5]) + (f"; and {len(skipped) - 5} more" if len(skipped) > 5
                                           else "")
-        warnings.warn(f"skipped {len(skipped)} undecodable image(s): {shown}", stacklevel=3)
+        warnings.warn(f"skipped {len(skipped)} undecodable image(s): "
+                      f"{printable_name(shown)}", stacklevel=3)
 
 
 def ivf_sample_size(count: int, nlist: int) -> int:

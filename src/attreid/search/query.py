@@ -111,8 +111,11 @@ class Hit:
     match: float | None
 
     def as_dict(self) -> dict[str, Any]:
+        """The hit as JSON-ready values; ``name`` is :attr:`Entry.display_name` (valid UTF-8:
+        the bytes of a file name that are not UTF-8 as ``\\xNN``, which no JSON encoder
+        writing UTF-8 would take as they are)."""
         e = self.entry
-        return {"id": e.id, "name": Path(e.path).name, "distance": self.distance,
+        return {"id": e.id, "name": e.display_name, "distance": self.distance,
                 "match": self.match, "camera": e.camera, "frame": e.frame,
                 "identity": e.identity, "attributes": e.attributes()}
 
