@@ -5,6 +5,7 @@ the user overrides it, and each says which distance it used."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,3 +77,34 @@ def test_cli_evaluate_says_which_distance(cosine_checkpoint, synth_market, tmp_p
         assert exc.code in (0, None)
     assert "distance: cosine (the checkpoint's)" in capsys.readouterr().out
     assert json.loads((tmp_path / "metrics.json").read_text())["setup"]["distance"] == "cosine"
+
+
+def test_predict_ranks_by_the_checkpoints_distance(cosine_checkpoint, tmp_path):
+    """reid_test.txt of a cosine checkpoint lists each query's gallery in cosine order (checked
+    against float64 distances from features.npz, within 1e-6 for near-ties); the Euclidean order
+    differs for this model, so ranking by the wrong distance turns this red."""
+    from attreid.data.synth import generate
+    from attreid.predict import predict_dataset
+
+    root = generate(tmp_path / "course", ids=12, seed=6, layout="course").out
+    files = predict_dataset(cosine_checkpoint, root, tmp_path / "pred", top_k=10, device="cpu")
+    assert files.distance == "cosine"
+    saved = np.load(files.features)
+    names = [Path(p).name for p in saved["paths"]]
+    query = saved["split"] == "query"
+    queries = {n: e for n, e, q in zip(names, saved["embeddings"], query) if q}
+    galleries = {n: e for n, e, q in zip(names, saved["embeddings"], query) if not q}
+    gallery = np.stack(list(galleries.values()))
+    wrong_order = 0
+    for line in files.ranking.read_text().splitlines():
+        qname, ranked = line.split(": ")
+        ranked = ranked.split(", ")
+        assert len(ranked) == 10
+        listed = np.stack([galleries[g] for g in ranked])
+        cos = _brute_force(queries[qname][None], listed, "cosine")[0]
+        assert (np.diff(cos) >= -1e-6).all(), qname
+        best = _brute_force(queries[qname][None], gallery, "cosine")[0]
+        assert cos[0] == pytest.approx(best.min(), abs=1e-6)
+        euc = _brute_force(queries[qname][None], listed, "euclidean")[0]
+        wrong_order += bool((np.diff(euc) < -1e-6).any())
+    assert wrong_order > 0  # Euclidean would have listed some queries differently

@@ -285,6 +285,8 @@ def predict(
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
     backend: str = typer.Option("torch", help="torch (a checkpoint) or onnx (a file made by "
                                 "`attreid export`, run with ONNX Runtime)."),
+    distance: str | None = typer.Option(None, help="euclidean, squared or cosine for "
+                                        "reid_test.txt (default: the model's own)."),
 ) -> None:
     """Predict the query and gallery images: features.npz for any layout, and the study's
     classification_test.csv + reid_test.txt for the course layout."""
@@ -296,10 +298,13 @@ def predict(
         with _count_progress("predicting") as progress:
             files = predict_dataset(checkpoint, data, out, layout=layout, top_k=top_k,
                                     flip=flip, device=device, progress=progress,
-                                    backend=backend)
+                                    backend=backend, distance=distance)
     except (DataError, CheckpointError, ExportError, ValueError) as exc:
         _fail(str(exc))
     written = [p for p in (files.features, files.classification, files.ranking) if p]
+    if files.ranking:
+        how = "given" if distance else "the model's"
+        console.print(f"reid_test.txt ranked by {files.distance} distance ({how})")
     console.print(f"wrote {', '.join(str(p) for p in written)}", soft_wrap=True)
 
 

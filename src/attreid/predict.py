@@ -42,6 +42,7 @@ class PredictFiles:
     features: Path
     classification: Path | None = None
     ranking: Path | None = None
+    distance: str = "euclidean"  # what reid_test.txt is ranked by
 
 
 def _predict(predictor: Predictor, paths: Sequence[Path], chunk: int,
@@ -81,22 +82,24 @@ def classification_rows(names: Sequence[str], labels: np.ndarray) -> str:
 
 
 def ranking_lines(query_names: Sequence[str], gallery_names: Sequence[str],
-                  query_emb: np.ndarray, gallery_emb: np.ndarray, top_k: int) -> str:
-    """The text of ``reid_test.txt``: ``query: g1, g2, ...`` nearest first (Euclidean); names
-    shown by :func:`~attreid.checkpoint.printable_name`."""
+                  query_emb: np.ndarray, gallery_emb: np.ndarray, top_k: int,
+                  metric: str = "euclidean") -> str:
+    """The text of ``reid_test.txt``: ``query: g1, g2, ...`` nearest first by ``metric``
+    (``euclidean``, ``squared`` or ``cosine``: the checkpoint's, see :func:`predict_dataset`);
+    names shown by :func:`~attreid.checkpoint.printable_name`."""
     k = min(top_k, len(gallery_names))
     shown = [printable_name(name) for name in gallery_names]
     lines = []
     for start in range(0, len(query_names), 256):
         dist = pairwise_distance(torch.from_numpy(query_emb[start:start + 256]),
-                                 torch.from_numpy(gallery_emb))  # (q, G)
+                                 torch.from_numpy(gallery_emb), metric)  # (q, G)
         order = torch.sort(dist, dim=1, stable=True).indices[:, :k].numpy()
         for name, row in zip(query_names[start:start + 256], order):
             lines.append(f"{printable_name(name)}: " + ", ".join(shown[j] for j in row))
     return "\n".join(lines) + "\n"
 
 
-def _course_files(dataset: Dataset, out: Path, pred: Prediction, top_k: int
+def _course_files(dataset: Dataset, out: Path, pred: Prediction, top_k: int, metric: str
                   ) -> tuple[Path, Path]:
     nq = len(dataset.query)  # pred holds the queries first, then the gallery
     names = [r.path.name for r in dataset.gallery]
@@ -111,7 +114,7 @@ def _course_files(dataset: Dataset, out: Path, pred: Prediction, top_k: int
     ranking = out / "reid_test.txt"
     atomic_write_text(ranking, ranking_lines([r.path.name for r in dataset.query], names,
                                              pred.embeddings[:nq], pred.embeddings[nq:],
-                                             top_k))
+                                             top_k, metric))
     return classification, ranking
 
 
@@ -130,11 +133,12 @@ def predict_dataset(checkpoint: Path | str, data_root: Path | str, out: Path | s
                     layout: str = "auto", top_k: int = 300, flip: bool = False,
                     device: str | None = None, batch_size: int = 128,
                     progress: Callable[[int, int], None] | None = None,
-                    backend: str = "torch") -> PredictFiles:
+                    backend: str = "torch", distance: str | None = None) -> PredictFiles:
     """Predict every query and gallery image of a dataset and write the files (module doc).
 
     ``backend="onnx"``: ``checkpoint`` is an ONNX export (``attreid export``), run with ONNX
-    Runtime on the CPU."""
+    Runtime on the CPU. ``distance`` ranks ``reid_test.txt``: default the distance the model
+    was trained with (``PredictFiles.distance`` says which)."""
     if top_k < 1:
         raise ValueError(f"top_k={top_k}: expected >= 1")
     out = Path(out)
@@ -149,7 +153,8 @@ def predict_dataset(checkpoint: Path | str, data_root: Path | str, out: Path | s
     split = ["query"] * len(dataset.query) + ["gallery"] * len(dataset.gallery)
     features = out / "features.npz"
     _write_features(features, [r.path for r in records], split, pred)
+    metric = distance or predictor.distance
     if dataset.layout != "course":
-        return PredictFiles(features)
-    classification, ranking = _course_files(dataset, out, pred, top_k)
-    return PredictFiles(features, classification, ranking)
+        return PredictFiles(features, distance=metric)
+    classification, ranking = _course_files(dataset, out, pred, top_k, metric)
+    return PredictFiles(features, classification, ranking, metric)

@@ -15,19 +15,19 @@ def table_rows(results: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], lis
 
     Args:
         results: variant name -> validation metrics as returned by
-            :func:`attreid.engine.validate` (``accuracy``, ``mean_accuracy``, ``mAP``,
-            ``rank1``, ``majority``).
+            :func:`attreid.engine.validate` (``mAP``, ``rank1``; ``accuracy``,
+            ``mean_accuracy``, ``majority`` when the data has attribute labels). A task without
+            labels, or data without any, shows "-".
     """
     variants = list(results)
-    first = next(iter(results.values()))
-    majority = first["majority"]
+    majority = next((r["majority"] for r in results.values() if r.get("majority")), {})
     header = ["task", *variants, "majority"]
     rows = []
     for task in TASK_NAMES:
-        rows.append([task, *(_pct(results[v]["accuracy"].get(task)) for v in variants),
-                     _pct(majority.get(task))])
+        rows.append([task, *(_pct((results[v].get("accuracy") or {}).get(task))
+                             for v in variants), _pct(majority.get(task))])
     known = [majority[t] for t in TASK_NAMES if majority.get(t) is not None]
-    rows.append(["mean", *(_pct(results[v]["mean_accuracy"]) for v in variants),
+    rows.append(["mean", *(_pct(results[v].get("mean_accuracy")) for v in variants),
                  _pct(sum(known) / len(known) if known else None)])
     rows.append(["mAP", *(_pct(results[v]["mAP"]) for v in variants), "-"])
     rows.append(["rank-1", *(_pct(results[v]["rank1"]) for v in variants), "-"])
@@ -60,8 +60,11 @@ def rows_to_markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> st
 
 
 def rich_table(results: Mapping[str, Mapping[str, Any]], title: str) -> Table:
-    """The study-style table of ``results`` for the terminal."""
-    return rows_to_rich(*table_rows(results), title=title)
+    """The study-style table of ``results`` for the terminal; its caption says when no task
+    had attribute labels (a re-ID-only dataset)."""
+    labelled = any(r.get("accuracy") for r in results.values())
+    caption = None if labelled else "no attribute labels in this data: re-ID only"
+    return rows_to_rich(*table_rows(results), title=title, caption=caption)
 
 
 def markdown_table(results: Mapping[str, Mapping[str, Any]]) -> str:
