@@ -251,10 +251,15 @@ def test_reid_queries_without_match_are_skipped() -> None:
 
 def test_reid_no_valid_query_raises() -> None:
     dist = np.array([[0.1, 0.2]])
-    with pytest.raises(ValueError, match="no valid query"):
+    with pytest.raises(ValueError, match="no valid query.*'seed': no query identity appears"):
         reid_metrics(dist, np.array([3]), np.array([1, 2]), protocol="seed")
-    with pytest.raises(ValueError, match="no valid query"):  # only same-camera matches
+    # only same-camera matches (one camera for all images): the message says why and what to do
+    with pytest.raises(ValueError, match=r"query's own camera .* one camera for all images no "
+                                         r"match is left\. Evaluate without the camera filter "
+                                         r"\(attreid evaluate --protocol seed"):
         reid_metrics(dist, np.array([1]), np.array([1, 1]), np.array([1]), np.array([1, 1]))
+    assert reid_metrics(dist, np.array([1]), np.array([1, 1]), np.array([1]), np.array([1, 1]),
+                        protocol="seed").mAP == 1.0  # the advice works
 
 
 @pytest.mark.parametrize("kwargs, message", [

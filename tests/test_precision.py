@@ -324,3 +324,20 @@ def test_auto_run_records_what_ran_and_bf16_without_native_support_warns(
     train(bf16, log=lines.append)
     assert lines[0] == "precision: bf16 autocast"
     assert lines[1].startswith("warning: train.amp=bf16 on a CPU without native bf16")
+
+
+def test_an_error_naming_a_non_utf8_file_prints_on_any_terminal(monkeypatch, capsys, tmp_path):
+    """A file name byte that is not UTF-8 (0xE9) is shown as \\xe9, not a UnicodeEncodeError."""
+    import attreid.demo
+    from attreid.data.records import DataError
+
+    name = os.fsdecode(b"caf\xe9_c1.jpg")
+
+    def fail(*_args, **_kwargs):
+        raise DataError(f"{name}: cannot decode image")
+
+    monkeypatch.setattr(attreid.demo, "run_demo", fail)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(["demo", "--out", str(tmp_path)])
+    assert exit_info.value.code == 1
+    assert "error: caf\\xe9_c1.jpg: cannot decode image" in capsys.readouterr().out

@@ -35,8 +35,18 @@ console = Console()
 LAYOUTS = "auto|market|course|custom"
 
 
+def _shown(text: str) -> str:
+    """``text`` safe to print on any terminal: bytes of file names that are not UTF-8 (held as
+    lone surrogates) become ``\\xNN``; rich markup is escaped."""
+    return escape(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+
+
+def _error(message: str) -> None:
+    console.print(f"[bold red]error:[/] {_shown(message)}", highlight=False, soft_wrap=True)
+
+
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    _error(message)
     raise typer.Exit(code=1)
 
 
@@ -397,7 +407,7 @@ def _reported_warnings() -> Iterator[None]:
         warnings.simplefilter("always")
         yield
     for w in caught:
-        console.print(f"[yellow]warning:[/] {escape(str(w.message))}", soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {_shown(str(w.message))}", soft_wrap=True)
 
 
 def _search_errors() -> tuple[type[Exception], ...]:
@@ -570,8 +580,7 @@ def run(args: list[str] | None = None, prog_name: str | None = None) -> None:
     except AttreidError as exc:
         if os.environ.get("ATTREID_DEBUG"):
             raise
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
-                      soft_wrap=True)
+        _error(str(exc))
         sys.exit(1)
     except KeyboardInterrupt:
         console.print("interrupted (a training run continues from its last epoch with "

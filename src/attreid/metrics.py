@@ -408,6 +408,16 @@ def reid_metrics(
     return totals.result(q, protocol)
 
 
+_NO_MATCH_HINT = {
+    "market": (". The market protocol drops the gallery images of the query's identity taken "
+               "by the query's own camera (and junk, identity -1), so with one camera for all "
+               "images no match is left. Evaluate without the camera filter (attreid evaluate "
+               "--protocol seed; Python: protocol=\"seed\"), or give the images their real "
+               "camera ids"),
+    "seed": ": no query identity appears in the gallery",
+}
+
+
 class _Totals:
     """Per-query AP / INP and CMC counts of the valid queries, gathered chunk by chunk."""
 
@@ -427,7 +437,7 @@ class _Totals:
     def result(self, q: int, protocol: str) -> ReidResult:
         if self.num_valid == 0:
             raise ValueError(f"no valid query: none of the {q} queries has a match in the "
-                             f"gallery under protocol {protocol!r}")
+                             f"gallery under protocol {protocol!r}{_NO_MATCH_HINT[protocol]}")
         cmc = self.cmc_counts.numpy().astype(np.float64) / self.num_valid
         cmc.setflags(write=False)
         return ReidResult(cmc=cmc, mAP=float(torch.cat(self.aps).numpy().mean()),
