@@ -38,6 +38,24 @@ def test_course_submission_files(course_root, tiny_checkpoint, tmp_path):
         assert row["age"] in {"1", "2", "3", "4"}
         for group in (UP_COLOR_COLUMNS, DOWN_COLOR_COLUMNS):
             assert sum(row[c] == "2" for c in group) <= 1  # one-hot or multicolour (none)
+    # the values: each row is features.npz's predicted labels in the dataset's raw coding,
+    # written out here by hand (task order age, backpack, bag, handbag, clothes, down, up,
+    # hair, hat, gender, upcolor, downcolor; binary codes 1/2 = class 0/1; age 1-4; a colour
+    # index sets that colour's column to 2, the multicolour class leaves every column 1)
+    saved = np.load(files.features)
+    labels = {p.split("/")[-1]: lab for p, s, lab in zip(saved["paths"], saved["split"],
+                                                           saved["labels"]) if s == "gallery"}
+    binary = ["backpack", "bag", "handbag", "clothes", "down", "up", "hair", "hat", "gender"]
+    up = ["upblack", "upwhite", "upred", "uppurple", "upyellow", "upgray", "upblue", "upgreen"]
+    down = ["downblack", "downwhite", "downpink", "downpurple", "downyellow", "downgray",
+            "downblue", "downgreen", "downbrown"]
+    for row in rows:
+        lab = labels[row["id"].replace("(1)", "")]
+        want = {"age": str(lab[0] + 1)}
+        want.update({name: str(lab[1 + i] + 1) for i, name in enumerate(binary)})
+        want.update({c: "2" if j == lab[10] else "1" for j, c in enumerate(up)})
+        want.update({c: "2" if j == lab[11] else "1" for j, c in enumerate(down)})
+        assert {k: row[k] for k in want} == want, row["id"]
     lines = files.ranking.read_text().splitlines()
     queries = sorted(p.name for p in (course_root / "queries").iterdir())
     assert [ln.split(":")[0] for ln in lines] == queries

@@ -15,7 +15,10 @@ pytest.importorskip("faiss", reason="gallery search needs faiss (pip install 'at
 from attreid.checkpoint import file_sha256  # noqa: E402
 from attreid.metrics import pairwise_distance  # noqa: E402
 from attreid.predictor import Predictor  # noqa: E402
+from attreid.rerank import rerank_dense  # noqa: E402
 from attreid.schema import TASKS  # noqa: E402
+from attreid.search.index import prepare_vectors  # noqa: E402
+from attreid.search.query import RERANK_DEPTH  # noqa: E402
 from attreid.search import (  # noqa: E402
     GalleryIndex,
     GalleryIndexError,
@@ -135,9 +138,17 @@ def test_rerank_reorders_the_top_candidates(api, synth_market):
     plain = api.by_image(query, k=len(api.index))
     reranked = api.by_image(query, k=10, rerank=True)
     assert len(reranked) == 10
-    assert {h.entry.id for h in reranked} <= {h.entry.id for h in plain[:100]}
-    distances = [h.distance for h in reranked]
-    assert distances == sorted(distances)
+    # the values: the dense (textbook) k-reciprocal re-ranking of the first RERANK_DEPTH
+    # candidates, computed here; k1 = min(20, n - 1), k2 = min(6, k1), lambda 0.3
+    candidates = [h.entry.id for h in plain[:RERANK_DEPTH]]
+    gallery = np.stack([api.index.vector(i) for i in candidates])
+    vector = prepare_vectors(api.embed(query)[None], api.index.metric)
+    k1 = min(20, len(candidates) - 1)
+    dense = rerank_dense(vector, gallery, k1=k1, k2=min(6, k1), lambda_value=0.3)[0]
+    order = np.argsort(dense, kind="stable")[:10]
+    assert [h.entry.id for h in reranked] == [candidates[j] for j in order]
+    np.testing.assert_allclose([h.distance for h in reranked], dense[order], atol=1e-6)
+    assert [h.entry.id for h in reranked] != [h.entry.id for h in plain[:10]]  # it reorders
 
 
 @pytest.mark.parametrize("spec, message", [
