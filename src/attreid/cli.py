@@ -535,17 +535,30 @@ def search(
     if as_json:
         print(json.dumps([h.as_dict() for h in hits], indent=1))
         return
+    trained = opened.index.trained_tasks
+    headline = [t for t in ("gender", "age", "upcolor", "downcolor") if t in trained]
+    if len(headline) == 4:
+        heading = "attributes (up/down)"
+    elif headline:
+        heading = "attributes"
+    else:  # none of the four: the other trained tasks as task=value
+        heading = "attributes" if trained else "attributes (none: re-ID only model)"
+
+    def summary(attrs: dict) -> str:
+        if len(headline) == 4:
+            return (f"{attrs['gender']['value']} {attrs['age']['value']}, "
+                    f"{attrs['upcolor']['value']}/{attrs['downcolor']['value']}")
+        shown = headline or list(trained)  # only tasks the model was trained on
+        return ", ".join(f"{t}={attrs[t]['value']}" for t in shown if t in attrs)
+
     table = Table(title=f"{len(hits)} result(s)")
-    for column in ("rank", "id", "name", "distance", "match", "cam", "attributes (up/down)"):
+    for column in ("rank", "id", "name", "distance", "match", "cam", heading):
         table.add_column(column, overflow="fold")
     for rank, hit in enumerate(hits, start=1):
-        attrs = hit.entry.attributes()
-        summary = (f"{attrs['gender']['value']} {attrs['age']['value']}, "
-                   f"{attrs['upcolor']['value']}/{attrs['downcolor']['value']}")
-        table.add_row(str(rank), str(hit.entry.id), escape(Path(hit.entry.path).name),
+        table.add_row(str(rank), str(hit.entry.id), escape(hit.entry.display_name),
                       "" if hit.distance is None else f"{hit.distance:.4f}",
                       "" if hit.match is None else f"{hit.match:.3f}",
-                      str(hit.entry.camera or ""), summary)
+                      str(hit.entry.camera or ""), summary(hit.entry.attributes()))
     console.print(table)
 
 

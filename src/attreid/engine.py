@@ -56,7 +56,7 @@ from attreid.inference import Features, autocast_context, extract, resolve_amp, 
 from attreid.losses import MultiTaskLoss, positive_ratio_weights
 from attreid.metrics import attribute_metrics, majority_baseline, pairwise_distance, reid_metrics
 from attreid.models import build_model
-from attreid.schema import MISSING
+from attreid.schema import MISSING, TASK_NAMES
 
 Log = Callable[[str], None]
 
@@ -408,11 +408,19 @@ def _extract_sharded(model: nn.Module, records: list, info: DistInfo, kwargs: di
 
 
 def _state(cfg: Config, parts: _Parts, epoch: int, label_of: dict[int, int],
-           best: dict[str, Any], metrics: dict[str, Any] | None) -> dict[str, Any]:
+           best: dict[str, Any], metrics: dict[str, Any] | None,
+           train_targets: np.ndarray) -> dict[str, Any]:
+    """The checkpoint's contents. ``trained_tasks``: the tasks (in the order of
+    :data:`attreid.schema.TASK_NAMES`) with at least one known label in ``train_targets``
+    (N_ids, 12): the others' heads never saw a label, and consumers (predict, the search index,
+    the service) treat their outputs as unknown. A checkpoint without the key (older ones)
+    trained all tasks."""
+    known = (np.asarray(train_targets).reshape(-1, len(TASK_NAMES)) != MISSING).any(axis=0)
     return {"model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
             "criterion": parts.criterion.state_dict(), "epoch": epoch, "config": to_dict(cfg),
             "model_config": parts.model.config, "label_of": label_of, "best": best,
             "metrics": metrics, "attreid_version": __version__,
+            "trained_tasks": [name for name, k in zip(TASK_NAMES, known) if k],
             "scaler": parts.scaler.state_dict() if parts.scaler else None}
 
 
@@ -631,9 +639,10 @@ def _checkpoint(cfg: Config, parts: _Parts, bundle: DataBundle, epoch: int,
         best = {"epoch": epoch + 1, "score": selection_score(metrics), "mAP": metrics["mAP"],
                 "mean_accuracy": metrics.get("mean_accuracy")}
         save_checkpoint(out / "best.pt", _state(cfg, parts, epoch + 1,
-                                                bundle.train.label_of, best, metrics))
+                                                bundle.train.label_of, best, metrics,
+                                                bundle.train_targets))
     save_checkpoint(out / "last.pt", _state(cfg, parts, epoch + 1, bundle.train.label_of,
-                                            best, metrics))
+                                            best, metrics, bundle.train_targets))
     return best
 
 

@@ -4,9 +4,11 @@ The exported graph takes ``images``: float32 (N, 3, H, W), RGB, resized to the t
 normalised with the ImageNet mean/std (``(x / 255 - mean) / std``), N dynamic. It returns
 ``embedding`` (N, D) and one ``logits_<task>`` per attribute task in the order of
 :data:`attreid.schema.TASKS`: (N, 1) for binary tasks (sigmoid gives P(class 1)), (N, C)
-otherwise (softmax). The preprocessing, the tasks and their classes, the distance and the source
-checkpoint's sha256 are written into the model's metadata (``metadata_props``), so the file is
-self-describing; :class:`OnnxPredictor` reads them from there.
+otherwise (softmax). The preprocessing, the tasks and their classes, the tasks the model was
+trained on (``attreid.trained_tasks``: the others' logits come from heads that never saw a
+label; an export without the key is of a model trained on all tasks), the distance and the
+source checkpoint's sha256 are written into the model's metadata (``metadata_props``), so the
+file is self-describing; :class:`OnnxPredictor` reads them from there.
 
 The TorchScript-based exporter is used: the torch.export-based one fails on the attention
 variant with torch 2.14.
@@ -27,14 +29,14 @@ from torch import nn
 
 from attreid.data.transforms import TransformConfig, build_transforms
 from attreid.errors import AttreidError
-from attreid.metrics import predict_labels
 from attreid.predictor import (
     ImageInput,
     Prediction,
     Predictor,
     _check_batch,
-    _probabilities,
+    make_prediction,
     preprocess_images,
+    trained_tasks_of,
 )
 from attreid.schema import TASKS
 
@@ -66,6 +68,7 @@ def _metadata(predictor: Predictor) -> dict[str, str]:
         "attreid.model": json.dumps(predictor.model.config),
         "attreid.distance": predictor.distance,
         "attreid.tasks": json.dumps([[t.name, list(t.classes)] for t in TASKS]),
+        "attreid.trained_tasks": json.dumps(list(predictor.trained_tasks)),
         "attreid.preprocess": json.dumps({
             "layout": "NCHW float32 RGB", "height": tc.height, "width": tc.width,
             "resize": "bilinear, antialiased, to (height, width)",
@@ -114,7 +117,8 @@ def export_onnx(checkpoint: Path | str, out: Path | str, opset: int = OPSET) -> 
 
 
 class OnnxPredictor:
-    """:class:`~attreid.Predictor`'s interface on an exported ONNX file, with ONNX Runtime.
+    """:class:`~attreid.Predictor`'s interface on an exported ONNX file, with ONNX Runtime
+    (``trained_tasks`` included, from the file's metadata).
 
     Example::
 
@@ -147,6 +151,12 @@ class OnnxPredictor:
         self.checkpoint_sha256 = meta["attreid.checkpoint_sha256"]
         self.distance = meta["attreid.distance"]
         self.model_config = json.loads(meta["attreid.model"])
+        try:  # an export made before the key existed: a model trained on all tasks
+            recorded = meta.get("attreid.trained_tasks")
+            self.trained_tasks: tuple[str, ...] = trained_tasks_of(
+                None if recorded is None else json.loads(recorded))
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            raise ExportError(f"{path}: bad metadata attreid.trained_tasks ({exc})") from None
         self.batch_size = batch_size
         self.flip = flip
 
@@ -176,9 +186,7 @@ class OnnxPredictor:
                  for i in range(0, len(images), self.batch_size)]
         merged = [np.concatenate(p) for p in zip(*parts)]
         logits = {t.name: torch.from_numpy(v) for t, v in zip(TASKS, merged[1:])}
-        return Prediction(embeddings=merged[0].astype(np.float32),
-                          probabilities=_probabilities(logits),
-                          labels=predict_labels(logits).numpy())
+        return make_prediction(merged[0].astype(np.float32), logits, self.trained_tasks)
 
 
 def load_predictor(path: Path | str, backend: str = "torch", device: str | None = None,

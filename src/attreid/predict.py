@@ -1,12 +1,20 @@
 """``attreid predict``: predictions for a dataset's query and gallery images as files.
 
 * any layout: ``features.npz`` with the image paths, embeddings (N, D), predicted task labels
-  (N, 12) and per-task class probabilities, for downstream use;
+  (N, 12), ``trained_tasks`` (the tasks the model was trained on) and the class probabilities
+  ``prob_<task>`` of each trained task, for downstream use;
 * course layout: the study's submission files, ``classification_test.csv`` (one row per test/
   image, the 28 columns of ``annotations_train.csv`` with the file name in ``id``, 1/2 coding,
   age 1..4, the predicted colour one-hot, multicolour = every colour column 1; the byte-identical
   ``NNNNNN(1).jpg`` copies get their original's row) and ``reid_test.txt`` (one line per query,
   ``query.jpg: t1.jpg, t2.jpg, ...``, the ``top_k`` nearest test images, nearest first).
+
+A model trained on data that labels only some attribute tasks, or none (re-ID only), predicts
+nothing for the others (their heads never saw a label, see
+:attr:`attreid.Predictor.trained_tasks`): their labels in ``features.npz`` are -1 (unknown),
+their ``prob_<task>`` arrays are not written, and their columns of ``classification_test.csv``
+(age; the binary attribute; all 8 or 9 colour columns of a colour group) are left empty; a
+warning names them.
 
 ``features.npz`` keeps every path exactly, whatever bytes the file name holds. The two text
 files are UTF-8: a file name byte that is not UTF-8 (or a control character such as a line
@@ -32,7 +40,14 @@ from attreid.data.records import Dataset
 from attreid.metrics import pairwise_distance
 from attreid.export import load_predictor
 from attreid.predictor import Prediction, Predictor
-from attreid.schema import CSV_COLUMNS, TASK_NAMES, tasks_to_raw
+from attreid.schema import (
+    CSV_COLUMNS,
+    DOWN_COLOR_COLUMNS,
+    MISSING,
+    TASK_NAMES,
+    UP_COLOR_COLUMNS,
+    tasks_to_raw,
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +58,7 @@ class PredictFiles:
     classification: Path | None = None
     ranking: Path | None = None
     distance: str = "euclidean"  # what reid_test.txt is ranked by
+    trained_tasks: tuple[str, ...] = TASK_NAMES  # the others are unknown in the files
 
 
 def _predict(predictor: Predictor, paths: Sequence[Path], chunk: int,
@@ -56,7 +72,7 @@ def _predict(predictor: Predictor, paths: Sequence[Path], chunk: int,
         embeddings=np.concatenate([p.embeddings for p in parts]),
         probabilities={k: np.concatenate([p.probabilities[k] for p in parts])
                        for k in parts[0].probabilities},
-        labels=np.concatenate([p.labels for p in parts]))
+        labels=np.concatenate([p.labels for p in parts]), trained_tasks=parts[0].trained_tasks)
 
 
 def _write_features(path: Path, paths: Sequence[Path], split: Sequence[str],
@@ -65,19 +81,33 @@ def _write_features(path: Path, paths: Sequence[Path], split: Sequence[str],
     np.savez_compressed(buffer, paths=np.array([str(p) for p in paths]),
                         split=np.array(split), embeddings=pred.embeddings, labels=pred.labels,
                         task_names=np.array(TASK_NAMES),
-                        **{f"prob_{k}": v for k, v in pred.probabilities.items()})
+                        trained_tasks=np.array(list(pred.trained_tasks), dtype=str),
+                        **{f"prob_{k}": v for k, v in pred.trained_probabilities().items()})
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def _column_task(column: str) -> str:
+    """The task a raw column of ``annotations_train.csv`` belongs to."""
+    if column in UP_COLOR_COLUMNS:
+        return "upcolor"
+    if column in DOWN_COLOR_COLUMNS:
+        return "downcolor"
+    return column
 
 
 def classification_rows(names: Sequence[str], labels: np.ndarray) -> str:
     """The CSV text of ``classification_test.csv``: header + one row per image name (shown by
-    :func:`~attreid.checkpoint.printable_name`)."""
+    :func:`~attreid.checkpoint.printable_name`). A label -1 (a task the model was trained
+    without) leaves that task's columns empty."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    for name, row in zip(names, labels):
-        raw = tasks_to_raw(row)
-        writer.writerow([printable_name(name), *(raw[c] for c in CSV_COLUMNS[1:])])
+    tasks = [TASK_NAMES.index(_column_task(c)) for c in CSV_COLUMNS[1:]]
+    for name, row in zip(names, np.asarray(labels)):
+        known = row != MISSING
+        raw = tasks_to_raw(np.where(known, row, 0))  # the unknown ones blanked below
+        writer.writerow([printable_name(name),
+                         *(raw[c] if known[t] else "" for c, t in zip(CSV_COLUMNS[1:], tasks))])
     return text.getvalue()
 
 
@@ -129,6 +159,19 @@ def _warn_escaped(names: Sequence[str]) -> None:
                       "paths)", stacklevel=3)
 
 
+def _warn_untrained(trained: Sequence[str], course: bool) -> None:
+    """Warn, naming them, about the tasks the model was trained without."""
+    untrained = [name for name in TASK_NAMES if name not in trained]
+    if not untrained:
+        return
+    csv_note = "their columns of classification_test.csv are empty, " if course else ""
+    what = ("no attribute labels (re-ID only)" if not trained else
+            f"labels for {', '.join(trained)} only")
+    warnings.warn(f"the model was trained with {what}: no prediction for "
+                  f"{', '.join(untrained)}; {csv_note}their labels in features.npz are -1 "
+                  "and their probabilities are not written", stacklevel=3)
+
+
 def predict_dataset(checkpoint: Path | str, data_root: Path | str, out: Path | str,
                     layout: str = "auto", top_k: int = 300, flip: bool = False,
                     device: str | None = None, batch_size: int = 128,
@@ -150,11 +193,12 @@ def predict_dataset(checkpoint: Path | str, data_root: Path | str, out: Path | s
                                flip=flip)
     records = dataset.query + dataset.gallery
     pred = _predict(predictor, [r.path for r in records], batch_size, progress)
+    _warn_untrained(pred.trained_tasks, dataset.layout == "course")
     split = ["query"] * len(dataset.query) + ["gallery"] * len(dataset.gallery)
     features = out / "features.npz"
     _write_features(features, [r.path for r in records], split, pred)
     metric = distance or predictor.distance
     if dataset.layout != "course":
-        return PredictFiles(features, distance=metric)
+        return PredictFiles(features, distance=metric, trained_tasks=pred.trained_tasks)
     classification, ranking = _course_files(dataset, out, pred, top_k, metric)
-    return PredictFiles(features, classification, ranking, metric)
+    return PredictFiles(features, classification, ranking, metric, pred.trained_tasks)

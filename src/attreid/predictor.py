@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from attreid.checkpoint import file_sha256, load_checkpoint, load_model_weights
+from attreid.checkpoint import CheckpointError, file_sha256, load_checkpoint, \
+    load_model_weights
 from attreid.config import from_dict
 from attreid.data.io import ImageInputError, load_rgb
 from attreid.data.transforms import TransformConfig, build_transforms
@@ -21,35 +22,87 @@ from attreid.inference import forward_checked
 from attreid.metrics import predict_labels
 from attreid.models import build_model
 from attreid.models.output import ModelOutput
-from attreid.schema import TASKS, describe
+from attreid.schema import MISSING, TASK_NAMES, TASKS
 
 ImageInput = Union[Image.Image, str, Path]
 """What predict() decodes: a PIL image or a file path (``str`` or ``os.PathLike``)."""
 
-__all__ = ["ImageInput", "ImageInputError", "Prediction", "Predictor", "preprocess_images"]
+__all__ = ["ImageInput", "ImageInputError", "Prediction", "Predictor", "preprocess_images",
+           "trained_tasks_of"]
+
+
+def trained_tasks_of(recorded: object) -> tuple[str, ...]:
+    """The tasks a model was trained on, in the order of :data:`attreid.schema.TASK_NAMES`,
+    from what a checkpoint (``trained_tasks``), an ONNX export or a search index recorded.
+    ``None`` (made before the record existed) means all 12 tasks.
+
+    Raises:
+        ValueError: not a list of task names, or an unknown name.
+    """
+    if recorded is None:
+        return TASK_NAMES
+    if isinstance(recorded, (str, bytes)) or not isinstance(recorded, (list, tuple)) or \
+            not all(isinstance(name, str) for name in recorded):
+        raise ValueError(f"trained_tasks: expected a list of task names, got {recorded!r}")
+    unknown = sorted(set(recorded) - set(TASK_NAMES))
+    if unknown:
+        raise ValueError(f"trained_tasks: unknown task(s) {unknown}; expected names of "
+                         f"{list(TASK_NAMES)}")
+    return tuple(name for name in TASK_NAMES if name in recorded)
 
 
 @dataclass(frozen=True)
 class Prediction:
     """Outputs for N images.
 
+    A model trained on data that labels only some attribute tasks (or none: re-ID only) has
+    heads for the other tasks that never saw a label; their outputs are noise.
+    ``trained_tasks`` names the tasks whose predictions mean something, and what is shown to
+    people follows it: ``labels`` is :data:`~attreid.schema.MISSING` (-1, unknown) in the
+    columns of the other tasks and :meth:`attributes` leaves them out. ``probabilities`` keeps
+    the raw outputs of every head (the feature store and the search index hold all 40 columns
+    in a fixed layout), so read it only for the tasks in ``trained_tasks``
+    (:meth:`trained_probabilities` gives just those).
+
     Attributes:
         embeddings: (N, D) float32 re-ID embeddings (compare with Euclidean or cosine distance).
         probabilities: task name -> (N, C) class probabilities (C = 2 for binary tasks:
-            [P(class 0), P(class 1)]).
-        labels: (N, 12) int64 predicted class per task, in the order of ``attreid.schema.TASKS``.
+            [P(class 0), P(class 1)]), every task, raw (see above).
+        labels: (N, 12) int64 predicted class per task, in the order of ``attreid.schema.TASKS``;
+            -1 for the tasks not in ``trained_tasks``.
+        trained_tasks: the tasks the model was trained on (order of ``TASK_NAMES``).
     """
 
     embeddings: np.ndarray
     probabilities: dict[str, np.ndarray]
     labels: np.ndarray
+    trained_tasks: tuple[str, ...] = TASK_NAMES
 
     def __len__(self) -> int:
         return len(self.embeddings)
 
     def attributes(self, index: int) -> dict[str, str]:
-        """Class names of image ``index``, e.g. ``{"gender": "female", ...}``."""
-        return describe(self.labels[index])
+        """Class names of image ``index`` for the trained tasks, e.g. ``{"gender": "female",
+        ...}``; a task the model was trained without is left out (never a guess)."""
+        row = self.labels[index]
+        return {task.name: task.classes[int(row[t])] for t, task in enumerate(TASKS)
+                if task.name in self.trained_tasks and int(row[t]) != MISSING}
+
+    def trained_probabilities(self) -> dict[str, np.ndarray]:
+        """``probabilities`` of the trained tasks only."""
+        return {name: self.probabilities[name] for name in self.trained_tasks}
+
+
+def make_prediction(embeddings: np.ndarray, logits: dict[str, torch.Tensor],
+                    trained_tasks: Sequence[str] = TASK_NAMES) -> Prediction:
+    """A :class:`Prediction` from embeddings and per-task logits: probabilities of every head,
+    labels -1 for the tasks not in ``trained_tasks``."""
+    labels = predict_labels(logits).numpy()
+    untrained = [t for t, name in enumerate(TASK_NAMES) if name not in trained_tasks]
+    if untrained:
+        labels[:, untrained] = MISSING
+    return Prediction(embeddings=embeddings, probabilities=_probabilities(logits),
+                      labels=labels, trained_tasks=tuple(trained_tasks))
 
 
 def _probabilities(logits: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -121,6 +174,9 @@ class Predictor:
 
     Preprocessing (resize to the training size, ImageNet normalisation) comes from the
     checkpoint's config. ``flip=True`` averages the outputs of each image and its mirror.
+    ``trained_tasks`` names the attribute tasks the checkpoint was trained on (labelled in its
+    training data; all 12 for a checkpoint made before this was recorded); predictions of the
+    others are reported as unknown (see :class:`Prediction`).
 
     Example::
 
@@ -137,6 +193,10 @@ class Predictor:
         self.device = resolve_device(device or "auto")
         self.model = build_model(**state["model_config"])
         load_model_weights(self.model, state["model"], checkpoint)
+        try:
+            self.trained_tasks: tuple[str, ...] = trained_tasks_of(state.get("trained_tasks"))
+        except ValueError as exc:
+            raise CheckpointError(f"{checkpoint}: {exc}") from None
         self.model.to(self.device).eval()
         self.transform_config: TransformConfig = transform_config(self.config)
         self._transform = build_transforms(self.transform_config, train=False)
@@ -193,6 +253,4 @@ class Predictor:
         if not embeddings:
             raise ValueError("predict() needs at least one image")
         merged = {k: torch.cat(v) for k, v in logits.items()}
-        return Prediction(embeddings=torch.cat(embeddings).numpy(),
-                          probabilities=_probabilities(merged),
-                          labels=predict_labels(merged).numpy())
+        return make_prediction(torch.cat(embeddings).numpy(), merged, self.trained_tasks)

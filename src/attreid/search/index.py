@@ -12,6 +12,12 @@ names ``PPPP_cCsS_FFFFFF_BB.jpg`` when the name carries them), each row holds th
 probability of every class of every task in a column ``p_<task>_<class>``, so attribute
 constraints are plain SQL.
 
+``info["trained_tasks"]`` lists the tasks the model was trained on (the checkpoint's, see
+:attr:`attreid.Predictor.trained_tasks`; an index without it is of a model trained on all
+tasks). The columns of the other tasks hold the outputs of heads that never saw a label:
+they are kept (the table has one layout) but never read: :class:`Entry` leaves those tasks out
+and the query layer refuses constraints on them.
+
 Paths and names are stored exactly: as TEXT when they are valid UTF-8, else (a file name with
 bytes that are not UTF-8, which Python holds as lone surrogates, see ``os.fsdecode``) as a BLOB
 of their UTF-8 encoding with the surrogates passed through (Python's ``surrogatepass``), which
@@ -53,7 +59,7 @@ from attreid.features import (
     ImageBatch,
     extract_to_store,
 )
-from attreid.schema import TASKS
+from attreid.schema import TASK_NAMES, TASKS
 
 FORMAT_VERSION = 1
 DATABASE = "meta.sqlite"
@@ -125,7 +131,8 @@ class Entry:
     camera: int | None
     frame: int | None
     identity: int | None
-    probabilities: dict[str, list[float]]  # task -> class probabilities
+    probabilities: dict[str, list[float]]  # task -> class probabilities, trained tasks only
+    trained_tasks: tuple[str, ...] = TASK_NAMES  # the index's (GalleryIndex.trained_tasks)
 
     @property
     def display_name(self) -> str:
@@ -134,9 +141,12 @@ class Entry:
         return printable_name(Path(self.path).name)
 
     def attributes(self) -> dict[str, dict[str, Any]]:
-        """task -> {"value": most probable class, "probability": its probability}."""
+        """task -> {"value": most probable class, "probability": its probability}, for the
+        tasks the model was trained on only (the others are unknown, not described)."""
         out = {}
         for task in TASKS:
+            if task.name not in self.trained_tasks:
+                continue
             probs = self.probabilities[task.name]
             best = int(np.argmax(probs))
             out[task.name] = {"value": task.classes[best], "probability": round(probs[best], 4)}
@@ -190,6 +200,7 @@ class GalleryIndex:
         self._lock = threading.Lock()
         self.vectors = vectors
         self.info = info
+        self.trained_tasks: tuple[str, ...] = _trained_tasks(info, root / DATABASE)
 
     # ---- opening -------------------------------------------------------------------------
 
@@ -262,19 +273,19 @@ class GalleryIndex:
         ids = [int(i) for i in ids]
         if not ids:
             return []
-        cols = probability_columns()
-        names = ", ".join(c for _, _, c in cols)
+        cols = [c for c in probability_columns() if c[0] in self.trained_tasks]
+        names = "".join(f", {c}" for _, _, c in cols)
         rows = {}
         for start in range(0, len(ids), 500):  # SQLite's variable limit
             chunk = ids[start:start + 500]
             marks = ", ".join("?" * len(chunk))
-            for row in self._query(f"SELECT id, path, camera, frame, identity, {names} "
+            for row in self._query(f"SELECT id, path, camera, frame, identity{names} "
                                    f"FROM images WHERE id IN ({marks})", chunk):
                 rows[row[0]] = row
         missing = [i for i in ids if i not in rows]
         if missing:
             raise KeyError(f"image ids not in the index: {missing[:10]}")
-        return [_entry(rows[i], cols) for i in ids]
+        return [_entry(rows[i], cols, self.trained_tasks) for i in ids]
 
     def vector(self, image_id: int) -> np.ndarray:
         """The stored (prepared) vector of one image, shape (D,)."""
@@ -364,12 +375,23 @@ class GalleryIndex:
         (self.root / old).unlink(missing_ok=True)
 
 
-def _entry(row: tuple, cols: list[tuple[str, int, str]]) -> Entry:
-    probs: dict[str, list[float]] = {t.name: [] for t in TASKS}
+def _entry(row: tuple, cols: list[tuple[str, int, str]], trained: tuple[str, ...]) -> Entry:
+    probs: dict[str, list[float]] = {name: [] for name in trained}
     for (task, _, _), value in zip(cols, row[5:]):
         probs[task].append(float(value))
     return Entry(id=int(row[0]), path=_from_sql(row[1]), camera=row[2], frame=row[3],
-                 identity=row[4], probabilities=probs)
+                 identity=row[4], probabilities=probs, trained_tasks=trained)
+
+
+def _trained_tasks(info: dict[str, Any], where: Path) -> tuple[str, ...]:
+    """``info["trained_tasks"]`` in the order of ``TASK_NAMES``; all tasks when absent."""
+    from attreid.predictor import trained_tasks_of
+
+    try:
+        return trained_tasks_of(info.get("trained_tasks"))
+    except ValueError as exc:
+        raise GalleryIndexError(f"{where}: damaged index info ({exc}); rebuild it with "
+                                "`attreid index build`") from None
 
 
 def _to_sql(text: str) -> str | bytes:
@@ -566,7 +588,8 @@ def build_index(predictor: Any, images: Path | str, out: Path | str, kind: str =
     the FAISS vectors, not every embedding and probability twice over.
 
     Args:
-        predictor: an :class:`~attreid.Predictor` (its checkpoint is recorded).
+        predictor: an :class:`~attreid.Predictor` (its checkpoint and its
+            ``trained_tasks`` are recorded).
         kind: ``"flat"`` (exact search) or ``"ivf"`` (inverted lists; for large galleries;
             trained on a sample, see :func:`ivf_sample_size`).
         nlist: IVF lists (0: about 4 * sqrt(N)); nprobe: lists visited per query.
@@ -596,7 +619,8 @@ def build_index(predictor: Any, images: Path | str, out: Path | str, kind: str =
             out, store, checkpoint=Path(predictor.checkpoint), metric=predictor.distance,
             checkpoint_sha256=predictor.checkpoint_sha256, kind=kind, nlist=nlist,
             nprobe=nprobe, overwrite=overwrite,
-            extra={"flip": bool(predictor.flip), "images_root": str(Path(images).resolve())})
+            extra={"flip": bool(predictor.flip), "images_root": str(Path(images).resolve())},
+            trained_tasks=getattr(predictor, "trained_tasks", TASK_NAMES))
     finally:
         if features is None:
             shutil.rmtree(store_dir, ignore_errors=True)
@@ -681,7 +705,8 @@ def write_index(out: Path | str, paths: Sequence[Path], embeddings: np.ndarray,
                 probabilities: dict[str, np.ndarray], checkpoint: Path, metric: str = "euclidean",
                 kind: str = "flat", nlist: int = 0, nprobe: int = 16, overwrite: bool = False,
                 extra: dict[str, Any] | None = None,
-                checkpoint_sha256: str | None = None) -> GalleryIndex:
+                checkpoint_sha256: str | None = None,
+                trained_tasks: Sequence[str] | None = None) -> GalleryIndex:
     """Write an index folder from embeddings already computed (by ``checkpoint``).
 
     Args:
@@ -691,16 +716,20 @@ def write_index(out: Path | str, paths: Sequence[Path], embeddings: np.ndarray,
         extra: more ``info`` entries (flip, images_root).
         checkpoint_sha256: the checkpoint's sha256 (default: hash ``checkpoint``; an ONNX
             export gives its source checkpoint's).
+        trained_tasks: the tasks the model was trained on (``Predictor.trained_tasks``;
+            ``None``: all); only those can be searched by and are described.
     """
     return _write_index(out, _array_source(paths, embeddings, probabilities), checkpoint,
-                        metric, kind, nlist, nprobe, overwrite, extra, checkpoint_sha256)
+                        metric, kind, nlist, nprobe, overwrite, extra, checkpoint_sha256,
+                        trained_tasks)
 
 
 def write_index_from_store(out: Path | str, store: FeatureStore, checkpoint: Path,
                            metric: str = "euclidean", kind: str = "flat", nlist: int = 0,
                            nprobe: int = 16, overwrite: bool = False,
                            extra: dict[str, Any] | None = None,
-                           checkpoint_sha256: str | None = None) -> GalleryIndex:
+                           checkpoint_sha256: str | None = None,
+                           trained_tasks: Sequence[str] | None = None) -> GalleryIndex:
     """:func:`write_index` from a feature store with paths and probabilities (as made by
     :func:`embed_files_to_store`), read chunk by chunk: vectors are added to FAISS and rows
     inserted into SQLite :data:`WRITE_CHUNK` at a time, an IVF quantizer trains on a sample
@@ -708,14 +737,19 @@ def write_index_from_store(out: Path | str, store: FeatureStore, checkpoint: Pat
     Gives the same index as :func:`write_index` on the store's arrays.
     """
     return _write_index(out, _store_source(store), checkpoint, metric, kind, nlist, nprobe,
-                        overwrite, extra, checkpoint_sha256)
+                        overwrite, extra, checkpoint_sha256, trained_tasks)
 
 
 def _write_index(out: Path | str, source: _Source, checkpoint: Path, metric: str, kind: str,
                  nlist: int, nprobe: int, overwrite: bool, extra: dict[str, Any] | None,
-                 checkpoint_sha256: str | None) -> GalleryIndex:
+                 checkpoint_sha256: str | None,
+                 trained_tasks: Sequence[str] | None = None) -> GalleryIndex:
     out = Path(out)
     _check_target(out, kind, overwrite)
+    if trained_tasks is not None:
+        from attreid.predictor import trained_tasks_of
+
+        extra = {**(extra or {}), "trained_tasks": list(trained_tasks_of(list(trained_tasks)))}
     nlist = nlist or max(1, int(4 * np.sqrt(source.count)))
     info = {"format": FORMAT_VERSION, "checkpoint": str(Path(checkpoint).resolve()),
             "checkpoint_sha256": checkpoint_sha256 or file_sha256(Path(checkpoint)),

@@ -8,6 +8,11 @@ probabilities (``match``), which ranks attribute-only queries.
 
 Image and attributes together: the constraints (and cameras) *filter* the gallery, the image
 *ranks* what is left by embedding distance (FAISS search restricted to the allowed ids).
+
+Only the tasks the index's model was trained on (:attr:`GalleryIndex.trained_tasks`) can be
+searched by: a constraint on another task (its head never saw a label, its "predictions" are
+noise) is a :class:`QueryError` naming the task. An index of a re-ID-only model is searched
+by image only.
 """
 
 from __future__ import annotations
@@ -171,8 +176,23 @@ class GallerySearch:
 
     # ---- filters -------------------------------------------------------------------------
 
+    def check_trained(self, constraints: Sequence[Constraint]) -> None:
+        """Raise :class:`QueryError` for a constraint on a task the index's model was trained
+        without (naming it, and the tasks that can be searched by)."""
+        trained = self.index.trained_tasks
+        untrained = [c.task for c in constraints if c.task not in trained]
+        if not untrained:
+            return
+        names = ", ".join(untrained)
+        which = "it" if len(untrained) == 1 else "them"
+        searchable = (f"this index can be searched by {', '.join(trained)}" if trained else
+                      "the model has no attribute predictions (re-ID only): search by image")
+        raise QueryError(f"attribute {names}: the model of this index was trained without "
+                         f"labels for {which}, so it cannot be searched by; {searchable}")
+
     def _where(self, constraints: Sequence[Constraint], cameras: Sequence[int] | None,
                min_prob: float) -> tuple[str, list[Any]]:
+        self.check_trained(constraints)
         clauses, params = ["1"], []
         for c in constraints:
             clauses.append(f"{c.column} >= ?")  # column names come from the schema only
@@ -198,7 +218,12 @@ class GallerySearch:
         """Crops satisfying the constraints, best match first (ties: lower id)."""
         constraints = parse_attributes(attributes)
         k, min_prob = _check_k(k), _check_min_prob(min_prob)
+        self.check_trained(constraints)
         if not constraints:
+            if not self.index.trained_tasks:
+                raise QueryError("search by description is unavailable: the model of this "
+                                 "index was trained without attribute labels (re-ID only); "
+                                 "search by image")
             raise QueryError("an attribute query needs at least one task=value constraint")
         where, params = self._where(constraints, cameras, min_prob)
         score = " * ".join(c.column for c in constraints)
@@ -213,6 +238,7 @@ class GallerySearch:
         """Nearest crops to an embedding, optionally filtered and re-ranked."""
         constraints = parse_attributes(attributes)
         k, min_prob = _check_k(k), _check_min_prob(min_prob)
+        self.check_trained(constraints)
         allowed = self.allowed_ids(constraints, cameras, min_prob)
         if allowed is not None and exclude is not None:
             allowed = allowed[allowed != exclude]

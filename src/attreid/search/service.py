@@ -9,8 +9,13 @@ Routes (OpenAPI docs at ``/docs``):
 * ``GET /search/attributes`` — one query parameter per attribute task (``?gender=female``),
   plus ``k``, ``camera``, ``min_prob``; unknown parameters or values are a 422.
 * ``GET /images/{id}`` — the file of an indexed crop (only indexed files are served).
-* ``GET /api/schema`` — the attribute tasks and their values (the page builds its chips from it).
-* ``GET /healthz`` — status, number of images, checkpoint.
+* ``GET /api/schema`` — the attribute tasks the index's model was trained on and their values
+  (the page builds its chips from it; no task: a re-ID-only model, search by image only).
+* ``GET /healthz`` — status, number of images, checkpoint, trained tasks.
+
+A task the model was trained without (its training data had no label for it) is never shown
+nor searchable: a constraint on it is a 422 naming it (:meth:`GallerySearch.check_trained`),
+results describe the trained tasks only.
 * ``GET /`` — the web page (static files shipped in ``attreid/search/web``; no CDN).
 
 Uploads are checked before decoding: at most ``max_upload_bytes`` (by Content-Length, and by
@@ -31,7 +36,7 @@ from typing import Any, Literal, Optional, Union
 from attreid.schema import TASKS
 from attreid.search.batching import EmbeddingBatcher
 from attreid.search.index import GalleryIndexError
-from attreid.search.query import GallerySearch, Hit, QueryError
+from attreid.search.query import GallerySearch, Hit, QueryError, parse_attributes
 
 WEB_DIR = Path(__file__).parent / "web"
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
@@ -196,14 +201,21 @@ def _hits(hits: list[Hit]) -> list[dict[str, Any]]:
     return [dict(h.as_dict(), url=f"/images/{h.entry.id}") for h in hits]
 
 
-def _attribute_params_model(max_k: int) -> Any:
+def _attribute_params_model(max_k: int, trained: tuple[str, ...]) -> Any:
     """Pydantic model of GET /search/attributes: one optional parameter per task (its values
-    as a Literal, so OpenAPI lists them), unknown parameters forbidden."""
+    as a Literal, so OpenAPI lists them), unknown parameters forbidden. A task the model was
+    trained without keeps its parameter (a 422 naming it, rather than "extra input"), described
+    as unavailable."""
     from pydantic import ConfigDict, Field, create_model
 
+    def about(task: Any) -> str:
+        if task.name in trained:
+            return f"{task.name}: " + ", ".join(task.classes)
+        return (f"{task.name}: unavailable, the model was trained without labels for it "
+                "(a 422)")
+
     fields: dict[str, Any] = {
-        task.name: (Optional[Literal[task.classes]], Field(None, description=f"{task.name}: "
-                                                           + ", ".join(task.classes)))
+        task.name: (Optional[Literal[task.classes]], Field(None, description=about(task)))
         for task in TASKS
     }
     fields["k"] = (int, Field(20, ge=1, le=max_k, description="number of results"))
@@ -227,7 +239,8 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                           description="Find a person in a gallery of crops by example image "
                           "and/or by attributes.")
     batcher = EmbeddingBatcher(search.embed_many, max_batch)  # the only caller of the model
-    AttributeQuery = _attribute_params_model(max_k)
+    trained = search.index.trained_tasks
+    AttributeQuery = _attribute_params_model(max_k, trained)
 
     @app.exception_handler(QueryError)
     async def _query_error(_: Request, exc: QueryError) -> JSONResponse:
@@ -241,11 +254,16 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     def healthz() -> dict[str, Any]:
         info = search.index.info
         return {"status": "ok", "images": len(search.index), "index": info["kind"],
-                "metric": info["metric"], "checkpoint_sha256": info["checkpoint_sha256"]}
+                "metric": info["metric"], "checkpoint_sha256": info["checkpoint_sha256"],
+                "trained_tasks": list(trained)}
 
     @app.get("/api/schema")
     def schema() -> dict[str, Any]:
-        return {"tasks": [{"name": t.name, "values": list(t.classes)} for t in TASKS],
+        """The searchable tasks (those the model was trained on) and their values; the tasks
+        it was trained without are listed in ``untrained`` (no chips, not searchable)."""
+        return {"tasks": [{"name": t.name, "values": list(t.classes)} for t in TASKS
+                          if t.name in trained],
+                "untrained": [t.name for t in TASKS if t.name not in trained],
                 "cameras": search.index.cameras(), "max_k": max_k, "images": len(search.index)}
 
     @app.post("/search", responses={**_error_responses(400), **errors})
@@ -259,6 +277,7 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         rerank: bool = Form(False),
     ) -> dict[str, Any]:
         cameras = parse_cameras(camera)
+        search.check_trained(parse_attributes(attributes))  # before an upload is embedded
         options = dict(attributes=attributes, cameras=cameras, min_prob=min_prob)
         if image is not None and query_id is not None:
             raise QueryError("give an image or a query_id, not both")

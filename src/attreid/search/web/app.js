@@ -143,9 +143,18 @@
   }
 
   // Two-valued tasks go in a compact grid (label above its two chips); the others get a row
-  // each (label at the left).
-  function buildAttributeChips(tasks) {
+  // each (label at the left). The schema lists only the tasks the model was trained on; with
+  // none (a re-ID-only model) the block says that search by description is unavailable, and
+  // the tasks trained without labels are named under the chips.
+  function buildAttributeChips(tasks, untrained) {
     el.groups.replaceChildren();
+    const missing = (untrained || []).map((t) => TASK_LABELS[t] || t);
+    if (!tasks.length) {
+      el.groups.append(make("p", { class: "hint unavailable", id: "attributes-unavailable",
+        text: "Search by description is unavailable for this model: it was trained without " +
+          "attribute labels (re-ID only). Search with a crop." }));
+      return;
+    }
     const grid = make("div", { class: "binary-grid" });
     const rows = make("div", { class: "rows" });
     for (const task of orderedTasks(tasks)) {
@@ -158,6 +167,18 @@
         make("span", { class: "group-label", text: label }), chips));
     }
     el.groups.append(grid, rows);
+    if (missing.length) {
+      el.groups.append(make("p", { class: "hint unavailable", id: "attributes-untrained",
+        text: `Not available (trained without labels): ${missing.join(", ")}.` }));
+    }
+  }
+
+  function attributeSearch() {
+    return Boolean(state.schema && state.schema.tasks.length);
+  }
+
+  function idleText() {
+    return attributeSearch() ? "Choose a crop or an attribute to search." : "Choose a crop to search.";
   }
 
   function buildCameraChips(cameras) {
@@ -284,7 +305,7 @@
       if (state.controller) state.controller.abort();
       showResults([], null);
       showError("");
-      setStatus("Choose a crop or an attribute to search.", "idle");
+      setStatus(idleText(), "idle");
     }
   }
 
@@ -353,13 +374,17 @@
 
   // ---- results ---------------------------------------------------------------------------
 
+  // Only the tasks in attrs are known (the model was trained on them): "no bag" only when
+  // every bag task is known and says no.
   function bagInfo(attrs) {
     const items = [];
-    for (const task of ["backpack", "bag", "handbag"]) {
+    const bags = ["backpack", "bag", "handbag"];
+    for (const task of bags) {
       if (attrs[task] && attrs[task].value === "yes") items.push(task);
     }
     if (attrs.hat && attrs.hat.value === "yes") items.push("hat");
-    return items.length ? items.join(", ") : "no bag";
+    if (items.length) return items.join(", ");
+    return bags.every((task) => attrs[task]) ? "no bag" : "";
   }
 
   function percent(p) {
@@ -404,7 +429,7 @@
       make("span", { class: "who", text: who || "\u00a0" }),
       make("span", { class: "colours" }, colourItem(attrs, "upcolor", "upper"),
         colourItem(attrs, "downcolor", "lower")),
-      make("span", { class: "bags", text: bagInfo(attrs) }),
+      make("span", { class: "bags", text: bagInfo(attrs) || "\u00a0" }),
       make("span", { class: "ident",
         text: (hit.identity !== null ? `id ${hit.identity} \u00b7 ` : "") + `#${hit.id}` })));
     for (const [task, a] of Object.entries(attrs)) card.setAttribute(`data-attr-${task}`, a.value);
@@ -496,10 +521,14 @@
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const schema = await response.json();
       state.schema = schema;
-      buildAttributeChips(schema.tasks);
+      buildAttributeChips(schema.tasks, schema.untrained);
       buildCameraChips(schema.cameras);
       buildKSelect(schema.max_k);
       syncChips();
+      if (!attributeSearch()) {
+        document.body.dataset.attributes = "unavailable";
+        setStatus(idleText(), "idle");
+      }
       el.info.textContent = `${schema.images} images \u00b7 ${schema.cameras.length} camera` +
         (schema.cameras.length === 1 ? "" : "s");
       document.body.dataset.ready = "true";
