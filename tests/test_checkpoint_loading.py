@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import require
 
 from attreid import cli
 from attreid.checkpoint import (
@@ -69,7 +70,7 @@ def test_evaluate_and_export_of_a_ddp_checkpoint(tiny_checkpoint, synth_market, 
     plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
     ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert ddp["mAP"] == plain["mAP"] and ddp["accuracy"] == plain["accuracy"]
-    pytest.importorskip("onnx")
+    require("onnx", "ONNX export needs onnx (pip install 'attreid[onnx]')")
     _run_ok(["export", str(wrapped), "--out", str(tmp_path / "m.onnx")])
     assert (tmp_path / "m.onnx").stat().st_size > 0
 

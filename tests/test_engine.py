@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import require
 
 from attreid.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from attreid.config import ConfigError, load_config, preset_names, with_updates
@@ -116,7 +117,7 @@ def test_train_writes_checkpoints_and_metrics(synth_root, tmp_path):
     assert state["epoch"] == 2 and state["config"]["data"]["root"] == str(synth_root)
     assert load_config(out / "config.yaml") == cfg
     assert not list(out.glob(".*.tmp"))
-    pytest.importorskip("tensorboard")
+    require("tensorboard", "TensorBoard logging needs tensorboard (attreid[dev])")
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require
 
-pytest.importorskip("onnxruntime", reason="ONNX export needs onnx + onnxruntime "
-                    "(pip install 'attreid[onnx]')")
+require("onnxruntime", "ONNX export needs onnx + onnxruntime (pip install 'attreid[onnx]')")
 
 from typer.testing import CliRunner  # noqa: E402
 

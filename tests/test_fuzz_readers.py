@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 import pytest
 import scipy.io
+from conftest import require
 from helpers import labels_for, make_market, write_course_csv, write_jpeg
 from PIL import Image
 
@@ -33,7 +34,7 @@ from attreid.data.market import ATTRIBUTE_FILE, load_market_attributes, parse_ma
 from attreid.data.records import DataError
 from attreid.schema import CSV_COLUMNS, RAW_ATTRIBUTES, raw_to_tasks, tasks_to_raw
 
-hypothesis = pytest.importorskip("hypothesis")
+hypothesis = require("hypothesis", "the property-based tests need hypothesis (attreid[dev])")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require
 from PIL import Image
 
 from attreid.data.io import ImageInputError, read_image, to_rgb
@@ -176,7 +177,7 @@ def test_uint8_tensors_are_resized_like_files(crops, predictor):
 
 @pytest.mark.parametrize("mode", ["I;16", "RGB48", "RGBA", "P", "CMYK"])
 def test_search_by_pil_image_equals_search_by_path(mode, crops, search_index):
-    pytest.importorskip("faiss")
+    require("faiss", "gallery search needs faiss (pip install 'attreid[search]')")
     from attreid.search import GallerySearch
 
     search = GallerySearch.open(search_index)
@@ -189,7 +190,7 @@ def test_search_by_pil_image_equals_search_by_path(mode, crops, search_index):
 
 
 def test_onnx_predictor_takes_the_same_path(crops, predictor, tiny_checkpoint, tmp_path):
-    pytest.importorskip("onnxruntime")
+    require("onnxruntime", "ONNX inference needs onnxruntime (pip install 'attreid[onnx]')")
     from attreid.export import OnnxPredictor, export_onnx
 
     onnx = OnnxPredictor(export_onnx(tiny_checkpoint, tmp_path / "model.onnx"))
@@ -203,7 +204,7 @@ def test_onnx_predictor_takes_the_same_path(crops, predictor, tiny_checkpoint, t
 
 
 def test_service_uploads_decode_like_files(crops):
-    pytest.importorskip("faiss")
+    require("faiss", "the service needs faiss (pip install 'attreid[serve]')")
     from attreid.search.service import decode_upload
 
     for mode in ("I;16", "I;16B", "RGB48", "RGBA", "LA", "P", "CMYK", "1"):

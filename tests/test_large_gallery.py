@@ -256,7 +256,9 @@ def test_streamed_metrics_refuse_a_gallery_that_changes_between_passes():
 # Streamed index
 # --------------------------------------------------------------------------------------------
 
-faiss = pytest.importorskip("faiss", reason="gallery search needs faiss")
+from conftest import require
+
+faiss = require("faiss", "gallery search needs faiss (pip install 'attreid[search]')")
 from attreid.search import index as index_module  # noqa: E402
 from attreid.search import write_index, write_index_from_store  # noqa: E402
 

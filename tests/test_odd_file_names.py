@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import require
 from helpers import make_course
 
 from attreid.checkpoint import printable_name
@@ -95,7 +96,7 @@ def _cli():
 
 def test_cli_index_build_stores_the_odd_name_and_finds_it(tiny_checkpoint, odd_gallery,
                                                          tmp_path):
-    pytest.importorskip("faiss")
+    require("faiss", "gallery search needs faiss (pip install 'attreid[search]')")
     from attreid.predictor import Predictor
     from attreid.search import GalleryIndex, GallerySearch
 
@@ -139,7 +140,7 @@ def test_cli_index_build_stores_the_odd_name_and_finds_it(tiny_checkpoint, odd_g
 
 def test_cli_index_add_of_odd_names_adds_each_once(tiny_checkpoint, odd_gallery, synth_market,
                                                    tmp_path):
-    pytest.importorskip("faiss")
+    require("faiss", "gallery search needs faiss (pip install 'attreid[search]')")
     from attreid.search import GalleryIndex
 
     runner, app = _cli()
@@ -170,8 +171,8 @@ def test_cli_index_add_of_odd_names_adds_each_once(tiny_checkpoint, odd_gallery,
 
 
 def test_service_answers_and_serves_odd_names(tiny_checkpoint, odd_gallery, tmp_path):
-    pytest.importorskip("faiss")
-    pytest.importorskip("fastapi")
+    require("faiss", "the service needs faiss (pip install 'attreid[serve]')")
+    require("fastapi", "the service needs fastapi (pip install 'attreid[serve]')")
     from fastapi.testclient import TestClient
 
     from attreid.predictor import Predictor

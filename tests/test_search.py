@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require
 
-pytest.importorskip("faiss", reason="gallery search needs faiss (pip install 'attreid[search]')")
+require("faiss", "gallery search needs faiss (pip install 'attreid[search]')")
 
 from attreid.checkpoint import file_sha256  # noqa: E402
 from attreid.metrics import pairwise_distance  # noqa: E402

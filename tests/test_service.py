@@ -7,9 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import require
 
-pytest.importorskip("faiss", reason="gallery search needs faiss (pip install 'attreid[search]')")
-pytest.importorskip("fastapi", reason="the service needs fastapi (pip install 'attreid[serve]')")
+require("faiss", "gallery search needs faiss (pip install 'attreid[search]')")
+require("fastapi", "the service needs fastapi (pip install 'attreid[serve]')")
 
 import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require, served
 
-pytest.importorskip("faiss", reason="gallery search needs faiss (pip install 'attreid[search]')")
-pytest.importorskip("fastapi", reason="the service needs fastapi (pip install 'attreid[serve]')")
+require("faiss", "gallery search needs faiss (pip install 'attreid[search]')")
+require("fastapi", "the service needs fastapi (pip install 'attreid[serve]')")
 
 import httpx  # noqa: E402
-from conftest import served  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -80,7 +80,7 @@ def test_openapi_schema_fuzzing_finds_no_server_error(app):
     5xx, and every response conforms to the schema (status code, content type, body).
     Schema-valid requests that the service still refuses are allowed: the schema cannot state
     "an image, a query_id or at least one attribute"."""
-    schemathesis = pytest.importorskip("schemathesis")
+    schemathesis = require("schemathesis", "the API fuzz test needs schemathesis (attreid[dev])")
     from schemathesis.generation.modes import GenerationMode
     from schemathesis.specs.openapi.checks import positive_data_acceptance
 

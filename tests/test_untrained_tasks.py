@@ -14,6 +14,7 @@ import sqlite3
 import numpy as np
 import pytest
 import torch
+from conftest import require
 
 from attreid import cli
 from attreid.checkpoint import load_checkpoint, save_checkpoint
@@ -134,8 +135,8 @@ def test_the_predictor_reports_untrained_tasks_as_unknown(runs, predictors):
 
 
 def test_the_onnx_export_carries_the_trained_tasks(runs, tmp_path):
-    onnx = pytest.importorskip("onnx")
-    pytest.importorskip("onnxruntime")
+    onnx = require("onnx", "ONNX export needs onnx (pip install 'attreid[onnx]')")
+    require("onnxruntime", "ONNX inference needs onnxruntime (pip install 'attreid[onnx]')")
     from attreid.export import OnnxPredictor, export_onnx
 
     path = export_onnx(runs["partial"][1], tmp_path / "partial.onnx")
@@ -220,7 +221,7 @@ def test_predict_leaves_the_untrained_columns_empty(runs, course, tmp_path):
 @pytest.fixture(scope="module")
 def indexes(runs, predictors, tmp_path_factory):
     """Index folders of the custom gallery (plus a crop with a non-UTF-8 name), by model."""
-    pytest.importorskip("faiss")
+    require("faiss", "gallery search needs faiss (pip install 'attreid[search]')")
     from attreid.search import build_index
 
     base = tmp_path_factory.mktemp("untrained_index")
@@ -344,7 +345,7 @@ def test_the_cli_search_table_shows_trained_tasks_and_escaped_names(indexes, pre
 # ---- the service ---------------------------------------------------------------------------
 
 def test_the_service_lists_and_searches_trained_tasks_only(indexes, predictors, runs):
-    pytest.importorskip("fastapi")
+    require("fastapi", "the service needs fastapi (pip install 'attreid[serve]')")
     from fastapi.testclient import TestClient
 
     from attreid.search.service import create_app

@@ -1,8 +1,9 @@
 """End-to-end test of the search page: the app served by uvicorn, driven by headless Chromium.
 
 Needs Debian's chromium at /usr/bin/chromium and the ``playwright`` package (``make browser``);
-the module is skipped without them. Set ``ATTREID_SCREENSHOT=1`` to also write
-``docs/search_page.png`` (1280x800); a normal run writes nothing in the repository.
+the module is skipped without them, and fails without them in CI (CI=true; tests/conftest.py).
+Set ``ATTREID_SCREENSHOT=1`` to also write ``docs/search_page.png`` (1280x800); a normal run
+writes nothing in the repository.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import missing_requirement, require
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "search_page.png"
@@ -19,16 +21,11 @@ VIEWPORT = {"width": 1280, "height": 800}
 TIMEOUT_MS = 60_000  # the CPU may be shared with a training run
 
 if not CHROMIUM.is_file():
-    pytest.skip(f"{CHROMIUM} not found; install the browser with `make browser`",
-                allow_module_level=True)
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:
-    pytest.skip("the playwright package is not installed; install it with `make browser`",
-                allow_module_level=True)
+    missing_requirement(f"{CHROMIUM} not found; install the browser with `make browser`")
+sync_playwright = require("playwright.sync_api", "the playwright package is not installed; "
+                          "install it with `make browser`").sync_playwright
 for _module in ("fastapi", "uvicorn"):
-    pytest.importorskip(_module, reason=f"the search service needs {_module} "
-                        "(pip install 'attreid[serve]')")
+    require(_module, f"the search service needs {_module} (pip install 'attreid[serve]')")
 
 
 # ---- fixtures ---------------------------------------------------------------------------

