@@ -5,42 +5,12 @@ those tasks only."""
 
 from __future__ import annotations
 
-import csv
 import json
-import shutil
 
 import pytest
+from helpers import make_custom_copy, run_cli_ok
 
-from attreid import cli
 from attreid.report import table_rows
-
-
-def _custom(src, out, columns):
-    """A custom-layout copy of a synthetic Market-1501 dataset with only ``columns`` of
-    attributes (gender 1/2 by identity parity, age 1-4) beside image, pid, camid, split."""
-    rows = []
-    for split, folder, dst in (("train", "bounding_box_train", "trn"), ("query", "query", "qry"),
-                               ("gallery", "bounding_box_test", "gal")):
-        (out / dst).mkdir(parents=True)
-        for path in sorted((src / folder).glob("*.jpg")):
-            pid, cam = int(path.name.split("_")[0]), int(path.name.split("_")[1][1])
-            shutil.copy(path, out / dst / path.name)
-            row = {"image": f"{dst}/{path.name}", "pid": pid, "camid": cam, "split": split}
-            for c in columns:
-                row[c] = "" if pid <= 0 else (pid % 2 + 1 if c == "gender" else pid % 4 + 1)
-            rows.append(row)
-    with open(out / "labels.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["image", "pid", "camid", "split", *columns])
-        writer.writeheader()
-        writer.writerows(rows)
-    return out
-
-
-def _ok(args):
-    try:
-        cli.run(args)
-    except SystemExit as exc:
-        assert exc.code in (0, None), args
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +18,9 @@ def runs(synth_market, tmp_path_factory):
     base = tmp_path_factory.mktemp("reid_only")
     made = {}
     for name, columns in (("reid_only", []), ("partial", ["gender", "age"])):
-        data = _custom(synth_market, base / name, columns)
+        data = make_custom_copy(synth_market, base / name, columns)
         out = base / f"run_{name}"
-        _ok(["train", "-c", "demo", "--data", str(data), "--out", str(out), "--set",
+        run_cli_ok(["train", "-c", "demo", "--data", str(data), "--out", str(out), "--set",
              "data.batches_per_epoch=2", "--set", "optim.epochs=1", "--set",
              "train.tensorboard=false", "--set", "train.amp=none"])
         made[name] = (data, out)
@@ -59,7 +29,7 @@ def runs(synth_market, tmp_path_factory):
 
 def test_evaluate_a_reid_only_dataset(runs, tmp_path, capsys):
     data, out = runs["reid_only"]
-    _ok(["evaluate", str(out / "best.pt"), "--data", str(data), "--out", str(tmp_path)])
+    run_cli_ok(["evaluate", str(out / "best.pt"), "--data", str(data), "--out", str(tmp_path)])
     printed = capsys.readouterr().out
     assert "no attribute labels in this data: re-ID only" in " ".join(printed.split())
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -73,7 +43,7 @@ def test_evaluate_a_reid_only_dataset(runs, tmp_path, capsys):
 
 def test_evaluate_a_partly_labelled_dataset(runs, tmp_path):
     data, out = runs["partial"]
-    _ok(["evaluate", str(out / "best.pt"), "--data", str(data), "--out", str(tmp_path)])
+    run_cli_ok(["evaluate", str(out / "best.pt"), "--data", str(data), "--out", str(tmp_path)])
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     scored = {t for t, v in metrics["accuracy"].items() if v is not None}
     assert scored == {"gender", "age"}
@@ -84,6 +54,6 @@ def test_evaluate_a_partly_labelled_dataset(runs, tmp_path):
 
 
 def test_compare_reads_runs_without_attributes(runs, capsys):
-    _ok(["compare", str(runs["reid_only"][1]), str(runs["partial"][1])])
+    run_cli_ok(["compare", str(runs["reid_only"][1]), str(runs["partial"][1])])
     printed = capsys.readouterr().out
     assert "run_reid_only" in printed and "no mean accuracy" in printed

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import require
+from helpers import make_custom_copy, run_cli_ok
 
 from attreid import cli
 from attreid.checkpoint import load_checkpoint, save_checkpoint
@@ -33,34 +34,6 @@ UNTRAINED = tuple(t for t in TASK_NAMES if t not in PARTIAL)
 ODD = os.fsdecode(b"caf\xe9_c2_000120.jpg")  # a file name byte that is not UTF-8
 
 
-def _custom(src, out, columns):
-    """A custom-layout copy of a synthetic Market-1501 dataset with only ``columns`` of
-    attributes (gender 1/2 by identity parity, age 1-4) beside image, pid, camid, split."""
-    rows = []
-    for split, folder, dst in (("train", "bounding_box_train", "trn"), ("query", "query", "qry"),
-                               ("gallery", "bounding_box_test", "gal")):
-        (out / dst).mkdir(parents=True)
-        for path in sorted((src / folder).glob("*.jpg")):
-            pid, cam = int(path.name.split("_")[0]), int(path.name.split("_")[1][1])
-            shutil.copy(path, out / dst / path.name)
-            row = {"image": f"{dst}/{path.name}", "pid": pid, "camid": cam, "split": split}
-            for c in columns:
-                row[c] = "" if pid <= 0 else (pid % 2 + 1 if c == "gender" else pid % 4 + 1)
-            rows.append(row)
-    with open(out / "labels.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["image", "pid", "camid", "split", *columns])
-        writer.writeheader()
-        writer.writerows(rows)
-    return out
-
-
-def _ok(args):
-    try:
-        cli.run(args)
-    except SystemExit as exc:
-        assert exc.code in (0, None), args
-
-
 @pytest.fixture(scope="module")
 def runs(synth_market, tmp_path_factory):
     """``{"reid_only" | "partial" | "old": (data folder, best.pt)}``: one short epoch each on a
@@ -70,9 +43,9 @@ def runs(synth_market, tmp_path_factory):
     base = tmp_path_factory.mktemp("untrained")
     made = {}
     for name, columns in (("reid_only", []), ("partial", ["gender", "age"])):
-        data = _custom(synth_market, base / name, columns)
+        data = make_custom_copy(synth_market, base / name, columns)
         out = base / f"run_{name}"
-        _ok(["train", "-c", "demo", "--data", str(data), "--out", str(out), "--set",
+        run_cli_ok(["train", "-c", "demo", "--data", str(data), "--out", str(out), "--set",
              "data.batches_per_epoch=2", "--set", "optim.epochs=1", "--set",
              "train.tensorboard=false", "--set", "train.amp=none"])
         made[name] = (data, out / "best.pt")
@@ -200,7 +173,7 @@ def test_predict_leaves_the_untrained_columns_empty(runs, course, tmp_path):
             assert int(cells["gender"]) == expected[TASK_NAMES.index("gender")] + 1
 
     # re-ID only, through the CLI: every attribute cell empty, exit 0
-    _ok(["predict", str(runs["reid_only"][1]), "--data", str(course), "--out",
+    run_cli_ok(["predict", str(runs["reid_only"][1]), "--data", str(course), "--out",
          str(tmp_path / "reid_only"), "--device", "cpu"])
     rows = _csv(tmp_path / "reid_only" / "classification_test.csv")
     assert rows and all(cell == "" for row in rows for cell in row[1:])
