@@ -155,6 +155,25 @@ def tiny_checkpoint(synth_market, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def custom_runs(synth_market, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """``{"reid_only" | "partial": (data folder, run folder)}``: custom-layout copies of
+    ``synth_market`` without attribute columns / with gender and age only, each trained one
+    short epoch through the CLI (the re-ID-only and untrained-task tests share them)."""
+    from helpers import make_custom_copy, run_cli_ok
+
+    base = tmp_path_factory.mktemp("custom_runs")
+    made = {}
+    for name, columns in (("reid_only", []), ("partial", ["gender", "age"])):
+        data = make_custom_copy(synth_market, base / name, columns)
+        out = base / f"run_{name}"
+        run_cli_ok(["train", "-c", "demo", "--data", str(data), "--out", str(out), "--set",
+                    "data.batches_per_epoch=2", "--set", "optim.epochs=1", "--set",
+                    "train.tensorboard=false", "--set", "train.amp=none"])
+        made[name] = (data, out)
+    return made
+
+
+@pytest.fixture(scope="session")
 def search_index(tiny_checkpoint, synth_market, tmp_path_factory) -> Path:
     """A gallery index of ``synth_market``'s bounding_box_test made with ``tiny_checkpoint``
     (its query/ folder holds held-out crops of the same identities)."""

@@ -8,23 +8,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import make_custom_copy, run_cli_ok
+from helpers import run_cli_ok
 
 from attreid.report import table_rows
 
 
 @pytest.fixture(scope="module")
-def runs(synth_market, tmp_path_factory):
-    base = tmp_path_factory.mktemp("reid_only")
-    made = {}
-    for name, columns in (("reid_only", []), ("partial", ["gender", "age"])):
-        data = make_custom_copy(synth_market, base / name, columns)
-        out = base / f"run_{name}"
-        run_cli_ok(["train", "-c", "demo", "--data", str(data), "--out", str(out), "--set",
-             "data.batches_per_epoch=2", "--set", "optim.epochs=1", "--set",
-             "train.tensorboard=false", "--set", "train.amp=none"])
-        made[name] = (data, out)
-    return made
+def runs(custom_runs):
+    return custom_runs
 
 
 def test_evaluate_a_reid_only_dataset(runs, tmp_path, capsys):

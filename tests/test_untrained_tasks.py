@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import require
-from helpers import make_custom_copy, run_cli_ok
+from helpers import run_cli_ok
 
 from attreid import cli
 from attreid.checkpoint import load_checkpoint, save_checkpoint
@@ -35,20 +35,13 @@ ODD = os.fsdecode(b"caf\xe9_c2_000120.jpg")  # a file name byte that is not UTF-
 
 
 @pytest.fixture(scope="module")
-def runs(synth_market, tmp_path_factory):
+def runs(custom_runs, tmp_path_factory):
     """``{"reid_only" | "partial" | "old": (data folder, best.pt)}``: one short epoch each on a
     custom copy of ``synth_market`` without attribute columns / with gender and age only;
     ``old`` is the partial checkpoint with its ``trained_tasks`` key deleted (as saved before
     the key existed)."""
     base = tmp_path_factory.mktemp("untrained")
-    made = {}
-    for name, columns in (("reid_only", []), ("partial", ["gender", "age"])):
-        data = make_custom_copy(synth_market, base / name, columns)
-        out = base / f"run_{name}"
-        run_cli_ok(["train", "-c", "demo", "--data", str(data), "--out", str(out), "--set",
-             "data.batches_per_epoch=2", "--set", "optim.epochs=1", "--set",
-             "train.tensorboard=false", "--set", "train.amp=none"])
-        made[name] = (data, out / "best.pt")
+    made = {name: (data, out / "best.pt") for name, (data, out) in custom_runs.items()}
     state = load_checkpoint(made["partial"][1])
     del state["trained_tasks"]
     save_checkpoint(base / "old.pt", state)
