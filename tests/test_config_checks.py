@@ -94,3 +94,48 @@ def test_every_problem_is_named_at_once():
 @pytest.mark.parametrize("preset", ["seed", "strong", "cpu", "study_cpu", "demo"])
 def test_shipped_presets_pass(preset):
     assert check_training_config(load_config(preset)) == []
+
+
+def test_one_camera_data_is_refused_before_training(custom_runs, tmp_path):
+    """All images from one camera: the market protocol's validation has no valid query. Found
+    before any image is decoded (it used to fail after the first epoch, epoch lost), with the
+    training keys that fix it; the fix works."""
+    import csv
+
+    data, _ = custom_runs["reid_only"]
+    onecam = tmp_path / "onecam"
+    import shutil
+
+    shutil.copytree(data, onecam)
+    rows = list(csv.DictReader((onecam / "labels.csv").open()))
+    for row in rows:
+        row["camid"] = "1"
+    with (onecam / "labels.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    cfg = load_config("demo", [f"data.root={onecam}", f"train.out={tmp_path / 'run'}",
+                               "optim.epochs=1", "data.batches_per_epoch=2",
+                               "train.tensorboard=false"])
+    from attreid.data.records import DataError
+
+    with pytest.raises(DataError, match=r"no validation query has a match .* one camera for all "
+                                        r"images .* --set data\.split=random --set data\.val_ids"):
+        train(cfg, log=lambda _: None)
+    assert not (tmp_path / "run" / "last.pt").exists()
+    lines = []
+    fixed = with_updates(cfg, data={"split": "random", "val_ids": 2, "p": 4})
+    assert train(fixed, log=lines.append).epochs == 1
+    assert any(line.startswith("warning: the training data has no attribute labels")
+               for line in lines)
+
+
+def test_p_above_the_identities_is_refused_before_torchrun(synth_market, tmp_path):
+    result = CliRunner().invoke(app, [
+        "train", "-c", "cpu", "--data", str(synth_market), "--out", str(tmp_path / "x"),
+        "--set", "model.weights=random", "--set", "data.p=40", "--nproc", "2"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and "Traceback" not in text
+    assert "data.p=40 identities per batch, but the training split holds only 8; set data.p <= 8" \
+        in text
+    assert not (tmp_path / "x").exists()

@@ -108,3 +108,12 @@ def test_predict_ranks_by_the_checkpoints_distance(cosine_checkpoint, tmp_path):
         euc = _brute_force(queries[qname][None], listed, "euclidean")[0]
         wrong_order += bool((np.diff(euc) < -1e-6).any())
     assert wrong_order > 0  # Euclidean would have listed some queries differently
+
+
+def test_compare_names_a_distance_other_than_the_studys(cosine_checkpoint, capsys):
+    try:
+        cli.run(["compare", str(cosine_checkpoint.parent)])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "not the study's setup:" in printed and "distance cosine" in printed

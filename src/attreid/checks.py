@@ -3,6 +3,9 @@ before torchrun starts processes. A setting that could only fail late (inside a 
 of the first epoch) or that would silently train nothing is refused here, as one
 :class:`~attreid.config.ConfigError` naming every offending key and what to change.
 
+:func:`check_training_data` does the same with the data loaded (records only, no image
+decoded): what the batches and the validation set need.
+
 May import: config, losses, models, data (names of valid choices). Imported by the engine and
 the CLI.
 """
@@ -11,7 +14,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 from attreid.config import Config, ConfigError
+from attreid.data.records import DataError, ImageRecord
 from attreid.data.transforms import RECIPES
 from attreid.evalset import SPLITS
 from attreid.losses import DISTANCES, MININGS, WEIGHTINGS
@@ -101,3 +107,49 @@ def _join(errors: Sequence[str]) -> str:
     if len(errors) == 1:
         return errors[0]
     return f"{len(errors)} problems in the config: " + "; ".join(errors)
+
+
+def _matchable(query: Sequence[ImageRecord], gallery: Sequence[ImageRecord]) -> bool:
+    """Whether some query has a gallery entry of its identity on another camera (or any camera
+    where cameras are unknown): the market protocol's condition for a valid query."""
+    cams = all(r.camid is not None for r in [*query, *gallery])
+    seen: dict[int, set] = {}
+    for r in gallery:
+        if r.pid > 0:
+            seen.setdefault(r.pid, set()).add(r.camid if cams else None)
+    return any(q.pid in seen and (not cams or seen[q.pid] - {q.camid}) for q in query)
+
+
+def check_training_data(cfg: Config, root: str, train_pids: Sequence[int],
+                        val_query: Sequence[ImageRecord] | None,
+                        val_gallery: Sequence[ImageRecord] | None, all_vs_all: bool,
+                        train_targets: np.ndarray) -> list[str]:
+    """Check the loaded training records and validation split of ``cfg`` before any image is
+    decoded or any process starts.
+
+    Args:
+        train_pids: the identity of every training image.
+        val_query, val_gallery: the validation split (None: no validation).
+        train_targets: (N_ids, 12) identity-level task labels, -1 where unknown.
+    Returns:
+        Warnings, e.g. a training set without attribute labels (the attribute term is 0).
+    Raises:
+        DataError: too few identities for ``data.p``, or a validation split in which no query
+            can match (it would fail after the first epoch), naming the keys to change.
+    """
+    identities = len(set(train_pids))
+    if cfg.data.p > identities:
+        raise DataError(f"{root}: data.p={cfg.data.p} identities per batch, but the training "
+                        f"split holds only {identities}; set data.p <= {identities}")
+    if val_query is not None and val_gallery is not None and not all_vs_all \
+            and not _matchable(val_query, val_gallery):
+        raise DataError(
+            f"{root}: no validation query has a match in the gallery under the standard "
+            "Market-1501 protocol (it drops the gallery images of the query's identity from "
+            "the query's camera: one camera for all images leaves none), so validation would "
+            "fail after the first epoch; validate all-vs-all without the camera filter with "
+            "--set data.split=random --set data.val_ids=N, or give the images their cameras")
+    if train_targets.size and (np.asarray(train_targets) < 0).all():
+        return ["the training data has no attribute labels: the attribute term is 0 for the "
+                "whole run and only re-ID is trained (the checkpoint records no trained task)"]
+    return []

@@ -187,10 +187,9 @@ def _check_nproc(cfg: Config, nproc: int) -> None:
     """Refuse, before starting any process, what every rank would fail on."""
     import torch
 
-    from attreid.engine import resolve_device
-
     from attreid.checks import check_training_config
     from attreid.config import ConfigError
+    from attreid.engine import build_data, check_bundle, resolve_device
 
     try:
         check_training_config(cfg, nproc)  # its warnings are printed by rank 0
@@ -199,6 +198,10 @@ def _check_nproc(cfg: Config, nproc: int) -> None:
     if resolve_device(cfg.train.device).type == "cuda" and torch.cuda.device_count() < nproc:
         _fail(f"--nproc {nproc}: one GPU per process, but {torch.cuda.device_count()} visible; "
               "use fewer processes or train.device=cpu (gloo)")
+    try:  # the records only (no image decoded): what every rank would stop on
+        check_bundle(cfg, build_data(cfg))
+    except (DataError, ValueError) as exc:
+        _fail(str(exc))
 
 
 def _torchrun(nproc: int, args: list[str]) -> None:
@@ -264,7 +267,7 @@ def evaluate(
 
     out = out or checkpoint.parent / "eval"
     try:
-        with _count_progress("embedding images") as progress:
+        with _reported_warnings(), _count_progress("embedding images") as progress:
             result = evaluate_checkpoint(
                 checkpoint, data, layout=layout, protocol=protocol, rerank=rerank,
                 distance=distance, flip=flip, device=device, split=split, out=out,
@@ -305,7 +308,7 @@ def predict(
     from attreid.predict import predict_dataset
 
     try:
-        with _count_progress("predicting") as progress:
+        with _reported_warnings(), _count_progress("predicting") as progress:
             files = predict_dataset(checkpoint, data, out, layout=layout, top_k=top_k,
                                     flip=flip, device=device, progress=progress,
                                     backend=backend, distance=distance)
@@ -552,7 +555,8 @@ def search(
         return ", ".join(f"{t}={attrs[t]['value']}" for t in shown if t in attrs)
 
     table = Table(title=f"{len(hits)} result(s)")
-    for column in ("rank", "id", "name", "distance", "match", "cam", heading):
+    distance = "re-ranked distance" if rerank else f"{opened.index.metric} distance"
+    for column in ("rank", "id", "name", distance, "match", "cam", heading):
         table.add_column(column, overflow="fold")
     for rank, hit in enumerate(hits, start=1):
         table.add_row(str(rank), str(hit.entry.id), escape(hit.entry.display_name),

@@ -230,10 +230,12 @@ def _setup(config: dict[str, Any]) -> dict[str, Any]:
     data, model = _section(config, "data"), _section(config, "model")
     split = data.get("split")
     size = (data.get("height"), data.get("width"))
+    distance = _section(config, "loss").get("distance")
     return {"backbone": model.get("backbone"), "weights": model.get("weights"),
             "input": f"{size[0]}x{size[1]}" if None not in size else None,
             "epochs": _section(config, "optim").get("epochs"), "split": split,
-            "protocol": None if split is None else "market" if split == "test" else "seed"}
+            "protocol": None if split is None else "market" if split == "test" else "seed",
+            "distance": "euclidean" if distance == "squared" else distance}
 
 
 def _notes(variant: str | None, config_file: Path, config: dict[str, Any],

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from attreid import __version__, distributed
 from attreid.backend import cpu_bf16_native
-from attreid.checks import check_training_config
+from attreid.checks import check_training_config, check_training_data
 from attreid.checkpoint import atomic_write_text, load_checkpoint, load_model_weights, \
     save_checkpoint
 from attreid.compare import selection_score
@@ -108,6 +108,16 @@ def build_data(cfg: Config) -> DataBundle:
                             "identity; use split 'random' with fewer data.val_ids")
     transform = build_transforms(transform_config(cfg), train=True)
     return DataBundle(ImageDataset(train, transform), val, identity_targets(train))
+
+
+def check_bundle(cfg: Config, bundle: DataBundle) -> list[str]:
+    """:func:`attreid.checks.check_training_data` of a loaded bundle: returns warnings, raises
+    a DataError for what would fail later."""
+    val = bundle.val
+    return check_training_data(cfg, cfg.data.root, bundle.train.pids(),
+                               None if val is None else val.query,
+                               None if val is None else val.gallery,
+                               val is not None and val.all_vs_all, bundle.train_targets)
 
 
 def _model_kwargs(cfg: Config, num_identities: int) -> dict[str, Any]:
@@ -554,6 +564,8 @@ def _train(cfg: Config, resume: bool, log: Log,
     out = Path(cfg.train.out)
     out.mkdir(parents=True, exist_ok=True)
     bundle = build_data(cfg)
+    for warning in check_bundle(cfg, bundle):
+        log(f"warning: {warning}")
     parts = setup(cfg, bundle, info)
     start, best = _resume(out, cfg, parts) if resume else (0, {})
     if info.is_main:

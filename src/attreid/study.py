@@ -42,10 +42,10 @@ PUBLISHED: dict[str, dict[str, float | None]] = {
 
 SETUP: dict[str, Any] = {
     "backbone": "resnet18", "weights": "imagenet", "input": "128x64", "epochs": 50,
-    "split": "study", "protocol": "seed",
+    "split": "study", "protocol": "seed", "distance": "euclidean",
 }
 """The study's setup in attreid's terms (``model.backbone``, ``model.weights``, ``data.height``
-x ``data.width``, ``optim.epochs``, ``data.split``, evaluation protocol)."""
+x ``data.width``, ``optim.epochs``, ``data.split``, evaluation protocol, ``loss.distance``)."""
 
 DESCRIPTION = ("ImageNet ResNet-18, 128x64, 50 epochs, course layout; validation on the first 225 "
                "CSV identities, mAP all-vs-all without camera filter")
