@@ -341,3 +341,11 @@ def test_an_error_naming_a_non_utf8_file_prints_on_any_terminal(monkeypatch, cap
         cli.run(["demo", "--out", str(tmp_path)])
     assert exit_info.value.code == 1
     assert "error: caf\\xe9_c1.jpg: cannot decode image" in capsys.readouterr().out
+
+
+def test_demo_with_zero_epochs_is_refused_not_run_in_full(tmp_path, capsys):
+    """`attreid demo --epochs 0` used to fall back to the preset's 10 epochs."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(["demo", "--out", str(tmp_path), "--ids", "8", "--epochs", "0"])
+    assert exit_info.value.code == 1
+    assert "optim.epochs=0: at least 1 epochs" in capsys.readouterr().out

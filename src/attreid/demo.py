@@ -31,7 +31,7 @@ class DemoResult:
 def demo_config(data: Path, out: Path, variant: str, epochs: int | None = None) -> Config:
     """The ``demo`` preset for one variant on the synthetic data in ``data``."""
     cfg = load_config("demo")
-    optim = {"epochs": epochs} if epochs else {}
+    optim = {"epochs": epochs} if epochs is not None else {}
     return with_updates(cfg, data={"root": str(data)}, model={"name": variant},
                         train={"out": str(out / variant)}, optim=optim)
 
