@@ -67,13 +67,13 @@ def test_an_id_weight_without_an_id_head_warns():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.eval_every=0", "train.eval_every=0: at least 1 epochs between validations"),
+    ("train.eval_every=0", "train.eval_every=0: at least 1 epoch between validations"),
     ("optim.scheduler=linear", "optim.scheduler='linear': expected one of none, cosine, step"),
     ("optim.name=lamb", "optim.name='lamb': expected one of adam, adamw, sgd"),
     ("loss.triplet=semi_hard", "loss.triplet='semi_hard': expected one of batch_all, "
                                "batch_hard"),
     ("data.p=1", "data.p=1: at least 2 identities per batch"),
-    ("optim.epochs=0", "optim.epochs=0: at least 1 epochs"),
+    ("optim.epochs=0", "optim.epochs=0: at least 1 epoch"),
 ])
 def test_late_failures_are_refused_up_front(tmp_path, override, message):
     """Each of these failed only after caching the data (scheduler), at the end of epoch 1

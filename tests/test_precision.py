@@ -348,4 +348,24 @@ def test_demo_with_zero_epochs_is_refused_not_run_in_full(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.run(["demo", "--out", str(tmp_path), "--ids", "8", "--epochs", "0"])
     assert exit_info.value.code == 1
-    assert "optim.epochs=0: at least 1 epochs" in capsys.readouterr().out
+    assert "optim.epochs=0: at least 1 epoch" in capsys.readouterr().out
+
+
+def test_demo_refuses_bad_ids_without_touching_the_previous_data(tmp_path, capsys):
+    """A bad --ids is one error line (it was a traceback), and the previous demo's data stays
+    (it was deleted before the check)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "keep").write_text("previous demo")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(["demo", "--out", str(tmp_path), "--ids", "1"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 1 and "error: ids must be" in out and "Traceback" not in out
+    assert (tmp_path / "data" / "keep").read_text() == "previous demo"
+
+
+def test_debug_shows_the_traceback_of_errors_commands_catch(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTREID_DEBUG", "1")
+    from attreid.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        cli.run(["evaluate", str(tmp_path / "missing.pt"), "--data", str(tmp_path)])

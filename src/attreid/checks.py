@@ -43,9 +43,9 @@ def _choices(cfg: Config) -> list[str]:
 
 def _counts(cfg: Config) -> list[str]:
     wanted = [("data.p", cfg.data.p, 2, "identities per batch (the triplet loss needs "
-               "negatives)"), ("data.k", cfg.data.k, 1, "images per identity"),
-              ("optim.epochs", cfg.optim.epochs, 1, "epochs"),
-              ("train.eval_every", cfg.train.eval_every, 1, "epochs between validations"),
+               "negatives)"), ("data.k", cfg.data.k, 1, "image per identity"),
+              ("optim.epochs", cfg.optim.epochs, 1, "epoch"),
+              ("train.eval_every", cfg.train.eval_every, 1, "epoch between validations"),
               ("data.batches_per_epoch", cfg.data.batches_per_epoch, 0, "(0 = one pass)")]
     return [f"{key}={value}: at least {least} {what}"
             for key, value, least, what in wanted if value < least]

@@ -5,21 +5,21 @@ from __future__ import annotations
 import json
 import os
 import sys
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Iterator
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-    TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from attreid.data.inspect import Summary, check_dataset, summarize
 from attreid.data.load import load_dataset
 from attreid.data.records import DataError
+from attreid.errors import AttreidError
 from attreid.schema import TASKS
 
 if TYPE_CHECKING:
@@ -46,6 +46,10 @@ def _error(message: str) -> None:
 
 
 def _fail(message: str) -> None:
+    """Print ``message`` as the error line and exit 1; with ``ATTREID_DEBUG=1``, called while
+    handling an exception, re-raise that exception instead (its traceback)."""
+    if os.environ.get("ATTREID_DEBUG") and sys.exc_info()[1] is not None:
+        raise
     _error(message)
     raise typer.Exit(code=1)
 
@@ -156,7 +160,8 @@ def train(
     """Train a joint attribute + re-ID model; checkpoints and metrics go to train.out."""
     from attreid.config import ConfigError, load_config
     from attreid.distributed import env_info
-    from attreid.engine import NonFiniteLossError, train as run_training
+    from attreid.engine import NonFiniteLossError
+    from attreid.engine import train as run_training
 
     extra = [f"data.root={data}"] if data else []
     extra += [f"train.out={out}"] if out else []
@@ -356,8 +361,8 @@ def compare(
     """The study's table regenerated: per-task accuracy, mean, mAP and rank-1 of each run
     (a training run's best epoch) beside the study's published numbers for its variant."""
     from attreid.checkpoint import atomic_write_text
-    from attreid.compare import CompareError, comparison_json, load_runs, \
-        markdown as markdown_text, rich_table, summary
+    from attreid.compare import CompareError, comparison_json, load_runs, rich_table, summary
+    from attreid.compare import markdown as markdown_text
 
     try:
         loaded = load_runs(runs)
@@ -394,9 +399,14 @@ def demo(
     from attreid.demo import run_demo
     from attreid.report import rich_table
 
-    with _epoch_progress(epochs or 0) as on_step:
-        result = run_demo(out, ids=ids, seed=seed, epochs=epochs, log=console.print,
-                          on_step=on_step)
+    try:
+        with _epoch_progress(epochs or 0) as on_step:
+            result = run_demo(out, ids=ids, seed=seed, epochs=epochs, log=console.print,
+                              on_step=on_step)
+    except (ValueError, OSError) as exc:  # named errors go to cli.run's handler
+        if isinstance(exc, AttreidError):
+            raise
+        _fail(str(exc))
     console.print(rich_table(result.results, "validation on the synthetic test split: "
                              "accuracy per task (%), mAP and rank-1 (%)"))
     console.print(f"demo finished in {result.seconds:.0f} s; table in {out / 'results.md'}",
@@ -590,8 +600,6 @@ def run(args: list[str] | None = None, prog_name: str | None = None) -> None:
     """Run the command line: a named error (:class:`attreid.errors.AttreidError`) is printed
     as one paragraph with exit status 1, Ctrl-C as one line with status 130; other exceptions
     are bugs and keep their traceback. ``ATTREID_DEBUG=1`` shows the traceback of every error."""
-    from attreid.errors import AttreidError
-
     try:
         app(args, prog_name=prog_name)
     except AttreidError as exc:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from attreid.checkpoint import atomic_write_text
+from attreid.checks import check_training_config
 from attreid.config import Config, load_config, with_updates
 from attreid.data.synth import generate
 from attreid.engine import train
@@ -42,9 +43,13 @@ def run_demo(out: Path, ids: int = 200, seed: int = 0, epochs: int | None = None
     """Synthesise ``ids`` identities into ``out/data``, train and validate each variant."""
     start = time.perf_counter()
     data = out / "data"
-    if data.exists():
-        shutil.rmtree(data)
-    info = generate(data, ids=ids, seed=seed, layout="market")
+    for variant in variants:  # refuse a bad setting before anything is written
+        check_training_config(demo_config(data, out, variant, epochs))
+    partial = out / "data.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    info = generate(partial, ids=ids, seed=seed, layout="market")  # raises before writing
+    shutil.rmtree(data, ignore_errors=True)  # the previous demo's data, replaced
+    partial.rename(data)
     log(f"synthetic dataset: {info.train_ids} train / {info.test_ids} test identities, "
         f"{sum(info.images.values())} images in {data}")
     results = {}

@@ -54,7 +54,8 @@ def resolve_amp(amp: str, device: torch.device) -> str:
         ValueError: a mode other than auto, none, bf16, fp16.
     """
     if amp not in AMP_MODES:
-        raise ValueError(f"amp={amp!r}: expected one of {', '.join(AMP_MODES)}")
+        raise ValueError(f"amp={amp!r}: expected one of {', '.join(AMP_MODES)} (none is "
+                         "float32)")
     if amp != "auto":
         return amp
     if device.type == "cuda":
