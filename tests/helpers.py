@@ -125,3 +125,16 @@ def run_cli_ok(args: Sequence[str]) -> None:
         cli.run(list(args))
     except SystemExit as exc:
         assert exc.code in (0, None), args
+
+
+def assert_nearest_within(order: Sequence[int], dist: np.ndarray, tol: float) -> None:
+    """``order`` (k distinct indices) ranks the k nearest of ``dist`` (N,) up to near-ties:
+    the i-th listed entry's distance is within ``tol`` of the i-th smallest distance. Two
+    computations of the same ranking (FAISS vs torch, ONNX vs torch, another CPU's rounding)
+    may order entries closer than ``tol`` either way; a wrong entry or order beyond ``tol``
+    fails."""
+    order = [int(i) for i in order]
+    assert len(set(order)) == len(order), order
+    dist = np.asarray(dist, dtype=np.float64)
+    nearest = np.sort(dist)[:len(order)]
+    np.testing.assert_allclose(dist[order], nearest, rtol=0, atol=tol)

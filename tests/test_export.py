@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import require
+from helpers import assert_nearest_within
 
 require("onnxruntime", "ONNX export needs onnx + onnxruntime (pip install 'attreid[onnx]')")
 
@@ -48,12 +49,17 @@ def test_onnx_matches_pytorch_and_ranks_the_same(exported, tiny_checkpoint, synt
                                                                    flip=flip)
     for files in (queries, gallery):
         _assert_same(onnx.predict(files), torch_.predict(files))
-    rank = {}
+    dist = {}
     for name, predictor in (("onnx", onnx), ("torch", torch_)):
         q, g = predictor.predict(queries).embeddings, predictor.predict(gallery).embeddings
-        dist = torch.cdist(torch.from_numpy(q).double(), torch.from_numpy(g).double())
-        rank[name] = torch.argsort(dist, dim=1, stable=True)[:, :10]
-    assert torch.equal(rank["onnx"], rank["torch"])
+        dist[name] = torch.cdist(torch.from_numpy(q).double(), torch.from_numpy(g).double())
+    # ONNX Runtime's top-10 is torch's up to near-ties: embeddings agree within 1e-4 per
+    # component, so distances within 2 * 1e-4 * sqrt(D) (D = 128: 2.3e-3); entries closer than
+    # that may swap on some CPU, a wrong neighbour or order beyond it fails
+    tol = 2 * 1e-4 * q.shape[1] ** 0.5
+    for onnx_row, torch_row in zip(dist["onnx"], dist["torch"]):
+        top = torch.argsort(onnx_row, stable=True)[:10]
+        assert_nearest_within(top.tolist(), torch_row.numpy(), tol=tol)
 
 
 @pytest.mark.parametrize("variant", ["resnet", "convhead", "attention"])
