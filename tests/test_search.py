@@ -329,12 +329,17 @@ def test_cli_build_add_search(tiny_checkpoint, small_gallery, synth_market, tmp_
     assert hits[0]["name"] == query.name and hits[0]["distance"] < 1e-3
     result = runner.invoke(app, ["search", str(out), "-a", "gender=female", "-k", "2"])
     assert result.exit_code == 0 and "result(s)" in result.output
-    result = runner.invoke(app, ["search", str(out), "--image", str(query), "-k", "3"],
-                           env={"COLUMNS": "200"})
-    assert "euclidean distance" in result.output  # the table says which distance it shows
-    result = runner.invoke(app, ["search", str(out), "--image", str(query), "-k", "3",
-                                 "--rerank"], env={"COLUMNS": "200"})
-    assert "re-ranked distance" in result.output
+    import attreid.cli
+    from rich.console import Console
+
+    wide = Console(width=200)  # one line per header, whatever width an earlier test left
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(attreid.cli, "console", wide)
+        result = runner.invoke(app, ["search", str(out), "--image", str(query), "-k", "3"])
+        assert "euclidean distance" in result.output  # the table says which distance it shows
+        result = runner.invoke(app, ["search", str(out), "--image", str(query), "-k", "3",
+                                     "--rerank"])
+        assert "re-ranked distance" in result.output
     for args, message in ((["search", str(out), "-a", "hat=perhaps"], "unknown value"),
                           (["search", str(tmp_path / "none"), "-a", "hat=yes"],
                            "not an attreid index"),
