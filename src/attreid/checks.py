@@ -22,6 +22,7 @@ from attreid.data.transforms import RECIPES
 from attreid.evalset import SPLITS
 from attreid.losses import DISTANCES, MININGS, WEIGHTINGS
 from attreid.models import BACKBONES, MODELS
+from attreid.schema import labelled_tasks
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "step")
@@ -149,7 +150,7 @@ def check_training_data(cfg: Config, root: str, train_pids: Sequence[int],
             "the query's camera: one camera for all images leaves none), so validation would "
             "fail after the first epoch; validate all-vs-all without the camera filter with "
             "--set data.split=random --set data.val_ids=N, or give the images their cameras")
-    if train_targets.size and (np.asarray(train_targets) < 0).all():
+    if train_targets.size and not labelled_tasks(train_targets):
         return ["the training data has no attribute labels: the attribute term is 0 for the "
                 "whole run and only re-ID is trained (the checkpoint records no trained task)"]
     return []

@@ -403,9 +403,9 @@ def demo(
         with _epoch_progress(epochs or 0) as on_step:
             result = run_demo(out, ids=ids, seed=seed, epochs=epochs, log=console.print,
                               on_step=on_step)
-    except (ValueError, OSError) as exc:  # named errors go to cli.run's handler
-        if isinstance(exc, AttreidError):
-            raise
+    except AttreidError:  # named errors go to cli.run's handler
+        raise
+    except (ValueError, OSError) as exc:  # the generator's argument checks
         _fail(str(exc))
     console.print(rich_table(result.results, "validation on the synthetic test split: "
                              "accuracy per task (%), mAP and rank-1 (%)"))

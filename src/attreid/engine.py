@@ -23,9 +23,13 @@ from torch.utils.data import DataLoader
 
 from attreid import __version__, distributed
 from attreid.backend import cpu_bf16_native
+from attreid.checkpoint import (
+    atomic_write_text,
+    load_checkpoint,
+    load_model_weights,
+    save_checkpoint,
+)
 from attreid.checks import check_training_config, check_training_data
-from attreid.checkpoint import atomic_write_text, load_checkpoint, load_model_weights, \
-    save_checkpoint
 from attreid.compare import selection_score
 from attreid.config import (
     Config,
@@ -56,7 +60,7 @@ from attreid.inference import Features, autocast_context, extract, resolve_amp, 
 from attreid.losses import MultiTaskLoss, positive_ratio_weights
 from attreid.metrics import attribute_metrics, majority_baseline, pairwise_distance, reid_metrics
 from attreid.models import build_model
-from attreid.schema import MISSING, TASK_NAMES
+from attreid.schema import MISSING, labelled_tasks
 
 Log = Callable[[str], None]
 
@@ -425,12 +429,11 @@ def _state(cfg: Config, parts: _Parts, epoch: int, label_of: dict[int, int],
     (N_ids, 12): the others' heads never saw a label, and consumers (predict, the search index,
     the service) treat their outputs as unknown. A checkpoint without the key (older ones)
     trained all tasks."""
-    known = (np.asarray(train_targets).reshape(-1, len(TASK_NAMES)) != MISSING).any(axis=0)
     return {"model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
             "criterion": parts.criterion.state_dict(), "epoch": epoch, "config": to_dict(cfg),
             "model_config": parts.model.config, "label_of": label_of, "best": best,
             "metrics": metrics, "attreid_version": __version__,
-            "trained_tasks": [name for name, k in zip(TASK_NAMES, known) if k],
+            "trained_tasks": list(labelled_tasks(train_targets)),
             "scaler": parts.scaler.state_dict() if parts.scaler else None}
 
 

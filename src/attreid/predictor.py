@@ -12,8 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from attreid.checkpoint import CheckpointError, file_sha256, load_checkpoint, \
-    load_model_weights
+from attreid.checkpoint import CheckpointError, file_sha256, load_checkpoint, load_model_weights
 from attreid.config import from_dict
 from attreid.data.io import ImageInputError, load_rgb
 from attreid.data.transforms import TransformConfig, build_transforms
@@ -22,33 +21,13 @@ from attreid.inference import forward_checked
 from attreid.metrics import predict_labels
 from attreid.models import build_model
 from attreid.models.output import ModelOutput
-from attreid.schema import MISSING, TASK_NAMES, TASKS
+from attreid.schema import MISSING, TASK_NAMES, TASKS, trained_tasks_of
 
 ImageInput = Union[Image.Image, str, Path]
 """What predict() decodes: a PIL image or a file path (``str`` or ``os.PathLike``)."""
 
 __all__ = ["ImageInput", "ImageInputError", "Prediction", "Predictor", "preprocess_images",
            "trained_tasks_of"]
-
-
-def trained_tasks_of(recorded: object) -> tuple[str, ...]:
-    """The tasks a model was trained on, in the order of :data:`attreid.schema.TASK_NAMES`,
-    from what a checkpoint (``trained_tasks``), an ONNX export or a search index recorded.
-    ``None`` (made before the record existed) means all 12 tasks.
-
-    Raises:
-        ValueError: not a list of task names, or an unknown name.
-    """
-    if recorded is None:
-        return TASK_NAMES
-    if isinstance(recorded, (str, bytes)) or not isinstance(recorded, (list, tuple)) or \
-            not all(isinstance(name, str) for name in recorded):
-        raise ValueError(f"trained_tasks: expected a list of task names, got {recorded!r}")
-    unknown = sorted(set(recorded) - set(TASK_NAMES))
-    if unknown:
-        raise ValueError(f"trained_tasks: unknown task(s) {unknown}; expected names of "
-                         f"{list(TASK_NAMES)}")
-    return tuple(name for name in TASK_NAMES if name in recorded)
 
 
 @dataclass(frozen=True)

@@ -183,3 +183,31 @@ def describe(labels: Sequence[int]) -> dict[str, str]:
         task.name: (task.classes[int(v)] if int(v) != MISSING else "?")
         for task, v in zip(TASKS, labels)
     }
+
+
+def trained_tasks_of(recorded: object) -> tuple[str, ...]:
+    """The tasks a model was trained on, in the order of :data:`attreid.schema.TASK_NAMES`,
+    from what a checkpoint (``trained_tasks``), an ONNX export or a search index recorded.
+    ``None`` (made before the record existed) means all 12 tasks.
+
+    Raises:
+        ValueError: not a list of task names, or an unknown name.
+    """
+    if recorded is None:
+        return TASK_NAMES
+    if isinstance(recorded, (str, bytes)) or not isinstance(recorded, (list, tuple)) or \
+            not all(isinstance(name, str) for name in recorded):
+        raise ValueError(f"trained_tasks: expected a list of task names, got {recorded!r}")
+    unknown = sorted(set(recorded) - set(TASK_NAMES))
+    if unknown:
+        raise ValueError(f"trained_tasks: unknown task(s) {unknown}; expected names of "
+                         f"{list(TASK_NAMES)}")
+    return tuple(name for name in TASK_NAMES if name in recorded)
+
+
+def labelled_tasks(targets: np.ndarray) -> tuple[str, ...]:
+    """The tasks with at least one known label in ``targets`` ((N, 12) task labels,
+    :data:`MISSING` where unknown), in the order of :data:`TASK_NAMES`: what a model trained
+    on those labels records as its ``trained_tasks``."""
+    known = (np.asarray(targets).reshape(-1, NUM_TASKS) != MISSING).any(axis=0)
+    return tuple(name for name, k in zip(TASK_NAMES, known) if k)

@@ -91,11 +91,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Deprecated private name of :func:`to_rgb`."""
-    return to_rgb(img)
-
-
 def load_rgb(image: object) -> Image.Image:
     """A file path (``str`` or ``os.PathLike``) through :func:`read_image`, or a PIL image
     through :func:`to_rgb`: the same RGB pixels for a file and for that file opened with PIL.

@@ -59,7 +59,7 @@ from attreid.features import (
     ImageBatch,
     extract_to_store,
 )
-from attreid.schema import TASK_NAMES, TASKS
+from attreid.schema import TASK_NAMES, TASKS, trained_tasks_of
 
 FORMAT_VERSION = 1
 DATABASE = "meta.sqlite"
@@ -385,8 +385,6 @@ def _entry(row: tuple, cols: list[tuple[str, int, str]], trained: tuple[str, ...
 
 def _trained_tasks(info: dict[str, Any], where: Path) -> tuple[str, ...]:
     """``info["trained_tasks"]`` in the order of ``TASK_NAMES``; all tasks when absent."""
-    from attreid.predictor import trained_tasks_of
-
     try:
         return trained_tasks_of(info.get("trained_tasks"))
     except ValueError as exc:
@@ -747,8 +745,6 @@ def _write_index(out: Path | str, source: _Source, checkpoint: Path, metric: str
     out = Path(out)
     _check_target(out, kind, overwrite)
     if trained_tasks is not None:
-        from attreid.predictor import trained_tasks_of
-
         extra = {**(extra or {}), "trained_tasks": list(trained_tasks_of(list(trained_tasks)))}
     nlist = nlist or max(1, int(4 * np.sqrt(source.count)))
     info = {"format": FORMAT_VERSION, "checkpoint": str(Path(checkpoint).resolve()),

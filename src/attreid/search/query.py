@@ -218,7 +218,6 @@ class GallerySearch:
         """Crops satisfying the constraints, best match first (ties: lower id)."""
         constraints = parse_attributes(attributes)
         k, min_prob = _check_k(k), _check_min_prob(min_prob)
-        self.check_trained(constraints)
         if not constraints:
             if not self.index.trained_tasks:
                 raise QueryError("search by description is unavailable: the model of this "
@@ -238,8 +237,7 @@ class GallerySearch:
         """Nearest crops to an embedding, optionally filtered and re-ranked."""
         constraints = parse_attributes(attributes)
         k, min_prob = _check_k(k), _check_min_prob(min_prob)
-        self.check_trained(constraints)
-        allowed = self.allowed_ids(constraints, cameras, min_prob)
+        allowed = self.allowed_ids(constraints, cameras, min_prob)  # checks trained tasks
         if allowed is not None and exclude is not None:
             allowed = allowed[allowed != exclude]
         extra = 1 if exclude is not None and allowed is None else 0
