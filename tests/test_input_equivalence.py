@@ -74,6 +74,9 @@ def _alpha(rng: np.random.Generator) -> np.ndarray:
     return alpha
 
 
+TIFF_ONLY = ("CMYK", "I", "F", "YCbCr")  # modes PNG cannot store
+
+
 def _make(mode: str, folder: Path) -> tuple[Path, Image.Image]:
     """A crop file written in ``mode``, and a PIL image of it as a user would pass it."""
     rng = np.random.default_rng(sum(map(ord, mode)))
@@ -110,15 +113,28 @@ def _make(mode: str, folder: Path) -> tuple[Path, Image.Image]:
         image = Image.fromarray(np.dstack([rgb, k]), "CMYK")
     elif mode == "1":
         image = Image.fromarray(rgb[..., 0] > 127)
+    elif mode == "I":  # 32-bit grey (TIFF): 16-bit values, some above 65535 and below 0
+        values = _grey16(rng).astype(np.int32)
+        values[0, :4] = (70000, -5, 65535, 256)
+        image = Image.fromarray(values, "I")
+    elif mode == "F":  # 32-bit float grey (TIFF): 0..255 with fractions, some out of range
+        values = rng.uniform(-20.0, 275.0, (height, width)).astype(np.float32)
+        image = Image.fromarray(values, "F")
+    elif mode == "YCbCr":
+        image = Image.fromarray(rgb).convert("YCbCr")
+    elif mode == "RGB":
+        image = Image.fromarray(rgb)
     else:
         image = Image.fromarray(rgb[..., 0], "L")
     assert image.mode == mode
-    path = folder / f"crop_{mode}.{'tif' if mode == 'CMYK' else 'png'}"
+    path = folder / f"crop_{mode}.{'tif' if mode in TIFF_ONLY else 'png'}"
     image.save(path, **({"transparency": 3} if mode == "P" else {}))
     return path, Image.open(path)
 
 
-MODES = ["L", "I;16", "I;16B", "RGB48", "RGBA", "LA", "P", "PA", "CMYK", "1"]
+MODES = ["RGB", "L", "I;16", "I;16B", "I", "F", "RGB48", "RGBA", "LA", "P", "PA", "CMYK",
+         "YCbCr", "1"]
+"""Every mode the reader fuzzer (test_fuzz_readers.SAVABLE) saves, plus 48-bit RGB and PA."""
 OPENED_AS = {"RGB48": "RGB", "PA": "PA"}  # the mode of the PIL image the test passes
 
 
@@ -150,6 +166,23 @@ def test_path_pil_and_tensor_give_the_same_embedding(mode, crops, predictor):
     for other in (predictor.predict([opened]), predictor.predict(_pixels(path)),
                   predictor.predict([path, opened, str(path)])):
         assert np.abs(other.embeddings - by_path).max() <= EMBEDDING_ATOL, mode
+
+
+def test_modes_cover_every_mode_the_reader_fuzzer_saves():
+    from test_fuzz_readers import SAVABLE
+
+    assert set(SAVABLE) <= set(MODES)
+
+
+def test_32_bit_grey_decodes_to_hand_computed_pixels():
+    """Known values, typed by hand: 32-bit integer grey keeps the high byte of 16 bits and
+    saturates (70000 -> 255, -5 -> 0, 65535 -> 255, 256 -> 1); 32-bit float grey is taken as
+    0..255, clipped and truncated (PIL's convert: 0.6 -> 0, 1.5 -> 1, 254.6 -> 254)."""
+    ints = Image.fromarray(np.array([[70000, -5, 65535, 256, 30 * 256 + 255]], np.int32), "I")
+    assert np.asarray(to_rgb(ints))[0].tolist() == [[v] * 3 for v in (255, 0, 255, 1, 30)]
+    floats = np.array([[-3.2, 0.4, 0.6, 1.5, 2.5, 254.6, 300.0]], np.float32)
+    expected = (0, 0, 0, 1, 2, 254, 255)
+    assert np.asarray(to_rgb(Image.fromarray(floats, "F")))[0].tolist() == [[v] * 3 for v in expected]
 
 
 @pytest.mark.parametrize("mode", ["I;16", "I;16B", "RGBA", "LA", "P", "PA"])

@@ -70,7 +70,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     * ``L``, ``1`` (0 -> 0, 1 -> 255), ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ``RGBX``: PIL's
       ``convert("RGB")`` (grey replicated to three channels; CMYK by PIL's plain formula).
     * ``F`` (32-bit float): PIL's ``convert("RGB")``, values taken as 0..255, clipped and
-      rounded.
+      truncated (0.6 -> 0, 254.6 -> 254, -3.2 -> 0, 300 -> 255).
 
     EXIF orientation is not applied and a multi-frame image gives its current frame, for a path
     and a PIL image alike. A colour-key ``transparency`` of an ``L`` or ``RGB`` image is ignored.
