@@ -93,7 +93,7 @@ def _run_tests(tests: list[str]) -> tuple[list[str], str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "-rfE", "--no-header", *tests], cwd=ROOT, capture_output=True,
+                           "-rfE", "--no-header", *tests], check=False, cwd=ROOT, capture_output=True,
                           text=True, env=env)
     lines = done.stdout.splitlines()
     failed = sorted({re.sub(r" - .*", "", line.split(" ", 1)[1])
@@ -126,16 +126,26 @@ def _cpu() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def _collapsed(failed: list[str]) -> list[str]:
+    """Test ids with parametrized cases folded: ``test_x[a]``, ``test_x[b]`` -> ``test_x (2 cases)``."""
+    counts: dict[str, int] = {}
+    for test in failed:
+        base = test.split("[", 1)[0]
+        counts[base] = counts.get(base, 0) + 1
+    return [base if n == 1 and base in failed else f"{base} ({n} cases)"
+            for base, n in counts.items()]
+
+
 def _write(results: list[dict], tests: list[str]) -> None:
-    lines = ["# Mutation check", "",
-             "Written by `dev/mutation_check.py`: each fault is planted alone, the tests run, "
-             "and the tests that turned red are listed. A mutation with none is a hole.", "",
-             f"Machine: {_cpu()}, {time.strftime('%Y-%m-%d')}. Tests run: "
-             f"{' '.join(tests) or 'the whole suite'}.", ""]
+    intro = ("Written by `dev/mutation_check.py`: each fault is planted alone, the tests run, "
+             "and the tests that turned red are listed. A mutation with none is a hole.")
+    machine = (f"Machine: {_cpu()}, {time.strftime('%Y-%m-%d')}. Tests run: "
+               f"{' '.join(tests) or 'the whole suite'}.")
+    lines = ["# Mutation check", "", intro, "", machine, ""]
     for r in results:
         lines += [f"## `{r['name']}`", "", r["what"] + ".", "",
                   f"pytest: {r['summary']} ({r['seconds']:.0f} s)", ""]
-        lines += [f"* `{t}`" for t in r["failed"]] or ["* **no test failed**"]
+        lines += [f"* `{t}`" for t in _collapsed(r["failed"])] or ["* **no test failed**"]
         lines.append("")
     RESULTS.write_text("\n".join(lines))
 
@@ -156,7 +166,7 @@ def main() -> int:
     for name in names:
         result = check(name, args.tests)
         print(f"{name}: {len(result['failed'])} failed  ({result['summary']})", flush=True)
-        for test in result["failed"]:
+        for test in _collapsed(result["failed"]):
             print(f"    {test}")
         results.append(result)
     if not args.no_write:
