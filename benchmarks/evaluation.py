@@ -45,8 +45,8 @@ from typing import Callable
 
 import numpy as np
 import torch
-
 from _common import RESULTS, machine, replace_section
+
 from attreid.metrics import pairwise_distance, reid_metrics
 
 SECTION = "## Evaluation"

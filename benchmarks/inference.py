@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _common import RESULTS, machine, replace_section
-from attreid.export import OnnxPredictor, export_onnx
-from attreid.predictor import Predictor
+
+from attreid.inference.onnx import OnnxPredictor, export_onnx
+from attreid.inference.predictor import Predictor
 
 SECTION = "## Inference"
 INTRO = ("ONNX Runtime against PyTorch eager (fp32, bf16) on the forward pass, "

@@ -40,7 +40,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-
 from _common import RESULTS, machine, replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +170,7 @@ def checkpoint(work: Path) -> Path:
         return out / "best.pt"
     from attreid.config import load_config
     from attreid.data.synth import generate
-    from attreid.engine import train
+    from attreid.training.engine import train
 
     data = work / "train_data"
     if not data.is_dir():
@@ -188,8 +187,8 @@ def checkpoint(work: Path) -> Path:
 
 
 def phase_extract(args: argparse.Namespace) -> dict[str, Any]:
-    from attreid.features import ImageBatch, extract_to_store
-    from attreid.predictor import Predictor
+    from attreid.inference.features import ImageBatch, extract_to_store
+    from attreid.inference.predictor import Predictor
 
     predictor = Predictor(args.checkpoint, device="cpu", batch_size=BATCH)
     total = max(args.sizes)
@@ -224,7 +223,7 @@ def phase_collect(args: argparse.Namespace) -> dict[str, Any]:
     """The in-memory extraction's memory: what ``embed_files`` holds, every batch's outputs in
     lists then concatenated, replayed from the store's batches (no model: the model and one
     batch cost the same on both paths)."""
-    from attreid.features import FeatureStore, split_probabilities
+    from attreid.inference.features import FeatureStore, split_probabilities
 
     store = FeatureStore.open(prefix_store(args.work, args.size))
     start_rss = reset_peak()
@@ -242,7 +241,7 @@ def phase_collect(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def phase_queries(args: argparse.Namespace) -> dict[str, Any]:
-    from attreid.predictor import Predictor
+    from attreid.inference.predictor import Predictor
 
     predictor = Predictor(args.checkpoint, device="cpu", batch_size=BATCH)
     images, _, ids, cams = render("query", range(2 * QUERY_IDS))
@@ -272,7 +271,7 @@ def prefix_store(work: Path, size: int) -> Path:
 
 
 def phase_evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    from attreid.features import FeatureStore, reid_metrics_on_store
+    from attreid.inference.features import FeatureStore, reid_metrics_on_store
     from attreid.metrics import pairwise_distance, reid_metrics
 
     q = np.load(args.work / "queries.npz")
@@ -292,7 +291,7 @@ def phase_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def phase_index(args: argparse.Namespace) -> dict[str, Any]:
-    from attreid.features import FeatureStore, split_probabilities
+    from attreid.inference.features import FeatureStore, split_probabilities
     from attreid.search import write_index, write_index_from_store
 
     q = np.load(args.work / "queries.npz")

@@ -3,9 +3,9 @@
 Random clustered features (D = 128, one Gaussian centre per identity, about 26 gallery images
 per identity, noise 1.6), measured at each size, one fresh subprocess per method and size:
 
-    dense       attreid.rerank.rerank_dense: several float64 N x N matrices, N = Q + G;
+    dense       attreid.metrics.reranking.rerank_dense: several float64 N x N matrices, N = Q + G;
                 the baseline of the ratios
-    bounded     attreid.rerank.rerank, chunk_size 256 (or each of --chunk-sizes)
+    bounded     attreid.metrics.reranking.rerank, chunk_size 256 (or each of --chunk-sizes)
 
 Time is the best of ``--repeats`` runs (the machine is shared); memory is the subprocess's peak
 resident set during the call (``VmHWM`` of /proc/self/status, reset just before the call through
@@ -33,13 +33,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import RESULTS, machine, replace_section
+
 from attreid.metrics import pairwise_distance, reid_metrics
-from attreid.rerank import rerank, rerank_dense
+from attreid.metrics.reranking import rerank, rerank_dense
 
 SECTION = "## Re-ranking"
-INTRO = ("Dense reference against the memory-bounded `attreid.rerank.rerank`, "
+INTRO = ("Dense reference against the memory-bounded `attreid.metrics.reranking.rerank`, "
          "`python benchmarks/rerank.py --write`.")
 DIM, NOISE, GALLERY_PER_ID, SEED = 128, 1.6, 26, 0
 DENSE_BYTES_PER_N2 = 44  # ~5.5 float64 N x N matrices at dense's peak (measured at N = 6000)

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _common import RESULTS, machine, replace_section
-from attreid.predictor import Predictor
+
+from attreid.inference.predictor import Predictor
 from attreid.search import GallerySearch, write_index
 from attreid.search.index import embed_files, list_gallery
 

@@ -19,13 +19,13 @@ from pathlib import Path
 from _common import machine, replace_section
 from search import http_queries, percentile
 
-from attreid.checkpoint import save_checkpoint
 from attreid.config import load_config, to_dict
 from attreid.data.synth import generate
-from attreid.engine import _model_kwargs
+from attreid.inference.predictor import Predictor
 from attreid.models import build_model
-from attreid.predictor import Predictor
 from attreid.search import GallerySearch, build_index
+from attreid.training.engine import _model_kwargs
+from attreid.utils.checkpoint import save_checkpoint
 
 SECTION = "## Service under load"
 

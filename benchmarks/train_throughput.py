@@ -48,10 +48,10 @@ from attreid.data.load import load_dataset
 from attreid.data.sampler import PKSampler
 from attreid.data.synth import generate
 from attreid.data.transforms import TransformConfig, build_transforms
-from attreid.inference import autocast_context, to_float
-from attreid.losses import MultiTaskLoss
+from attreid.inference.extraction import autocast_context, to_float
 from attreid.models import build_model
 from attreid.schema import TASKS
+from attreid.training.losses import MultiTaskLoss
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Training throughput"

@@ -141,7 +141,7 @@ def synth_market(tmp_path_factory) -> Path:
 def tiny_checkpoint(synth_market, tmp_path_factory) -> Path:
     """A checkpoint of a tiny model trained for one short epoch on ``synth_market``."""
     from attreid.config import load_config
-    from attreid.engine import train
+    from attreid.training.engine import train
 
     out = tmp_path_factory.mktemp("tiny_run")
     cfg = load_config("demo", [
@@ -177,7 +177,7 @@ def custom_runs(synth_market, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
 def search_index(tiny_checkpoint, synth_market, tmp_path_factory) -> Path:
     """A gallery index of ``synth_market``'s bounding_box_test made with ``tiny_checkpoint``
     (its query/ folder holds held-out crops of the same identities)."""
-    from attreid.predictor import Predictor
+    from attreid.inference.predictor import Predictor
     from attreid.search import build_index
 
     out = tmp_path_factory.mktemp("search") / "index"

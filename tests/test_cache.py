@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
+from helpers import labels_for
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -20,7 +21,6 @@ from attreid.data.io import read_image
 from attreid.data.records import DataError, ImageRecord
 from attreid.data.sampler import PKSampler
 from attreid.data.transforms import TransformConfig, build_transforms
-from helpers import labels_for
 
 H, W = 32, 16
 

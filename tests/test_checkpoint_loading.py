@@ -14,7 +14,9 @@ import torch
 from conftest import require
 
 from attreid import cli
-from attreid.checkpoint import (
+from attreid.inference.predictor import Predictor
+from attreid.models import build_model
+from attreid.utils.checkpoint import (
     CheckpointError,
     describe_key_mismatch,
     load_checkpoint,
@@ -22,8 +24,6 @@ from attreid.checkpoint import (
     save_checkpoint,
     strip_wrapper_prefixes,
 )
-from attreid.models import build_model
-from attreid.predictor import Predictor
 
 
 def test_wrapper_prefixes_are_removed_wherever_they_stand():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from attreid import cli
-from attreid.checkpoint import load_checkpoint, save_checkpoint
+from attreid.utils.checkpoint import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")

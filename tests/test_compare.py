@@ -1,4 +1,4 @@
-"""attreid.compare and attreid.study: run folders made by hand with known numbers."""
+"""attreid.evaluation.compare and attreid.evaluation.study: run folders made by hand with known numbers."""
 
 from __future__ import annotations
 
@@ -10,11 +10,21 @@ import yaml
 from typer.testing import CliRunner
 
 from attreid.cli import app
-from attreid.compare import (CompareError, Run, best_record, comparison_json, load_run,
-                             load_runs, markdown, run_folders, selection_score, summary,
-                             table_rows)
+from attreid.evaluation.compare import (
+    CompareError,
+    Run,
+    best_record,
+    comparison_json,
+    load_run,
+    load_runs,
+    markdown,
+    run_folders,
+    summary,
+    table_rows,
+)
+from attreid.evaluation.study import COLUMNS, PUBLISHED, published
+from attreid.metrics.selection import selection_score
 from attreid.schema import TASK_NAMES
-from attreid.study import COLUMNS, PUBLISHED, published
 
 runner = CliRunner()
 
@@ -86,7 +96,7 @@ def test_best_epoch_is_the_one_training_saved_as_best():
 
 
 def test_selection_score_is_the_engine_score():
-    from attreid import engine
+    from attreid.training import engine
 
     assert engine.selection_score is selection_score  # training picks best.pt with it
     assert selection_score(val(0.8, 0.6)) == pytest.approx(0.7)
@@ -266,7 +276,7 @@ def test_cli_compare_plots_the_training_curves(tmp_path):
 
 
 def test_training_curves_skip_missing_values_and_need_a_run(tmp_path):
-    from attreid.plots import plot_training_curves
+    from attreid.evaluation.plots import plot_training_curves
 
     records = [{"epoch": 1, "train": {"loss": 2.0}},
                {"epoch": 2, "train": {"loss": float("nan")}, "val": {"mAP": 0.5}}]

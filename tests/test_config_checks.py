@@ -9,10 +9,10 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from attreid.checks import check_training_config
 from attreid.cli import app
 from attreid.config import ConfigError, load_config, with_updates
-from attreid.engine import train
+from attreid.training.checks import check_training_config
+from attreid.training.engine import train
 
 
 def test_nproc_batch_of_one_image_per_process_is_refused_before_torchrun(tmp_path):

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from attreid import checkpoint as checkpoint_module
-from attreid.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from attreid.config import load_config
 from attreid.data.synth import generate
-from attreid.engine import train
+from attreid.training.engine import train
+from attreid.utils import checkpoint as checkpoint_module
+from attreid.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 KILLS = 6  # SIGKILLs of a training run (seeded random delays)
 WRITE_KILLS = 8  # SIGKILLs of a process rewriting a checkpoint in a loop

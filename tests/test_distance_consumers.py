@@ -12,15 +12,15 @@ import pytest
 
 from attreid import cli
 from attreid.data.load import load_dataset
-from attreid.evaluate import evaluate_checkpoint
+from attreid.evaluation.evaluate import evaluate_checkpoint
+from attreid.inference.predictor import Predictor
 from attreid.metrics import reid_metrics
-from attreid.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
 def cosine_checkpoint(synth_market, tmp_path_factory):
     from attreid.config import load_config
-    from attreid.engine import train
+    from attreid.training.engine import train
 
     out = tmp_path_factory.mktemp("cosine_run")
     cfg = load_config("demo", [
@@ -84,7 +84,7 @@ def test_predict_ranks_by_the_checkpoints_distance(cosine_checkpoint, tmp_path):
     against float64 distances from features.npz, within 1e-6 for near-ties); the Euclidean order
     differs for this model, so ranking by the wrong distance turns this red."""
     from attreid.data.synth import generate
-    from attreid.predict import predict_dataset
+    from attreid.inference.predict import predict_dataset
 
     root = generate(tmp_path / "course", ids=12, seed=6, layout="course").out
     files = predict_dataset(cosine_checkpoint, root, tmp_path / "pred", top_k=10, device="cpu")

@@ -17,19 +17,19 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from attreid.checkpoint import load_checkpoint
 from attreid.config import load_config
 from attreid.data.sampler import PKSampler
 from attreid.data.synth import generate
-from attreid.distributed import (
+from attreid.models import build_model
+from attreid.training.distributed import (
     DistInfo,
     GlobalBatchNorm,
     RankBatches,
     convert_sync_batchnorm,
     gather,
 )
-from attreid.engine import build_data, setup, train, validate
-from attreid.models import build_model
+from attreid.training.engine import build_data, setup, train, validate
+from attreid.utils.checkpoint import load_checkpoint
 
 
 def test_rank_batches_split_each_pk_batch_into_disjoint_identities():

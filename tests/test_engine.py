@@ -8,13 +8,21 @@ import pytest
 import torch
 from conftest import require
 
-from attreid.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from attreid.config import ConfigError, load_config, preset_names, with_updates
-from attreid import engine
 from attreid.data.synth import generate
 from attreid.models import build_model
-from attreid.engine import NonFiniteLossError, build_cache, build_data, lr_factor, make_loader, \
-    setup, train, train_epoch
+from attreid.training import engine
+from attreid.training.engine import (
+    NonFiniteLossError,
+    build_cache,
+    build_data,
+    lr_factor,
+    make_loader,
+    setup,
+    train,
+    train_epoch,
+)
+from attreid.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +178,7 @@ def test_nan_loss_stops_with_a_clear_message(synth_root, tmp_path, monkeypatch):
     cfg = tiny_config(synth_root, tmp_path, optim={"epochs": 2})
     train(with_updates(cfg, optim={"epochs": 1}), log=lambda _: None)
     good = load_checkpoint(tmp_path / "last.pt")["model"]
-    from attreid import losses
+    from attreid.training import losses
 
     original = losses.MultiTaskLoss.forward
 
@@ -192,7 +200,7 @@ def test_nan_loss_stops_with_a_clear_message(synth_root, tmp_path, monkeypatch):
 def test_checkpoint_write_failure_keeps_previous(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"model": {"w": torch.ones(2)}, "config": {}})
-    import attreid.checkpoint as ck
+    import attreid.utils.checkpoint as ck
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -3,19 +3,18 @@ import math
 
 import numpy as np
 import pytest
+from helpers import make_course
 from PIL import Image
 
-from helpers import make_course
-
-from attreid import plots
 from attreid.data.load import load_dataset
 from attreid.data.records import JUNK_ID, attribute_matrix
 from attreid.data.splits import random_id_split
-from attreid.evaluate import evaluate_checkpoint
+from attreid.evaluation import plots
+from attreid.evaluation.evaluate import evaluate_checkpoint
+from attreid.evaluation.report import table_rows
+from attreid.inference.predictor import Predictor
 from attreid.metrics import attribute_metrics, pairwise_distance, reid_metrics
-from attreid.predictor import Predictor
-from attreid.rerank import rerank_dense
-from attreid.report import table_rows
+from attreid.metrics.reranking import rerank_dense
 from attreid.schema import TASK_NAMES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -209,7 +208,7 @@ def test_gallery_streamed_to_a_store_gives_the_in_memory_numbers(market_result, 
                                                                   tiny_checkpoint, tmp_path):
     """evaluate_checkpoint(store=...) (galleries beyond memory) equals the in-memory path: every
     re-ID metric, the CMC and every attribute metric; the store holds the whole gallery."""
-    from attreid.features import FeatureStore
+    from attreid.inference.features import FeatureStore
 
     streamed = evaluate_checkpoint(tiny_checkpoint, synth_market, device="cpu", batch_size=64,
                                    store=tmp_path / "gallery", out=tmp_path / "eval")

@@ -15,11 +15,11 @@ require("onnxruntime", "ONNX export needs onnx + onnxruntime (pip install 'attre
 
 from typer.testing import CliRunner  # noqa: E402
 
-from attreid.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from attreid.cli import app  # noqa: E402
-from attreid.export import ExportError, OnnxPredictor, export_onnx  # noqa: E402
+from attreid.inference.onnx import ExportError, OnnxPredictor, export_onnx
+from attreid.inference.predictor import Predictor
 from attreid.models import build_model  # noqa: E402
-from attreid.predictor import Predictor  # noqa: E402
+from attreid.utils.checkpoint import load_checkpoint, save_checkpoint
 
 TOLERANCE = 1e-4  # max abs difference allowed between ONNX Runtime and PyTorch, fp32
 runner = CliRunner()

@@ -20,7 +20,7 @@ from conftest import require
 from PIL import Image
 
 from attreid.data.io import ImageInputError, read_image, to_rgb
-from attreid.predictor import Predictor
+from attreid.inference.predictor import Predictor
 
 SIZE = (37, 90)  # (width, height): not the model's 64x128, so every input is resized
 EMBEDDING_ATOL = 1e-6
@@ -224,7 +224,7 @@ def test_search_by_pil_image_equals_search_by_path(mode, crops, search_index):
 
 def test_onnx_predictor_takes_the_same_path(crops, predictor, tiny_checkpoint, tmp_path):
     require("onnxruntime", "ONNX inference needs onnxruntime (pip install 'attreid[onnx]')")
-    from attreid.export import OnnxPredictor, export_onnx
+    from attreid.inference.onnx import OnnxPredictor, export_onnx
 
     onnx = OnnxPredictor(export_onnx(tiny_checkpoint, tmp_path / "model.onnx"))
     paths = [crops[m][0] for m in MODES]

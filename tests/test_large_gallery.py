@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from attreid.features import (
+from attreid.inference.features import (
     EMBEDDINGS,
     FeatureStore,
     FeatureStoreError,
@@ -330,7 +330,7 @@ class _ColourPredictor:
     embedding_dim = 3
 
     def predict(self, images):
-        from attreid.predictor import Prediction
+        from attreid.inference.predictor import Prediction
 
         emb = np.stack([np.asarray(im, np.float32).mean((0, 1)) / 255 for im in images])
         probs = {}

@@ -1,4 +1,4 @@
-"""Tests for attreid.losses: every loss against a brute-force loop over explicit terms."""
+"""Tests for attreid.training.losses: every loss against a brute-force loop over explicit terms."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from attreid.losses import (
+from attreid.models.output import ModelOutput
+from attreid.schema import MISSING, NUM_TASKS, TASK_NAMES, TASKS
+from attreid.training.losses import (
     FixedWeighting,
     MultiTaskLoss,
     UncertaintyWeighting,
@@ -20,8 +22,6 @@ from attreid.losses import (
     triplet_loss,
     triplet_loss_with_stats,
 )
-from attreid.models.output import ModelOutput
-from attreid.schema import MISSING, NUM_TASKS, TASK_NAMES, TASKS
 
 DISTANCES = ("euclidean", "squared", "cosine")
 # Images per identity; 1 = an identity with a single image (anchor of no triplet, yet a negative).

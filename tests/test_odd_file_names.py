@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import require
 from helpers import make_course
 
-from attreid.checkpoint import printable_name
-from attreid.features import EMBEDDINGS, FeatureStore, FeatureWriter
+from attreid.inference.features import EMBEDDINGS, FeatureStore, FeatureWriter
+from attreid.utils.files import printable_name
 
 ODD = os.fsdecode(b"caf\xe9_c2_000120.jpg")  # camera 2, frame 120; the 0xE9 byte is not UTF-8
 SHOWN = "caf\\xe9_c2_000120.jpg"
@@ -97,7 +96,7 @@ def _cli():
 def test_cli_index_build_stores_the_odd_name_and_finds_it(tiny_checkpoint, odd_gallery,
                                                          tmp_path):
     require("faiss", "gallery search needs faiss (pip install 'attreid[search]')")
-    from attreid.predictor import Predictor
+    from attreid.inference.predictor import Predictor
     from attreid.search import GalleryIndex, GallerySearch
 
     runner, app = _cli()
@@ -175,7 +174,7 @@ def test_service_answers_and_serves_odd_names(tiny_checkpoint, odd_gallery, tmp_
     require("fastapi", "the service needs fastapi (pip install 'attreid[serve]')")
     from fastapi.testclient import TestClient
 
-    from attreid.predictor import Predictor
+    from attreid.inference.predictor import Predictor
     from attreid.search import GallerySearch, build_index
     from attreid.search.service import create_app
 
@@ -203,7 +202,7 @@ def test_service_answers_and_serves_odd_names(tiny_checkpoint, odd_gallery, tmp_
 
 
 def test_predict_keeps_the_odd_name_exactly_and_shows_it_escaped(tiny_checkpoint, tmp_path):
-    from attreid.predict import predict_dataset
+    from attreid.inference.predict import predict_dataset
 
     root = make_course(tmp_path / "course")
     (root / "test" / "000002.jpg").rename(root / "test" / ODD)
@@ -244,7 +243,7 @@ def test_predict_cli_writes_its_files(tiny_checkpoint, tmp_path):
 
 
 def test_evaluate_store_keeps_odd_paths(synth_market, tiny_checkpoint, tmp_path):
-    from attreid.evaluate import evaluate_checkpoint
+    from attreid.evaluation.evaluate import evaluate_checkpoint
 
     root = tmp_path / os.fsdecode(b"market\xe9")  # every path holds the byte
     shutil.copytree(synth_market, root)

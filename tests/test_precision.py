@@ -14,13 +14,20 @@ import pytest
 import torch
 
 from attreid import cli
-from attreid.backend import ONEDNN_ISA_CAP, cap_onednn_isa, cpu_bf16_native, cpu_flags
 from attreid.config import ConfigError, load_config, with_updates
 from attreid.data.synth import generate
-from attreid.engine import NonFiniteLossError, build_data, make_loader, setup, train, \
-    train_epoch, transform_config
+from attreid.data.transforms import transform_config
 from attreid.errors import AttreidError
-from attreid.inference import extract, resolve_amp
+from attreid.inference.extraction import extract, resolve_amp
+from attreid.training.engine import (
+    NonFiniteLossError,
+    build_data,
+    make_loader,
+    setup,
+    train,
+    train_epoch,
+)
+from attreid.utils.backend import ONEDNN_ISA_CAP, cap_onednn_isa, cpu_bf16_native, cpu_flags
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +139,7 @@ def test_bf16_run_with_intermittent_nan_completes(synth_root, tmp_path, monkeypa
     """Every third bf16 forward pass of the first convolution is NaN, as the AMX kernel was
     (a different step each run): the run finishes, logs the recomputed steps, validates."""
     cfg = _config(synth_root, tmp_path, "bf16")
-    from attreid import engine
+    from attreid.training import engine
 
     built = engine.build_model
     counts = {}
@@ -154,7 +161,7 @@ def test_bf16_run_with_intermittent_nan_completes(synth_root, tmp_path, monkeypa
 
 
 def result_state(out):
-    from attreid.checkpoint import load_checkpoint
+    from attreid.utils.checkpoint import load_checkpoint
 
     state = load_checkpoint(out / "last.pt")["model"]
     return {k: v for k, v in state.items() if v.is_floating_point()}
@@ -217,12 +224,12 @@ def test_import_caps_onednn_before_its_first_kernel():
 
 
 def test_named_error_is_one_paragraph_and_exit_1(monkeypatch, capsys, tmp_path):
-    import attreid.demo
+    import attreid.cli.demo as demo
 
     def fail(*_args, **_kwargs):
         raise NonFiniteLossError("non-finite loss at epoch 1, step 4: {'triplet': nan}.")
 
-    monkeypatch.setattr(attreid.demo, "run_demo", fail)
+    monkeypatch.setattr(demo, "run_demo", fail)
     monkeypatch.delenv("ATTREID_DEBUG", raising=False)
     with pytest.raises(SystemExit) as exit_info:
         cli.run(["demo", "--out", str(tmp_path)])
@@ -235,25 +242,25 @@ def test_named_error_is_one_paragraph_and_exit_1(monkeypatch, capsys, tmp_path):
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
-    import attreid.demo
+    import attreid.cli.demo as demo
 
     def bug(*_args, **_kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(attreid.demo, "run_demo", bug)
+    monkeypatch.setattr(demo, "run_demo", bug)
     with pytest.raises(ZeroDivisionError):
         cli.run(["demo", "--out", str(tmp_path)])
 
 
 def test_every_named_error_shares_the_base():
-    from attreid.checkpoint import CheckpointError
-    from attreid.compare import CompareError
     from attreid.config import ConfigError
     from attreid.data.records import DataError
-    from attreid.export import ExportError
-    from attreid.features import FeatureStoreError
+    from attreid.evaluation.compare import CompareError
+    from attreid.inference.features import FeatureStoreError
+    from attreid.inference.onnx import ExportError
     from attreid.schema import AttributeCodeError
     from attreid.search import GalleryIndexError, QueryError
+    from attreid.utils.checkpoint import CheckpointError
 
     for error in (CheckpointError, CompareError, ConfigError, DataError, ExportError,
                   FeatureStoreError, AttributeCodeError, GalleryIndexError, QueryError,
@@ -296,7 +303,7 @@ def test_cpu_flags_read_from_cpuinfo(tmp_path):
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "none")])
 def test_auto_is_bf16_only_where_the_cpu_has_it(monkeypatch, native, expected):
-    from attreid import inference
+    from attreid.inference import extraction as inference
 
     monkeypatch.setattr(inference, "cpu_bf16_native", lambda: native)
     assert resolve_amp("auto", torch.device("cpu")) == expected
@@ -308,7 +315,8 @@ def test_auto_is_bf16_only_where_the_cpu_has_it(monkeypatch, native, expected):
 
 def test_auto_run_records_what_ran_and_bf16_without_native_support_warns(
         synth_root, tmp_path, monkeypatch):
-    from attreid import engine, inference
+    from attreid.inference import extraction as inference
+    from attreid.training import engine
 
     monkeypatch.setattr(inference, "cpu_bf16_native", lambda: False)
     monkeypatch.setattr(engine, "cpu_bf16_native", lambda: False)
@@ -328,7 +336,7 @@ def test_auto_run_records_what_ran_and_bf16_without_native_support_warns(
 
 def test_an_error_naming_a_non_utf8_file_prints_on_any_terminal(monkeypatch, capsys, tmp_path):
     """A file name byte that is not UTF-8 (0xE9) is shown as \\xe9, not a UnicodeEncodeError."""
-    import attreid.demo
+    import attreid.cli.demo as demo
     from attreid.data.records import DataError
 
     name = os.fsdecode(b"caf\xe9_c1.jpg")
@@ -336,7 +344,7 @@ def test_an_error_naming_a_non_utf8_file_prints_on_any_terminal(monkeypatch, cap
     def fail(*_args, **_kwargs):
         raise DataError(f"{name}: cannot decode image")
 
-    monkeypatch.setattr(attreid.demo, "run_demo", fail)
+    monkeypatch.setattr(demo, "run_demo", fail)
     with pytest.raises(SystemExit) as exit_info:
         cli.run(["demo", "--out", str(tmp_path)])
     assert exit_info.value.code == 1
@@ -365,7 +373,7 @@ def test_demo_refuses_bad_ids_without_touching_the_previous_data(tmp_path, capsy
 
 def test_debug_shows_the_traceback_of_errors_commands_catch(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTREID_DEBUG", "1")
-    from attreid.checkpoint import CheckpointError
+    from attreid.utils.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         cli.run(["evaluate", str(tmp_path / "missing.pt"), "--data", str(tmp_path)])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from attreid.data.synth import generate
-from attreid.predict import predict_dataset
+from attreid.inference.predict import predict_dataset
 from attreid.schema import CSV_COLUMNS, DOWN_COLOR_COLUMNS, UP_COLOR_COLUMNS
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import attreid
-from attreid.checkpoint import CheckpointError
 from attreid.data.load import load_dataset
 from attreid.data.records import DataError
 from attreid.schema import TASK_NAMES
+from attreid.utils.checkpoint import CheckpointError
 
 
 @pytest.fixture(scope="module")

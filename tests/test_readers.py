@@ -5,8 +5,14 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from helpers import labels_for, make_course, make_market, write_course_csv, write_jpeg, \
-    write_market_mat
+from helpers import (
+    labels_for,
+    make_course,
+    make_market,
+    write_course_csv,
+    write_jpeg,
+    write_market_mat,
+)
 
 from attreid.data.course import read_course
 from attreid.data.custom import read_custom
@@ -14,7 +20,6 @@ from attreid.data.load import detect_layout, load_dataset
 from attreid.data.market import read_market
 from attreid.data.records import DataError
 from attreid.schema import CSV_COLUMNS, MISSING
-
 
 # --- standard Market-1501 layout ---------------------------------------------------------------
 

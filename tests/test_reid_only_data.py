@@ -10,7 +10,7 @@ import json
 import pytest
 from helpers import run_cli_ok
 
-from attreid.report import table_rows
+from attreid.evaluation.report import table_rows
 
 
 @pytest.fixture(scope="module")

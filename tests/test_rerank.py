@@ -1,4 +1,4 @@
-"""Tests for attreid.rerank: the memory-bounded re-ranking against the dense reference, both
+"""Tests for attreid.metrics.reranking: the memory-bounded re-ranking against the dense reference, both
 against a set-based brute force and a hand-computed case."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from attreid.metrics import pairwise_distance, reid_metrics
-from attreid.rerank import _stable_smallest, rerank, rerank_dense
+from attreid.metrics.reranking import _stable_smallest, rerank, rerank_dense
 
 
 def _clustered(q: int, g: int, d: int = 16, ids: int = 8, noise: float = 0.7, seed: int = 0
@@ -210,7 +210,7 @@ def test_stable_smallest_is_a_stable_argsort_prefix():
 
 def test_public_metrics_entry_point_is_the_same():
     from attreid import metrics
-    from attreid.rerank import rerank as direct
+    from attreid.metrics.reranking import rerank as direct
 
     rng = np.random.default_rng(0)
     q, g = rng.normal(size=(6, 16)), rng.normal(size=(30, 16))

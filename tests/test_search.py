@@ -14,13 +14,10 @@ from helpers import assert_nearest_within
 
 require("faiss", "gallery search needs faiss (pip install 'attreid[search]')")
 
-from attreid.checkpoint import file_sha256  # noqa: E402
+from attreid.inference.predictor import Predictor
 from attreid.metrics import pairwise_distance  # noqa: E402
-from attreid.predictor import Predictor  # noqa: E402
-from attreid.rerank import rerank_dense  # noqa: E402
+from attreid.metrics.reranking import rerank_dense
 from attreid.schema import TASKS  # noqa: E402
-from attreid.search.index import prepare_vectors  # noqa: E402
-from attreid.search.query import RERANK_DEPTH  # noqa: E402
 from attreid.search import (  # noqa: E402
     GalleryIndex,
     GalleryIndexError,
@@ -31,7 +28,12 @@ from attreid.search import (  # noqa: E402
     parse_attributes,
 )
 from attreid.search import index as index_module  # noqa: E402
-from attreid.search.index import parse_name  # noqa: E402
+from attreid.search.index import (
+    parse_name,  # noqa: E402
+    prepare_vectors,  # noqa: E402
+)
+from attreid.search.query import RERANK_DEPTH  # noqa: E402
+from attreid.utils.files import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -329,8 +331,9 @@ def test_cli_build_add_search(tiny_checkpoint, small_gallery, synth_market, tmp_
     assert hits[0]["name"] == query.name and hits[0]["distance"] < 1e-3
     result = runner.invoke(app, ["search", str(out), "-a", "gender=female", "-k", "2"])
     assert result.exit_code == 0 and "result(s)" in result.output
-    import attreid.cli
     from rich.console import Console
+
+    import attreid.cli
 
     wide = Console(width=200)  # one line per header, whatever width an earlier test left
     with pytest.MonkeyPatch.context() as patch:

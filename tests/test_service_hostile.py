@@ -36,7 +36,7 @@ from PIL import Image  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from attreid.cli import app as cli_app  # noqa: E402
-from attreid.search import GallerySearch, GalleryIndexError  # noqa: E402
+from attreid.search import GalleryIndexError, GallerySearch  # noqa: E402
 from attreid.search.service import create_app, open_search  # noqa: E402
 
 _EXAMPLES = int(os.environ.get("ATTREID_FUZZ_EXAMPLES", "0"))

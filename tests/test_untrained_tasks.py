@@ -18,8 +18,7 @@ from conftest import require
 from helpers import run_cli_ok
 
 from attreid import cli
-from attreid.checkpoint import load_checkpoint, save_checkpoint
-from attreid.predictor import Predictor
+from attreid.inference.predictor import Predictor
 from attreid.schema import (
     CSV_COLUMNS,
     DOWN_COLOR_COLUMNS,
@@ -28,6 +27,7 @@ from attreid.schema import (
     TASKS,
     UP_COLOR_COLUMNS,
 )
+from attreid.utils.checkpoint import load_checkpoint, save_checkpoint
 
 PARTIAL = ("age", "gender")  # in TASK_NAMES order
 UNTRAINED = tuple(t for t in TASK_NAMES if t not in PARTIAL)
@@ -103,7 +103,7 @@ def test_the_predictor_reports_untrained_tasks_as_unknown(runs, predictors):
 def test_the_onnx_export_carries_the_trained_tasks(runs, tmp_path):
     onnx = require("onnx", "ONNX export needs onnx (pip install 'attreid[onnx]')")
     require("onnxruntime", "ONNX inference needs onnxruntime (pip install 'attreid[onnx]')")
-    from attreid.export import OnnxPredictor, export_onnx
+    from attreid.inference.onnx import OnnxPredictor, export_onnx
 
     path = export_onnx(runs["partial"][1], tmp_path / "partial.onnx")
     model = onnx.load(path)
@@ -141,7 +141,7 @@ def _csv(path):
 
 
 def test_predict_leaves_the_untrained_columns_empty(runs, course, tmp_path):
-    from attreid.predict import predict_dataset
+    from attreid.inference.predict import predict_dataset
 
     with pytest.warns(UserWarning, match="labels for age, gender only: no prediction for "
                       "backpack, bag"):

@@ -2,9 +2,9 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from attreid.backend import cap_onednn_isa
+from attreid.utils.backend import cap_onednn_isa
 
-cap_onednn_isa()  # before any CPU kernel runs: no AMX bf16 kernels (see attreid.backend)
+cap_onednn_isa()  # before any CPU kernel runs: no AMX bf16 kernels (see attreid.utils.backend)
 
 try:
     __version__ = version("attreid")
@@ -14,7 +14,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 def __getattr__(name: str):  # lazy: `import attreid` stays light; attreid.Predictor loads torch
     if name == "Predictor":
-        from attreid.predictor import Predictor
+        from attreid.inference.predictor import Predictor
 
         return Predictor
     raise AttributeError(f"module 'attreid' has no attribute {name!r}")

@@ -68,7 +68,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Arguments of :class:`attreid.losses.MultiTaskLoss`."""
+    """Arguments of :class:`attreid.training.losses.MultiTaskLoss`."""
 
     triplet: str = "batch_all"
     margin: float = 1.0
@@ -100,7 +100,7 @@ class OptimConfig:
 class TrainConfig:
     """Engine settings. ``amp``: ``none`` (float32), ``bf16``, ``fp16`` (GPU only) or ``auto``
     (bf16 on CUDA and on CPUs with native bf16 instructions, float32 on other CPUs; see
-    :func:`attreid.inference.resolve_amp`). Under bf16 a step or batch that is not finite is
+    :func:`attreid.inference.extraction.resolve_amp`). Under bf16 a step or batch that is not finite is
     recomputed in float32 (docs/RELIABILITY.md, "CPU precision on every machine")."""
 
     out: str = "runs/train"

@@ -11,5 +11,5 @@ from __future__ import annotations
 
 class AttreidError(Exception):
     """Base class of :class:`~attreid.data.records.DataError`,
-    :class:`~attreid.config.ConfigError`, :class:`~attreid.checkpoint.CheckpointError`,
-    :class:`~attreid.engine.NonFiniteLossError` and the other named errors."""
+    :class:`~attreid.config.ConfigError`, :class:`~attreid.utils.checkpoint.CheckpointError`,
+    :class:`~attreid.training.engine.NonFiniteLossError` and the other named errors."""

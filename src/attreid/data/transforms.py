@@ -22,6 +22,7 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
+from attreid.config import Config
 from attreid.data.io import to_rgb
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -136,3 +137,11 @@ def _check_channels(name: str, value: object, positive: bool) -> None:
     if not numbers or (positive and min(value) <= 0):  # type: ignore[type-var, arg-type]
         need = "3 positive numbers" if positive else "3 finite numbers"
         raise ValueError(f"{name} must be {need} (one per RGB channel), got {value!r}")
+
+
+def transform_config(cfg: Config) -> TransformConfig:
+    """The image transform settings of a training config: what a checkpoint's model needs at
+    inference (size, normalisation) and what training augments with (recipe, erasing)."""
+    d = cfg.data
+    return TransformConfig(height=d.height, width=d.width, recipe=d.transform,
+                           erasing_p=d.erasing_p)

@@ -64,9 +64,9 @@ import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from attreid.checkpoint import describe_key_mismatch, strip_wrapper_prefixes
 from attreid.models.efficientnet_lite import EfficientNetLite0
 from attreid.models.weight_packages import WEIGHT_PACKAGES, package_weights_file
+from attreid.utils.checkpoint import describe_key_mismatch, strip_wrapper_prefixes
 
 logger = logging.getLogger(__name__)
 

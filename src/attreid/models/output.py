@@ -1,10 +1,14 @@
-"""The one output type every attreid model returns, in train and in eval mode."""
+"""The one output type every attreid model returns, in train and in eval mode, and the
+decoding of its attribute logits into class probabilities."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+from attreid.schema import TASKS
 
 
 @dataclass
@@ -25,3 +29,19 @@ class ModelOutput:
     triplet_features: torch.Tensor
     attribute_logits: dict[str, torch.Tensor]
     id_logits: torch.Tensor | None = None
+
+
+def probabilities(logits: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Class probabilities of each task from its logits (:data:`attreid.schema.TASKS` order):
+    a binary task's (N,) or (N, 1) logit -> (N, 2) ``[1 - sigmoid, sigmoid]``, a multi-class
+    task's (N, C) logits -> (N, C) softmax. CPU tensors in, float numpy arrays out.
+    Raises KeyError when a task's logits are missing."""
+    out = {}
+    for task in TASKS:
+        value = logits[task.name]
+        if task.is_binary:
+            p1 = torch.sigmoid(value.reshape(-1))
+            out[task.name] = torch.stack([1 - p1, p1], dim=1).numpy()
+        else:
+            out[task.name] = torch.softmax(value, dim=1).numpy()
+    return out

@@ -1,6 +1,9 @@
 """Gallery search: a FAISS + SQLite index of crops, queried by image and by description.
 
 Needs the ``search`` extra (faiss-cpu); the HTTP service also needs the ``serve`` extra.
+
+May import: every layer below it (the bottom layer, ``data``, ``models``, ``metrics``,
+``inference``); never ``training``, ``evaluation`` or ``cli``.
 """
 
 from attreid.search.index import (

@@ -46,11 +46,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from attreid.checkpoint import file_sha256, printable_name
 from attreid.data.io import IMAGE_SUFFIXES, read_image
 from attreid.data.records import DataError
 from attreid.errors import AttreidError
-from attreid.features import (
+from attreid.inference.features import (
     DEFAULT_SHARD_SIZE,
     EMBEDDINGS,
     PROBABILITIES,
@@ -60,6 +59,7 @@ from attreid.features import (
     extract_to_store,
 )
 from attreid.schema import TASK_NAMES, TASKS, trained_tasks_of
+from attreid.utils.files import file_sha256, printable_name
 
 FORMAT_VERSION = 1
 DATABASE = "meta.sqlite"
@@ -136,7 +136,7 @@ class Entry:
 
     @property
     def display_name(self) -> str:
-        """The file name for people (:func:`attreid.checkpoint.printable_name`: bytes that are
+        """The file name for people (:func:`attreid.utils.files.printable_name`: bytes that are
         not UTF-8 as ``\\xNN``); :attr:`path` is the exact one."""
         return printable_name(Path(self.path).name)
 
@@ -581,7 +581,7 @@ def build_index(predictor: Any, images: Path | str, out: Path | str, kind: str =
                 shard_size: int = DEFAULT_SHARD_SIZE) -> GalleryIndex:
     """Embed every crop under ``images`` and write a new index folder ``out``.
 
-    The crops are embedded batch by batch into a feature store (:mod:`attreid.features`),
+    The crops are embedded batch by batch into a feature store (:mod:`attreid.inference.features`),
     then the index is written from it chunk by chunk: memory holds one batch, one shard and
     the FAISS vectors, not every embedding and probability twice over.
 
@@ -628,7 +628,7 @@ def embed_files_to_store(predictor: Any, paths: Sequence[Path], out: Path | str,
                          batch_size: int = 64, shard_size: int = DEFAULT_SHARD_SIZE,
                          progress: Progress | None = None,
                          overwrite: bool = False) -> tuple[FeatureStore, list[str]]:
-    """:func:`embed_files`, streamed to a feature store ``out`` (see :mod:`attreid.features`)
+    """:func:`embed_files`, streamed to a feature store ``out`` (see :mod:`attreid.inference.features`)
     instead of held in memory: embeddings, probabilities and paths of the crops that decoded.
 
     Returns:

@@ -157,8 +157,8 @@ class GallerySearch:
         Raises:
             GalleryIndexError: the index is missing/corrupt or the checkpoint does not match.
         """
-        from attreid.checkpoint import CheckpointError
-        from attreid.export import ExportError, load_predictor
+        from attreid.inference.onnx import ExportError, load_predictor
+        from attreid.utils.checkpoint import CheckpointError
 
         opened = GalleryIndex.open(index)
         path = Path(checkpoint or opened.info["checkpoint"])
@@ -251,7 +251,7 @@ class GallerySearch:
         return [Hit(e, d, _match(e, constraints)) for (d, _), e in zip(pairs, entries)]
 
     def _rerank(self, vector: np.ndarray, ids: list[int]) -> list[tuple[float, int]]:
-        from attreid.rerank import rerank
+        from attreid.metrics.reranking import rerank
 
         gallery = np.stack([self.index.vector(i) for i in ids])  # (n, D) prepared
         query = prepare_vectors(vector[None], self.index.metric)

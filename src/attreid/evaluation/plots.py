@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 from PIL import Image, ImageOps
 
-from attreid.checkpoint import atomic_write_bytes
 from attreid.data.io import read_image
+from attreid.utils.files import atomic_write_bytes
 
 DPI = 100
 """Resolution of every figure (pixels per inch)."""

@@ -1,5 +1,5 @@
 """Runs beside the study: per-task accuracy, mean, mAP and rank-1 of each run with the study's
-published number for its variant (:mod:`attreid.study`) next to it.
+published number for its variant (:mod:`attreid.evaluation.study`) next to it.
 
 A run folder is one of
 
@@ -26,9 +26,10 @@ import yaml
 from rich.table import Table
 
 from attreid.errors import AttreidError
-from attreid.report import rows_to_markdown, rows_to_rich
+from attreid.evaluation.report import rows_to_markdown, rows_to_rich
+from attreid.evaluation.study import DESCRIPTION, PUBLISHED, SETUP, published
+from attreid.metrics.selection import selection_score
 from attreid.schema import TASK_NAMES
-from attreid.study import DESCRIPTION, PUBLISHED, SETUP, published
 
 ROWS: tuple[str, ...] = (*TASK_NAMES, "mean", "mAP", "rank-1")
 """The table's rows: the 12 tasks, the mean accuracy, mAP and rank-1."""
@@ -46,7 +47,7 @@ class Run:
         path: the run folder.
         label: its name in the table (folder name; ``parent/folder`` for evaluate output).
         variant: ``model.name`` of its config; None when no config was found.
-        metrics: validation metrics as :func:`attreid.engine.validate` returns them
+        metrics: validation metrics as :func:`attreid.training.engine.validate` returns them
             (``accuracy``, ``mean_accuracy``, ``mAP``, ``rank1``, ``majority``; fractions).
         epoch: the best epoch of a training run; None for evaluate output.
         epochs: the epochs a training run logged; None for evaluate output.
@@ -125,14 +126,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             raise CompareError(f"{path}, line {number}: expected a JSON object")
         records.append(record)
     return records
-
-
-def selection_score(metrics: dict[str, Any]) -> float:
-    """Checkpoint selection, by training (``best.pt``) and here: the mean of mAP and the mean
-    attribute accuracy (mAP alone when no validation image has attributes)."""
-    if not isinstance(metrics.get("mean_accuracy"), (int, float)):
-        return metrics["mAP"]
-    return (metrics["mAP"] + metrics["mean_accuracy"]) / 2
 
 
 def best_record(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -226,7 +219,7 @@ def _variant(config: dict[str, Any]) -> str | None:
 
 
 def _setup(config: dict[str, Any]) -> dict[str, Any]:
-    """A config's setup in the terms of :data:`attreid.study.SETUP` (None where unknown)."""
+    """A config's setup in the terms of :data:`attreid.evaluation.study.SETUP` (None where unknown)."""
     data, model = _section(config, "data"), _section(config, "model")
     split = data.get("split")
     size = (data.get("height"), data.get("width"))

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from attreid.checkpoint import atomic_write_text
-from attreid.checks import check_training_config
 from attreid.config import Config, load_config, with_updates
 from attreid.data.synth import generate
-from attreid.engine import train
-from attreid.report import markdown_table
+from attreid.evaluation.report import markdown_table
+from attreid.training.checks import check_training_config
+from attreid.training.engine import train
+from attreid.utils.files import atomic_write_text
 
 VARIANTS = ("resnet", "convhead", "attention")
 

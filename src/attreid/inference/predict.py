@@ -18,7 +18,7 @@ warning names them.
 
 ``features.npz`` keeps every path exactly, whatever bytes the file name holds. The two text
 files are UTF-8: a file name byte that is not UTF-8 (or a control character such as a line
-break) is written escaped, ``\\xNN`` (:func:`attreid.checkpoint.printable_name`), with a
+break) is written escaped, ``\\xNN`` (:func:`attreid.utils.files.printable_name`), with a
 warning naming those files.
 """
 
@@ -34,12 +34,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from attreid.checkpoint import atomic_write_bytes, atomic_write_text, printable_name
 from attreid.data.load import load_dataset
 from attreid.data.records import Dataset
+from attreid.inference.onnx import load_predictor
+from attreid.inference.predictor import Prediction, Predictor
 from attreid.metrics import pairwise_distance
-from attreid.export import load_predictor
-from attreid.predictor import Prediction, Predictor
 from attreid.schema import (
     CSV_COLUMNS,
     DOWN_COLOR_COLUMNS,
@@ -48,6 +47,7 @@ from attreid.schema import (
     UP_COLOR_COLUMNS,
     tasks_to_raw,
 )
+from attreid.utils.files import atomic_write_bytes, atomic_write_text, printable_name
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def _column_task(column: str) -> str:
 
 def classification_rows(names: Sequence[str], labels: np.ndarray) -> str:
     """The CSV text of ``classification_test.csv``: header + one row per image name (shown by
-    :func:`~attreid.checkpoint.printable_name`). A label -1 (a task the model was trained
+    :func:`~attreid.utils.files.printable_name`). A label -1 (a task the model was trained
     without) leaves that task's columns empty."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
@@ -116,7 +116,7 @@ def ranking_lines(query_names: Sequence[str], gallery_names: Sequence[str],
                   metric: str = "euclidean") -> str:
     """The text of ``reid_test.txt``: ``query: g1, g2, ...`` nearest first by ``metric``
     (``euclidean``, ``squared`` or ``cosine``: the checkpoint's, see :func:`predict_dataset`);
-    names shown by :func:`~attreid.checkpoint.printable_name`."""
+    names shown by :func:`~attreid.utils.files.printable_name`."""
     k = min(top_k, len(gallery_names))
     shown = [printable_name(name) for name in gallery_names]
     lines = []

@@ -33,10 +33,10 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from attreid.checkpoint import atomic_write_bytes, atomic_write_text
 from attreid.errors import AttreidError
 from attreid.metrics import ReidResult, reid_metrics_streamed
 from attreid.schema import TASKS
+from attreid.utils.files import atomic_write_bytes, atomic_write_text
 
 FORMAT_VERSION = 2
 READ_FORMATS = (1, 2)

@@ -462,7 +462,7 @@ def reid_metrics_streamed(
     exclude_self: bool = False,
 ) -> ReidResult:
     """:func:`reid_metrics` of queries against a gallery read block by block (e.g. from a
-    memory-mapped :class:`attreid.features.FeatureStore`), never holding the whole gallery.
+    memory-mapped :class:`attreid.inference.features.FeatureStore`), never holding the whole gallery.
 
     Each chunk of ``chunk_size`` queries reads the gallery twice: the first pass keeps only
     each query's matches (its identity, a few per query), the second counts the non-matches
@@ -809,9 +809,9 @@ def rerank(query_features: ArrayLike, gallery_features: ArrayLike, k1: int = 20,
            device: str | torch.device | None = None) -> np.ndarray:
     """k-reciprocal re-ranking (Zhong et al., CVPR 2017): the re-ranked (Q, G) distances.
 
-    Memory-bounded and equal to the paper's dense formulation; see :mod:`attreid.rerank`.
+    Memory-bounded and equal to the paper's dense formulation; see :mod:`attreid.metrics.reranking`.
     """
-    from attreid.rerank import rerank as _rerank  # rerank.py imports this module
+    from attreid.metrics.reranking import rerank as _rerank
 
     return _rerank(query_features, gallery_features, k1=k1, k2=k2, lambda_value=lambda_value,
                    chunk_size=chunk_size, device=device)

@@ -42,7 +42,7 @@ import scipy.sparse as sp
 import torch
 
 # attreid.metrics re-exports rerank, so this module imports it lazily (a top-level import would
-# be circular when attreid.rerank is imported first).
+# be circular when attreid.metrics.reranking is imported first).
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 

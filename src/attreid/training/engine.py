@@ -21,16 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from attreid import __version__, distributed
-from attreid.backend import cpu_bf16_native
-from attreid.checkpoint import (
-    atomic_write_text,
-    load_checkpoint,
-    load_model_weights,
-    save_checkpoint,
-)
-from attreid.checks import check_training_config, check_training_data
-from attreid.compare import selection_score
+from attreid import __version__
 from attreid.config import (
     Config,
     ConfigError,
@@ -43,24 +34,30 @@ from attreid.config import (
 from attreid.data.batch_transforms import BatchAugment
 from attreid.data.cache import CachedLoader, ImageCache
 from attreid.data.dataset import ImageDataset
-from attreid.data.load import load_dataset
-from attreid.data.records import DataError, attribute_matrix
-from attreid.data.sampler import PKSampler
-from attreid.data.transforms import TransformConfig, build_transforms
-from attreid.distributed import SINGLE, DistInfo, RankBatches
-from attreid.errors import AttreidError
-from attreid.evalset import (
+from attreid.data.evalset import (
     EvaluationSet,
     build_evaluation_set,
     identity_targets,
     labels_and_cameras,
     test_is_labelled,
 )
-from attreid.inference import Features, autocast_context, extract, resolve_amp, to_float
-from attreid.losses import MultiTaskLoss, positive_ratio_weights
+from attreid.data.load import load_dataset
+from attreid.data.records import DataError, attribute_matrix
+from attreid.data.sampler import PKSampler
+from attreid.data.transforms import build_transforms, transform_config
+from attreid.errors import AttreidError
+from attreid.inference.extraction import Features, autocast_context, extract, resolve_amp, to_float
 from attreid.metrics import attribute_metrics, majority_baseline, pairwise_distance, reid_metrics
+from attreid.metrics.selection import selection_score
 from attreid.models import build_model
 from attreid.schema import MISSING, labelled_tasks
+from attreid.training import distributed
+from attreid.training.checks import check_training_config, check_training_data
+from attreid.training.distributed import SINGLE, DistInfo, RankBatches
+from attreid.training.losses import MultiTaskLoss, positive_ratio_weights
+from attreid.utils.backend import cpu_bf16_native, resolve_device
+from attreid.utils.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+from attreid.utils.files import atomic_write_text
 
 Log = Callable[[str], None]
 
@@ -88,13 +85,6 @@ class TrainResult:
     best: dict[str, Any] = field(default_factory=dict)
 
 
-def transform_config(cfg: Config) -> TransformConfig:
-    """The image transform settings of a training config."""
-    d = cfg.data
-    return TransformConfig(height=d.height, width=d.width, recipe=d.transform,
-                           erasing_p=d.erasing_p)
-
-
 def build_data(cfg: Config) -> DataBundle:
     """Load the dataset of ``cfg.data``; split it into training data and a validation set
     (``None`` for split ``test`` when the query/gallery images are unlabelled)."""
@@ -115,7 +105,7 @@ def build_data(cfg: Config) -> DataBundle:
 
 
 def check_bundle(cfg: Config, bundle: DataBundle) -> list[str]:
-    """:func:`attreid.checks.check_training_data` of a loaded bundle: returns warnings, raises
+    """:func:`attreid.training.checks.check_training_data` of a loaded bundle: returns warnings, raises
     a DataError for what would fail later."""
     val = bundle.val
     return check_training_data(cfg, cfg.data.root, bundle.train.pids(),
@@ -178,13 +168,6 @@ def lr_factor(cfg: Config, epoch: int) -> float:
         span = max(1, o.epochs - o.warmup_epochs)
         return 0.5 * (1 + math.cos(math.pi * (epoch - o.warmup_epochs) / span))
     raise ValueError(f"optim.scheduler={o.scheduler!r}: expected none, step or cosine")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -323,7 +306,7 @@ def _train_step(cfg: Config, parts: _Parts, batch: dict[str, Any], epoch: int, s
 
     Under bf16 a step whose loss or gradients are not finite is recomputed in float32 from the
     same weights and batch-norm statistics (bf16 kernels have returned NaN for finite inputs on
-    Intel AMX, see :mod:`attreid.backend`); so bf16 is never the reason a run stops. A float32
+    Intel AMX, see :mod:`attreid.utils.backend`); so bf16 is never the reason a run stops. A float32
     step that is not finite raises :class:`NonFiniteLossError` before the weights, optimizer
     state or batch-norm statistics change.
     """
@@ -516,7 +499,7 @@ def train(cfg: Config, resume: bool = False, log: Log = print,
         on_step: called with (epoch, step, steps per epoch, running values) after each step.
 
     Run under torchrun (``WORLD_SIZE`` > 1) it trains with DistributedDataParallel, one process
-    per rank (see :mod:`attreid.distributed`); only rank 0 logs and writes files.
+    per rank (see :mod:`attreid.training.distributed`); only rank 0 logs and writes files.
     """
     joined = not torch.distributed.is_initialized()
     info = distributed.init(resolve_device(cfg.train.device).type)
@@ -533,7 +516,7 @@ def _quiet(_: str) -> None:
 
 
 def resolve_precision(cfg: Config, device: torch.device, log: Log = print) -> Config:
-    """``cfg`` with ``train.amp`` resolved for ``device`` (:func:`attreid.inference.resolve_amp`:
+    """``cfg`` with ``train.amp`` resolved for ``device`` (:func:`attreid.inference.extraction.resolve_amp`:
     ``auto`` is bf16 on CUDA and on CPUs with native bf16, else float32), checked before any
     data is read; logs the choice, and a warning for bf16 on a CPU that only emulates it.
 

@@ -159,9 +159,9 @@ def train(
 ) -> None:
     """Train a joint attribute + re-ID model; checkpoints and metrics go to train.out."""
     from attreid.config import ConfigError, load_config
-    from attreid.distributed import env_info
-    from attreid.engine import NonFiniteLossError
-    from attreid.engine import train as run_training
+    from attreid.training.distributed import env_info
+    from attreid.training.engine import NonFiniteLossError
+    from attreid.training.engine import train as run_training
 
     extra = [f"data.root={data}"] if data else []
     extra += [f"train.out={out}"] if out else []
@@ -192,9 +192,10 @@ def _check_nproc(cfg: Config, nproc: int) -> None:
     """Refuse, before starting any process, what every rank would fail on."""
     import torch
 
-    from attreid.checks import check_training_config
     from attreid.config import ConfigError
-    from attreid.engine import build_data, check_bundle, resolve_device
+    from attreid.training.checks import check_training_config
+    from attreid.training.engine import build_data, check_bundle
+    from attreid.utils.backend import resolve_device
 
     try:
         check_training_config(cfg, nproc)  # its warnings are printed by rank 0
@@ -215,7 +216,7 @@ def _torchrun(nproc: int, args: list[str]) -> None:
     import sys
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "attreid.train", *args]
+               f"--nproc_per_node={nproc}", "-m", "attreid.cli", "train", *args]
     console.print(f"running {nproc} processes: {' '.join(command[1:])}", soft_wrap=True)
     code = subprocess.call(command)
     if code:
@@ -265,10 +266,10 @@ def evaluate(
 ) -> None:
     """Evaluate a checkpoint: a table in the terminal, metrics.json, CMC / attribute / ranked
     gallery plots."""
-    from attreid.checkpoint import CheckpointError
-    from attreid.evaluate import evaluate_checkpoint
-    from attreid.features import FeatureStoreError
-    from attreid.report import rich_table
+    from attreid.evaluation.evaluate import evaluate_checkpoint
+    from attreid.evaluation.report import rich_table
+    from attreid.inference.features import FeatureStoreError
+    from attreid.utils.checkpoint import CheckpointError
 
     out = out or checkpoint.parent / "eval"
     try:
@@ -308,9 +309,9 @@ def predict(
 ) -> None:
     """Predict the query and gallery images: features.npz for any layout, and the study's
     classification_test.csv + reid_test.txt for the course layout."""
-    from attreid.checkpoint import CheckpointError
-    from attreid.export import ExportError
-    from attreid.predict import predict_dataset
+    from attreid.inference.onnx import ExportError
+    from attreid.inference.predict import predict_dataset
+    from attreid.utils.checkpoint import CheckpointError
 
     try:
         with _reported_warnings(), _count_progress("predicting") as progress:
@@ -328,8 +329,8 @@ def predict(
 
 def _plot_curves(runs: list, path: Path) -> None:
     """The per-epoch curves of the training runs among ``runs`` (evaluate output has none)."""
-    from attreid.compare import read_jsonl
-    from attreid.plots import plot_training_curves
+    from attreid.evaluation.compare import read_jsonl
+    from attreid.evaluation.plots import plot_training_curves
 
     training = {run.label: read_jsonl(run.path / "metrics.jsonl") for run in runs
                 if run.epoch is not None}
@@ -360,9 +361,15 @@ def compare(
 ) -> None:
     """The study's table regenerated: per-task accuracy, mean, mAP and rank-1 of each run
     (a training run's best epoch) beside the study's published numbers for its variant."""
-    from attreid.checkpoint import atomic_write_text
-    from attreid.compare import CompareError, comparison_json, load_runs, rich_table, summary
-    from attreid.compare import markdown as markdown_text
+    from attreid.evaluation.compare import (
+        CompareError,
+        comparison_json,
+        load_runs,
+        rich_table,
+        summary,
+    )
+    from attreid.evaluation.compare import markdown as markdown_text
+    from attreid.utils.files import atomic_write_text
 
     try:
         loaded = load_runs(runs)
@@ -396,8 +403,8 @@ def demo(
 ) -> None:
     """The built-in demo: synthesise a dataset, train the three variants briefly, evaluate them
     and print the study-style table (saved as OUT/results.md and OUT/results.json)."""
-    from attreid.demo import run_demo
-    from attreid.report import rich_table
+    from attreid.cli.demo import run_demo
+    from attreid.evaluation.report import rich_table
 
     try:
         with _epoch_progress(epochs or 0) as on_step:
@@ -424,10 +431,10 @@ def _reported_warnings() -> Iterator[None]:
 
 
 def _search_errors() -> tuple[type[Exception], ...]:
-    from attreid.checkpoint import CheckpointError
-    from attreid.export import ExportError
-    from attreid.features import FeatureStoreError
+    from attreid.inference.features import FeatureStoreError
+    from attreid.inference.onnx import ExportError
     from attreid.search import GalleryIndexError, QueryError
+    from attreid.utils.checkpoint import CheckpointError
 
     return (DataError, CheckpointError, ExportError, GalleryIndexError, QueryError, ImportError,
             ValueError, FeatureStoreError)
@@ -441,8 +448,8 @@ def export(
 ) -> None:
     """Export a checkpoint to ONNX: embedding + every attribute's logits, dynamic batch, the
     preprocessing in the model's metadata."""
-    from attreid.checkpoint import CheckpointError
-    from attreid.export import ExportError, export_onnx
+    from attreid.inference.onnx import ExportError, export_onnx
+    from attreid.utils.checkpoint import CheckpointError
 
     try:
         path = export_onnx(checkpoint, out, opset)
@@ -474,7 +481,7 @@ def index_build(
     Embeddings stream to a sharded feature store on disk, then into the index chunk by
     chunk, so memory stays bounded apart from the FAISS vectors."""
     try:
-        from attreid.export import load_predictor
+        from attreid.inference.onnx import load_predictor
         from attreid.search import build_index
 
         predictor = load_predictor(checkpoint, backend, device=device, batch_size=batch_size,
@@ -616,7 +623,3 @@ def run(args: list[str] | None = None, prog_name: str | None = None) -> None:
 def main() -> None:
     """Console-script entry point."""
     run()
-
-
-if __name__ == "__main__":
-    main()

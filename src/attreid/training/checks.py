@@ -17,12 +17,12 @@ from typing import Sequence
 import numpy as np
 
 from attreid.config import Config, ConfigError
+from attreid.data.evalset import SPLITS
 from attreid.data.records import DataError, ImageRecord
 from attreid.data.transforms import RECIPES
-from attreid.evalset import SPLITS
-from attreid.losses import DISTANCES, MININGS, WEIGHTINGS
 from attreid.models import BACKBONES, MODELS
 from attreid.schema import labelled_tasks
+from attreid.training.losses import DISTANCES, MININGS, WEIGHTINGS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "step")

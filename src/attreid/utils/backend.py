@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, MutableMapping
+from typing import TYPE_CHECKING, Mapping, MutableMapping
+
+if TYPE_CHECKING:
+    import torch
 
 ONEDNN_ISA_CAP = "AVX512_CORE_BF16"
 """The highest instruction set oneDNN may use unless the user says otherwise (no AMX)."""
@@ -70,3 +73,13 @@ def cpu_bf16_native(flags: frozenset[str] | None = None,
     limit = limit.upper()
     return limit in ("ALL", "DEFAULT") or any(
         tag in limit for tag in ("BF16", "FP16", "AMX", "AVX10"))
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device named ``name`` (``cpu``, ``cuda``, ``cuda:1``, ...); ``auto`` picks CUDA
+    when available, else the CPU."""
+    import torch  # here, not at the top: `import attreid` sets the oneDNN cap before torch loads
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

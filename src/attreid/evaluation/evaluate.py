@@ -16,8 +16,8 @@ Which images are scored (``split``):
 
 The majority baseline predicts, for each task, the most frequent class among the identities of
 the training records (the dataset's train set for ``test``, the remaining train identities for
-``study`` / ``random``). Embeddings are exactly those of :class:`attreid.predictor.Predictor`
-(its model and preprocessing, run through :func:`attreid.inference.extract`).
+``study`` / ``random``). Embeddings are exactly those of :class:`attreid.inference.predictor.Predictor`
+(its model and preprocessing, run through :func:`attreid.inference.extraction.extract`).
 """
 
 from __future__ import annotations
@@ -31,17 +31,34 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from attreid.checkpoint import atomic_write_text
+from attreid.data.evalset import (
+    SPLITS,
+    EvaluationSet,
+    build_evaluation_set,
+    identity_targets,
+    labels_and_cameras,
+)
 from attreid.data.load import load_dataset
 from attreid.data.records import JUNK_ID, attribute_matrix
-from attreid.evalset import SPLITS, EvaluationSet, build_evaluation_set, identity_targets, \
-    labels_and_cameras
-from attreid.features import PROBABILITIES, ImageBatch, extract_to_store, \
-    reid_metrics_on_store, split_probabilities
-from attreid.inference import Features, extract
-from attreid.metrics import (DISTANCE_METRICS, PROTOCOLS, ReidResult, attribute_metrics,
-                             majority_baseline, pairwise_distance, reid_metrics)
-from attreid.predictor import Predictor
+from attreid.inference.extraction import Features, extract
+from attreid.inference.features import (
+    PROBABILITIES,
+    ImageBatch,
+    extract_to_store,
+    reid_metrics_on_store,
+    split_probabilities,
+)
+from attreid.inference.predictor import Predictor
+from attreid.metrics import (
+    DISTANCE_METRICS,
+    PROTOCOLS,
+    ReidResult,
+    attribute_metrics,
+    majority_baseline,
+    pairwise_distance,
+    reid_metrics,
+)
+from attreid.utils.files import atomic_write_text
 
 RERANK_PARAMS: dict[str, float] = {"k1": 20, "k2": 6, "lambda_value": 0.3}
 """k-reciprocal re-ranking parameters (Zhong et al., CVPR 2017, the usual Market-1501 values)."""
@@ -79,9 +96,9 @@ class EvaluationResult:
 
     Attributes:
         metrics: JSON-ready dict, fractions in [0, 1] (None where undefined). Top-level keys
-            as :func:`attreid.engine.validate` (``mAP``, ``rank1``, ``rank5``, ``rank10``,
+            as :func:`attreid.training.engine.validate` (``mAP``, ``rank1``, ``rank5``, ``rank10``,
             ``rank20``, ``mINP``, ``mean_accuracy``, ``accuracy``, ``majority``, ``mA``), so
-            :mod:`attreid.report` can tabulate it; plus ``reranked`` (with ``rerank``),
+            :mod:`attreid.evaluation.report` can tabulate it; plus ``reranked`` (with ``rerank``),
             ``instance``, ``per_attribute_mA``, ``mean_majority``, counts and ``setup``.
             The attribute keys are absent when no scored image has attributes.
         cmc: ``"plain"`` (and ``"re-ranked"``) -> (L,) CMC, L = min(50, G).
@@ -108,7 +125,7 @@ def _reranked(query: torch.Tensor, gallery: torch.Tensor, distance: str) -> np.n
     so every neighbour appears twice in the k1 / k2 neighbourhoods: about half as many
     distinct neighbours as with separate query and gallery sets.
     """
-    from attreid.rerank import rerank  # lazy: scipy's sparse machinery only when asked
+    from attreid.metrics.reranking import rerank
 
     if distance == "cosine":
         query = torch.nn.functional.normalize(query, dim=1)
@@ -267,7 +284,7 @@ def evaluate_checkpoint(
             training config, so the held-out identities are those training validated on.
         workers: DataLoader worker processes for decoding.
         store: for galleries beyond memory: embed the gallery into a feature store at this
-            folder (:mod:`attreid.features`, replaced if present) and score it block by block;
+            folder (:mod:`attreid.inference.features`, replaced if present) and score it block by block;
             memory then stays bounded whatever the gallery size. Same numbers as the in-memory
             path; not with ``rerank`` or an all-vs-all split, and without ``ranked.png``.
 
@@ -373,7 +390,7 @@ def _labels_of(probabilities: np.ndarray) -> np.ndarray:
 
 def write_outputs(result: EvaluationResult, out: Path) -> list[Path]:
     """Write ``metrics.json`` and the figures of ``result`` to ``out``; returns the paths."""
-    from attreid import plots  # lazy: matplotlib only when figures are written
+    from attreid.evaluation import plots
 
     out.mkdir(parents=True, exist_ok=True)
     m = result.metrics

@@ -12,16 +12,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from attreid.checkpoint import CheckpointError, file_sha256, load_checkpoint, load_model_weights
 from attreid.config import from_dict
 from attreid.data.io import ImageInputError, load_rgb
-from attreid.data.transforms import TransformConfig, build_transforms
-from attreid.engine import resolve_device, transform_config
-from attreid.inference import forward_checked
+from attreid.data.transforms import TransformConfig, build_transforms, transform_config
+from attreid.inference.extraction import forward_checked
 from attreid.metrics import predict_labels
 from attreid.models import build_model
-from attreid.models.output import ModelOutput
+from attreid.models.output import ModelOutput, probabilities
 from attreid.schema import MISSING, TASK_NAMES, TASKS, trained_tasks_of
+from attreid.utils.backend import resolve_device
+from attreid.utils.checkpoint import CheckpointError, load_checkpoint, load_model_weights
+from attreid.utils.files import file_sha256
 
 ImageInput = Union[Image.Image, str, Path]
 """What predict() decodes: a PIL image or a file path (``str`` or ``os.PathLike``)."""
@@ -80,20 +81,8 @@ def make_prediction(embeddings: np.ndarray, logits: dict[str, torch.Tensor],
     untrained = [t for t, name in enumerate(TASK_NAMES) if name not in trained_tasks]
     if untrained:
         labels[:, untrained] = MISSING
-    return Prediction(embeddings=embeddings, probabilities=_probabilities(logits),
+    return Prediction(embeddings=embeddings, probabilities=probabilities(logits),
                       labels=labels, trained_tasks=tuple(trained_tasks))
-
-
-def _probabilities(logits: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    out = {}
-    for task in TASKS:
-        value = logits[task.name]
-        if task.is_binary:
-            p1 = torch.sigmoid(value.reshape(-1))
-            out[task.name] = torch.stack([1 - p1, p1], dim=1).numpy()
-        else:
-            out[task.name] = torch.softmax(value, dim=1).numpy()
-    return out
 
 
 def preprocess_images(images: Sequence[ImageInput] | torch.Tensor,

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from attreid.backend import cpu_bf16_native
 from attreid.data.dataset import ImageDataset
 from attreid.data.records import ImageRecord
 from attreid.data.transforms import TransformConfig, build_transforms
 from attreid.models.output import ModelOutput
+from attreid.utils.backend import cpu_bf16_native
 
 
 @dataclass
@@ -47,7 +47,7 @@ AMP_MODES = ("auto", "none", "bf16", "fp16")
 
 def resolve_amp(amp: str, device: torch.device) -> str:
     """The precision ``amp`` means on ``device``: ``auto`` is bf16 on CUDA (fp16 where the GPU
-    has no bf16) and on a CPU with native bf16 instructions (:func:`attreid.backend.
+    has no bf16) and on a CPU with native bf16 instructions (:func:`attreid.utils.backend.
     cpu_bf16_native`), float32 (``none``) on other CPUs; other modes are returned as they are.
 
     Raises:
@@ -98,7 +98,7 @@ def forward_checked(model: nn.Module, images: torch.Tensor, flip: bool, device: 
                     amp: str) -> ModelOutput:
     """:func:`forward_tta` under ``amp`` autocast; a batch whose outputs are not finite under
     bf16/fp16 is recomputed in float32 (CPU bf16 kernels have returned NaN on Intel AMX, see
-    :mod:`attreid.backend`), so reduced precision never turns into a NaN embedding.
+    :mod:`attreid.utils.backend`), so reduced precision never turns into a NaN embedding.
 
     Args:
         images: (N, 3, H, W) normalised batch on ``device``.

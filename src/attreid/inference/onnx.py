@@ -29,7 +29,7 @@ from torch import nn
 
 from attreid.data.transforms import TransformConfig, build_transforms
 from attreid.errors import AttreidError
-from attreid.predictor import (
+from attreid.inference.predictor import (
     ImageInput,
     Prediction,
     Predictor,
@@ -166,7 +166,7 @@ class OnnxPredictor:
 
     def preprocess(self, images: Sequence[ImageInput] | torch.Tensor) -> np.ndarray:
         """Decode, resize and normalise as :class:`~attreid.Predictor` does (the same
-        :func:`~attreid.predictor.preprocess_images`): (N, 3, H, W) float32."""
+        :func:`~attreid.inference.predictor.preprocess_images`): (N, 3, H, W) float32."""
         return np.ascontiguousarray(preprocess_images(images, self._transform).cpu().numpy())
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:

@@ -1,0 +1,8 @@
+"""Inference with a trained checkpoint: :class:`predictor.Predictor` (images -> embeddings and
+attribute probabilities), batch extraction (``extraction``), the sharded feature store for
+galleries beyond memory (``features``), prediction files (``predict``) and ONNX export with its
+runtime predictor (``onnx``).
+
+May import: the bottom layer (``errors``, ``schema``, ``config``, ``utils``), ``data``,
+``models`` and ``metrics``; never ``training``, ``evaluation``, ``search`` or ``cli``.
+"""

@@ -1,0 +1,5 @@
+"""Utilities every layer may use: atomic file writes and printable names (``files``),
+checkpoints (``checkpoint``), the CPU/oneDNN back end and device choice (``backend``).
+
+May import: ``attreid.errors`` only (and torch).
+"""
