@@ -35,16 +35,13 @@ O(chunk_size * N + nnz(V)) beyond its (Q, G) output.
 from __future__ import annotations
 
 import math
-from typing import Union
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-# attreid.metrics re-exports rerank, so this module imports it lazily (a top-level import would
-# be circular when attreid.metrics.reranking is imported first).
-
-ArrayLike = Union[np.ndarray, torch.Tensor]
+from attreid.metrics.distance import pairwise_distance
+from attreid.metrics.inputs import ArrayLike, to_tensor
 
 _GRID_BITS = 30
 
@@ -57,10 +54,8 @@ _GRID_BITS = 30
 def _features(query_features: ArrayLike, gallery_features: ArrayLike
               ) -> tuple[torch.Tensor, int]:
     """Validated (N, D) float64 features, queries first, and Q."""
-    from attreid.metrics import _to_tensor
-
-    q = _to_tensor(query_features, "query_features")
-    g = _to_tensor(gallery_features, "gallery_features")
+    q = to_tensor(query_features, "query_features")
+    g = to_tensor(gallery_features, "gallery_features")
     if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
         raise ValueError(f"query_features, gallery_features: expected (Q, D) and (G, D) with "
                          f"the same D, got {tuple(q.shape)} and {tuple(g.shape)}")
@@ -101,8 +96,6 @@ def _snap(d: torch.Tensor, grid: float) -> torch.Tensor:
 
 def _distance(a: torch.Tensor, b: torch.Tensor, grid: float) -> torch.Tensor:
     """Snapped squared Euclidean distances (A, B) float64, in units of ``grid``."""
-    from attreid.metrics import pairwise_distance
-
     return _snap(pairwise_distance(a, b, "squared"), grid)
 
 
