@@ -1,4 +1,5 @@
-"""Tests of the synthetic dataset generator (attreid.data.synth)."""
+"""Tests of the synthetic dataset generator (attreid.data.synth, with the identities of
+attreid.data.appearance drawn by attreid.data.drawing and attreid.data.camera)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from attreid.data import synth
+from attreid.data import appearance, camera, synth
 from attreid.schema import CSV_COLUMNS, RAW_ATTRIBUTES, TASK_NAMES, raw_to_tasks
 
 MARKET_NAME = re.compile(r"^(-1|\d{4})_c([1-6])s([1-6])_(\d{6})_(\d{2})\.jpg$")
@@ -130,10 +131,10 @@ def test_course_determinism(tmp_path: Path) -> None:
 
 def test_identity_independent_of_count() -> None:
     """An identity's labels and look depend on (seed, pid) only, not on the dataset size."""
-    a = synth._person(0, 0, 77)
-    synth._person.cache_clear()
-    assert synth._person(0, 0, 77) == a
-    assert synth._person(1, 0, 77) != a
+    a = appearance._person(0, 0, 77)
+    appearance._person.cache_clear()
+    assert appearance._person(0, 0, 77) == a
+    assert appearance._person(1, 0, 77) != a
 
 
 def test_course_layout(course: tuple[Path, synth.SynthInfo]) -> None:
@@ -192,8 +193,8 @@ def test_upper_colour_is_visible() -> None:
     red, blue = [], []
     for seed in range(6):
         for cam in (1, 3, 5):
-            red.append(_torso(synth.render_identity(_labels(upcolor=2), seed, cam, seed)))
-            blue.append(_torso(synth.render_identity(_labels(upcolor=6), seed, cam, seed)))
+            red.append(_torso(camera.render_identity(_labels(upcolor=2), seed, cam, seed)))
+            blue.append(_torso(camera.render_identity(_labels(upcolor=6), seed, cam, seed)))
     red_m, blue_m = np.mean(red, 0), np.mean(blue, 0)
     assert red_m[0] - red_m[2] > blue_m[0] - blue_m[2] + 60
 
@@ -201,8 +202,8 @@ def test_upper_colour_is_visible() -> None:
 def test_hat_changes_the_head() -> None:
     diffs = []
     for seed in range(4):
-        plain = np.asarray(synth.render_identity(_labels(hat=0), seed, 2, 0), dtype=np.float64)
-        hat = np.asarray(synth.render_identity(_labels(hat=1), seed, 2, 0), dtype=np.float64)
+        plain = np.asarray(camera.render_identity(_labels(hat=0), seed, 2, 0), dtype=np.float64)
+        hat = np.asarray(camera.render_identity(_labels(hat=1), seed, 2, 0), dtype=np.float64)
         h = plain.shape[0]
         head = np.abs(hat[: int(0.3 * h)] - plain[: int(0.3 * h)]).mean()
         legs = np.abs(hat[int(0.6 * h):] - plain[int(0.6 * h):]).mean()
@@ -227,12 +228,12 @@ def test_dataset_colours_follow_labels(market: tuple[Path, synth.SynthInfo]) -> 
 
 
 def test_render_identity_size_and_labels() -> None:
-    img = synth.render_identity(_labels(), width=48, height=96)
+    img = camera.render_identity(_labels(), width=48, height=96)
     assert img.size == (48, 96) and img.mode == "RGB"
     with pytest.raises(ValueError):
-        synth.render_identity([0] * 11)
+        camera.render_identity([0] * 11)
     with pytest.raises(ValueError):
-        synth.render_identity(_labels(), camera=7)
+        camera.render_identity(_labels(), camera=7)
 
 
 def test_bad_arguments(tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ into :class:`records.ImageRecord` lists with identity-level attribute labels (Ma
 ``market_attribute.mat``, Lin et al. 2019), image decoding (``io``), the evaluation sets and
 splits (``evalset``, ``splits``), the torch dataset, PK sampler and decoded-image cache,
 transforms (``transforms``: also the config -> transform settings a checkpoint needs), the
-synthetic generator (``synth``, ``drawing``) and ``inspect`` (summary and check).
+synthetic generator (``synth`` writes the dataset; ``appearance`` samples identities, cameras
+and poses, ``drawing`` paints the figure, ``camera`` the image around it) and ``inspect``
+(summary and check).
 
 May import: ``attreid.errors``, ``attreid.schema``, ``attreid.config``, ``attreid.utils``.
 """
