@@ -259,6 +259,7 @@ def test_streamed_metrics_refuse_a_gallery_that_changes_between_passes():
 from conftest import require
 
 faiss = require("faiss", "gallery search needs faiss (pip install 'attreid[search]')")
+from attreid.search import build as build_module  # noqa: E402
 from attreid.search import index as index_module  # noqa: E402
 from attreid.search import write_index, write_index_from_store  # noqa: E402
 
@@ -292,15 +293,15 @@ def _clusters(n: int = 600, centres: int = 12, dim: int = 16) -> dict:
 
 
 def test_ivf_trains_on_a_sample_and_still_finds_the_right_hits(tmp_path, monkeypatch):
-    monkeypatch.setattr(index_module, "IVF_SAMPLE_MAX", 100)
-    monkeypatch.setattr(index_module, "IVF_SAMPLE_MIN_PER_LIST", 10)
+    monkeypatch.setattr(build_module, "IVF_SAMPLE_MAX", 100)
+    monkeypatch.setattr(build_module, "IVF_SAMPLE_MIN_PER_LIST", 10)
     taken: list[int] = []
     take = FeatureStore.take
     monkeypatch.setattr(FeatureStore, "take",
                         lambda self, name, rows: taken.append(len(rows)) or take(self, name, rows))
     g = _clusters()
     store = _write(tmp_path / "s", g, shard_size=64)
-    assert index_module.ivf_sample_size(600, 8) == 100  # 10 * 8 < 100 < 256 * 8 < 600
+    assert build_module.ivf_sample_size(600, 8) == 100  # 10 * 8 < 100 < 256 * 8 < 600
     index = write_index_from_store(tmp_path / "a", store, kind="ivf", nlist=8, nprobe=2,
                                    **_index_args())
     assert taken == [100] and index.vectors.is_trained and len(index) == 600
@@ -315,9 +316,9 @@ def test_ivf_trains_on_a_sample_and_still_finds_the_right_hits(tmp_path, monkeyp
 
 
 def test_ivf_sample_size_is_bounded():
-    assert index_module.ivf_sample_size(1000, 10) == 1000
-    assert index_module.ivf_sample_size(10**6, 1000) == 65_536
-    assert index_module.ivf_sample_size(10**7, 10_000) == 400_000  # 40 per list at least
+    assert build_module.ivf_sample_size(1000, 10) == 1000
+    assert build_module.ivf_sample_size(10**6, 1000) == 65_536
+    assert build_module.ivf_sample_size(10**7, 10_000) == 400_000  # 40 per list at least
 
 
 class _ColourPredictor:
@@ -351,12 +352,12 @@ def test_build_index_streams_through_a_store_and_equals_write_index(tmp_path):
     (folder / "broken.jpg").write_bytes(b"not an image")
     predictor = _ColourPredictor()
     with pytest.warns(UserWarning, match="broken.jpg"):
-        built = index_module.build_index(predictor, folder, tmp_path / "idx", batch_size=4,
+        built = build_module.build_index(predictor, folder, tmp_path / "idx", batch_size=4,
                                          shard_size=5, features=tmp_path / "features")
     assert not list(tmp_path.glob(".idx*"))  # no scratch left
     store = FeatureStore.open(tmp_path / "features")
     assert len(store) == 23 and store.shard_rows == [5, 5, 5, 5, 3]
-    embedded = index_module.embed_files(predictor, index_module.list_gallery(folder))
+    embedded = build_module.embed_files(predictor, build_module.list_gallery(folder))
     memory = write_index(tmp_path / "mem", embedded.paths, embedded.embeddings,
                          embedded.probabilities, checkpoint=predictor.checkpoint,
                          checkpoint_sha256=predictor.checkpoint_sha256)
@@ -364,7 +365,7 @@ def test_build_index_streams_through_a_store_and_equals_write_index(tmp_path):
     q = embedded.embeddings[:4] + 0.01
     assert np.array_equal(built.search(q, 5)[1], memory.search(q, 5)[1])
     with pytest.warns(UserWarning):
-        index_module.build_index(predictor, folder, tmp_path / "idx2")
+        build_module.build_index(predictor, folder, tmp_path / "idx2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["crops", "features", "idx", "idx2",
                                                            "mem"]
 

@@ -28,11 +28,9 @@ from attreid.search import (  # noqa: E402
     parse_attributes,
 )
 from attreid.search import index as index_module  # noqa: E402
-from attreid.search.index import (
-    parse_name,  # noqa: E402
-    prepare_vectors,  # noqa: E402
-)
+from attreid.search.metadata import parse_name  # noqa: E402
 from attreid.search.query import RERANK_DEPTH  # noqa: E402
+from attreid.search.vectors import prepare_vectors  # noqa: E402
 from attreid.utils.files import file_sha256
 
 

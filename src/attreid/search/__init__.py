@@ -6,15 +6,9 @@ May import: every layer below it (the bottom layer, ``data``, ``models``, ``metr
 ``inference``); never ``training``, ``evaluation`` or ``cli``.
 """
 
-from attreid.search.index import (
-    Entry,
-    GalleryIndex,
-    GalleryIndexError,
-    add_images,
-    build_index,
-    write_index,
-    write_index_from_store,
-)
+from attreid.search.build import add_images, build_index, write_index, write_index_from_store
+from attreid.search.index import GalleryIndex, GalleryIndexError
+from attreid.search.metadata import Entry
 from attreid.search.query import Constraint, GallerySearch, Hit, QueryError, parse_attributes
 
 __all__ = [

@@ -26,7 +26,9 @@ import numpy as np
 
 from attreid.errors import AttreidError
 from attreid.schema import TASKS
-from attreid.search.index import Entry, GalleryIndex, GalleryIndexError, prepare_vectors
+from attreid.search.index import GalleryIndex, GalleryIndexError
+from attreid.search.metadata import Entry
+from attreid.search.vectors import prepare_vectors
 
 RERANK_DEPTH = 100
 """Candidates re-ranked by k-reciprocal re-ranking (the first ``max(k, RERANK_DEPTH)``)."""

@@ -1,0 +1,362 @@
+"""Writing an index: embedding a folder of crops (in memory, or streamed to a feature store),
+writing a new index folder from arrays or from a feature store (an IVF quantizer trains on a
+bounded sample), and adding the new crops of a folder to an existing index.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from attreid.data.io import IMAGE_SUFFIXES, read_image
+from attreid.data.records import DataError
+from attreid.inference.features import (
+    DEFAULT_SHARD_SIZE,
+    FeatureStore,
+    ImageBatch,
+    extract_to_store,
+)
+from attreid.schema import TASK_NAMES, TASKS, trained_tasks_of
+from attreid.search.index import (
+    DATABASE,
+    FORMAT_VERSION,
+    GalleryIndex,
+    GalleryIndexError,
+    _array_source,
+    _Source,
+    _store_source,
+    _write_vectors,
+)
+from attreid.search.metadata import _create_schema, _insert, _rows, _set_info
+from attreid.search.vectors import INDEX_KINDS, _new_faiss_index, prepare_vectors
+from attreid.utils.files import file_sha256, printable_name
+
+IVF_SAMPLE_PER_LIST = 256
+"""The IVF quantizer trains on a seeded random sample of at most this many vectors per list,"""
+IVF_SAMPLE_MAX = 65_536
+"""and of at most this many in all (but never fewer than :data:`IVF_SAMPLE_MIN_PER_LIST` per
+list), so that training memory and time stay bounded however large the gallery."""
+IVF_SAMPLE_MIN_PER_LIST = 40
+
+Progress = Callable[[int, int], None]
+"""Callback ``(done, total)`` for long work."""
+
+
+def list_gallery(folder: Path | str) -> list[Path]:
+    """Image files under ``folder`` (recursive, sorted, absolute).
+
+    Raises:
+        DataError: the folder is missing, not a folder, or holds no image.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: image folder not found" if not folder.exists()
+                        else f"{folder}: expected a folder of images, found a file")
+    paths = sorted(p.resolve() for p in folder.rglob("*")
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# Embedding a folder
+# --------------------------------------------------------------------------------------------
+
+
+
+@dataclass
+class Embedded:
+    """Crops that decoded, their outputs, and the files that did not decode."""
+
+    paths: list[Path]
+    embeddings: np.ndarray  # (N, D)
+    probabilities: dict[str, np.ndarray]  # task -> (N, C)
+    skipped: list[str]  # "path: reason"
+
+
+def _decoded(paths: Sequence[Path], skipped: list[str]) -> Iterator[tuple[Path, Any]]:
+    for path in paths:
+        try:
+            yield path, read_image(path)
+        except DataError as exc:
+            skipped.append(str(exc))
+
+
+def embed_files(predictor: Any, paths: Sequence[Path], batch_size: int = 64,
+                progress: Progress | None = None) -> Embedded:
+    """Embed ``paths`` with a :class:`~attreid.Predictor` in batches; undecodable files are
+    skipped (and listed), never fatal."""
+    skipped: list[str] = []
+    kept: list[Path] = []
+    embeddings, probabilities = [], {t.name: [] for t in TASKS}
+    batch: list[tuple[Path, Any]] = []
+
+    def flush() -> None:
+        result = predictor.predict([img for _, img in batch])
+        kept.extend(p for p, _ in batch)
+        embeddings.append(result.embeddings)
+        for task in TASKS:
+            probabilities[task.name].append(result.probabilities[task.name])
+        batch.clear()
+
+    for item in _decoded(paths, skipped):
+        batch.append(item)
+        if len(batch) == batch_size:
+            flush()
+        if progress:
+            progress(len(kept) + len(batch) + len(skipped), len(paths))
+    if batch:
+        flush()
+    if progress:
+        progress(len(paths), len(paths))
+    dim = int(predictor.embedding_dim)
+    return Embedded(
+        paths=kept,
+        embeddings=np.concatenate(embeddings) if embeddings else np.zeros((0, dim), np.float32),
+        probabilities={k: (np.concatenate(v) if v else np.zeros((0, len(t.classes))))
+                       for (k, v), t in zip(probabilities.items(), TASKS)},
+        skipped=skipped,
+    )
+
+
+def _warn_skipped(skipped: list[str]) -> None:
+    if skipped:
+        shown = "; ".join(skipped[:5]) + (f"; and {len(skipped) - 5} more" if len(skipped) > 5
+                                          else "")
+        warnings.warn(f"skipped {len(skipped)} undecodable image(s): "
+                      f"{printable_name(shown)}", stacklevel=3)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing an index
+# --------------------------------------------------------------------------------------------
+
+
+def ivf_sample_size(count: int, nlist: int) -> int:
+    """Training vectors of an IVF index with ``nlist`` lists over ``count`` vectors:
+    ``min(count, max(40 nlist, min(256 nlist, 65,536)))``."""
+    cap = max(IVF_SAMPLE_MIN_PER_LIST * nlist, min(IVF_SAMPLE_PER_LIST * nlist, IVF_SAMPLE_MAX))
+    return min(count, cap)
+
+
+def _train_ivf(vectors: Any, source: "_Source", nlist: int, metric: str, seed: int = 0) -> None:
+    """Train the IVF quantizer on a seeded sample of the source (see :func:`ivf_sample_size`)."""
+    if source.count < nlist:
+        raise GalleryIndexError(f"IVF with {nlist} lists needs at least {nlist} images to "
+                                f"train on, the gallery has {source.count}; use a smaller "
+                                "--nlist or the exact (flat) index")
+    size = ivf_sample_size(source.count, nlist)
+    rows = np.arange(size) if size == source.count else \
+        np.random.default_rng(seed).choice(source.count, size, replace=False)
+    vectors.train(prepare_vectors(source.take(rows), metric))  # (size, D)
+
+
+def _check_target(out: Path, kind: str, overwrite: bool) -> None:
+    if kind not in INDEX_KINDS:
+        raise GalleryIndexError(f"index kind {kind!r}: expected one of {INDEX_KINDS}")
+    if out.exists() and not overwrite:
+        raise GalleryIndexError(f"{out}: already exists; pass overwrite (--overwrite) to "
+                                "replace it or `attreid index add` to extend it")
+
+
+def build_index(predictor: Any, images: Path | str, out: Path | str, kind: str = "flat",
+                nlist: int = 0, nprobe: int = 16, batch_size: int = 64, overwrite: bool = False,
+                progress: Progress | None = None, features: Path | str | None = None,
+                shard_size: int = DEFAULT_SHARD_SIZE) -> GalleryIndex:
+    """Embed every crop under ``images`` and write a new index folder ``out``.
+
+    The crops are embedded batch by batch into a feature store (:mod:`attreid.inference.features`),
+    then the index is written from it chunk by chunk: memory holds one batch, one shard and
+    the FAISS vectors, not every embedding and probability twice over.
+
+    Args:
+        predictor: an :class:`~attreid.Predictor` (its checkpoint and its
+            ``trained_tasks`` are recorded).
+        kind: ``"flat"`` (exact search) or ``"ivf"`` (inverted lists; for large galleries;
+            trained on a sample, see :func:`ivf_sample_size`).
+        nlist: IVF lists (0: about 4 * sqrt(N)); nprobe: lists visited per query.
+        overwrite: replace an existing ``out``.
+        features: keep the feature store in this new folder (default: a temporary one,
+            removed); shard_size: its rows per shard.
+
+    Raises:
+        GalleryIndexError: ``out`` exists (without ``overwrite``), bad IVF settings, or no
+            image decoded.
+        DataError: the image folder is missing or empty.
+    """
+    out = Path(out)
+    _check_target(out, kind, overwrite)  # before the embedding, which takes long
+    paths = list_gallery(images)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    store_dir = Path(features) if features is not None else Path(
+        tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.features.", suffix=".tmp"))
+    try:
+        store, skipped = embed_files_to_store(predictor, paths, store_dir, batch_size,
+                                              shard_size, progress,
+                                              overwrite=features is None)
+        _warn_skipped(skipped)
+        if not len(store):
+            raise GalleryIndexError(f"{images}: none of the {len(paths)} images decoded")
+        return write_index_from_store(
+            out, store, checkpoint=Path(predictor.checkpoint), metric=predictor.distance,
+            checkpoint_sha256=predictor.checkpoint_sha256, kind=kind, nlist=nlist,
+            nprobe=nprobe, overwrite=overwrite,
+            extra={"flip": bool(predictor.flip), "images_root": str(Path(images).resolve())},
+            trained_tasks=getattr(predictor, "trained_tasks", TASK_NAMES))
+    finally:
+        if features is None:
+            shutil.rmtree(store_dir, ignore_errors=True)
+
+
+def embed_files_to_store(predictor: Any, paths: Sequence[Path], out: Path | str,
+                         batch_size: int = 64, shard_size: int = DEFAULT_SHARD_SIZE,
+                         progress: Progress | None = None,
+                         overwrite: bool = False) -> tuple[FeatureStore, list[str]]:
+    """:func:`embed_files`, streamed to a feature store ``out`` (see
+    :mod:`attreid.inference.features`) instead of held in memory: embeddings, probabilities and
+    paths of the crops that decoded.
+
+    Returns:
+        (the store, skipped undecodable files as "path: reason").
+    """
+    skipped: list[str] = []
+
+    def batches() -> Iterator[ImageBatch]:
+        batch: list[tuple[Path, Any]] = []
+        for item in _decoded(paths, skipped):
+            batch.append(item)
+            if len(batch) == batch_size:
+                yield ImageBatch([img for _, img in batch], [str(p) for p, _ in batch])
+                batch = []
+        if batch:
+            yield ImageBatch([img for _, img in batch], [str(p) for p, _ in batch])
+
+    def report(done: int) -> None:
+        if progress:
+            progress(done + len(skipped), len(paths))
+
+    store = extract_to_store(predictor, batches(), out, shard_size, overwrite=overwrite,
+                             info={"flip": bool(predictor.flip),
+                                   "checkpoint_sha256": predictor.checkpoint_sha256},
+                             progress=report)
+    if progress:
+        progress(len(paths), len(paths))
+    return store, skipped
+
+
+def write_index(out: Path | str, paths: Sequence[Path], embeddings: np.ndarray,
+                probabilities: dict[str, np.ndarray], checkpoint: Path, metric: str = "euclidean",
+                kind: str = "flat", nlist: int = 0, nprobe: int = 16, overwrite: bool = False,
+                extra: dict[str, Any] | None = None,
+                checkpoint_sha256: str | None = None,
+                trained_tasks: Sequence[str] | None = None) -> GalleryIndex:
+    """Write an index folder from embeddings already computed (by ``checkpoint``).
+
+    Args:
+        paths: N crop files; embeddings: (N, D); probabilities: task -> (N, C).
+        metric: ``"euclidean"`` or ``"cosine"`` (the checkpoint's training distance).
+        kind, nlist, nprobe, overwrite: as in :func:`build_index`.
+        extra: more ``info`` entries (flip, images_root).
+        checkpoint_sha256: the checkpoint's sha256 (default: hash ``checkpoint``; an ONNX
+            export gives its source checkpoint's).
+        trained_tasks: the tasks the model was trained on (``Predictor.trained_tasks``;
+            ``None``: all); only those can be searched by and are described.
+    """
+    return _write_index(out, _array_source(paths, embeddings, probabilities), checkpoint,
+                        metric, kind, nlist, nprobe, overwrite, extra, checkpoint_sha256,
+                        trained_tasks)
+
+
+def write_index_from_store(out: Path | str, store: FeatureStore, checkpoint: Path,
+                           metric: str = "euclidean", kind: str = "flat", nlist: int = 0,
+                           nprobe: int = 16, overwrite: bool = False,
+                           extra: dict[str, Any] | None = None,
+                           checkpoint_sha256: str | None = None,
+                           trained_tasks: Sequence[str] | None = None) -> GalleryIndex:
+    """:func:`write_index` from a feature store with paths and probabilities (as made by
+    :func:`embed_files_to_store`), read chunk by chunk: vectors are added to FAISS and rows
+    inserted into SQLite :data:`WRITE_CHUNK` at a time, an IVF quantizer trains on a sample
+    (:func:`ivf_sample_size`). Memory: the FAISS vectors plus a chunk (plus the sample).
+    Gives the same index as :func:`write_index` on the store's arrays.
+    """
+    return _write_index(out, _store_source(store), checkpoint, metric, kind, nlist, nprobe,
+                        overwrite, extra, checkpoint_sha256, trained_tasks)
+
+
+def _write_index(out: Path | str, source: _Source, checkpoint: Path, metric: str, kind: str,
+                 nlist: int, nprobe: int, overwrite: bool, extra: dict[str, Any] | None,
+                 checkpoint_sha256: str | None,
+                 trained_tasks: Sequence[str] | None = None) -> GalleryIndex:
+    out = Path(out)
+    _check_target(out, kind, overwrite)
+    if trained_tasks is not None:
+        extra = {**(extra or {}), "trained_tasks": list(trained_tasks_of(list(trained_tasks)))}
+    nlist = nlist or max(1, int(4 * np.sqrt(source.count)))
+    info = {"format": FORMAT_VERSION, "checkpoint": str(Path(checkpoint).resolve()),
+            "checkpoint_sha256": checkpoint_sha256 or file_sha256(Path(checkpoint)),
+            "metric": metric,
+            "dim": int(source.dim), "kind": kind, "nlist": nlist if kind == "ivf" else 0,
+            "nprobe": nprobe, "flip": False, "images_root": None,
+            "vectors": "vectors-0.faiss", "generation": 0, **(extra or {})}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        vectors = _new_faiss_index(source.dim, metric, kind, nlist)
+        if kind == "ivf":
+            _train_ivf(vectors, source, nlist, metric)
+        with sqlite3.connect(tmp / DATABASE) as db:
+            _create_schema(db)
+            start = 0
+            for paths, embeddings, probabilities in source.chunks():
+                vectors.add(prepare_vectors(embeddings, metric))
+                _insert(db, _rows(paths, probabilities, start))
+                start += len(paths)
+            _set_info(db, info)
+        db.close()
+        _write_vectors(vectors, tmp / info["vectors"])
+        del vectors  # GalleryIndex.open reads them back
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return GalleryIndex.open(out)
+
+
+def add_images(index: GalleryIndex, predictor: Any, images: Path | str, batch_size: int = 64,
+               progress: Progress | None = None) -> tuple[int, int, list[str]]:
+    """Embed the crops under ``images`` not yet in ``index`` and append them (no rebuild).
+
+    Returns:
+        (added, already indexed, skipped undecodable files).
+
+    Raises:
+        GalleryIndexError: ``predictor``'s checkpoint did not make the index.
+    """
+    index.check_checkpoint(predictor.checkpoint, predictor.checkpoint_sha256)
+    known = index.indexed_paths()
+    paths = list_gallery(images)
+    new = [p for p in paths if str(p) not in known]
+    if not new:
+        return 0, len(paths), []
+    scratch = Path(tempfile.mkdtemp(dir=index.root.parent, prefix=f".{index.root.name}.add.",
+                                    suffix=".tmp"))
+    try:  # streamed through a scratch feature store: memory bounded whatever the number of crops
+        store, skipped = embed_files_to_store(predictor, new, scratch, batch_size,
+                                              progress=progress, overwrite=True)
+        _warn_skipped(skipped)
+        if len(store):
+            index.append_store(store)
+        return len(store), len(paths) - len(new), skipped
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
