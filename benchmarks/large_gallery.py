@@ -138,22 +138,22 @@ def gallery_label(i: int) -> tuple[int, int]:
 def render(kind: str, keys: range) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
     """uint8 (B, 3, 64, 32) images, Market-style names, ids, cameras of gallery images
     ``keys`` (``kind="gallery"``) or of queries ``keys``."""
-    from attreid.data import synth  # its renderer: the generator's own drawing code
+    from attreid.data import appearance, camera  # the generator's own drawing code
 
-    renderer = synth._renderer(SEED, (32, 64))
+    renderer = camera._renderer(SEED, (32, 64))
     images, names, ids, cams = [], [], [], []
     for k in keys:
         if kind == "gallery":
             pid, cam = gallery_label(k)
         else:
             pid, cam = k // 2 + 1, (k // 2 + 3 * (k % 2)) % 6 + 1
-        rng = synth._rng(SEED, 4, 7 if kind == "query" else 0, k)
+        rng = appearance._rng(SEED, 4, 7 if kind == "query" else 0, k)
         if pid == -1:
-            img = renderer.junk(synth._person(SEED, 2, k), cam, rng)
+            img = renderer.junk(appearance._person(SEED, 2, k), cam, rng)
         elif pid == 0:
-            img = renderer.distractor(synth._person(SEED, 1, k), cam, rng)
+            img = renderer.distractor(appearance._person(SEED, 1, k), cam, rng)
         else:
-            img = renderer.person(synth._person(SEED, 0, pid), cam, rng)
+            img = renderer.person(appearance._person(SEED, 0, pid), cam, rng)
         images.append(np.asarray(img))
         names.append(f"{pid:04d}_c{cam}s1_{k:06d}_00.jpg" if pid >= 0 else
                      f"-1_c{cam}s1_{k:06d}_00.jpg")

@@ -36,7 +36,7 @@ from _common import RESULTS, machine, replace_section
 
 from attreid.inference.predictor import Predictor
 from attreid.search import GallerySearch, write_index
-from attreid.search.index import embed_files, list_gallery
+from attreid.search.build import embed_files, list_gallery
 
 SECTION = "## Gallery search"
 INTRO = """Image queries on a 20,000-crop index, FAISS against brute-force torch,

@@ -24,7 +24,7 @@ from attreid.data.synth import generate
 from attreid.inference.predictor import Predictor
 from attreid.models import build_model
 from attreid.search import GallerySearch, build_index
-from attreid.training.engine import _model_kwargs
+from attreid.training.builders import model_kwargs
 from attreid.utils.checkpoint import save_checkpoint
 
 SECTION = "## Service under load"
@@ -33,7 +33,7 @@ SECTION = "## Service under load"
 def make_checkpoint(path: Path) -> Path:
     """The ``cpu`` preset's model with random weights, saved as a checkpoint."""
     cfg = load_config("cpu", ["model.weights=random"])
-    model = build_model(**_model_kwargs(cfg, num_identities=751))
+    model = build_model(**model_kwargs(cfg, num_identities=751))
     save_checkpoint(path, {"model": model.state_dict(), "config": to_dict(cfg),
                            "model_config": model.config})
     return path

@@ -21,6 +21,7 @@ from attreid.config import load_config
 from attreid.data.sampler import PKSampler
 from attreid.data.synth import generate
 from attreid.models import build_model
+from attreid.training.builders import build_data
 from attreid.training.distributed import (
     DistInfo,
     GlobalBatchNorm,
@@ -28,7 +29,8 @@ from attreid.training.distributed import (
     convert_sync_batchnorm,
     gather,
 )
-from attreid.training.engine import build_data, setup, train, validate
+from attreid.training.engine import setup, train
+from attreid.training.validation import validate
 from attreid.utils.checkpoint import load_checkpoint
 
 

@@ -12,16 +12,9 @@ from attreid.config import ConfigError, load_config, preset_names, with_updates
 from attreid.data.synth import generate
 from attreid.models import build_model
 from attreid.training import engine
-from attreid.training.engine import (
-    NonFiniteLossError,
-    build_cache,
-    build_data,
-    lr_factor,
-    make_loader,
-    setup,
-    train,
-    train_epoch,
-)
+from attreid.training.builders import build_cache, build_data, lr_factor, make_loader, model_kwargs
+from attreid.training.engine import setup, train
+from attreid.training.step import NonFiniteLossError, train_epoch
 from attreid.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
@@ -57,7 +50,7 @@ def test_every_preset_builds_its_three_variants(name):
     weights: the ImageNet sources are not installed in CI)."""
     for variant in ("resnet", "convhead", "attention"):
         cfg = load_config(name, [f"model.name={variant}", "model.weights=random"])
-        model = build_model(**engine._model_kwargs(cfg, num_identities=5)).eval()
+        model = build_model(**model_kwargs(cfg, num_identities=5)).eval()
         with torch.no_grad():
             out = model(torch.rand(2, 3, cfg.data.height, cfg.data.width))
         assert out.embedding.shape[0] == 2 and len(out.attribute_logits) == 12
@@ -200,12 +193,12 @@ def test_nan_loss_stops_with_a_clear_message(synth_root, tmp_path, monkeypatch):
 def test_checkpoint_write_failure_keeps_previous(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"model": {"w": torch.ones(2)}, "config": {}})
-    import attreid.utils.checkpoint as ck
+    import attreid.utils.files as files
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ck.os, "replace", disk_full)
+    monkeypatch.setattr(files.os, "replace", disk_full)
     with pytest.raises(CheckpointError, match="previous checkpoint, if any, is unchanged"):
         save_checkpoint(path, {"model": {"w": torch.zeros(2)}, "config": {}})
     assert load_checkpoint(path)["model"]["w"].tolist() == [1.0, 1.0]

@@ -19,14 +19,9 @@ from attreid.data.synth import generate
 from attreid.data.transforms import transform_config
 from attreid.errors import AttreidError
 from attreid.inference.extraction import extract, resolve_amp
-from attreid.training.engine import (
-    NonFiniteLossError,
-    build_data,
-    make_loader,
-    setup,
-    train,
-    train_epoch,
-)
+from attreid.training.builders import build_data, make_loader
+from attreid.training.engine import setup, train
+from attreid.training.step import NonFiniteLossError, train_epoch
 from attreid.utils.backend import ONEDNN_ISA_CAP, cap_onednn_isa, cpu_bf16_native, cpu_flags
 
 

@@ -100,8 +100,8 @@ class OptimConfig:
 class TrainConfig:
     """Engine settings. ``amp``: ``none`` (float32), ``bf16``, ``fp16`` (GPU only) or ``auto``
     (bf16 on CUDA and on CPUs with native bf16 instructions, float32 on other CPUs; see
-    :func:`attreid.inference.extraction.resolve_amp`). Under bf16 a step or batch that is not finite is
-    recomputed in float32 (docs/RELIABILITY.md, "CPU precision on every machine")."""
+    :func:`attreid.inference.extraction.resolve_amp`). Under bf16 a step or batch that is not finite
+    is recomputed in float32 (docs/RELIABILITY.md, "CPU precision on every machine")."""
 
     out: str = "runs/train"
     seed: int = 42

@@ -12,4 +12,4 @@ from __future__ import annotations
 class AttreidError(Exception):
     """Base class of :class:`~attreid.data.records.DataError`,
     :class:`~attreid.config.ConfigError`, :class:`~attreid.utils.checkpoint.CheckpointError`,
-    :class:`~attreid.training.engine.NonFiniteLossError` and the other named errors."""
+    :class:`~attreid.training.step.NonFiniteLossError` and the other named errors."""

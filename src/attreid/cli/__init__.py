@@ -160,8 +160,8 @@ def train(
     """Train a joint attribute + re-ID model; checkpoints and metrics go to train.out."""
     from attreid.config import ConfigError, load_config
     from attreid.training.distributed import env_info
-    from attreid.training.engine import NonFiniteLossError
     from attreid.training.engine import train as run_training
+    from attreid.training.step import NonFiniteLossError
 
     extra = [f"data.root={data}"] if data else []
     extra += [f"train.out={out}"] if out else []
@@ -193,8 +193,8 @@ def _check_nproc(cfg: Config, nproc: int) -> None:
     import torch
 
     from attreid.config import ConfigError
+    from attreid.training.builders import build_data, check_bundle
     from attreid.training.checks import check_training_config
-    from attreid.training.engine import build_data, check_bundle
     from attreid.utils.backend import resolve_device
 
     try:

@@ -47,7 +47,7 @@ class Run:
         path: the run folder.
         label: its name in the table (folder name; ``parent/folder`` for evaluate output).
         variant: ``model.name`` of its config; None when no config was found.
-        metrics: validation metrics as :func:`attreid.training.engine.validate` returns them
+        metrics: validation metrics as :func:`attreid.training.validation.validate` returns them
             (``accuracy``, ``mean_accuracy``, ``mAP``, ``rank1``, ``majority``; fractions).
         epoch: the best epoch of a training run; None for evaluate output.
         epochs: the epochs a training run logged; None for evaluate output.
@@ -219,7 +219,8 @@ def _variant(config: dict[str, Any]) -> str | None:
 
 
 def _setup(config: dict[str, Any]) -> dict[str, Any]:
-    """A config's setup in the terms of :data:`attreid.evaluation.study.SETUP` (None where unknown)."""
+    """A config's setup in the terms of :data:`attreid.evaluation.study.SETUP` (None where
+    unknown)."""
     data, model = _section(config, "data"), _section(config, "model")
     split = data.get("split")
     size = (data.get("height"), data.get("width"))

@@ -16,8 +16,9 @@ Which images are scored (``split``):
 
 The majority baseline predicts, for each task, the most frequent class among the identities of
 the training records (the dataset's train set for ``test``, the remaining train identities for
-``study`` / ``random``). Embeddings are exactly those of :class:`attreid.inference.predictor.Predictor`
-(its model and preprocessing, run through :func:`attreid.inference.extraction.extract`).
+``study`` / ``random``). Embeddings are exactly those of
+:class:`attreid.inference.predictor.Predictor` (its model and preprocessing, run through
+:func:`attreid.inference.extraction.extract`).
 """
 
 from __future__ import annotations
@@ -96,11 +97,11 @@ class EvaluationResult:
 
     Attributes:
         metrics: JSON-ready dict, fractions in [0, 1] (None where undefined). Top-level keys
-            as :func:`attreid.training.engine.validate` (``mAP``, ``rank1``, ``rank5``, ``rank10``,
-            ``rank20``, ``mINP``, ``mean_accuracy``, ``accuracy``, ``majority``, ``mA``), so
-            :mod:`attreid.evaluation.report` can tabulate it; plus ``reranked`` (with ``rerank``),
-            ``instance``, ``per_attribute_mA``, ``mean_majority``, counts and ``setup``.
-            The attribute keys are absent when no scored image has attributes.
+            as :func:`attreid.training.validation.validate` (``mAP``, ``rank1``, ``rank5``,
+            ``rank10``, ``rank20``, ``mINP``, ``mean_accuracy``, ``accuracy``, ``majority``,
+            ``mA``), so :mod:`attreid.evaluation.report` can tabulate it; plus ``reranked`` (with
+            ``rerank``), ``instance``, ``per_attribute_mA``, ``mean_majority``, counts and
+            ``setup``. The attribute keys are absent when no scored image has attributes.
         cmc: ``"plain"`` (and ``"re-ranked"``) -> (L,) CMC, L = min(50, G).
         ranked: the top-k gallery of the visualised queries.
         files: files written under ``out`` (empty without ``out``).
@@ -284,9 +285,9 @@ def evaluate_checkpoint(
             training config, so the held-out identities are those training validated on.
         workers: DataLoader worker processes for decoding.
         store: for galleries beyond memory: embed the gallery into a feature store at this
-            folder (:mod:`attreid.inference.features`, replaced if present) and score it block by block;
-            memory then stays bounded whatever the gallery size. Same numbers as the in-memory
-            path; not with ``rerank`` or an all-vs-all split, and without ``ranked.png``.
+            folder (:mod:`attreid.inference.features`, replaced if present) and score it block by
+            block; memory then stays bounded whatever the gallery size. Same numbers as the
+            in-memory path; not with ``rerank`` or an all-vs-all split, and without ``ranked.png``.
 
     Raises:
         ValueError: bad arguments, or a split the dataset cannot provide (e.g. split ``test``

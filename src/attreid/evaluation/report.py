@@ -15,7 +15,7 @@ def table_rows(results: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], lis
 
     Args:
         results: variant name -> validation metrics as returned by
-            :func:`attreid.training.engine.validate` (``mAP``, ``rank1``; ``accuracy``,
+            :func:`attreid.training.validation.validate` (``mAP``, ``rank1``; ``accuracy``,
             ``mean_accuracy``, ``majority`` when the data has attribute labels). A task without
             labels, or data without any, shows "-".
     """

@@ -2,7 +2,7 @@
 
 A gallery too large for memory is embedded batch by batch into a store folder, then read back
 memory-mapped, block by block, by the evaluation (:func:`reid_metrics_on_store`) and the search
-index (:func:`attreid.search.index.write_index_from_store`). Layout::
+index (:func:`attreid.search.write_index_from_store`). Layout::
 
     STORE/
       manifest.json           # written last: no manifest = an unfinished extraction

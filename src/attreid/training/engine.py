@@ -9,17 +9,13 @@ same batches and augmentations whether or not the run was interrupted before it.
 from __future__ import annotations
 
 import json
-import math
-import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from attreid import __version__
 from attreid.config import (
@@ -31,48 +27,32 @@ from attreid.config import (
     to_dict,
     with_updates,
 )
-from attreid.data.batch_transforms import BatchAugment
-from attreid.data.cache import CachedLoader, ImageCache
-from attreid.data.dataset import ImageDataset
-from attreid.data.evalset import (
-    EvaluationSet,
-    build_evaluation_set,
-    identity_targets,
-    labels_and_cameras,
-    test_is_labelled,
-)
-from attreid.data.load import load_dataset
-from attreid.data.records import DataError, attribute_matrix
-from attreid.data.sampler import PKSampler
-from attreid.data.transforms import build_transforms, transform_config
-from attreid.errors import AttreidError
-from attreid.inference.extraction import Features, autocast_context, extract, resolve_amp, to_float
-from attreid.metrics import attribute_metrics, majority_baseline, pairwise_distance, reid_metrics
+from attreid.data.cache import ImageCache
+from attreid.inference.extraction import resolve_amp
 from attreid.metrics.selection import selection_score
 from attreid.models import build_model
-from attreid.schema import MISSING, labelled_tasks
+from attreid.schema import labelled_tasks
 from attreid.training import distributed
-from attreid.training.checks import check_training_config, check_training_data
-from attreid.training.distributed import SINGLE, DistInfo, RankBatches
-from attreid.training.losses import MultiTaskLoss, positive_ratio_weights
+from attreid.training.builders import (
+    DataBundle,
+    Log,
+    build_cache,
+    build_criterion,
+    build_data,
+    build_optimizer,
+    check_bundle,
+    epoch_seed,
+    lr_factor,
+    make_loader,
+    model_kwargs,
+)
+from attreid.training.checks import check_training_config
+from attreid.training.distributed import SINGLE, DistInfo
+from attreid.training.step import TrainingParts, train_epoch
+from attreid.training.validation import validate
 from attreid.utils.backend import cpu_bf16_native, resolve_device
 from attreid.utils.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from attreid.utils.files import atomic_write_text
-
-Log = Callable[[str], None]
-
-
-class NonFiniteLossError(AttreidError, RuntimeError):
-    """The loss became NaN or infinite; the message says where and what was saved."""
-
-
-@dataclass
-class DataBundle:
-    """Training data and the validation set built from a DataConfig."""
-
-    train: ImageDataset
-    val: EvaluationSet | None
-    train_targets: np.ndarray  # (N_ids, 12) identity-level task labels of the training set
 
 
 @dataclass
@@ -85,326 +65,7 @@ class TrainResult:
     best: dict[str, Any] = field(default_factory=dict)
 
 
-def build_data(cfg: Config) -> DataBundle:
-    """Load the dataset of ``cfg.data``; split it into training data and a validation set
-    (``None`` for split ``test`` when the query/gallery images are unlabelled)."""
-    if not cfg.data.root:
-        raise DataError("no dataset: set data.root (attreid train --data DIR)")
-    dataset = load_dataset(cfg.data.root, cfg.data.layout)
-    if cfg.data.split == "test" and not test_is_labelled(dataset):
-        train, val = dataset.train, None
-    else:
-        val = build_evaluation_set(dataset, cfg.data.split, cfg.data.val_ids,
-                                   cfg.data.split_seed)
-        train = val.train
-        if not train:
-            raise DataError(f"{cfg.data.root}: split {cfg.data.split!r} leaves no training "
-                            "identity; use split 'random' with fewer data.val_ids")
-    transform = build_transforms(transform_config(cfg), train=True)
-    return DataBundle(ImageDataset(train, transform), val, identity_targets(train))
-
-
-def check_bundle(cfg: Config, bundle: DataBundle) -> list[str]:
-    """:func:`attreid.training.checks.check_training_data` of a loaded bundle: returns warnings, raises
-    a DataError for what would fail later."""
-    val = bundle.val
-    return check_training_data(cfg, cfg.data.root, bundle.train.pids(),
-                               None if val is None else val.query,
-                               None if val is None else val.gallery,
-                               val is not None and val.all_vs_all, bundle.train_targets)
-
-
-def _model_kwargs(cfg: Config, num_identities: int) -> dict[str, Any]:
-    m = cfg.model
-    return dict(name=m.name, backbone=m.backbone, weights=m.weights,
-                study_strides=m.study_strides, last_stride=m.last_stride,
-                embedding_dim=m.embedding_dim, hidden_dim=m.hidden_dim, bnneck=m.bnneck,
-                num_identities=num_identities if m.id_head else 0, dropout=m.dropout,
-                input_size=(cfg.data.height, cfg.data.width))
-
-
-def build_criterion(cfg: Config, train_targets: np.ndarray, info: DistInfo = SINGLE
-                    ) -> MultiTaskLoss:
-    """The multi-task loss of ``cfg.loss``; positive-ratio weights come from the train labels.
-    In a distributed run the triplet loss mines the batch of all ranks."""
-    c = cfg.loss
-    pos = positive_ratio_weights(train_targets) if c.pos_weighting else None
-    gather = partial(distributed.gather, info=info) if info.enabled else None
-    return MultiTaskLoss(triplet_mining=c.triplet, margin=c.margin, soft_margin=c.soft_margin,
-                         distance=c.distance, id_weight=c.id_weight,
-                         label_smoothing=c.label_smoothing, pos_weights=pos,
-                         weighting=c.weighting, reid_weight=c.reid_weight,
-                         attr_weight=c.attr_weight, gather=gather)
-
-
-def build_optimizer(cfg: Config, model: nn.Module, criterion: nn.Module
-                    ) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD over the model (with weight decay) and the loss weights (without)."""
-    o = cfg.optim
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad],
-               "weight_decay": o.weight_decay}]
-    extra = [p for p in criterion.parameters() if p.requires_grad]
-    if extra:
-        groups.append({"params": extra, "weight_decay": 0.0})
-    if o.name == "adam":
-        return torch.optim.Adam(groups, lr=o.lr)
-    if o.name == "adamw":
-        return torch.optim.AdamW(groups, lr=o.lr)
-    if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=0.9, nesterov=True)
-    raise ValueError(f"optim.name={o.name!r}: expected adam, adamw or sgd")
-
-
-def lr_factor(cfg: Config, epoch: int) -> float:
-    """Learning-rate multiplier of 0-based ``epoch``: linear warm-up from 0.1, then the schedule."""
-    o = cfg.optim
-    if epoch < o.warmup_epochs:
-        return 0.1 + 0.9 * epoch / o.warmup_epochs
-    if o.scheduler == "none":
-        return 1.0
-    if o.scheduler == "step":
-        return o.gamma ** sum(epoch >= s for s in o.step_epochs)
-    if o.scheduler == "cosine":
-        span = max(1, o.epochs - o.warmup_epochs)
-        return 0.5 * (1 + math.cos(math.pi * (epoch - o.warmup_epochs) / span))
-    raise ValueError(f"optim.scheduler={o.scheduler!r}: expected none, step or cosine")
-
-
-def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    entropy = [seed, epoch] if rank == 0 else [seed, epoch, rank]
-    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
-
-
-def make_loader(cfg: Config, data: ImageDataset, epoch: int, cache: ImageCache | None = None,
-                device: torch.device | None = None, info: DistInfo = SINGLE
-                ) -> Iterable[dict[str, Any]]:
-    """The training batches of one epoch, seeded by (seed, epoch) for exact resume.
-
-    With ``cache`` (``data.cache``) batches come from the decoded images in memory, augmented
-    as whole batches; otherwise from a DataLoader with ``data.workers`` worker processes.
-    In a distributed run each rank gets its ``P / W`` identities of every global batch.
-    """
-    pk = PKSampler(data.pids(), cfg.data.p, cfg.data.k, seed=cfg.train.seed,
-                   num_batches=cfg.data.batches_per_epoch or None)
-    pk.set_epoch(epoch)
-    sampler = RankBatches(pk, cfg.data.p, cfg.data.k, info) if info.enabled else pk
-    generator = torch.Generator().manual_seed(_epoch_seed(cfg.train.seed, epoch, info.rank))
-    if cache is not None:
-        augment = BatchAugment(transform_config(cfg), train=True,
-                               channels_last=cfg.train.channels_last)
-        return CachedLoader(data, cache, sampler, augment, generator,
-                            device=device or torch.device("cpu"))
-    return DataLoader(data, batch_sampler=sampler, num_workers=cfg.data.workers,
-                      generator=generator, pin_memory=torch.cuda.is_available())
-
-
-def build_cache(cfg: Config, data: ImageDataset, log: Log = print) -> ImageCache | None:
-    """The decoded training images when ``data.cache`` is on, else None."""
-    if not cfg.data.cache:
-        return None
-    start = time.perf_counter()
-    cache = ImageCache.build([r.path for r in data.records], cfg.data.height, cfg.data.width,
-                             cache_dir=cfg.data.cache_dir or None)
-    log(f"image cache: {len(cache)} images, {cache.nbytes / 2**20:.0f} MiB, "
-        f"{time.perf_counter() - start:.1f} s")
-    return cache
-
-
-@dataclass
-class _Parts:
-    model: nn.Module
-    criterion: MultiTaskLoss
-    optimizer: torch.optim.Optimizer
-    device: torch.device
-    scaler: torch.amp.GradScaler | None = None  # fp16 only
-    info: DistInfo = SINGLE
-    ddp: nn.Module | None = None  # the DistributedDataParallel wrapper of model, when used
-
-    @property
-    def trained(self) -> nn.Module:
-        """The module to call in training steps (DDP when distributed, else the model)."""
-        return self.ddp if self.ddp is not None else self.model
-
-
-def _forward_loss(parts: _Parts, images: torch.Tensor, labels: torch.Tensor,
-                  attributes: torch.Tensor, amp: str) -> dict[str, torch.Tensor]:
-    with autocast_context(parts.device, amp):
-        output = parts.trained(images)
-    return parts.criterion(to_float(output), labels, attributes)
-
-
-def _backward(parts: _Parts, loss: torch.Tensor) -> None:
-    parts.optimizer.zero_grad(set_to_none=True)
-    scaler = parts.scaler
-    (scaler.scale(loss) if scaler else loss).backward()
-    distributed.average_gradients(parts.criterion.parameters(), parts.info)
-
-
-def _optimizer_step(cfg: Config, parts: _Parts) -> None:
-    scaler = parts.scaler
-    if scaler:
-        scaler.unscale_(parts.optimizer)
-    if cfg.train.grad_clip > 0:
-        nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.train.grad_clip)
-    if scaler:
-        scaler.step(parts.optimizer)
-        scaler.update()
-    else:
-        parts.optimizer.step()
-
-
-def _grads_finite(parts: _Parts) -> bool:
-    """Whether every gradient is finite (fp16 skips this: its GradScaler handles overflow)."""
-    if parts.scaler is not None:
-        return True
-    grads = [p.grad for group in parts.optimizer.param_groups for p in group["params"]
-             if p.grad is not None]
-    return not grads or bool(torch.isfinite(nn.utils.get_total_norm(grads)).item())
-
-
-def _step_finite(terms: dict[str, torch.Tensor], parts: _Parts) -> bool:
-    """Loss and gradients finite on every rank (one agreed answer, so all ranks act alike)."""
-    mine = bool(torch.isfinite(terms["loss"]).item()) and _grads_finite(parts)
-    return distributed.all_true(mine, parts.info)
-
-
-def _raise_nonfinite(cfg: Config, terms: dict[str, torch.Tensor], epoch: int, step: int,
-                     out: Path, parts: _Parts) -> None:
-    values = {k: float(v.detach()) for k, v in terms.items()}
-    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
-    rescue = out / "before_nonfinite.pt"
-    if parts.info.is_main:
-        save_checkpoint(rescue, {"model": parts.model.state_dict(), "config": to_dict(cfg),
-                                 "model_config": parts.model.config, "epoch": epoch})
-    where = f" (rank {parts.info.rank})" if parts.info.enabled else ""
-    if bad:
-        what, detail = "loss", bad
-    elif not _grads_finite(parts):
-        what, detail = "gradients", f"loss {values['loss']:.4g}, some gradients not finite"
-    else:
-        what, detail = "loss", "on another rank"
-    tried = " (the bf16 step was recomputed in float32 and failed too)" \
-        if cfg.train.amp == "bf16" else ""
-    raise NonFiniteLossError(
-        f"non-finite {what}{where} at epoch {epoch + 1}, step {step + 1}: {detail}{tried}. "
-        "Training stopped; the "
-        f"weights before this step are in {rescue}, the last complete epoch in {out / 'last.pt'}. "
-        "Try a lower optim.lr or set train.grad_clip (e.g. --set train.grad_clip=5).")
-
-
-def _restore(model: nn.Module, saved: list[torch.Tensor]) -> None:
-    """Put back the buffers (batch-norm statistics) a failed forward pass updated."""
-    with torch.no_grad():
-        for buffer, value in zip(model.buffers(), saved):
-            buffer.copy_(value)
-
-
-def _train_step(cfg: Config, parts: _Parts, batch: dict[str, Any], epoch: int, step: int,
-                out: Path) -> tuple[dict[str, torch.Tensor], bool]:
-    """One optimisation step on ``batch``; returns the loss terms and whether the step was
-    recomputed in float32.
-
-    Under bf16 a step whose loss or gradients are not finite is recomputed in float32 from the
-    same weights and batch-norm statistics (bf16 kernels have returned NaN for finite inputs on
-    Intel AMX, see :mod:`attreid.utils.backend`); so bf16 is never the reason a run stops. A float32
-    step that is not finite raises :class:`NonFiniteLossError` before the weights, optimizer
-    state or batch-norm statistics change.
-    """
-    images = batch["image"].to(parts.device, non_blocking=True)
-    if cfg.train.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    labels = batch["label"].to(parts.device)
-    attributes = batch["attributes"].to(parts.device)
-    saved = [b.detach().clone() for b in parts.model.buffers()]  # batch-norm statistics
-    terms = _forward_loss(parts, images, labels, attributes, cfg.train.amp)
-    _backward(parts, terms["loss"])
-    finite = _step_finite(terms, parts)
-    redone = cfg.train.amp == "bf16" and not finite
-    if redone:
-        _restore(parts.model, saved)
-        terms = _forward_loss(parts, images, labels, attributes, "none")
-        _backward(parts, terms["loss"])
-        finite = _step_finite(terms, parts)
-    if not finite:
-        _restore(parts.model, saved)
-        _raise_nonfinite(cfg, terms, epoch, step, out, parts)
-    _optimizer_step(cfg, parts)
-    return terms, redone
-
-
-def train_epoch(cfg: Config, parts: _Parts, loader: Iterable[dict[str, Any]], epoch: int,
-                out: Path,
-                on_step: Callable[[int, dict[str, float]], None] | None = None
-                ) -> dict[str, float]:
-    """One epoch of training; returns the mean of each loss term and the images/s (over all
-    ranks in a distributed run); under bf16 also ``bf16_steps_in_fp32``, the steps that were
-    recomputed in float32 because bf16 gave non-finite values."""
-    parts.model.train()
-    sums: dict[str, float] = {}
-    images_seen, redone, start = 0, 0, time.perf_counter()
-    for step, batch in enumerate(loader):
-        terms, again = _train_step(cfg, parts, batch, epoch, step, out)
-        redone += again
-        for name, value in terms.items():
-            sums[name] = sums.get(name, 0.0) + float(value.detach())
-        images_seen += len(batch["image"])
-        if on_step:
-            shown = {k: float(terms[k].detach()) for k in ("loss", "reid", "attr")}
-            on_step(step, {**shown, "img/s": images_seen / (time.perf_counter() - start)})
-    steps = max(1, len(loader))
-    result = distributed.mean_over_ranks({k: v / steps for k, v in sums.items()}, parts.info)
-    result["images_per_s"] = distributed.sum_over_ranks(
-        images_seen / (time.perf_counter() - start), parts.info)
-    if cfg.train.amp == "bf16":
-        result["bf16_steps_in_fp32"] = redone  # the same steps on every rank
-    return result
-
-
-def validate(cfg: Config, model: nn.Module, val: EvaluationSet, train_targets: np.ndarray,
-             device: torch.device, info: DistInfo = SINGLE) -> dict[str, Any] | None:
-    """Attribute accuracy per task (+ majority baseline) and re-ID CMC/mAP on ``val``.
-
-    In a distributed run every rank embeds every W-th image and rank 0 scores the gathered
-    features (the other ranks return None): the same numbers, W times faster to extract."""
-    kwargs = dict(transform=transform_config(cfg), device=device, amp=cfg.train.amp,
-                  channels_last=cfg.train.channels_last, flip=cfg.train.flip_test,
-                  workers=cfg.data.workers)
-    gallery = _extract_sharded(model, val.gallery, info, kwargs)
-    query = gallery if val.all_vs_all else _extract_sharded(model, val.query, info, kwargs)
-    if not info.is_main:
-        return None
-    metric = "euclidean" if cfg.loss.distance == "squared" else cfg.loss.distance
-    dist = pairwise_distance(query.embeddings, gallery.embeddings, metric=metric)
-    qids, gids, qcams, gcams = labels_and_cameras(val)
-    reid = reid_metrics(dist, qids, gids, qcams, gcams, protocol=val.protocol,
-                        exclude_self=val.all_vs_all)
-    result = {"mAP": reid.mAP, "rank1": reid.rank(1), "rank5": reid.rank(5), "mINP": reid.mINP}
-    targets = attribute_matrix(val.attribute_records)
-    if (targets != MISSING).any():
-        index = torch.from_numpy(val.attribute_index)
-        attrs = attribute_metrics({k: v[index] for k, v in gallery.logits.items()}, targets)
-        result.update(mean_accuracy=attrs.mean_accuracy, accuracy=attrs.accuracy, mA=attrs.mA,
-                      majority=majority_baseline(train_targets, targets))
-    return result
-
-
-def _extract_sharded(model: nn.Module, records: list, info: DistInfo, kwargs: dict[str, Any]
-                    ) -> Features:
-    """:func:`extract` of ``records``, every rank taking every W-th record. Rank 0 gets the
-    merged features of all records; the other ranks get only their own share (or nothing)."""
-    if not info.enabled or len(records) < info.world_size:  # (too few to share: rank 0 alone)
-        return extract(model, records, **kwargs) if info.is_main else Features(
-            torch.empty(0), {})
-    mine = extract(model, records[info.rank::info.world_size], **kwargs)
-    parts = distributed.gather_objects((mine.embeddings, mine.logits), info)
-    if not info.is_main:
-        return mine
-    merge = distributed.merge_strided
-    return Features(merge([e for e, _ in parts]),
-                    {task: merge([lg[task] for _, lg in parts]) for task in parts[0][1]})
-
-
-def _state(cfg: Config, parts: _Parts, epoch: int, label_of: dict[int, int],
+def _state(cfg: Config, parts: TrainingParts, epoch: int, label_of: dict[int, int],
            best: dict[str, Any], metrics: dict[str, Any] | None,
            train_targets: np.ndarray) -> dict[str, Any]:
     """The checkpoint's contents. ``trained_tasks``: the tasks (in the order of
@@ -447,7 +108,7 @@ def _remove_stale_temporaries(out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _resume(out: Path, cfg: Config, parts: _Parts) -> tuple[int, dict[str, Any]]:
+def _resume(out: Path, cfg: Config, parts: TrainingParts) -> tuple[int, dict[str, Any]]:
     state = load_checkpoint(out / "last.pt")
     differences = config_differences(state["config"], to_dict(cfg))
     if differences:
@@ -463,7 +124,7 @@ def _resume(out: Path, cfg: Config, parts: _Parts) -> tuple[int, dict[str, Any]]
     return int(state["epoch"]), state.get("best") or {}
 
 
-def setup(cfg: Config, bundle: DataBundle, info: DistInfo = SINGLE) -> _Parts:
+def setup(cfg: Config, bundle: DataBundle, info: DistInfo = SINGLE) -> TrainingParts:
     """Build model, loss and optimizer for ``cfg`` on its device, seeded by ``train.seed``.
     In a distributed run the model is wrapped in DistributedDataParallel (its batch norms
     synchronised with ``train.sync_bn``) and each rank uses the GPU of its local rank."""
@@ -471,7 +132,7 @@ def setup(cfg: Config, bundle: DataBundle, info: DistInfo = SINGLE) -> _Parts:
     device = resolve_device(cfg.train.device)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
-    model = build_model(**_model_kwargs(cfg, bundle.train.num_classes))
+    model = build_model(**model_kwargs(cfg, bundle.train.num_classes))
     if info.enabled and cfg.train.sync_bn:
         model = distributed.convert_sync_batchnorm(model, device.type)
     model = model.to(device)
@@ -485,7 +146,7 @@ def setup(cfg: Config, bundle: DataBundle, info: DistInfo = SINGLE) -> _Parts:
         ddp = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=idle_head)
-    return _Parts(model, criterion, build_optimizer(cfg, model, criterion), device, scaler,
+    return TrainingParts(model, criterion, build_optimizer(cfg, model, criterion), device, scaler,
                   info, ddp)
 
 
@@ -516,9 +177,10 @@ def _quiet(_: str) -> None:
 
 
 def resolve_precision(cfg: Config, device: torch.device, log: Log = print) -> Config:
-    """``cfg`` with ``train.amp`` resolved for ``device`` (:func:`attreid.inference.extraction.resolve_amp`:
-    ``auto`` is bf16 on CUDA and on CPUs with native bf16, else float32), checked before any
-    data is read; logs the choice, and a warning for bf16 on a CPU that only emulates it.
+    """``cfg`` with ``train.amp`` resolved for ``device``
+    (:func:`attreid.inference.extraction.resolve_amp`: ``auto`` is bf16 on CUDA and on CPUs
+    with native bf16, else float32), checked before any data is read; logs the choice, and a warning
+    for bf16 on a CPU that only emulates it.
 
     Raises:
         ConfigError: an unknown mode, or fp16 off CUDA (CPU autocast is bf16 only).
@@ -608,10 +270,10 @@ def _write_scalars(writer: Any, record: dict[str, Any], epoch: int, prefix: str 
             writer.add_scalar(prefix + key, value, epoch)
 
 
-def _run_epoch(cfg: Config, parts: _Parts, bundle: DataBundle, epoch: int, out: Path,
+def _run_epoch(cfg: Config, parts: TrainingParts, bundle: DataBundle, epoch: int, out: Path,
                on_step: Callable[[int, int, int, dict[str, float]], None] | None,
                cache: ImageCache | None = None) -> dict[str, Any]:
-    torch.manual_seed(_epoch_seed(cfg.train.seed, epoch))
+    torch.manual_seed(epoch_seed(cfg.train.seed, epoch))
     factor = lr_factor(cfg, epoch)
     for group in parts.optimizer.param_groups:
         group["lr"] = cfg.optim.lr * factor
@@ -630,7 +292,7 @@ def _run_epoch(cfg: Config, parts: _Parts, bundle: DataBundle, epoch: int, out: 
     return record
 
 
-def _checkpoint(cfg: Config, parts: _Parts, bundle: DataBundle, epoch: int,
+def _checkpoint(cfg: Config, parts: TrainingParts, bundle: DataBundle, epoch: int,
                 record: dict[str, Any], best: dict[str, Any], out: Path) -> dict[str, Any]:
     metrics = record.get("val")
     if metrics is not None and (not best or selection_score(metrics) > best["score"]):

@@ -2,11 +2,11 @@
 
 On Intel Xeons with AMX, the bf16 AMX kernels of the oneDNN that torch 2.14.1 bundles (v3.12.0)
 intermittently return NaN for finite inputs: a convolution under CPU bf16 autocast, a different
-training step each run (docs/RELIABILITY.md, "CPU precision on every machine"). The kernels are picked by the best ISA
-of the processor, so attreid caps oneDNN at :data:`ONEDNN_ISA_CAP` (AVX-512 with its bf16
-instructions, no AMX). The cap changes nothing on CPUs without AMX (AMD EPYC, older Xeons) and
-nothing for float32, which never runs on AMX tiles; bf16 runs on the same AVX-512-BF16 kernels on
-both kinds of machine.
+training step each run (docs/RELIABILITY.md, "CPU precision on every machine"). The kernels are
+picked by the best ISA of the processor, so attreid caps oneDNN at :data:`ONEDNN_ISA_CAP` (AVX-512
+with its bf16 instructions, no AMX). The cap changes nothing on CPUs without AMX (AMD EPYC, older
+Xeons) and nothing for float32, which never runs on AMX tiles; bf16 runs on the same AVX-512-BF16
+kernels on both kinds of machine.
 
 A user's own ``ONEDNN_MAX_CPU_ISA`` (or the older ``DNNL_MAX_CPU_ISA``) is left as it is, so
 ``ONEDNN_MAX_CPU_ISA=ALL`` turns AMX back on. oneDNN reads the variable once, at its first
