@@ -18,6 +18,7 @@ from conftest import require
 from helpers import run_cli_ok
 
 from attreid import cli
+from attreid.cli import base as cli_base
 from attreid.inference.predictor import Predictor
 from attreid.schema import (
     CSV_COLUMNS,
@@ -281,8 +282,8 @@ def test_the_cli_search_table_shows_trained_tasks_and_escaped_names(indexes, pre
     from typer.testing import CliRunner
 
     runner = CliRunner()
-    old_width = cli.console.width
-    cli.console.width = 200
+    old_width = cli_base.console.width
+    cli_base.console.width = 200
     try:
         bad = runner.invoke(cli.app, ["search", str(indexes["partial"]), "-a", "hat=yes",
                                       "--device", "cpu"])
@@ -305,7 +306,7 @@ def test_the_cli_search_table_shows_trained_tasks_and_escaped_names(indexes, pre
         assert "re-ID only" in reid.output
         assert "female" not in reid.output and "male" not in reid.output
     finally:
-        cli.console.width = old_width
+        cli_base.console.width = old_width
 
 
 # ---- the service ---------------------------------------------------------------------------

@@ -1,0 +1,112 @@
+"""The command line's shared base: the typer app and its sub-apps (``data``, ``index``), the
+console, the error line, progress bars, and :func:`run` / :func:`main` (the entry point that
+prints named errors). The command modules use these helpers; ``attreid.cli`` registers their
+commands on the apps here."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from attreid.errors import AttreidError
+
+app = typer.Typer(help="attreid: joint pedestrian attribute recognition and person re-ID.",
+                  no_args_is_help=True, add_completion=False)
+data_app = typer.Typer(help="Inspect and validate datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+index_app = typer.Typer(help="Build and extend gallery search indexes.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+console = Console()
+LAYOUTS = "auto|market|course|custom"
+
+
+def _shown(text: str) -> str:
+    """``text`` safe to print on any terminal: bytes of file names that are not UTF-8 (held as
+    lone surrogates) become ``\\xNN``; rich markup is escaped. Not ``printable_name``: a message
+    keeps its line breaks (a DataError lists one problem a line), which that escapes."""
+    return escape(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+
+
+def _error(message: str) -> None:
+    console.print(f"[bold red]error:[/] {_shown(message)}", highlight=False, soft_wrap=True)
+
+
+def _fail(message: str) -> None:
+    """Print ``message`` as the error line and exit 1; with ``ATTREID_DEBUG=1``, called while
+    handling an exception, re-raise that exception instead (its traceback)."""
+    if os.environ.get("ATTREID_DEBUG") and sys.exc_info()[1] is not None:
+        raise
+    _error(message)
+    raise typer.Exit(code=1)
+
+
+@contextmanager
+def _count_progress(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A transient progress bar; yields the ``(done, total)`` callback the library calls."""
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+@contextmanager
+def _epoch_progress(epochs: int, show: bool = True
+                    ) -> Iterator[Callable[[int, int, int, dict], None] | None]:
+    if not show:
+        yield None
+        return
+    total = f"/{epochs}" if epochs else ""
+    columns = (TextColumn("epoch {task.fields[epoch]}" + total), BarColumn(),
+               MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("train", total=None, epoch=0, info="")
+
+        def on_step(epoch: int, step: int, steps: int, values: dict) -> None:
+            if step == 0:
+                bar.reset(task, total=steps)
+            info = "  ".join(f"{k} {v:.3f}" if k != "img/s" else f"{v:.0f} img/s"
+                             for k, v in values.items())
+            bar.update(task, completed=step + 1, epoch=epoch + 1, info=info)
+
+        yield on_step
+
+
+@contextmanager
+def _reported_warnings() -> Iterator[None]:
+    """Collect the warnings raised in the block (e.g. skipped files) and print each after it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {_shown(str(w.message))}", soft_wrap=True)
+
+
+def run(args: list[str] | None = None, prog_name: str | None = None) -> None:
+    """Run the command line: a named error (:class:`attreid.errors.AttreidError`) is printed
+    as one paragraph with exit status 1, Ctrl-C as one line with status 130; other exceptions
+    are bugs and keep their traceback. ``ATTREID_DEBUG=1`` shows the traceback of every error."""
+    try:
+        app(args, prog_name=prog_name)
+    except AttreidError as exc:
+        if os.environ.get("ATTREID_DEBUG"):
+            raise
+        _error(str(exc))
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("interrupted (a training run continues from its last epoch with "
+                      "--resume)", highlight=False)
+        sys.exit(130)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    run()

@@ -1,0 +1,166 @@
+"""The gallery search commands: ``attreid index build`` and ``attreid index add`` (write and extend
+a FAISS + SQLite index), ``attreid search`` (by image, indexed crop or attributes) and
+``attreid serve`` (the HTTP API and web page)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from attreid.cli.base import _count_progress, _fail, _reported_warnings, console
+from attreid.data.records import DataError
+
+
+def _search_errors() -> tuple[type[Exception], ...]:
+    from attreid.inference.features import FeatureStoreError
+    from attreid.inference.onnx import ExportError
+    from attreid.search import GalleryIndexError, QueryError
+    from attreid.utils.checkpoint import CheckpointError
+
+    return (DataError, CheckpointError, ExportError, GalleryIndexError, QueryError, ImportError,
+            ValueError, FeatureStoreError)
+
+
+def index_build(
+    checkpoint: Path = typer.Argument(..., help="The checkpoint that embeds the crops."),
+    images: Path = typer.Option(..., "--images", help="Folder of crops (searched recursively)."),
+    out: Path = typer.Option(..., "--out", help="Index folder to create."),
+    ivf: int = typer.Option(0, "--ivf", help="Approximate IVF index with this many lists "
+                            "(-1: about 4 sqrt(N)); 0: exact search."),
+    nprobe: int = typer.Option(16, help="IVF lists visited per query."),
+    flip: bool = typer.Option(False, "--flip", help="Flip test-time augmentation."),
+    batch_size: int = typer.Option(64, help="Images per forward pass."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
+    backend: str = typer.Option("torch", help="torch (a checkpoint) or onnx (its export)."),
+    features: Path | None = typer.Option(None, "--features", help="Keep the extracted "
+                                         "embeddings and probabilities (a sharded feature "
+                                         "store) in this new folder."),
+    shard_size: int = typer.Option(8192, "--shard-size", min=1, help="Rows per feature shard."),
+) -> None:
+    """Embed every crop, predict its attributes and write a FAISS + SQLite index.
+
+    Embeddings stream to a sharded feature store on disk, then into the index chunk by
+    chunk, so memory stays bounded apart from the FAISS vectors."""
+    try:
+        from attreid.inference.onnx import load_predictor
+        from attreid.search import build_index
+
+        predictor = load_predictor(checkpoint, backend, device=device, batch_size=batch_size,
+                                   flip=flip)
+        with _reported_warnings(), _count_progress("embedding crops") as progress:
+            index = build_index(predictor, images, out, kind="ivf" if ivf else "flat",
+                                nlist=max(ivf, 0), nprobe=nprobe, batch_size=batch_size,
+                                overwrite=overwrite, progress=progress, features=features,
+                                shard_size=shard_size)
+    except _search_errors() as exc:
+        _fail(str(exc))
+    console.print(f"indexed {len(index)} crops ({index.info['kind']}, {index.info['metric']} "
+                  f"distance, {index.info['dim']}-d) in {out}", soft_wrap=True)
+
+
+def index_add(
+    index: Path = typer.Argument(..., help="Index folder made by `attreid index build`."),
+    images: Path = typer.Option(..., "--images", help="Folder of crops; known files are "
+                                "skipped."),
+    checkpoint: Path | None = typer.Option(None, help="The index's checkpoint, if it moved."),
+    batch_size: int = typer.Option(64, help="Images per forward pass."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
+) -> None:
+    """Append new crops to an index without rebuilding it (same checkpoint only)."""
+    try:
+        from attreid.search import GallerySearch, add_images
+
+        search = GallerySearch.open(index, checkpoint, device)
+        with _reported_warnings(), _count_progress("embedding new crops") as progress:
+            added, known, skipped = add_images(search.index, search.predictor, images,
+                                               batch_size, progress)
+    except _search_errors() as exc:
+        _fail(str(exc))
+    console.print(f"added {added} crops ({known} already indexed, {len(skipped)} undecodable); "
+                  f"{len(search.index)} in {index}", soft_wrap=True)
+
+
+def search(
+    index: Path = typer.Argument(..., help="Index folder."),
+    image: Path | None = typer.Option(None, "--image", help="Query crop."),
+    query_id: int | None = typer.Option(None, "--id", help="Query by an indexed crop's id."),
+    attributes: str = typer.Option("", "--attributes", "-a",
+                                   help="Constraints, e.g. gender=female,backpack=yes."),
+    k: int = typer.Option(10, "-k", help="Number of results."),
+    camera: str = typer.Option("", help="Cameras to search in, e.g. 1,3."),
+    min_prob: float = typer.Option(0.5, help="Least probability of each constraint."),
+    rerank: bool = typer.Option(False, "--rerank", help="k-reciprocal re-ranking."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    checkpoint: Path | None = typer.Option(None, help="The index's checkpoint, if it moved."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
+) -> None:
+    """Search an index by image, by indexed crop and/or by attributes."""
+    try:
+        from attreid.search import QueryError
+        from attreid.search.service import open_search, parse_cameras
+
+        if image is not None and query_id is not None:
+            raise QueryError("give --image or --id, not both")
+        opened = open_search(index, checkpoint, device)
+        options = dict(attributes=attributes, cameras=parse_cameras(camera), min_prob=min_prob)
+        if image is not None:
+            hits = opened.by_image(image, k, rerank=rerank, **options)
+        elif query_id is not None:
+            hits = opened.by_id(query_id, k, rerank=rerank, **options)
+        else:
+            hits = opened.by_attributes(attributes, k, options["cameras"], min_prob)
+    except _search_errors() as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps([h.as_dict() for h in hits], indent=1))
+        return
+    trained = opened.index.trained_tasks
+    headline = [t for t in ("gender", "age", "upcolor", "downcolor") if t in trained]
+    if len(headline) == 4:
+        heading = "attributes (up/down)"
+    elif headline:
+        heading = "attributes"
+    else:  # none of the four: the other trained tasks as task=value
+        heading = "attributes" if trained else "attributes (none: re-ID only model)"
+
+    def summary(attrs: dict) -> str:
+        if len(headline) == 4:
+            return (f"{attrs['gender']['value']} {attrs['age']['value']}, "
+                    f"{attrs['upcolor']['value']}/{attrs['downcolor']['value']}")
+        shown = headline or list(trained)  # only tasks the model was trained on
+        return ", ".join(f"{t}={attrs[t]['value']}" for t in shown if t in attrs)
+
+    table = Table(title=f"{len(hits)} result(s)")
+    distance = "re-ranked distance" if rerank else f"{opened.index.metric} distance"
+    for column in ("rank", "id", "name", distance, "match", "cam", heading):
+        table.add_column(column, overflow="fold")
+    for rank, hit in enumerate(hits, start=1):
+        table.add_row(str(rank), str(hit.entry.id), escape(hit.entry.display_name),
+                      "" if hit.distance is None else f"{hit.distance:.4f}",
+                      "" if hit.match is None else f"{hit.match:.3f}",
+                      str(hit.entry.camera or ""), summary(hit.entry.attributes()))
+    console.print(table)
+
+
+def serve(
+    index: Path = typer.Argument(..., help="Index folder."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port."),
+    checkpoint: Path | None = typer.Option(None, help="The index's checkpoint, if it moved."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
+    max_batch: int = typer.Option(16, "--max-batch", min=1, help="Crops of concurrent "
+                                  "requests embedded together, at most this many per pass."),
+) -> None:
+    """Serve the search API (OpenAPI docs at /docs) and its web page (/)."""
+    try:
+        from attreid.search.service import serve as run_server
+
+        run_server(index, host=host, port=port, checkpoint=checkpoint, device=device,
+                   max_batch=max_batch)
+    except _search_errors() as exc:
+        _fail(str(exc))
