@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from attreid.errors import AttreidError
+from attreid.utils.files import printable_name
 
 app = typer.Typer(help="attreid: joint pedestrian attribute recognition and person re-ID.",
                   no_args_is_help=True, add_completion=False)
@@ -29,10 +30,11 @@ LAYOUTS = "auto|market|course|custom"
 
 
 def _shown(text: str) -> str:
-    """``text`` safe to print on any terminal: bytes of file names that are not UTF-8 (held as
-    lone surrogates) become ``\\xNN``; rich markup is escaped. Not ``printable_name``: a message
-    keeps its line breaks (a DataError lists one problem a line), which that escapes."""
-    return escape(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+    """``text`` safe to print on any terminal, line by line through
+    :func:`attreid.utils.files.printable_name` (a byte of a file name that is not UTF-8 shows as
+    ``\\xNN``, other lone surrogates and control characters escaped) with its line breaks kept
+    (a DataError lists one problem a line); rich markup is escaped."""
+    return escape("\n".join(printable_name(line) for line in text.split("\n")))
 
 
 def _error(message: str) -> None:
