@@ -15,7 +15,7 @@ from PIL import Image
 from attreid.config import from_dict
 from attreid.data.io import ImageInputError, load_rgb
 from attreid.data.transforms import TransformConfig, build_transforms, transform_config
-from attreid.inference.extraction import forward_checked
+from attreid.inference.extraction import autocast_context, forward_checked, resolve_amp
 from attreid.metrics import predict_labels
 from attreid.models import build_model
 from attreid.models.output import ModelOutput, probabilities
@@ -146,6 +146,15 @@ class Predictor:
     training data; all 12 for a checkpoint made before this was recorded); predictions of the
     others are reported as unknown (see :class:`Prediction`).
 
+    ``amp`` is the precision of the forward pass: ``none`` (float32), ``bf16``, ``fp16`` (CUDA
+    only) or ``auto`` (bf16 on CUDA and on CPUs with native bf16, else float32; see
+    :func:`attreid.inference.extraction.resolve_amp`); ``self.amp`` is the resolved mode. A
+    batch whose reduced-precision outputs are not finite is recomputed in float32.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be read or does not fit its model.
+        ValueError: an unknown ``amp``, or fp16 without a CUDA device.
+
     Example::
 
         predictor = Predictor("runs/demo/resnet/best.pt")
@@ -170,7 +179,8 @@ class Predictor:
         self._transform = build_transforms(self.transform_config, train=False)
         self.batch_size = batch_size
         self.flip = flip
-        self.amp = amp
+        self.amp = resolve_amp(amp, self.device)
+        autocast_context(self.device, self.amp)  # refuses fp16 without CUDA, here not at predict
 
     @property
     def embedding_dim(self) -> int:
