@@ -13,8 +13,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import make_custom_copy
 import torchvision.transforms as T
+from helpers import make_custom_copy
 from torch import nn
 
 from attreid import engine
@@ -94,7 +94,7 @@ def test_uncertainty_weighting_is_kendalls_objective_and_its_derivative():
     out = weighting(reid, attr)
     out["total"].backward()
     # float32 arithmetic on values ~1: a few ulps (1.2e-7 each) from the float64 hand values
-    close = dict(rel=1e-6, abs=1e-6)
+    close = {"rel": 1e-6, "abs": 1e-6}
     expected = l_reid / (2 * math.exp(2 * s0)) + s0 + l_attr / math.exp(2 * s1) + s1
     assert float(out["total"].detach()) == pytest.approx(expected, **close)  # 1.83029
     assert float(weighting.s0.grad) == pytest.approx(1 - l_reid * math.exp(-2 * s0), **close)
@@ -121,17 +121,18 @@ def test_one_engine_step_moves_the_log_variances_by_adams_first_step(data, tmp_p
         for name, value in s.items():
             getattr(parts.criterion.weighting, name).fill_(value)
     terms, _ = engine._train_step(cfg, parts, batch, 0, 0, tmp_path)
-    reid, attr = float(terms["reid"]), float(terms["attr"])
+    reid, attr = float(terms["reid"].detach()), float(terms["attr"].detach())
     expected = reid / (2 * math.exp(2 * s["s0"])) + s["s0"] + attr / math.exp(2 * s["s1"]) \
         + s["s1"]
-    assert float(terms["loss"]) == pytest.approx(expected, rel=1e-6)
+    assert float(terms["loss"].detach()) == pytest.approx(expected, rel=1e-6)
     grads = {"s0": 1 - reid * math.exp(-2 * s["s0"]), "s1": 1 - 2 * attr * math.exp(-2 * s["s1"])}
     for name, g in grads.items():
         param = getattr(parts.criterion.weighting, name)
         assert abs(g) > 0.05, (name, g)  # a clear direction to move in
+        # float32 products of terms ~1: a few ulps (1.2e-7 each) from the float64 derivative
         assert float(param.grad) == pytest.approx(g, rel=1e-5, abs=1e-6), name
         # float32 s ~0.4: ulp 3e-8; the step 0.01 * sign(g) is exact to that
-        assert float(param) == pytest.approx(s[name] - 0.01 * g / (abs(g) + 1e-8), abs=1e-7), name
+        assert float(param.detach()) == pytest.approx(s[name] - 0.01 * g / (abs(g) + 1e-8), abs=1e-7), name
 
 
 # --------------------------------------------------------------------------------------------
