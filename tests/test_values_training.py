@@ -132,7 +132,8 @@ def test_one_engine_step_moves_the_log_variances_by_adams_first_step(data, tmp_p
         # float32 products of terms ~1: a few ulps (1.2e-7 each) from the float64 derivative
         assert float(param.grad) == pytest.approx(g, rel=1e-5, abs=1e-6), name
         # float32 s ~0.4: ulp 3e-8; the step 0.01 * sign(g) is exact to that
-        assert float(param.detach()) == pytest.approx(s[name] - 0.01 * g / (abs(g) + 1e-8), abs=1e-7), name
+        step = 0.01 * g / (abs(g) + 1e-8)
+        assert float(param.detach()) == pytest.approx(s[name] - step, abs=1e-7), name
 
 
 # --------------------------------------------------------------------------------------------
