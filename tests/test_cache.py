@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torchvision.transforms as T
 from helpers import labels_for
 from PIL import Image
 from torch.utils.data import DataLoader
 
 import attreid.data.cache as cache_module
+from attreid.config import Config, with_updates
 from attreid.data.batch_transforms import BatchAugment
 from attreid.data.cache import CachedLoader, ImageCache, cache_name
 from attreid.data.dataset import ImageDataset
@@ -21,6 +26,8 @@ from attreid.data.io import read_image
 from attreid.data.records import DataError, ImageRecord
 from attreid.data.sampler import PKSampler
 from attreid.data.transforms import TransformConfig, build_transforms
+from attreid.training.distributed import DistInfo
+from attreid.training.engine import _ranked_cache
 
 H, W = 32, 16
 
@@ -233,3 +240,55 @@ def test_cached_loader_errors_and_early_stop(paths) -> None:
     with pytest.raises(ValueError, match="cache holds"):
         CachedLoader(data, ImageCache.build(paths[:2], H, W), sampler, augment,
                      torch.Generator())
+
+
+# ---- data.cache_dir under DDP -----------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cache_worker(rank: int, world: int, port: int, paths: list[Path], folder: Path,
+                  out: dict) -> None:
+    """One gloo rank: the engine's cache set-up (rank 0 decodes and saves, the others load)
+    into ``folder / 'engine'``, then every rank building the same disk cache at once into
+    ``folder / 'race'``."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    info = DistInfo(rank, world)
+    cfg = with_updates(Config(), data={"cache": True, "cache_dir": str(folder / "engine"),
+                                       "height": H, "width": W})
+    bundle = SimpleNamespace(train=_dataset(paths))
+    engine_images = _ranked_cache(cfg, bundle, lambda _: None, info).images
+    dist.barrier()  # both ranks start the next build together
+    race_images = ImageCache.build(paths, H, W, cache_dir=folder / "race").images
+    out[rank] = (engine_images, race_images)
+    dist.destroy_process_group()
+
+
+def test_cache_dir_shared_by_two_ranks_holds_one_complete_cache(paths, tmp_path) -> None:
+    """data.cache_dir under DDP, 2 gloo ranks: through the engine (rank 0 first) and with both
+    ranks building at once, the folder ends with exactly one file, the cache's name, no
+    temporary left; its images and each rank's equal the images decoded without a cache,
+    byte for byte.
+
+    Mutations caught: ``_save_npy`` writing its temporary and never renaming it (no cache
+    file, a .tmp left); ``_ranked_cache`` handing rank 1 its images in another order."""
+    out = mp.Manager().dict()
+    mp.spawn(_cache_worker, args=(2, _free_port(), paths, tmp_path, out), nprocs=2)
+    reference = ImageCache.build(paths, H, W).images  # (N, 3, H, W) uint8, no disk cache
+    for i, path in enumerate(paths):
+        assert torch.equal(reference[i], _reference(path))
+    name = cache_name(paths, H, W)
+    for folder in ("engine", "race"):
+        assert sorted(p.name for p in (tmp_path / folder).iterdir()) == [name], folder
+        saved = np.load(tmp_path / folder / name)
+        assert saved.dtype == np.uint8 and np.array_equal(saved, reference.numpy()), folder
+    for rank in (0, 1):
+        engine_images, race_images = out[rank]
+        assert torch.equal(engine_images, reference), rank
+        assert torch.equal(race_images, reference), rank

@@ -11,7 +11,6 @@ from conftest import require
 from attreid.config import ConfigError, load_config, preset_names, with_updates
 from attreid.data.synth import generate
 from attreid.models import build_model
-from attreid.training import engine
 from attreid.training.builders import build_cache, build_data, lr_factor, make_loader, model_kwargs
 from attreid.training.engine import setup, train
 from attreid.training.step import NonFiniteLossError, train_epoch

@@ -1,8 +1,10 @@
 """Galleries beyond memory: the sharded feature store, streamed evaluation and the streamed
-index build, each checked against the in-memory path on tiny data."""
+index build, each checked on tiny data against a float64 brute force or against the in-memory
+path fed the same embeddings (exact equality only where no CPU's rounding can change it)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from attreid.inference.features import (
     split_probabilities,
     store_blocks,
 )
-from attreid.metrics import pairwise_distance, reid_metrics, reid_metrics_streamed
+from attreid.metrics import reid_metrics, reid_metrics_streamed
 from attreid.schema import TASKS
 
 P = sum(t.num_classes for t in TASKS)
@@ -36,16 +38,25 @@ def _probabilities(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _gallery(seed: int = 0, n: int = 101, dim: int = 6, integer: bool = False) -> dict:
-    """Features, identities with junk (-1) and distractors (0), cameras, paths, probabilities."""
+def _gallery(seed: int = 0, n: int = 101, dim: int = 6, values: str = "normal") -> dict:
+    """Features, identities with junk (-1) and distractors (0), cameras, paths, probabilities.
+
+    ``values``: ``"normal"`` (Gaussian float32), ``"integer"`` (0, 1 or 2: many exact ties) or
+    ``"quarters"`` (multiples of 1/4 in [-3, 3]). Integer and quarter features keep every
+    float32 distance exact: squares and sums of multiples of 1/16 below 2^20 are exact in any
+    order, on any CPU, and sqrt is correctly rounded."""
     rng = np.random.default_rng(seed)
-    emb = (rng.integers(0, 3, (n, dim)) if integer else rng.standard_normal((n, dim)))
+    if values == "normal":
+        emb = rng.standard_normal((n, dim))
+    else:
+        emb = rng.integers(0, 3, (n, dim)) if values == "integer" else \
+            rng.integers(-12, 13, (n, dim)) / 4
     ids = rng.choice(np.array([-1, 0, 1, 2, 3, 4, 5, 6, 7]), size=n)
     cams = rng.integers(1, 4, size=n)
     paths = [f"/g/{max(int(i), 0):04d}_c{c}s1_{k:06d}_00.jpg" for k, (i, c) in
              enumerate(zip(ids, cams))]
     return {"emb": emb.astype(np.float32), "ids": ids, "cams": cams, "paths": paths,
-            "probs": _probabilities(rng, n)}
+            "probs": _probabilities(rng, n), "values": values}
 
 
 def _write(root: Path, g: dict, shard_size: int, adds: tuple[int, ...] = (5, 13, 1)
@@ -54,7 +65,7 @@ def _write(root: Path, g: dict, shard_size: int, adds: tuple[int, ...] = (5, 13,
     bounds = np.cumsum((0, *adds))
     bounds = [int(b) for b in bounds if b < len(g["ids"])] + [len(g["ids"])]
     with FeatureWriter(root, shard_size=shard_size, info={"metric": "euclidean"}) as writer:
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
+        for lo, hi in itertools.pairwise(bounds):
             writer.add(g["emb"][lo:hi], g["paths"][lo:hi], ids=g["ids"][lo:hi],
                        cams=g["cams"][lo:hi],
                        probabilities=probability_matrix(g["probs"])[lo:hi])
@@ -161,23 +172,42 @@ def test_manifest_count_must_match_the_shards(tmp_path):
 
 
 def _queries(g: dict, seed: int, q: int = 23) -> dict:
+    """Gallery rows plus noise (none for integer features, in steps of 1/4 for quarters)."""
     rng = np.random.default_rng(seed + 100)
-    emb = g["emb"][rng.choice(len(g["emb"]), q)] + \
-        (0 if g["emb"].dtype.kind == "i" else 0.5 * rng.standard_normal((q, g["emb"].shape[1])))
+    rows = rng.choice(len(g["emb"]), q)
+    noise = 0.5 * rng.standard_normal((q, g["emb"].shape[1]))
+    if g["values"] != "normal":
+        noise = 0 if g["values"] == "integer" else np.round(noise * 4) / 4
     ids = rng.choice(np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]), size=q)  # 8, 9: no match
-    return {"emb": np.asarray(emb, np.float32), "ids": ids, "cams": rng.integers(1, 4, size=q)}
+    return {"emb": np.asarray(g["emb"][rows] + noise, np.float32), "ids": ids,
+            "cams": rng.integers(1, 4, size=q)}
 
 
-def _blockwise_distances(q: np.ndarray, g: np.ndarray, metric: str, rows: int,
-                         cols: int) -> np.ndarray:
-    """The (Q, G) matrix assembled from the same (query chunk, gallery block) products as the
-    streamed path computes (float32 GEMM results may differ in the last bit with the shape)."""
-    out = np.empty((len(q), len(g)), np.float32)
-    for i in range(0, len(q), rows):
-        for j in range(0, len(g), cols):
-            out[i:i + rows, j:j + cols] = pairwise_distance(q[i:i + rows], g[j:j + cols],
-                                                            metric).numpy()
-    return out
+def _brute_force(q: np.ndarray, g: np.ndarray, metric: str) -> np.ndarray:
+    """(Q, G) float64 distances, one pair at a time."""
+    q, g = q.astype(np.float64), g.astype(np.float64)
+    squared = np.array([[((a - b) ** 2).sum() for b in g] for a in q])
+    return squared if metric == "squared" else np.sqrt(squared)
+
+
+# Float32 distances of Gaussian features differ from _brute_force's by at most 8.8e-7
+# (measured on an AMD EPYC with ONEDNN_MAX_CPU_ISA default, AVX2 and AVX512_CORE and
+# MKL_ENABLE_INSTRUCTIONS to match: the same there, for one (Q, G) product and for blocks);
+# 1e-5 is 11x that, for CPUs that round otherwise (Intel AMX).
+FLOAT32_SPREAD = 1e-5
+
+
+def _assert_separated(dist: np.ndarray, qids, gids, qcams=None, gcams=None,
+                      tol: float = FLOAT32_SPREAD) -> None:
+    """Market protocol: no scored match of a query lies within ``tol`` of a scored non-match
+    of it, so no rounding within ``tol`` can change CMC, mAP or mINP."""
+    for i in range(len(qids)):
+        junk = gids == -1
+        if qcams is not None:
+            junk = junk | ((gids == qids[i]) & (gcams == qcams[i]))
+        match = (gids == qids[i]) & ~junk
+        gaps = np.abs(dist[i, match][:, None] - dist[i, ~match & ~junk][None, :])
+        assert gaps.size == 0 or gaps.min() > tol, (i, gaps.min())
 
 
 def _assert_same(got, expected) -> None:
@@ -187,34 +217,42 @@ def _assert_same(got, expected) -> None:
 
 
 @pytest.mark.parametrize("seed", range(3))
-@pytest.mark.parametrize("integer", [False, True])
-def test_streamed_market_metrics_equal_the_in_memory_matrix(tmp_path, seed, integer):
-    g = _gallery(seed, integer=integer)  # integer features: exact distances, many ties
+@pytest.mark.parametrize("values, metric", [("integer", "squared"), ("quarters", "euclidean"),
+                                            ("normal", "euclidean")])
+def test_streamed_market_metrics_equal_brute_force(tmp_path, seed, values, metric):
+    """reid_metrics_on_store over 15 shards (the last of 3 rows), read in blocks, equals
+    reid_metrics on float64 brute-force distances exactly, with and without cameras.
+
+    Exact on any CPU: integer and quarter features give exact float32 distances (ties equal
+    in both matrices, broken by gallery index in both); for Gaussian features the test
+    asserts that no match / non-match pair of a query lies within FLOAT32_SPREAD, beyond
+    which no float32 rounding reorders what the metrics count.
+
+    Mutations caught: store_blocks dropping the last block; a block's embeddings reversed
+    against its ids."""
+    g = _gallery(seed, values=values)
     q = _queries(g, seed)
-    metric = "squared" if integer else "euclidean"
-    store = _write(tmp_path / "s", g, shard_size=7)  # 15 shards, the last of 3 rows
+    store = _write(tmp_path / "s", g, shard_size=7)
+    dist = _brute_force(q["emb"], g["emb"], metric)
+    if values == "normal":
+        _assert_separated(dist, q["ids"], g["ids"], q["cams"], g["cams"])
+        _assert_separated(dist, q["ids"], g["ids"])
     got = reid_metrics_on_store(q["emb"], q["ids"], store, q["cams"], metric=metric,
                                 max_rank=20, chunk_size=4, block_size=3)
-    assert 0 < got.num_valid_queries < got.num_queries == 23  # some queries without a match
-    dist = _blockwise_distances(q["emb"], g["emb"], metric, 4, 3)
-    _assert_same(got, reid_metrics(dist, q["ids"], g["ids"], q["cams"], g["cams"],
-                                   max_rank=20))
-    one_call = reid_metrics(pairwise_distance(q["emb"], g["emb"], metric), q["ids"], g["ids"],
-                            q["cams"], g["cams"], max_rank=20)
-    if integer:  # exact distances: equal to the one-GEMM matrix too
-        _assert_same(got, one_call)
-    else:
-        assert abs(got.mAP - one_call.mAP) < 1e-4 and abs(got.mINP - one_call.mINP) < 1e-4
+    expected = reid_metrics(dist, q["ids"], g["ids"], q["cams"], g["cams"], max_rank=20)
+    assert 0 < expected.num_valid_queries < expected.num_queries == 23  # 8, 9: no match
+    _assert_same(got, expected)
     no_cams = reid_metrics_on_store(q["emb"], q["ids"], store, metric=metric, chunk_size=5)
-    dist = _blockwise_distances(q["emb"], g["emb"], metric, 5, 7)
     _assert_same(no_cams, reid_metrics(dist, q["ids"], g["ids"]))
 
 
 def test_streamed_all_vs_all_equals_exclude_self(tmp_path):
-    g = _gallery(4, n=60)
+    """The seed protocol, all against all, each query's own entry left out: equal to
+    reid_metrics on float64 brute-force distances (quarter features: exact on any CPU)."""
+    g = _gallery(4, n=60, values="quarters")
     store = _write(tmp_path / "s", g, shard_size=9)
-    dist = _blockwise_distances(g["emb"], g["emb"], "euclidean", 7, 9)
-    expected = reid_metrics(dist, g["ids"], g["ids"], protocol="seed", exclude_self=True)
+    expected = reid_metrics(_brute_force(g["emb"], g["emb"], "euclidean"), g["ids"], g["ids"],
+                            protocol="seed", exclude_self=True)
     got = reid_metrics_streamed(g["emb"], g["ids"], store_blocks(store, cams=None),
                                 protocol="seed", chunk_size=7, exclude_self=True)
     _assert_same(got, expected)
@@ -259,9 +297,9 @@ def test_streamed_metrics_refuse_a_gallery_that_changes_between_passes():
 from conftest import require
 
 faiss = require("faiss", "gallery search needs faiss (pip install 'attreid[search]')")
-from attreid.search import build as build_module  # noqa: E402
-from attreid.search import index as index_module  # noqa: E402
-from attreid.search import write_index, write_index_from_store  # noqa: E402
+from attreid.search import build as build_module
+from attreid.search import index as index_module
+from attreid.search import write_index, write_index_from_store
 
 
 def _index_args(metric: str = "euclidean") -> dict:
@@ -275,11 +313,13 @@ def test_streamed_flat_index_equals_the_in_memory_one(tmp_path, monkeypatch, met
     store = _write(tmp_path / "s", g, shard_size=7)
     streamed = write_index_from_store(tmp_path / "a", store, **_index_args(metric))
     memory = write_index(tmp_path / "b", g["paths"], g["emb"], g["probs"], **_index_args(metric))
+    # both paths hand FAISS the same vectors, bit for bit: the same search on any CPU
+    assert np.array_equal(streamed.vectors.reconstruct_n(0, 45),
+                          memory.vectors.reconstruct_n(0, 45))
     q = _queries(g, 3, q=9)["emb"]
     d1, i1 = streamed.search(q, 10)
     d2, i2 = memory.search(q, 10)
-    assert np.array_equal(i1, i2)
-    np.testing.assert_allclose(d1, d2, atol=1e-5)
+    assert np.array_equal(i1, i2) and np.array_equal(d1, d2)
     assert streamed.entries(range(45)) == memory.entries(range(45))
     assert streamed.entries([44])[0].path == g["paths"][44]
 
@@ -312,6 +352,10 @@ def test_ivf_trains_on_a_sample_and_still_finds_the_right_hits(tmp_path, monkeyp
     assert np.array_equal(ids[:, 0], picks)  # each noisy copy finds its source
     memory = write_index(tmp_path / "b", g["paths"], g["emb"], g["probs"], kind="ivf",
                          nlist=8, nprobe=2, **_index_args())
+    # the same seeded sample trains both quantizers: the same centroids, the same search
+    centroids = [faiss.extract_index_ivf(i.vectors).quantizer.reconstruct_n(0, 8)
+                 for i in (index, memory)]
+    assert np.array_equal(*centroids)
     assert np.array_equal(memory.search(queries, 5)[1], index.search(queries, 5)[1])
 
 
@@ -358,6 +402,8 @@ def test_build_index_streams_through_a_store_and_equals_write_index(tmp_path):
     store = FeatureStore.open(tmp_path / "features")
     assert len(store) == 23 and store.shard_rows == [5, 5, 5, 5, 3]
     embedded = build_module.embed_files(predictor, build_module.list_gallery(folder))
+    # batches of 4 into shards of 5, or all at once: the same embeddings, bit for bit
+    assert np.array_equal(store.column(EMBEDDINGS), embedded.embeddings)
     memory = write_index(tmp_path / "mem", embedded.paths, embedded.embeddings,
                          embedded.probabilities, checkpoint=predictor.checkpoint,
                          checkpoint_sha256=predictor.checkpoint_sha256)
