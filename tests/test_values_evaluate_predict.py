@@ -468,15 +468,26 @@ def test_predictor_bf16_on_cpu(tiny_checkpoint, market):
 
 
 @pytest.mark.parametrize("amp, message", [
-    ("fp32", "amp='fp32': expected none, bf16 or fp16"),
+    ("fp32", "amp='fp32': expected one of auto, none, bf16, fp16 (none is float32)"),
     ("fp16", "amp=fp16 needs a CUDA device; use bf16 on CPU"),
 ])
-def test_predictor_refuses_an_invalid_amp(amp, message, tiny_checkpoint, market):
-    """An amp other than none/bf16 (fp16 on the CPU) raises a ValueError naming it (at the
-    first predict: the constructor stores it unchecked)."""
+def test_predictor_refuses_an_invalid_amp(amp, message, tiny_checkpoint):
+    """An unknown amp, or fp16 on the CPU, raises a ValueError naming it when the Predictor is
+    made, before any image is read."""
     with pytest.raises(ValueError) as info:
-        Predictor(tiny_checkpoint, device="cpu", amp=amp).predict(market["gallery"][:1])
+        Predictor(tiny_checkpoint, device="cpu", amp=amp)
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "none")])
+def test_predictor_auto_amp_is_what_training_would_pick(native, expected, tiny_checkpoint,
+                                                        monkeypatch):
+    """``amp="auto"`` (train.amp's default in the demo preset) resolves like training's: bf16
+    on a CPU with native bf16, float32 (``none``) elsewhere."""
+    from attreid.inference import extraction
+
+    monkeypatch.setattr(extraction, "cpu_bf16_native", lambda: native)
+    assert Predictor(tiny_checkpoint, device="cpu", amp="auto").amp == expected
 
 
 # ---- class names of a prediction --------------------------------------------------------
