@@ -1,6 +1,8 @@
 """Multi-process training (torch.distributed, gloo on CPU): the per-rank share of PK batches,
 the CPU-capable synchronised batch norm, gathered triplet mining, and a 2-process torchrun job
-that follows the 1-process loss trajectory, resumes, and writes a checkpoint one process loads."""
+whose first epoch matches one process, that resumes exactly and writes a checkpoint one process
+loads. That 2 ranks take the single-process optimizer steps is checked in float64, step by step,
+in test_ddp_float64.py."""
 
 from __future__ import annotations
 
@@ -128,9 +130,11 @@ def ddp_root(tmp_path_factory):
 # of 2 epochs resumed to 3 has the schedule of a 3-epoch run), batch norm synchronised across the
 # 2 ranks; each rank runs one thread, and so does the reference. The runs then differ only by
 # rounding: ~1e-6 after the first epoch. With 4 images per rank and 2x1 maps in the last stage
-# batch norm divides by tiny spreads and later steps amplify rounding: the same single-process
-# run with 1 and with 2 threads differs by up to 7 % by epoch 4. So epoch 1 is compared tightly,
-# later epochs loosely, and resuming is checked for exact equality with an uninterrupted run.
+# batch norm divides by tiny spreads and later steps amplify float32 rounding (the same
+# single-process run with 1 and with 2 threads differs by up to 7 % by epoch 4), so later epochs
+# are not compared here: test_ddp_float64.py checks every step's weights in float64 instead.
+# This end-to-end job checks the first epoch's losses (the torchrun launch, rank batches and
+# collectives of the real CLI), exact resume against an uninterrupted run, and the checkpoint.
 OVERRIDES = ["data.p=4", "data.k=2", "data.batches_per_epoch=2", "data.workers=0",
              "data.transform=none", "data.erasing_p=0", "optim.name=sgd", "optim.lr=0.002",
              "optim.scheduler=none", "optim.warmup_epochs=0", "train.amp=none",
@@ -138,7 +142,6 @@ OVERRIDES = ["data.p=4", "data.k=2", "data.batches_per_epoch=2", "data.workers=0
              "train.sync_bn=true", "model.bnneck=true", "model.id_head=true", "loss.id_weight=1",
              "loss.triplet=batch_all", "loss.soft_margin=true"]
 FIRST_EPOCH_TOLERANCE = 1e-4  # relative; measured <= 2e-6
-LATER_TOLERANCE = 0.1  # relative; measured <= 5e-2 (rounding amplified, see above)
 TERMS = ("loss", "triplet", "id", "attr")
 
 
@@ -147,6 +150,10 @@ def _losses(out) -> list[dict]:
     lines = (out / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line)["train"] for line in lines]
     return [{k: v for k, v in r.items() if k != "images_per_s"} for r in records]
+
+
+def _records(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def _torchrun(root, out, epochs: int, resume: bool = False) -> None:
@@ -159,22 +166,24 @@ def _torchrun(root, out, epochs: int, resume: bool = False) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
-def test_two_processes_follow_one_process_and_resume(ddp_root, tmp_path):
+def test_two_processes_match_one_process_in_epoch_1_and_resume(ddp_root, tmp_path):
+    """Mutations: a rank-scaled learning rate or RankBatches giving both ranks the same half
+    change epoch 1's losses (the second step sees other weights); a resume that skipped the
+    optimizer state or reseeded differently breaks the exact equality."""
+    # constant learning rate: epoch 1 of a 1-epoch run is epoch 1 of the 3-epoch run
     single = load_config("demo", [f"data.root={ddp_root}", f"train.out={tmp_path / 'one'}",
-                                  *OVERRIDES, "optim.epochs=3"])
+                                  *OVERRIDES, "optim.epochs=1"])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        reference = [r["train"] for r in train(single, log=lambda _: None).history]
+        reference = train(single, log=lambda _: None).history[0]["train"]
     finally:
         torch.set_num_threads(threads)
     _torchrun(ddp_root, tmp_path / "two", epochs=3)
     two = _losses(tmp_path / "two")
-    assert len(two) == 3
-    for epoch, (mine, ref) in enumerate(zip(two, reference)):
-        tolerance = FIRST_EPOCH_TOLERANCE if epoch == 0 else LATER_TOLERANCE
-        for term in TERMS:
-            assert mine[term] == pytest.approx(ref[term], rel=tolerance), (epoch, term)
+    assert [r["epoch"] for r in _records(tmp_path / "two")] == [1, 2, 3]
+    for term in TERMS:
+        assert two[0][term] == pytest.approx(reference[term], rel=FIRST_EPOCH_TOLERANCE), term
     # interrupted after 2 epochs and resumed: exactly the uninterrupted run
     _torchrun(ddp_root, tmp_path / "resumed", epochs=2)
     _torchrun(ddp_root, tmp_path / "resumed", epochs=3, resume=True)

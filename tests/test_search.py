@@ -47,10 +47,6 @@ def gallery(api) -> dict:
     return {"entries": entries, "embeddings": emb}
 
 
-def _identity(path: Path) -> int:
-    return int(path.name[:4])
-
-
 def test_build_records_every_crop_with_metadata(api, synth_market, tiny_checkpoint):
     files = sorted((synth_market / "bounding_box_test").glob("*.jpg"))
     assert len(api.index) == len(files)
@@ -67,10 +63,28 @@ def test_build_records_every_crop_with_metadata(api, synth_market, tiny_checkpoi
         [f.name for f in files]
 
 
-def test_held_out_crops_find_their_identity(api, synth_market):
+def test_every_held_out_crop_ranks_the_gallery_as_brute_force(api, gallery, synth_market):
+    """Each query's top 10 (ids, order, distances) and rank-1 identity are those of the
+    brute-force distances to every gallery embedding, whatever the (tiny) model's accuracy.
+    Mutations caught: faiss_to_distance without its sqrt (distances); by_vector reversing the
+    top k only for queries whose nearest id is odd (order; the single-query test below misses
+    it)."""
     queries = sorted((synth_market / "query").glob("*.jpg"))
-    correct = [api.by_image(q, k=1)[0].entry.identity == _identity(q) for q in queries]
-    assert np.mean(correct) >= 0.5, f"rank-1 {np.mean(correct):.2f} over {len(queries)} queries"
+    identities = np.array([e.identity for e in gallery["entries"]])
+    for query in queries:
+        q = api.predictor.predict([query]).embeddings
+        dist = pairwise_distance(torch.from_numpy(q), torch.from_numpy(gallery["embeddings"]))
+        dist = dist[0].numpy()
+        hits = api.by_image(query, k=10)
+        ids = [h.entry.id for h in hits]
+        # FAISS and torch compute float32 distances differently (and per CPU): entries closer
+        # than 1e-4 may swap; anything else must match (as in the test below)
+        assert_nearest_within(ids, dist, tol=1e-4)
+        assert np.allclose([h.distance for h in hits], dist[ids], atol=1e-4), query.name
+        nearest = np.argsort(dist, kind="stable")
+        tied = dist[nearest[1]] - dist[nearest[0]] <= 1e-4
+        if not tied:  # the rank-1 identity the old accuracy gate counted, from brute force
+            assert hits[0].entry.identity == identities[nearest[0]], query.name
 
 
 def test_image_search_equals_brute_force(api, gallery, synth_market):
