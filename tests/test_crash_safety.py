@@ -28,7 +28,7 @@ import torch
 from attreid.config import load_config
 from attreid.data.synth import generate
 from attreid.training.engine import train
-from attreid.utils import checkpoint as checkpoint_module
+from attreid.utils import files as files_module
 from attreid.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 PHASES = ("mid-epoch", "mid-write", "after resume")
@@ -229,7 +229,7 @@ def test_sigkill_on_events_then_resume_equals_uninterrupted(crash_root, tmp_path
 
 WRITER = textwrap.dedent("""
     import sys, torch
-    from attreid.checkpoint import save_checkpoint
+    from attreid.utils.checkpoint import save_checkpoint
     path = sys.argv[1]
     for i in range(1, 10**6):
         # ~16 MB, every value equal to i: a torn file could not pass the check below
@@ -276,12 +276,12 @@ def test_disk_full_keeps_the_previous_checkpoint_and_says_so(crash_root, tmp_pat
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
-    monkeypatch.setattr(checkpoint_module.os, "fsync", fsync_until_disk_full)
+    monkeypatch.setattr(files_module.os, "fsync", fsync_until_disk_full)
     with pytest.raises(CheckpointError, match="No space left.*previous checkpoint.*unchanged"):
         train(cfg, log=lambda _: None)
     assert load_checkpoint(out / "last.pt")["epoch"] == 1  # still valid, still epoch 1
     assert not list(out.glob(".*.tmp"))  # the failed write left nothing behind
-    monkeypatch.setattr(checkpoint_module.os, "fsync", real_fsync)
+    monkeypatch.setattr(files_module.os, "fsync", real_fsync)
     resumed = train(cfg, resume=True, log=lambda _: None)  # space again: resume finishes
     reference = train(load_config("demo", [f"data.root={crash_root}",
                                            f"train.out={tmp_path / 'ref'}", *OVERRIDES,

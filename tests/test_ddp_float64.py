@@ -1,8 +1,8 @@
 """Distributed training steps equal single-process steps, checked in float64.
 
-The engine's own epoch (:func:`attreid.engine._run_epoch`: learning rate, the rank's share of
-every PK batch, :func:`attreid.engine._train_step` with DDP, the gathered triplet loss,
-:class:`~attreid.distributed.GlobalBatchNorm`, ``average_gradients`` of the loss's weights and
+The engine's own epoch (:func:`attreid.training.engine._run_epoch`: learning rate, the rank's share of
+every PK batch, :func:`attreid.training.step.train_step` with DDP, the gathered triplet loss,
+:class:`~attreid.training.distributed.GlobalBatchNorm`, ``average_gradients`` of the loss's weights and
 the SGD step) runs twice on the same data from the same weights: once in one process on the
 whole P x K batch, once in 2 gloo processes on their halves. In float64 the two differ only by
 the order of additions, so after 4 steps every parameter, batch-norm statistic and loss weight
@@ -25,10 +25,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from attreid import engine
 from attreid.config import load_config
 from attreid.data.synth import generate
-from attreid.distributed import DistInfo, GlobalBatchNorm
+from attreid.training import engine
+from attreid.training import step as training_step
+from attreid.training.distributed import DistInfo, GlobalBatchNorm
 
 # Deterministic batches (no augmentation, no dropout, decoded per step: data.cache off so the
 # images come from torchvision's ToTensor in the default dtype), SGD with momentum (plain
@@ -78,9 +79,9 @@ def _run(rank: int, world: int, port: int, root: str, weighting: str, out_dir: s
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world)
-    dtype, cast = torch.get_default_dtype(), engine.to_float
+    dtype, cast = torch.get_default_dtype(), training_step.to_float
     torch.set_default_dtype(torch.float64)
-    engine.to_float = lambda output: output  # keep the float64 output (see the docstring)
+    training_step.to_float = lambda output: output  # keep the float64 output (see the docstring)
     try:
         cfg = load_config("demo", [f"data.root={root}", f"train.out={out_dir}", *OVERRIDES,
                                    *WEIGHTINGS[weighting]])
@@ -96,7 +97,7 @@ def _run(rank: int, world: int, port: int, root: str, weighting: str, out_dir: s
     finally:
         torch.set_default_dtype(dtype)
         torch.set_num_threads(threads)
-        engine.to_float = cast
+        training_step.to_float = cast
         if world > 1:
             dist.destroy_process_group()
 
