@@ -30,13 +30,21 @@ def client(api) -> TestClient:
     return TestClient(create_app(api))
 
 
+RANK1_GAP = 1e-4
+"""FAISS and torch distances differ by up to 2.5e-8 here (test_values_search_export); a query
+whose first two distances are more than 1e-4 apart has the same rank-1 on every CPU."""
+
+
 @pytest.fixture(scope="module")
 def held_out(api, synth_market) -> Path:
-    """A query crop (not in the gallery) whose identity the Python API finds at rank 1."""
+    """A query crop (not in the gallery) whose nearest gallery crop is unambiguous (its first two
+    distances more than RANK1_GAP apart). The service must return what the Python API returns,
+    which test_search checks against brute force; the model's quality plays no part."""
     for query in sorted((synth_market / "query").glob("*.jpg")):
-        if api.by_image(query, k=1)[0].entry.identity == int(query.name[:4]):
+        first, second = api.by_image(query, k=2)
+        if second.distance - first.distance > RANK1_GAP:
             return query
-    pytest.fail("no query crop is found at rank 1")
+    pytest.fail(f"every query crop has a gallery near-tie (< {RANK1_GAP}) at rank 1")
 
 
 def _post_image(client, path: Path, **data):
@@ -55,14 +63,17 @@ def test_health_and_schema(client, api):
     assert client.get("/docs").status_code == 200
 
 
-def test_an_uploaded_crop_finds_its_identity(client, api, held_out):
+def test_an_uploaded_crop_finds_what_the_api_finds(client, api, held_out):
     response = _post_image(client, held_out, k=5)
     assert response.status_code == 200
     body = response.json()
     assert body["mode"] == "image" and body["count"] == 5
     top = body["results"][0]
-    assert top["identity"] == int(held_out.name[:4])
-    assert [r["id"] for r in body["results"]] == [h.entry.id for h in api.by_image(held_out, 5)]
+    expected = api.by_image(held_out, 5)
+    assert top["identity"] == expected[0].entry.identity
+    assert [r["id"] for r in body["results"]] == [h.entry.id for h in expected]
+    assert [r["distance"] for r in body["results"]] == pytest.approx(
+        [h.distance for h in expected], abs=1e-6)
     assert top["url"] == f"/images/{top['id']}"
     assert client.get(top["url"]).content == Path(api.index.entries([top["id"]])[0].path) \
         .read_bytes()
@@ -176,7 +187,7 @@ def test_the_page_and_its_assets_are_served_without_a_cdn(client):
     assert "http://" not in html and "https://" not in html
 
 
-def test_200_parallel_requests_on_loopback(search_server, held_out):
+def test_200_parallel_requests_on_loopback(search_server, api, held_out):
     """Image, attribute and health requests from 50 threads at once: no error."""
     data = held_out.read_bytes()
 
@@ -195,4 +206,4 @@ def test_200_parallel_requests_on_loopback(search_server, held_out):
         results = list(pool.map(one, range(200)))
     assert [code for code, _ in results] == [200] * 200
     assert {identity for code, identity in results if identity is not None} == \
-        {int(held_out.name[:4])}
+        {api.by_image(held_out, 1)[0].entry.identity}

@@ -67,14 +67,15 @@ def page(browser, search_server):
 
 @pytest.fixture(scope="module")
 def good_query(api, synth_market):
-    """The first query crop whose rank-1 gallery crop (Python API) has its identity, and the
-    API's top-5 ids for it."""
+    """The first query crop whose nearest gallery crop is unambiguous (first two distances more
+    than 1e-4 apart; FAISS vs torch rounding is ~2.5e-8), the identity of that nearest crop, and
+    the API's top-5 ids: the page must show what the Python API finds, whatever the model's
+    quality."""
     for path in sorted((synth_market / "query").glob("*.jpg")):
-        identity = int(path.name[:4])
-        if api.by_image(path, k=1)[0].entry.identity == identity:
-            top5 = [h.entry.id for h in api.by_image(path, k=5)]
-            return path, identity, top5
-    pytest.fail("no query crop is found at rank 1 by the Python API")
+        hits = api.by_image(path, k=5)
+        if hits[1].distance - hits[0].distance > 1e-4:
+            return path, hits[0].entry.identity, [h.entry.id for h in hits]
+    pytest.fail("every query crop has a gallery near-tie at rank 1")
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -100,7 +101,7 @@ def _results(pg) -> list[dict[str, str]]:
 
 # ---- tests ------------------------------------------------------------------------------
 
-def test_upload_finds_the_same_person(page, good_query):
+def test_upload_shows_what_the_api_finds(page, good_query):
     path, identity, top5 = good_query
     before = _seq(page)
     page.set_input_files("#file-input", str(path))
