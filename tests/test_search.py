@@ -343,13 +343,10 @@ def test_cli_build_add_search(tiny_checkpoint, small_gallery, synth_market, tmp_
     assert hits[0]["name"] == query.name and hits[0]["distance"] < 1e-3
     result = runner.invoke(app, ["search", str(out), "-a", "gender=female", "-k", "2"])
     assert result.exit_code == 0 and "result(s)" in result.output
-    from rich.console import Console
+    from attreid.cli import base
 
-    import attreid.cli
-
-    wide = Console(width=200)  # one line per header, whatever width an earlier test left
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(attreid.cli, "console", wide)
+    with pytest.MonkeyPatch.context() as patch:  # one line per header, whatever width was left
+        patch.setattr(base.console, "width", 200)
         result = runner.invoke(app, ["search", str(out), "--image", str(query), "-k", "3"])
         assert "euclidean distance" in result.output  # the table says which distance it shows
         result = runner.invoke(app, ["search", str(out), "--image", str(query), "-k", "3",

@@ -31,7 +31,6 @@ from typer.testing import CliRunner
 
 require("faiss", "gallery search needs faiss (pip install 'attreid[search]')")
 
-import attreid.cli
 from attreid.cli import app
 from attreid.inference.predictor import Predictor
 from attreid.metrics import pairwise_distance
@@ -352,8 +351,7 @@ def test_cli_compare_delta_prints_run_minus_study(tmp_path, monkeypatch):
     """``compare --delta`` on two hand-written runs: each Δ cell printed in the terminal table
     is the run's number minus the study's, computed here by hand (percentage points, signed).
     Mutation caught: ``compare.difference`` returning study - value."""
-    from rich.console import Console
-
+    from attreid.cli import base as cli_base
     from attreid.schema import TASK_NAMES
 
     base = {t: 0.75 for t in TASK_NAMES}
@@ -363,7 +361,7 @@ def test_cli_compare_delta_prints_run_minus_study(tmp_path, monkeypatch):
     b = _write_run(tmp_path / "b", "convhead",
                    {**base, "age": 0.80, "gender": 0.95, "downcolor": 0.70},
                    mean=0.85, mAP=0.70, rank1=0.8)
-    monkeypatch.setattr(attreid.cli, "console", Console(width=250))  # one line per table row
+    monkeypatch.setattr(cli_base.console, "width", 250)  # one line per table row
     text = _cli("compare", a, b, "--delta")
     rows = {}
     for line in text.splitlines():
