@@ -8,6 +8,7 @@ those inside functions and under ``TYPE_CHECKING``), so a lazy import cannot hid
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,10 @@ LAYERS: list[tuple[str, ...]] = [
 in one layer do not import each other. ``attreid/__init__.py`` (the facade: the oneDNN cap and
 the lazy ``attreid.Predictor``) is outside the layers."""
 LAYER = {unit: level for level, units in enumerate(LAYERS) for unit in units}
+FACADE = {"Predictor": "attreid.inference.predictor", "__version__": "attreid.errors",
+          "cap_onednn_isa": "attreid.utils.backend"}
+"""What ``from attreid import NAME`` really imports (``__version__`` is package metadata: the
+bottom layer), so the facade cannot hide an upward import."""
 
 
 def _module_name(path: Path) -> str:
@@ -55,7 +60,10 @@ def _imports(path: Path) -> set[str]:
                 source = node.module or ""
             for alias in node.names:
                 candidate = f"{source}.{alias.name}"
-                found.add(candidate if _is_module(candidate) else source)
+                if source == "attreid" and alias.name in FACADE:
+                    found.add(FACADE[alias.name])
+                else:
+                    found.add(candidate if _is_module(candidate) else source)
     return {name for name in found if name == "attreid" or name.startswith("attreid.")}
 
 
@@ -130,6 +138,15 @@ def test_the_checks_themselves_can_fail():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
     assert LAYER["data"] < LAYER["training"] < LAYER["cli"]
     assert _unit("attreid.metrics.reid") == "metrics" and _unit("attreid") is None
+
+
+def test_the_facade_does_not_hide_an_upward_import(tmp_path, monkeypatch):
+    """``from attreid import Predictor`` in a data module counts as importing inference."""
+    module = tmp_path / "attreid" / "data" / "probe.py"
+    module.parent.mkdir(parents=True)
+    module.write_text("from attreid import Predictor, __version__\n")
+    monkeypatch.setattr(sys.modules[__name__], "SRC", tmp_path)
+    assert _imports(module) == {"attreid.inference.predictor", "attreid.errors"}
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC)))

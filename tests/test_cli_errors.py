@@ -22,11 +22,12 @@ def inputs(tiny_checkpoint, synth_market, search_index, tmp_path_factory):
     (root / "empty_dir").mkdir()
     (root / "not_an_index").mkdir()
     (root / "not_an_index" / "meta.sqlite").write_bytes(b"garbage")
+    (root / "a_file").write_text("a file where --out needs a folder")
     return {"missing_pt": root / "missing.pt", "garbage_pt": garbage,
             "foreign_pt": root / "foreign.pt", "missing_dir": root / "missing_dir",
             "empty_dir": root / "empty_dir", "not_an_index": root / "not_an_index",
             "good_pt": tiny_checkpoint, "data": synth_market, "index": search_index,
-            "out": root / "out"}
+            "out": root / "out", "a_file": root / "a_file"}
 
 
 CASES = [  # (command words with {placeholders}, the input that is bad)
@@ -55,6 +56,13 @@ CASES = [  # (command words with {placeholders}, the input that is bad)
     ("train -c demo --data {empty_dir} --out {out}/t", "empty_dir"),
     ("data summary {missing_dir}", "missing_dir"),
     ("data check {empty_dir}", "empty_dir"),
+    # an output under a file: the file system's error, naming the path, as one line
+    ("synth --ids 4 --out {a_file}/synth", "a_file"),
+    ("evaluate {good_pt} --data {data} --out {a_file}/eval", "a_file"),
+    ("predict {good_pt} --data {data} --out {a_file}/pred", "a_file"),
+    ("export {good_pt} --out {a_file}/m.onnx", "a_file"),
+    ("index build {good_pt} --images {data}/query --out {a_file}/ix", "a_file"),
+    ("train -c demo --data {data} --out {a_file}/t --set optim.epochs=1", "a_file"),
 ]
 
 

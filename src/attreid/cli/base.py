@@ -5,6 +5,7 @@ commands on the apps here."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import warnings
@@ -92,16 +93,38 @@ def _reported_warnings() -> Iterator[None]:
         console.print(f"[yellow]warning:[/] {_shown(str(w.message))}", soft_wrap=True)
 
 
+_FILE_SYSTEM_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _file_system_message(exc: OSError) -> str | None:
+    """One line for an error of the file system a user can act on (a path that is not a
+    folder, no permission, a full or read-only disk): ``PATH: reason``; None for others."""
+    if exc.filename is not None:
+        paths = " -> ".join(os.fsdecode(p) for p in (exc.filename, exc.filename2) if p is not None)
+        return f"{paths}: {exc.strerror or exc}"
+    if exc.errno in _FILE_SYSTEM_ERRNOS:
+        return f"cannot write: {exc.strerror or exc}"
+    return None
+
+
 def run(args: list[str] | None = None, prog_name: str | None = None) -> None:
-    """Run the command line: a named error (:class:`attreid.errors.AttreidError`) is printed
-    as one paragraph with exit status 1, Ctrl-C as one line with status 130; other exceptions
-    are bugs and keep their traceback. ``ATTREID_DEBUG=1`` shows the traceback of every error."""
+    """Run the command line: a named error (:class:`attreid.errors.AttreidError`) or an error of
+    the file system naming its path (e.g. ``--out`` under a file, permission denied, disk full)
+    is printed as one paragraph with exit status 1, Ctrl-C as one line with status 130; other
+    exceptions are bugs and keep their traceback. ``ATTREID_DEBUG=1`` shows the traceback of
+    every error."""
     try:
         app(args, prog_name=prog_name)
     except AttreidError as exc:
         if os.environ.get("ATTREID_DEBUG"):
             raise
         _error(str(exc))
+        sys.exit(1)
+    except OSError as exc:
+        message = _file_system_message(exc)
+        if message is None or os.environ.get("ATTREID_DEBUG"):
+            raise
+        _error(message)
         sys.exit(1)
     except KeyboardInterrupt:
         console.print("interrupted (a training run continues from its last epoch with "
