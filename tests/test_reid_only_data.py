@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from helpers import run_cli_ok
 
+from attreid.data.load import load_dataset
 from attreid.evaluation.report import table_rows
+from attreid.inference.predictor import Predictor
+from attreid.metrics import pairwise_distance, reid_metrics
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +28,18 @@ def test_evaluate_a_reid_only_dataset(runs, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "no attribute labels in this data: re-ID only" in " ".join(printed.split())
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert "accuracy" not in metrics and 0 < metrics["mAP"] <= 1
+    assert "accuracy" not in metrics
+    # the values: reid_metrics of the Predictor's embeddings under the market protocol
+    ds = load_dataset(data)
+    predictor = Predictor(out / "best.pt", device="cpu")
+    query = predictor.predict([r.path for r in ds.query]).embeddings
+    gallery = predictor.predict([r.path for r in ds.gallery]).embeddings
+    cams = [np.array([r.camid for r in recs]) for recs in (ds.query, ds.gallery)]
+    reid = reid_metrics(pairwise_distance(query, gallery, predictor.distance),
+                        np.array([r.pid for r in ds.query]), np.array([r.pid for r in ds.gallery]),
+                        *cams, protocol="market")
+    for key, value in reid.as_dict().items():
+        assert metrics[key] == pytest.approx(value, abs=1e-6), key
     header, rows = table_rows({"m": metrics})
     assert header == ["task", "m", "majority"]
     assert all(row[1:] == ["-", "-"] for row in rows[:13])  # 12 tasks + mean: absent

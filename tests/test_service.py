@@ -79,10 +79,12 @@ def test_an_uploaded_crop_finds_what_the_api_finds(client, api, held_out):
         .read_bytes()
 
 
-def test_attribute_queries_return_crops_with_those_attributes(client):
+def test_attribute_queries_return_crops_with_those_attributes(client, api):
     body = client.get("/search/attributes",
                       params={"gender": "female", "backpack": "no", "k": 50}).json()
-    assert body["count"] > 0
+    expected = api.by_attributes({"gender": "female", "backpack": "no"}, k=50)
+    assert expected and [r["id"] for r in body["results"]] == [h.entry.id for h in expected]
+    assert [r["match"] for r in body["results"]] == pytest.approx([h.match for h in expected])
     for result in body["results"]:
         assert result["attributes"]["gender"]["value"] == "female"
         assert result["attributes"]["backpack"]["value"] == "no"
@@ -110,9 +112,17 @@ def test_image_with_attributes_and_camera(client, api, held_out):
     assert distances == sorted(distances)
 
 
-def test_clicking_a_result_searches_with_it(client):
+def test_clicking_a_result_searches_with_it(client, api):
+    """A result's query_id search, re-ranked: the Python API's re-ranked hits (test_search
+    checks those against dense k-reciprocal re-ranking), which differ from the plain ones."""
     body = client.post("/search", data={"query_id": "4", "k": "5", "rerank": "true"}).json()
     assert body["mode"] == "indexed image" and body["count"] == 5
+    expected = api.by_id(4, 5, rerank=True)
+    assert [r["id"] for r in body["results"]] == [h.entry.id for h in expected]
+    assert [r["distance"] for r in body["results"]] == pytest.approx(
+        [h.distance for h in expected], abs=1e-6)
+    plain = api.by_id(4, 5)
+    assert [h.distance for h in plain] != pytest.approx([h.distance for h in expected], abs=1e-3)
     assert 4 not in [r["id"] for r in body["results"]]
 
 
