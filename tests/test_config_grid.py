@@ -20,7 +20,7 @@ are compared with a brute-force reference computed here, in float64, with the ch
 distance written out by hand (cosine: 1 - dot of unit vectors; Euclidean: sqrt of summed
 squared differences) from embeddings this file extracts itself (:class:`attreid.Predictor`):
 validation (the checkpoint's and metrics.jsonl's numbers), :func:`attreid.evaluation.evaluate.
-evaluate_checkpoint` (metrics and ranked lists), :func:`attreid.predict.predict_dataset`
+evaluate_checkpoint` (metrics and ranked lists), :func:`attreid.inference.predict.predict_dataset`
 (``reid_test.txt``) and the search index (:func:`attreid.search.build_index` + query). The
 training loss is checked step by step against the configured weighting, the learned
 uncertainty weights against an Adam replay written here, and the precision of the training

@@ -20,6 +20,10 @@ Attribute recognition (:func:`attribute_metrics`, :func:`majority_baseline`)
     Per-task accuracy on the 12 tasks of :mod:`attreid.schema` (``MISSING`` targets ignored),
     majority-class baselines, and the PETA/RAP metrics (label-based mA, example-based accuracy,
     precision, recall, F1) on the 26 raw binary attributes.
+
+Modules: ``distance``, ``reid``, ``attributes``, ``reranking`` (k-reciprocal, Zhong et al. 2017),
+``selection`` (best checkpoint), ``inputs`` (array checks). May import: the bottom layer
+(``errors``, ``schema``, ``config``, ``utils``) only; pure functions, no model, no data reader.
 """
 
 from attreid.metrics.attributes import (
