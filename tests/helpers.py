@@ -138,3 +138,18 @@ def assert_nearest_within(order: Sequence[int], dist: np.ndarray, tol: float) ->
     dist = np.asarray(dist, dtype=np.float64)
     nearest = np.sort(dist)[:len(order)]
     np.testing.assert_allclose(dist[order], nearest, rtol=0, atol=tol)
+
+
+def brute_force_distance(query: np.ndarray, gallery: np.ndarray, metric: str) -> np.ndarray:
+    """(Q, G) float64 distances written out independently of attreid.metrics: ``euclidean``,
+    ``squared`` (squared Euclidean) or ``cosine`` (1 - dot of unit vectors)."""
+    q, g = query.astype(np.float64), gallery.astype(np.float64)
+    if metric == "cosine":
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        g = g / np.linalg.norm(g, axis=1, keepdims=True)
+        return 1.0 - q @ g.T
+    squared = ((q[:, None, :] - g[None, :, :]) ** 2).sum(-1)
+    if metric == "squared":
+        return squared
+    assert metric == "euclidean", metric
+    return np.sqrt(squared)

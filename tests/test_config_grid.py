@@ -42,7 +42,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import require
-from helpers import assert_nearest_within
+from helpers import assert_nearest_within, brute_force_distance
 
 from attreid.config import load_config
 from attreid.data.load import load_dataset
@@ -111,20 +111,6 @@ def run(request, synth_market, tmp_path_factory) -> Run:
         engine.train(cfg, log=lambda _: None,
                      on_step=lambda epoch, step, n, values: result.steps.append(dict(values)))
     return result
-
-
-# ---- references written out here ------------------------------------------------------------
-
-
-def _distances(query: np.ndarray, gallery: np.ndarray, metric: str) -> np.ndarray:
-    """(Q, G) float64 distances, independently of attreid.metrics."""
-    q, g = query.astype(np.float64), gallery.astype(np.float64)
-    if metric == "cosine":
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
-        g = g / np.linalg.norm(g, axis=1, keepdims=True)
-        return 1.0 - q @ g.T
-    assert metric == "euclidean", metric
-    return np.sqrt(((q[:, None, :] - g[None, :, :]) ** 2).sum(-1))
 
 
 @dataclass
@@ -266,7 +252,7 @@ def test_validation_equals_brute_force(run, embedded):
     state = load_checkpoint(run.checkpoint)
     logged = json.loads((run.out / "metrics.jsonl").read_text().splitlines()[-1])["val"]
     assert logged == state["metrics"]
-    dist = _distances(embedded.query_amp, embedded.gallery_amp, run.distance)
+    dist = brute_force_distance(embedded.query_amp, embedded.gallery_amp, run.distance)
     # the run's precision: bf16 extraction here and in validation runs the same batches and
     # kernels (measured: bit-identical embeddings, also with AVX2), so only the float32
     # distances differ
@@ -282,7 +268,7 @@ def test_validation_agrees_with_float32_reextraction(run, embedded):
     Red when the Predictor ignores its ``amp`` (the bf16 embeddings equal the float32 ones)."""
     rel = np.abs(embedded.gallery_amp - embedded.gallery).max() / np.abs(embedded.gallery).max()
     val = load_checkpoint(run.checkpoint)["metrics"]
-    fp32 = reid_metrics(_distances(embedded.query, embedded.gallery, run.distance),
+    fp32 = reid_metrics(brute_force_distance(embedded.query, embedded.gallery, run.distance),
                         *embedded.labels, protocol="market")
     if run.amp == "none":
         assert rel == 0.0
@@ -302,7 +288,7 @@ def test_evaluate_equals_brute_force(run, embedded, synth_market):
     a cosine checkpoint, and when it computes Euclidean distances while reporting cosine."""
     result = evaluate_checkpoint(run.checkpoint, synth_market, device="cpu")
     assert result.metrics["setup"]["distance"] == run.distance
-    dist = _distances(embedded.query, embedded.gallery, run.distance)
+    dist = brute_force_distance(embedded.query, embedded.gallery, run.distance)
     _assert_metrics_match(result.metrics, dist, embedded.labels, DIST_TOL)
     ranked = result.ranked
     for row, qi in enumerate(ranked.query_index):
@@ -339,7 +325,7 @@ def test_predict_ranks_by_the_checkpoints_distance(run, course, tmp_path):
     is_query = saved["split"] == "query"
     gallery_names = [n for n, q in zip(names, is_query) if not q]
     column = {n: j for j, n in enumerate(gallery_names)}
-    dist = _distances(own[is_query], own[~is_query], run.distance)  # (Q, G)
+    dist = brute_force_distance(own[is_query], own[~is_query], run.distance)  # (Q, G)
     query_index = {n: i for i, n in enumerate(n for n, q in zip(names, is_query) if q)}
     lines = files.ranking.read_text().splitlines()
     assert sorted(line.split(": ")[0] for line in lines) == sorted(query_index)
@@ -366,7 +352,7 @@ def test_index_search_equals_brute_force(run, embedded, synth_market, tmp_path):
     entries = search.index.entries(range(len(search.index)))
     assert sorted(Path(e.path).name for e in entries) == sorted(embedded.gallery_names)
     column = {n: j for j, n in enumerate(embedded.gallery_names)}
-    dist = _distances(embedded.query, embedded.gallery, run.distance)
+    dist = brute_force_distance(embedded.query, embedded.gallery, run.distance)
     for qi in (0, 11, 22, 32):
         hits = search.by_image(embedded.query_paths[qi], k=10)
         order = [column[Path(h.entry.path).name] for h in hits]

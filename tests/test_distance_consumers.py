@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import brute_force_distance
 
 from attreid import cli
 from attreid.data.load import load_dataset
@@ -32,16 +33,6 @@ def cosine_checkpoint(synth_market, tmp_path_factory):
     return out / "best.pt"
 
 
-def _brute_force(query: np.ndarray, gallery: np.ndarray, metric: str) -> np.ndarray:
-    """(Q, G) float64 distances, written out independently of attreid.metrics."""
-    q, g = query.astype(np.float64), gallery.astype(np.float64)
-    if metric == "cosine":
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
-        g = g / np.linalg.norm(g, axis=1, keepdims=True)
-        return 1.0 - q @ g.T
-    return np.sqrt(((q[:, None, :] - g[None, :, :]) ** 2).sum(-1))
-
-
 def _reference(checkpoint, root, metric):
     ds = load_dataset(root)
     predictor = Predictor(checkpoint, device="cpu")
@@ -49,7 +40,7 @@ def _reference(checkpoint, root, metric):
     g = predictor.predict([r.path for r in ds.gallery]).embeddings
     ids = lambda recs: np.array([r.pid for r in recs])  # noqa: E731
     cams = lambda recs: np.array([r.camid for r in recs])  # noqa: E731
-    return reid_metrics(_brute_force(q, g, metric), ids(ds.query), ids(ds.gallery),
+    return reid_metrics(brute_force_distance(q, g, metric), ids(ds.query), ids(ds.gallery),
                         cams(ds.query), cams(ds.gallery), protocol="market")
 
 
@@ -101,11 +92,11 @@ def test_predict_ranks_by_the_checkpoints_distance(cosine_checkpoint, tmp_path):
         ranked = ranked.split(", ")
         assert len(ranked) == 10
         listed = np.stack([galleries[g] for g in ranked])
-        cos = _brute_force(queries[qname][None], listed, "cosine")[0]
+        cos = brute_force_distance(queries[qname][None], listed, "cosine")[0]
         assert (np.diff(cos) >= -1e-6).all(), qname
-        best = _brute_force(queries[qname][None], gallery, "cosine")[0]
+        best = brute_force_distance(queries[qname][None], gallery, "cosine")[0]
         assert cos[0] == pytest.approx(best.min(), abs=1e-6)
-        euc = _brute_force(queries[qname][None], listed, "euclidean")[0]
+        euc = brute_force_distance(queries[qname][None], listed, "euclidean")[0]
         wrong_order += bool((np.diff(euc) < -1e-6).any())
     assert wrong_order > 0  # Euclidean would have listed some queries differently
 

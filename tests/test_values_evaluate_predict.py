@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import assert_nearest_within
+from helpers import assert_nearest_within, brute_force_distance
 from PIL import Image, ImageOps
 
 from attreid.evaluation.evaluate import evaluate_checkpoint
@@ -62,16 +62,6 @@ DIST_TOL = 1e-5  # float32 distances vs float64 here: measured max 1.2e-6 (value
 
 
 # ---- references written out here --------------------------------------------------------
-
-def _hand_distance(query: np.ndarray, gallery: np.ndarray, metric: str) -> np.ndarray:
-    """(Q, G) float64 distances from explicit differences / normalised dot products."""
-    q, g = query.astype(np.float64), gallery.astype(np.float64)
-    if metric == "cosine":
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
-        g = g / np.linalg.norm(g, axis=1, keepdims=True)
-        return 1.0 - q @ g.T
-    squared = ((q[:, None, :] - g[None, :, :]) ** 2).sum(-1)
-    return squared if metric == "squared" else np.sqrt(squared)
 
 
 def _hand_reid(dist, qids, gids, qcams=None, gcams=None, protocol="market",
@@ -221,7 +211,7 @@ def test_evaluate_distance_values(metric, tiny_checkpoint, synth_market, market)
     for squared: not their square roots). Mutation caught: pairwise_distance returning
     ``squared.sqrt_()`` for squared (the shown distances differ)."""
     result = evaluate_checkpoint(tiny_checkpoint, synth_market, distance=metric, device="cpu")
-    dist = _hand_distance(*market["plain"], metric)
+    dist = brute_force_distance(*market["plain"], metric)
     assert result.metrics["setup"]["distance"] == metric
     _assert_reid(result.metrics, _reference(dist, market["qids"], market["gids"],
                                             market["qcams"], market["gcams"]))
@@ -248,13 +238,13 @@ def test_evaluate_a_cosine_checkpoint_ranks_by_one_minus_the_normalised_dot(
     Predictor.distance returning "euclidean" for a cosine checkpoint; pairwise_distance's
     cosine without the normalisation."""
     result = evaluate_checkpoint(cosine_copy, synth_market, device="cpu")
-    dist = _hand_distance(*market["plain"], "cosine")
+    dist = brute_force_distance(*market["plain"], "cosine")
     assert result.metrics["setup"]["distance"] == "cosine"
     reference = _reference(dist, market["qids"], market["gids"], market["qcams"],
                            market["gcams"])
     _assert_reid(result.metrics, reference)
     _check_ranked(result, market, dist)
-    euclid = _hand_reid(_hand_distance(*market["plain"], "euclidean"), market["qids"],
+    euclid = _hand_reid(brute_force_distance(*market["plain"], "euclidean"), market["qids"],
                         market["gids"], market["qcams"], market["gcams"])
     assert abs(euclid["mAP"] - reference[0]["mAP"]) > 1e-3  # Euclidean would be told apart
 
@@ -275,7 +265,7 @@ def test_seed_protocol_on_the_test_split(tiny_checkpoint, synth_market, market):
     same-camera matches count), as the hand reference with nothing removed."""
     result = evaluate_checkpoint(tiny_checkpoint, synth_market, split="test", protocol="seed",
                                  device="cpu")
-    dist = _hand_distance(*market["plain"], "euclidean")
+    dist = brute_force_distance(*market["plain"], "euclidean")
     reference = _reference(dist, market["qids"], market["gids"], protocol="seed")
     assert result.metrics["setup"]["protocol"] == "seed"
     _assert_reid(result.metrics, reference)
@@ -309,7 +299,7 @@ def test_random_split_is_the_seeded_draw(tiny_checkpoint, synth_market, predicto
         assert sorted(result.ranked.query_paths) == val, seed
         emb, _ = _hand_forward(predictor, val, mirror=False)
         ids, _ = _ids_cams(val)
-        reference = _reference(_hand_distance(emb, emb, "euclidean"), ids, ids,
+        reference = _reference(brute_force_distance(emb, emb, "euclidean"), ids, ids,
                                protocol="seed", exclude_self=True)
         _assert_reid(result.metrics, reference)
         runs[seed] = (val, result.metrics)
@@ -341,10 +331,10 @@ def test_evaluate_with_flip_uses_the_mirror_average(tiny_checkpoint, synth_marke
 
     result = evaluate_checkpoint(tiny_checkpoint, synth_market, flip=True, device="cpu")
     assert result.metrics["setup"]["flip"] is True
-    reference = _reference(_hand_distance(*market["flip"], "euclidean"), market["qids"],
+    reference = _reference(brute_force_distance(*market["flip"], "euclidean"), market["qids"],
                            market["gids"], market["qcams"], market["gcams"])
     _assert_reid(result.metrics, reference)
-    _check_ranked(result, market, _hand_distance(*market["flip"], "euclidean"))
+    _check_ranked(result, market, brute_force_distance(*market["flip"], "euclidean"))
 
 
 # ---- custom layout ------------------------------------------------------------------------
@@ -371,7 +361,7 @@ def test_evaluate_a_custom_layout(custom_runs):
     pred = Predictor(checkpoint, device="cpu")
     q_emb, _ = _hand_forward(pred, [data / r["image"] for r in query], mirror=False)
     g_emb, g_logits = _hand_forward(pred, [data / r["image"] for r in gallery], mirror=False)
-    reference = _reference(_hand_distance(q_emb, g_emb, "euclidean"), _column(query, "pid"),
+    reference = _reference(brute_force_distance(q_emb, g_emb, "euclidean"), _column(query, "pid"),
                            _column(gallery, "pid"), _column(query, "camid"),
                            _column(gallery, "camid"))
     assert result.metrics["setup"]["layout"] == "custom"
