@@ -143,12 +143,11 @@ def _cpu() -> str:
 
 def _collapsed(failed: list[str]) -> list[str]:
     """Test ids with parametrized cases folded: ``test_x[a]``, ``test_x[b]`` -> ``test_x (2 cases)``."""
-    counts: dict[str, int] = {}
+    groups: dict[str, list[str]] = {}
     for test in failed:
-        base = test.split("[", 1)[0]
-        counts[base] = counts.get(base, 0) + 1
-    return [base if n == 1 and base in failed else f"{base} ({n} cases)"
-            for base, n in counts.items()]
+        groups.setdefault(test.split("[", 1)[0], []).append(test)
+    return [tests[0] if len(tests) == 1 else f"{base} ({len(tests)} cases)"
+            for base, tests in groups.items()]
 
 
 def _write(results: list[dict], tests: list[str]) -> None:
