@@ -153,7 +153,9 @@ def _collapsed(failed: list[str]) -> list[str]:
 def _write(results: list[dict], tests: list[str]) -> None:
     intro = ("Written by `dev/mutation_check.py`: each fault is planted alone, the tests run, "
              "and the tests that turned red are listed. A mutation with none is a hole.")
-    machine = (f"Machine: {_cpu()}, {time.strftime('%Y-%m-%d')}. Tests run: "
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=False,
+                            capture_output=True, text=True).stdout.strip() or "unknown"
+    machine = (f"Machine: {_cpu()}, {time.strftime('%Y-%m-%d')}, commit {commit}. Tests run: "
                f"{' '.join(tests) or 'the whole suite'}.")
     lines = ["# Mutation check", "", intro, "", machine, ""]
     for r in results:
