@@ -79,3 +79,23 @@ def test_bad_input_is_one_error_line_and_exit_1(inputs, capsys, monkeypatch, wor
     assert exit_info.value.code == 1, text
     assert "error:" in text and "Traceback" not in text, text
     assert inputs[bad].name in text, text  # the message names what was wrong
+
+
+@pytest.mark.parametrize("words", [
+    "train -c demo --data {empty_dir} --out {new}",
+    "train -c demo --data {data} --out {new} --resume",  # nothing to resume
+    "predict {good_pt} --data {empty_dir} --out {new}",
+])
+def test_a_refused_command_leaves_no_empty_output_folder(inputs, tmp_path, capsys, words):
+    """The output folder made for a command that is then refused is removed again."""
+    new = tmp_path / "never_written"
+    args = [word.format(**inputs, new=new) for word in words.split()]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(args)
+    assert exit_info.value.code == 1, capsys.readouterr().out
+    assert not new.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(SystemExit):
+        cli.run([word.format(**inputs, new=kept) for word in words.split()])
+    assert kept.is_dir()  # a folder that was there before stays

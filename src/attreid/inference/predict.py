@@ -47,7 +47,12 @@ from attreid.schema import (
     UP_COLOR_COLUMNS,
     tasks_to_raw,
 )
-from attreid.utils.files import atomic_write_bytes, atomic_write_text, printable_name
+from attreid.utils.files import (
+    atomic_write_bytes,
+    atomic_write_text,
+    output_folder,
+    printable_name,
+)
 
 
 @dataclass(frozen=True)
@@ -184,21 +189,20 @@ def predict_dataset(checkpoint: Path | str, data_root: Path | str, out: Path | s
     was trained with (``PredictFiles.distance`` says which)."""
     if top_k < 1:
         raise ValueError(f"top_k={top_k}: expected >= 1")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    dataset = load_dataset(data_root, layout)
-    if not dataset.query and not dataset.gallery:
-        raise ValueError(f"{dataset.root}: no query or gallery images to predict")
-    predictor = load_predictor(checkpoint, backend, device=device, batch_size=batch_size,
-                               flip=flip)
-    records = dataset.query + dataset.gallery
-    pred = _predict(predictor, [r.path for r in records], batch_size, progress)
-    _warn_untrained(pred.trained_tasks, dataset.layout == "course")
-    split = ["query"] * len(dataset.query) + ["gallery"] * len(dataset.gallery)
-    features = out / "features.npz"
-    _write_features(features, [r.path for r in records], split, pred)
-    metric = distance or predictor.distance
-    if dataset.layout != "course":
-        return PredictFiles(features, distance=metric, trained_tasks=pred.trained_tasks)
-    classification, ranking = _course_files(dataset, out, pred, top_k, metric)
-    return PredictFiles(features, classification, ranking, metric, pred.trained_tasks)
+    with output_folder(out) as out:  # removed again if nothing could be written
+        dataset = load_dataset(data_root, layout)
+        if not dataset.query and not dataset.gallery:
+            raise ValueError(f"{dataset.root}: no query or gallery images to predict")
+        predictor = load_predictor(checkpoint, backend, device=device, batch_size=batch_size,
+                                   flip=flip)
+        records = dataset.query + dataset.gallery
+        pred = _predict(predictor, [r.path for r in records], batch_size, progress)
+        _warn_untrained(pred.trained_tasks, dataset.layout == "course")
+        split = ["query"] * len(dataset.query) + ["gallery"] * len(dataset.gallery)
+        features = out / "features.npz"
+        _write_features(features, [r.path for r in records], split, pred)
+        metric = distance or predictor.distance
+        if dataset.layout != "course":
+            return PredictFiles(features, distance=metric, trained_tasks=pred.trained_tasks)
+        classification, ranking = _course_files(dataset, out, pred, top_k, metric)
+        return PredictFiles(features, classification, ranking, metric, pred.trained_tasks)

@@ -52,7 +52,7 @@ from attreid.training.step import TrainingParts, train_epoch
 from attreid.training.validation import validate
 from attreid.utils.backend import cpu_bf16_native, resolve_device
 from attreid.utils.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
-from attreid.utils.files import atomic_write_text
+from attreid.utils.files import atomic_write_text, output_folder
 
 
 @dataclass
@@ -210,12 +210,12 @@ def _train(cfg: Config, resume: bool, log: Log,
         log(f"warning: {warning}")
     cfg = absolute_paths(resolve_precision(cfg, resolve_device(cfg.train.device), log))
     out = Path(cfg.train.out)
-    out.mkdir(parents=True, exist_ok=True)
-    bundle = build_data(cfg)
-    for warning in check_bundle(cfg, bundle):
-        log(f"warning: {warning}")
-    parts = setup(cfg, bundle, info)
-    start, best = _resume(out, cfg, parts) if resume else (0, {})
+    with output_folder(out):  # removed again if the data or the resume is refused
+        bundle = build_data(cfg)
+        for warning in check_bundle(cfg, bundle):
+            log(f"warning: {warning}")
+        parts = setup(cfg, bundle, info)
+        start, best = _resume(out, cfg, parts) if resume else (0, {})
     if info.is_main:
         _remove_stale_temporaries(out)
         _trim_jsonl(out / "metrics.jsonl", start) if resume else (out / "metrics.jsonl").unlink(

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Iterator
 
 
 def _umask() -> int:
@@ -77,3 +79,24 @@ def file_sha256(path: Path | str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextmanager
+def output_folder(path: Path | str) -> Iterator[Path]:
+    """Create the folder ``path`` (and its parents) for a command's outputs; if the block
+    raises while the folder, made here, is still empty, remove it again, so a refused or
+    failed command leaves nothing behind. A folder that existed before is never removed.
+
+    Raises:
+        OSError: the folder cannot be created (e.g. a file stands where a folder is needed).
+    """
+    path = Path(path)
+    existed = path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        if not existed:
+            with suppress(OSError):  # rmdir removes only an empty folder (and may race a rank)
+                path.rmdir()
+        raise
