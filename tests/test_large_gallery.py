@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import brute_force_distance
 from PIL import Image
 
 from attreid.inference.features import (
@@ -183,14 +184,7 @@ def _queries(g: dict, seed: int, q: int = 23) -> dict:
             "cams": rng.integers(1, 4, size=q)}
 
 
-def _brute_force(q: np.ndarray, g: np.ndarray, metric: str) -> np.ndarray:
-    """(Q, G) float64 distances, one pair at a time."""
-    q, g = q.astype(np.float64), g.astype(np.float64)
-    squared = np.array([[((a - b) ** 2).sum() for b in g] for a in q])
-    return squared if metric == "squared" else np.sqrt(squared)
-
-
-# Float32 distances of Gaussian features differ from _brute_force's by at most 8.8e-7
+# Float32 distances of Gaussian features differ from brute_force_distance's by at most 8.8e-7
 # (measured on an AMD EPYC with ONEDNN_MAX_CPU_ISA default, AVX2 and AVX512_CORE and
 # MKL_ENABLE_INSTRUCTIONS to match: the same there, for one (Q, G) product and for blocks);
 # 1e-5 is 11x that, for CPUs that round otherwise (Intel AMX).
@@ -233,7 +227,7 @@ def test_streamed_market_metrics_equal_brute_force(tmp_path, seed, values, metri
     g = _gallery(seed, values=values)
     q = _queries(g, seed)
     store = _write(tmp_path / "s", g, shard_size=7)
-    dist = _brute_force(q["emb"], g["emb"], metric)
+    dist = brute_force_distance(q["emb"], g["emb"], metric)
     if values == "normal":
         _assert_separated(dist, q["ids"], g["ids"], q["cams"], g["cams"])
         _assert_separated(dist, q["ids"], g["ids"])
@@ -251,8 +245,8 @@ def test_streamed_all_vs_all_equals_exclude_self(tmp_path):
     reid_metrics on float64 brute-force distances (quarter features: exact on any CPU)."""
     g = _gallery(4, n=60, values="quarters")
     store = _write(tmp_path / "s", g, shard_size=9)
-    expected = reid_metrics(_brute_force(g["emb"], g["emb"], "euclidean"), g["ids"], g["ids"],
-                            protocol="seed", exclude_self=True)
+    dist = brute_force_distance(g["emb"], g["emb"], "euclidean")
+    expected = reid_metrics(dist, g["ids"], g["ids"], protocol="seed", exclude_self=True)
     got = reid_metrics_streamed(g["emb"], g["ids"], store_blocks(store, cams=None),
                                 protocol="seed", chunk_size=7, exclude_self=True)
     _assert_same(got, expected)
