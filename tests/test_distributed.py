@@ -149,7 +149,7 @@ def _losses(out) -> list[dict]:
     """The training terms of each epoch in ``out/metrics.jsonl`` (without the timing)."""
     lines = (out / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line)["train"] for line in lines]
-    return [{k: v for k, v in r.items() if k != "images_per_s"} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("images_per_s", "seconds")} for r in records]
 
 
 def _records(out) -> list[dict]:

@@ -311,10 +311,10 @@ def test_auto_is_bf16_only_where_the_cpu_has_it(monkeypatch, native, expected):
 def test_auto_run_records_what_ran_and_bf16_without_native_support_warns(
         synth_root, tmp_path, monkeypatch):
     from attreid.inference import extraction as inference
-    from attreid.training import engine
+    from attreid.training import precision
 
     monkeypatch.setattr(inference, "cpu_bf16_native", lambda: False)
-    monkeypatch.setattr(engine, "cpu_bf16_native", lambda: False)
+    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: False)
     cfg = with_updates(_config(synth_root, tmp_path / "auto", "auto"), optim={"epochs": 1})
     lines = []
     train(cfg, log=lines.append)

@@ -100,8 +100,12 @@ class OptimConfig:
 class TrainConfig:
     """Engine settings. ``amp``: ``none`` (float32), ``bf16``, ``fp16`` (GPU only) or ``auto``
     (bf16 on CUDA and on CPUs with native bf16 instructions, float32 on other CPUs; see
-    :func:`attreid.inference.extraction.resolve_amp`). Under bf16 a step or batch that is not finite
-    is recomputed in float32 (docs/RELIABILITY.md, "CPU precision on every machine")."""
+    :func:`attreid.inference.extraction.resolve_amp`; on a CPU with native bf16 a short measured
+    probe picks bf16 or float32, see :mod:`attreid.training.precision`). Under bf16 a step or
+    batch that is not finite is recomputed in float32 (docs/RELIABILITY.md, "CPU precision on
+    every machine"). ``time_budget_min`` > 0: ``optim.epochs`` becomes the most epochs the run
+    may take, the number fixed after epoch 1 as the most that fit this many minutes of
+    wall-clock (:mod:`attreid.training.budget`); 0: exactly ``optim.epochs``."""
 
     out: str = "runs/train"
     seed: int = 42
@@ -113,6 +117,7 @@ class TrainConfig:
     grad_clip: float = 0.0
     tensorboard: bool = True
     sync_bn: bool = False  # distributed runs: batch-norm statistics of the global batch
+    time_budget_min: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,12 @@ def _counts(cfg: Config) -> list[str]:
               ("optim.epochs", cfg.optim.epochs, 1, "epoch"),
               ("train.eval_every", cfg.train.eval_every, 1, "epoch between validations"),
               ("data.batches_per_epoch", cfg.data.batches_per_epoch, 0, "(0 = one pass)")]
-    return [f"{key}={value}: at least {least} {what}"
-            for key, value, least, what in wanted if value < least]
+    errors = [f"{key}={value}: at least {least} {what}"
+              for key, value, least, what in wanted if value < least]
+    budget = cfg.train.time_budget_min
+    if not budget >= 0 or budget == float("inf"):  # NaN fails the first test
+        errors.append(f"train.time_budget_min={budget}: expected minutes >= 0 (0 = no budget)")
+    return errors
 
 
 def _batch(cfg: Config, processes: int) -> list[str]:

@@ -9,6 +9,7 @@ same batches and augmentations whether or not the run was interrupted before it.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,7 +29,6 @@ from attreid.config import (
     with_updates,
 )
 from attreid.data.cache import ImageCache
-from attreid.inference.extraction import resolve_amp
 from attreid.metrics.selection import selection_score
 from attreid.models import build_model
 from attreid.schema import labelled_tasks
@@ -47,10 +47,19 @@ from attreid.training.builders import (
     model_kwargs,
 )
 from attreid.training.checks import check_training_config
+from attreid.training.budget import EpochPlan, plan_epochs
 from attreid.training.distributed import SINGLE, DistInfo
+from attreid.training.precision import (
+    NAMES,
+    choose_precision,
+    describe_probe,
+    needs_probe,
+    probe_precision,
+    resolve_precision,
+)
 from attreid.training.step import TrainingParts, train_epoch
-from attreid.training.validation import validate
-from attreid.utils.backend import cpu_bf16_native, resolve_device
+from attreid.training.validation import estimate_validation_s, validate
+from attreid.utils.backend import resolve_device
 from attreid.utils.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from attreid.utils.files import atomic_write_text, output_folder
 
@@ -108,7 +117,9 @@ def _remove_stale_temporaries(out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _resume(out: Path, cfg: Config, parts: TrainingParts) -> tuple[int, dict[str, Any]]:
+def _resume(out: Path, cfg: Config, parts: TrainingParts
+            ) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """Load ``last.pt`` into ``parts``; returns its epoch, best record and config."""
     state = load_checkpoint(out / "last.pt")
     differences = config_differences(state["config"], to_dict(cfg))
     if differences:
@@ -121,7 +132,7 @@ def _resume(out: Path, cfg: Config, parts: TrainingParts) -> tuple[int, dict[str
     parts.criterion.load_state_dict(state["criterion"])
     if parts.scaler and state.get("scaler"):
         parts.scaler.load_state_dict(state["scaler"])
-    return int(state["epoch"]), state.get("best") or {}
+    return int(state["epoch"]), state.get("best") or {}, state["config"]
 
 
 def setup(cfg: Config, bundle: DataBundle, info: DistInfo = SINGLE) -> TrainingParts:
@@ -176,36 +187,10 @@ def _quiet(_: str) -> None:
     pass
 
 
-def resolve_precision(cfg: Config, device: torch.device, log: Log = print) -> Config:
-    """``cfg`` with ``train.amp`` resolved for ``device``
-    (:func:`attreid.inference.extraction.resolve_amp`: ``auto`` is bf16 on CUDA and on CPUs
-    with native bf16, else float32), checked before any data is read; logs the choice, and a warning
-    for bf16 on a CPU that only emulates it.
-
-    Raises:
-        ConfigError: an unknown mode, or fp16 off CUDA (CPU autocast is bf16 only).
-    """
-    amp = cfg.train.amp
-    try:
-        resolved = resolve_amp(amp, device)
-    except ValueError as exc:
-        raise ConfigError(f"train.amp: {exc}") from None
-    if resolved == "fp16" and device.type != "cuda":
-        raise ConfigError(f"train.amp=fp16 needs a CUDA device; use bf16 on {device.type} "
-                          "(--set train.amp=bf16), auto or none")
-    names = {"none": "float32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
-    how = f" (train.amp=auto on {device.type})" if amp == "auto" else ""
-    log(f"precision: {names[resolved]}{how}")
-    if resolved == "bf16" and device.type == "cpu" and not cpu_bf16_native():
-        log("warning: train.amp=bf16 on a CPU without native bf16 instructions (AVX512_BF16 "
-            "or AMX, or ONEDNN_MAX_CPU_ISA excludes them): bf16 is emulated here and can be "
-            "several times slower than float32; --set train.amp=auto picks float32 here")
-    return with_updates(cfg, train={"amp": resolved})
-
-
 def _train(cfg: Config, resume: bool, log: Log,
            on_step: Callable[[int, int, int, dict[str, float]], None] | None,
            info: DistInfo) -> TrainResult:
+    started = time.perf_counter()
     for warning in check_training_config(cfg, info.world_size):
         log(f"warning: {warning}")
     cfg = absolute_paths(resolve_precision(cfg, resolve_device(cfg.train.device), log))
@@ -215,7 +200,8 @@ def _train(cfg: Config, resume: bool, log: Log,
         for warning in check_bundle(cfg, bundle):
             log(f"warning: {warning}")
         parts = setup(cfg, bundle, info)
-        start, best = _resume(out, cfg, parts) if resume else (0, {})
+        start, best, saved = _resume(out, cfg, parts) if resume else (0, {}, None)
+    cfg = _settle_plan(cfg, parts, bundle, saved, start, log)
     if info.is_main:
         _remove_stale_temporaries(out)
         _trim_jsonl(out / "metrics.jsonl", start) if resume else (out / "metrics.jsonl").unlink(
@@ -224,8 +210,14 @@ def _train(cfg: Config, resume: bool, log: Log,
     result = TrainResult(out=out, epochs=start, best=best)
     writer = _tensorboard(out) if cfg.train.tensorboard and info.is_main else None
     cache = _ranked_cache(cfg, bundle, log, info) if start < cfg.optim.epochs else None
-    for epoch in range(start, cfg.optim.epochs):
+    epoch = start
+    while epoch < cfg.optim.epochs:
         record = _run_epoch(cfg, parts, bundle, epoch, out, on_step, cache)
+        if epoch == 0 and cfg.train.time_budget_min > 0:
+            cfg, plan = _plan(cfg, parts, bundle, record, time.perf_counter() - started, log)
+            record["plan"] = plan.as_dict()
+            if info.is_main:
+                atomic_write_text(out / "config.yaml", dump_yaml(cfg))
         if info.is_main:
             # the log line first: a kill before last.pt is written makes a resume redo this
             # epoch and drop the line (_trim_jsonl); the other order would lose it
@@ -237,9 +229,55 @@ def _train(cfg: Config, resume: bool, log: Log,
         log(_format_epoch(record))
         result.history.append(record)
         result.epochs, result.best = epoch + 1, best
+        epoch += 1
     if writer:
         writer.close()
     return result
+
+
+def _settle_plan(cfg: Config, parts: TrainingParts, bundle: DataBundle,
+                 saved: dict[str, Any] | None, start: int, log: Log) -> Config:
+    """``cfg`` with what this machine decides: ``train.amp=auto`` by the probe
+    (:mod:`attreid.training.precision`) and, for a time budget, the planned epochs. A resumed
+    run takes both from its checkpoint's config instead, so it goes on with the same recipe."""
+    if saved is not None and cfg.train.amp == "auto":
+        amp = saved["train"]["amp"]
+        log(f"precision: {NAMES.get(amp, amp)} (train.amp=auto, as measured when the run "
+            "started)")
+        cfg = with_updates(cfg, train={"amp": amp})
+    if saved is not None and start > 0 and cfg.train.time_budget_min > 0:
+        epochs = int(saved["optim"]["epochs"])
+        log(f"time budget: {epochs} epoch(s), as planned after epoch 1")
+        cfg = with_updates(cfg, optim={"epochs": epochs})
+    if needs_probe(cfg.train.amp, parts.device):
+        rates = probe_precision(cfg, parts.model, parts.criterion, parts.device,
+                                bundle.train.num_classes)
+        chosen = choose_precision(rates)
+        chosen = ("none", "bf16")[int(distributed.sum_over_ranks(
+            float(chosen == "bf16") if parts.info.is_main else 0.0, parts.info))]  # rank 0's
+        log(describe_probe(rates, chosen))
+        cfg = with_updates(cfg, train={"amp": chosen})
+    return cfg
+
+
+def _plan(cfg: Config, parts: TrainingParts, bundle: DataBundle, record: dict[str, Any],
+          elapsed_s: float, log: Log) -> tuple[Config, EpochPlan]:
+    """After epoch 1: the epochs that fit ``train.time_budget_min`` (rank 0's plan on every
+    rank); validates epoch 1 too when it is the only one that fits."""
+    epoch_s = record["train"]["seconds"]
+    validation_s = estimate_validation_s(cfg, parts.model, bundle.val, parts.device, parts.info)
+    plan = plan_epochs(cfg.train.time_budget_min * 60, elapsed_s, epoch_s, validation_s,
+                       cfg.optim.epochs, cfg.train.eval_every, "val" in record)
+    epochs = int(distributed.sum_over_ranks(plan.epochs if parts.info.is_main else 0,
+                                            parts.info))
+    log(plan.describe())
+    cfg = with_updates(cfg, optim={"epochs": epochs})
+    if epochs == 1 and "val" not in record and bundle.val is not None:
+        val = validate(cfg, parts.model, bundle.val, bundle.train_targets, parts.device,
+                       parts.info)
+        if val is not None:
+            record["val"] = val
+    return cfg, plan
 
 
 def _ranked_cache(cfg: Config, bundle: DataBundle, log: Log, info: DistInfo

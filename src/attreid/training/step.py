@@ -155,8 +155,8 @@ def train_epoch(cfg: Config, parts: TrainingParts, loader: Iterable[dict[str, An
                 out: Path,
                 on_step: Callable[[int, dict[str, float]], None] | None = None
                 ) -> dict[str, float]:
-    """One epoch of training; returns the mean of each loss term and the images/s (over all
-    ranks in a distributed run); under bf16 also ``bf16_steps_in_fp32``, the steps that were
+    """One epoch of training; returns the mean of each loss term, the images/s (over all
+    ranks in a distributed run) and this process's ``seconds``; under bf16 also ``bf16_steps_in_fp32``, the steps that were
     recomputed in float32 because bf16 gave non-finite values."""
     parts.model.train()
     sums: dict[str, float] = {}
@@ -172,8 +172,9 @@ def train_epoch(cfg: Config, parts: TrainingParts, loader: Iterable[dict[str, An
             on_step(step, {**shown, "img/s": images_seen / (time.perf_counter() - start)})
     steps = max(1, len(loader))
     result = distributed.mean_over_ranks({k: v / steps for k, v in sums.items()}, parts.info)
-    result["images_per_s"] = distributed.sum_over_ranks(
-        images_seen / (time.perf_counter() - start), parts.info)
+    seconds = time.perf_counter() - start
+    result["images_per_s"] = distributed.sum_over_ranks(images_seen / seconds, parts.info)
+    result["seconds"] = seconds
     if cfg.train.amp == "bf16":
         result["bf16_steps_in_fp32"] = redone  # the same steps on every rank
     return result

@@ -3,6 +3,7 @@ run), score re-ID (CMC, mAP, mINP with the checkpoint's distance) and attribute 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -25,15 +26,40 @@ from attreid.training import distributed
 from attreid.training.distributed import SINGLE, DistInfo
 
 
+VALIDATION_SAMPLE = 256
+"""Images whose extraction is timed to estimate a validation (:func:`estimate_validation_s`)."""
+
+
+def _extract_kwargs(cfg: Config, device: torch.device) -> dict[str, Any]:
+    return dict(transform=transform_config(cfg), device=device, amp=cfg.train.amp,
+                channels_last=cfg.train.channels_last, flip=cfg.train.flip_test,
+                workers=cfg.data.workers)
+
+
+def estimate_validation_s(cfg: Config, model: nn.Module, val: EvaluationSet | None,
+                          device: torch.device, info: DistInfo = SINGLE) -> float:
+    """Seconds one :func:`validate` of ``val`` will take, estimated: the extraction of
+    :data:`VALIDATION_SAMPLE` of its images timed (after a warm-up batch) and scaled to all of
+    them, shared by the ranks, plus 5 % for the distances and metrics. 0 without validation."""
+    if val is None:
+        return 0.0
+    images = len(val.gallery) + (0 if val.all_vs_all else len(val.query))
+    sample = (val.gallery + val.query)[:VALIDATION_SAMPLE]
+    kwargs = _extract_kwargs(cfg, device)
+    extract(model, sample[:8], **kwargs)  # warm-up: kernels for the eval shapes
+    start = time.perf_counter()
+    extract(model, sample, **kwargs)
+    per_image = (time.perf_counter() - start) / len(sample)
+    return 1.05 * per_image * images / info.world_size
+
+
 def validate(cfg: Config, model: nn.Module, val: EvaluationSet, train_targets: np.ndarray,
              device: torch.device, info: DistInfo = SINGLE) -> dict[str, Any] | None:
     """Attribute accuracy per task (+ majority baseline) and re-ID CMC/mAP on ``val``.
 
     In a distributed run every rank embeds every W-th image and rank 0 scores the gathered
     features (the other ranks return None): the same numbers, W times faster to extract."""
-    kwargs = dict(transform=transform_config(cfg), device=device, amp=cfg.train.amp,
-                  channels_last=cfg.train.channels_last, flip=cfg.train.flip_test,
-                  workers=cfg.data.workers)
+    kwargs = _extract_kwargs(cfg, device)
     gallery = _extract_sharded(model, val.gallery, info, kwargs)
     query = gallery if val.all_vs_all else _extract_sharded(model, val.query, info, kwargs)
     if not info.is_main:
