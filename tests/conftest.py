@@ -119,6 +119,20 @@ def pytest_make_collect_report(collector: pytest.Collector):
     return report
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory) -> Iterator[Path]:
+    """ONNX exports and backend choices (attreid.inference.backends) go to a folder of this
+    test session, not the user's ~/.cache; subprocesses inherit it."""
+    folder = tmp_path_factory.mktemp("attreid_cache")
+    before = os.environ.get("ATTREID_CACHE_DIR")
+    os.environ["ATTREID_CACHE_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("ATTREID_CACHE_DIR", None)
+    else:
+        os.environ["ATTREID_CACHE_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The read-only real data beside the repository; tests using it skip when absent."""

@@ -28,6 +28,22 @@ index_app = typer.Typer(help="Build and extend gallery search indexes.", no_args
 app.add_typer(index_app, name="index")
 console = Console()
 LAYOUTS = "auto|market|course|custom"
+BACKEND_OPTION = typer.Option(
+    "auto", "--backend", help="Inference backend: auto (the fastest verified on this machine "
+    "among ONNX Runtime, torch bf16 and torch fp32, measured once per checkpoint and machine, "
+    "printed), onnx, torch-bf16 or torch-fp32 (torch = torch-fp32). An ONNX file made by "
+    "`attreid export` runs with onnx.")
+
+
+def _show_backend_text(text: str) -> None:
+    """Print a line about the inference backend on stderr, so that JSON on stdout stays JSON."""
+    Console(stderr=True).print(text, soft_wrap=True, markup=False, highlight=False)
+
+
+def _show_backend(choice: object) -> None:
+    """Print the inference backend chosen (an :class:`attreid.inference.backends.Choice`)."""
+    if choice is not None:
+        _show_backend_text(getattr(choice, "describe")())
 
 
 def _shown(text: str) -> str:

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import typer
 
-from attreid.cli.base import LAYOUTS, _count_progress, _fail, _reported_warnings, console
+from attreid.cli.base import (
+    BACKEND_OPTION,
+    LAYOUTS,
+    _count_progress,
+    _fail,
+    _reported_warnings,
+    _show_backend,
+    console,
+)
 from attreid.data.records import DataError
 
 
@@ -28,12 +36,14 @@ def evaluate(
     store: Path | None = typer.Option(None, "--store", help="Galleries beyond memory: embed "
                                       "the gallery into a feature store at this folder "
                                       "(replaced) and score it block by block."),
+    backend: str = BACKEND_OPTION,
 ) -> None:
     """Evaluate a checkpoint: a table in the terminal, metrics.json, CMC / attribute / ranked
     gallery plots."""
     from attreid.evaluation.evaluate import evaluate_checkpoint
     from attreid.evaluation.report import rich_table
     from attreid.inference.features import FeatureStoreError
+    from attreid.inference.onnx import ExportError
     from attreid.utils.checkpoint import CheckpointError
 
     out = out or checkpoint.parent / "eval"
@@ -42,8 +52,8 @@ def evaluate(
             result = evaluate_checkpoint(
                 checkpoint, data, layout=layout, protocol=protocol, rerank=rerank,
                 distance=distance, flip=flip, device=device, split=split, out=out,
-                progress=progress, store=store)
-    except (DataError, CheckpointError, ValueError, FeatureStoreError) as exc:
+                progress=progress, store=store, backend=backend, on_backend=_show_backend)
+    except (DataError, CheckpointError, ValueError, FeatureStoreError, ExportError) as exc:
         _fail(str(exc))
     m = result.metrics
     console.print(rich_table({checkpoint.parent.name or "model": m},

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import typer
 
-from attreid.cli.base import LAYOUTS, _count_progress, _fail, _reported_warnings, console
+from attreid.cli.base import (
+    BACKEND_OPTION,
+    LAYOUTS,
+    _count_progress,
+    _fail,
+    _reported_warnings,
+    _show_backend,
+    console,
+)
 from attreid.data.records import DataError
 
 
@@ -19,8 +27,7 @@ def predict(
     flip: bool = typer.Option(False, "--flip", help="Flip test-time augmentation."),
     layout: str = typer.Option("auto", help=LAYOUTS),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
-    backend: str = typer.Option("torch", help="torch (a checkpoint) or onnx (a file made by "
-                                "`attreid export`, run with ONNX Runtime)."),
+    backend: str = BACKEND_OPTION,
     distance: str | None = typer.Option(None, help="euclidean, squared or cosine for "
                                         "reid_test.txt (default: the model's own)."),
 ) -> None:
@@ -34,7 +41,8 @@ def predict(
         with _reported_warnings(), _count_progress("predicting") as progress:
             files = predict_dataset(checkpoint, data, out, layout=layout, top_k=top_k,
                                     flip=flip, device=device, progress=progress,
-                                    backend=backend, distance=distance)
+                                    backend=backend, distance=distance,
+                                    on_backend=_show_backend)
     except (DataError, CheckpointError, ExportError, ValueError) as exc:
         _fail(str(exc))
     written = [p for p in (files.features, files.classification, files.ranking) if p]

@@ -11,7 +11,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from attreid.cli.base import _count_progress, _fail, _reported_warnings, console
+from attreid.cli.base import (
+    BACKEND_OPTION,
+    _count_progress,
+    _fail,
+    _reported_warnings,
+    _show_backend,
+    _show_backend_text,
+    console,
+)
 from attreid.data.records import DataError
 
 
@@ -36,7 +44,7 @@ def index_build(
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
-    backend: str = typer.Option("torch", help="torch (a checkpoint) or onnx (its export)."),
+    backend: str = BACKEND_OPTION,
     features: Path | None = typer.Option(None, "--features", help="Keep the extracted "
                                          "embeddings and probabilities (a sharded feature "
                                          "store) in this new folder."),
@@ -47,11 +55,12 @@ def index_build(
     Embeddings stream to a sharded feature store on disk, then into the index chunk by
     chunk, so memory stays bounded apart from the FAISS vectors."""
     try:
-        from attreid.inference.onnx import load_predictor
+        from attreid.inference.backends import load_predictor
         from attreid.search import build_index
 
-        predictor = load_predictor(checkpoint, backend, device=device, batch_size=batch_size,
-                                   flip=flip)
+        predictor, choice = load_predictor(checkpoint, backend, device=device,
+                                           batch_size=batch_size, flip=flip)
+        _show_backend(choice)
         with _reported_warnings(), _count_progress("embedding crops") as progress:
             index = build_index(predictor, images, out, kind="ivf" if ivf else "flat",
                                 nlist=max(ivf, 0), nprobe=nprobe, batch_size=batch_size,
@@ -70,12 +79,14 @@ def index_add(
     checkpoint: Path | None = typer.Option(None, help="The index's checkpoint, if it moved."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
+    backend: str = BACKEND_OPTION,
 ) -> None:
     """Append new crops to an index without rebuilding it (same checkpoint only)."""
     try:
         from attreid.search import GallerySearch, add_images
 
-        search = GallerySearch.open(index, checkpoint, device)
+        search = GallerySearch.open(index, checkpoint, device, backend)
+        _show_backend(search.choice)
         with _reported_warnings(), _count_progress("embedding new crops") as progress:
             added, known, skipped = add_images(search.index, search.predictor, images,
                                                batch_size, progress)
@@ -98,6 +109,7 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     checkpoint: Path | None = typer.Option(None, help="The index's checkpoint, if it moved."),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
+    backend: str = BACKEND_OPTION,
 ) -> None:
     """Search an index by image, by indexed crop and/or by attributes."""
     try:
@@ -106,7 +118,9 @@ def search(
 
         if image is not None and query_id is not None:
             raise QueryError("give --image or --id, not both")
-        opened = open_search(index, checkpoint, device)
+        opened = open_search(index, checkpoint, device, backend)
+        if image is not None:
+            _show_backend(opened.choice)
         options = dict(attributes=attributes, cameras=parse_cameras(camera), min_prob=min_prob)
         if image is not None:
             hits = opened.by_image(image, k, rerank=rerank, **options)
@@ -155,12 +169,14 @@ def serve(
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
     max_batch: int = typer.Option(16, "--max-batch", min=1, help="Crops of concurrent "
                                   "requests embedded together, at most this many per pass."),
+    backend: str = BACKEND_OPTION,
 ) -> None:
     """Serve the search API (OpenAPI docs at /docs) and its web page (/)."""
     try:
         from attreid.search.service import serve as run_server
 
         run_server(index, host=host, port=port, checkpoint=checkpoint, device=device,
-                   max_batch=max_batch)
+                   max_batch=max_batch, backend=backend,
+                   log=_show_backend_text)
     except _search_errors() as exc:
         _fail(str(exc))

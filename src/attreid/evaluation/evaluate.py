@@ -41,7 +41,8 @@ from attreid.data.evalset import (
 )
 from attreid.data.load import load_dataset
 from attreid.data.records import JUNK_ID, attribute_matrix
-from attreid.inference.extraction import Features, extract
+from attreid.inference.backends import Choice, load_predictor
+from attreid.inference.extraction import Features
 from attreid.inference.features import (
     PROBABILITIES,
     ImageBatch,
@@ -49,7 +50,7 @@ from attreid.inference.features import (
     reid_metrics_on_store,
     split_probabilities,
 )
-from attreid.inference.predictor import Predictor
+from attreid.inference.files import extract_files
 from attreid.metrics import (
     DISTANCE_METRICS,
     PROTOCOLS,
@@ -219,15 +220,13 @@ def rank_queries(dist: np.ndarray, data: EvaluationSet, protocol: str, num_queri
         gallery_paths=[[data.gallery[j].path for j in row] for row in top])
 
 
-def _features(predictor: Predictor, data: EvaluationSet, batch_size: int, flip: bool,
-              workers: int, progress: Callable[[int, int], None] | None
-              ) -> tuple[Features, Features]:
+def _features(predictor: Any, data: EvaluationSet, batch_size: int,
+              progress: Callable[[int, int], None] | None) -> tuple[Features, Features]:
     """Query and gallery features (one extraction of the shared set when all-vs-all)."""
     records = data.gallery if data.all_vs_all else data.query + data.gallery
     total = len(records)
-    feats = extract(predictor.model, records, predictor.transform_config, predictor.device,
-                    batch_size=batch_size, workers=workers, flip=flip,
-                    progress=(lambda done: progress(done, total)) if progress else None)
+    feats = extract_files(predictor, [r.path for r in records], batch_size,
+                          progress=(lambda done: progress(done, total)) if progress else None)
     if data.all_vs_all:
         return feats, feats
     q = len(data.query)
@@ -260,8 +259,9 @@ def evaluate_checkpoint(
     progress: Callable[[int, int], None] | None = None,
     val_ids: int | None = None,
     split_seed: int | None = None,
-    workers: int = 0,
     store: Path | str | None = None,
+    backend: str = "auto",
+    on_backend: Callable[[Choice], None] | None = None,
 ) -> EvaluationResult:
     """Score ``checkpoint`` on the dataset at ``data_root`` (see the module docstring).
 
@@ -283,11 +283,15 @@ def evaluate_checkpoint(
         progress: called with (images embedded, images to embed) after each batch.
         val_ids, split_seed: the ``random`` split's size and seed; default: the checkpoint's
             training config, so the held-out identities are those training validated on.
-        workers: DataLoader worker processes for decoding.
         store: for galleries beyond memory: embed the gallery into a feature store at this
             folder (:mod:`attreid.inference.features`, replaced if present) and score it block by
             block; memory then stays bounded whatever the gallery size. Same numbers as the
             in-memory path; not with ``rerank`` or an all-vs-all split, and without ``ranked.png``.
+        backend: ``auto`` (the fastest verified on this machine), ``onnx``, ``torch-bf16`` or
+            ``torch-fp32`` (:mod:`attreid.inference.backends`); recorded in
+            ``metrics["setup"]["backend"]``.
+        on_backend: called with the backend :class:`~attreid.inference.backends.Choice` once
+            it is made (the CLI prints it).
 
     Raises:
         ValueError: bad arguments, or a split the dataset cannot provide (e.g. split ``test``
@@ -295,7 +299,9 @@ def evaluate_checkpoint(
     """
     protocol = protocol or ("market" if split == "test" else "seed")
     _check_args(split, protocol, distance or "euclidean")
-    predictor = Predictor(checkpoint, device=device, batch_size=batch_size, flip=flip)
+    predictor, choice = load_predictor(checkpoint, backend, device, batch_size, flip)
+    if on_backend:
+        on_backend(choice)
     distance = distance or predictor.distance
     cfg = predictor.config.data
     dataset = load_dataset(data_root, layout)
@@ -303,10 +309,10 @@ def evaluate_checkpoint(
                                 cfg.split_seed if split_seed is None else split_seed)
     if store is not None:
         return _evaluate_streamed(predictor, data, protocol, distance, Path(store), out,
-                                  progress, workers, _setup(checkpoint, data_root, dataset.layout,
-                                                            split, protocol, data, distance, flip,
-                                                            rerank))
-    query, gallery = _features(predictor, data, batch_size, flip, workers, progress)
+                                  progress, _setup(checkpoint, data_root, dataset.layout,
+                                                   split, protocol, data, distance, flip,
+                                                   rerank, choice.backend))
+    query, gallery = _features(predictor, data, batch_size, progress)
     dist = pairwise_distance(query.embeddings, gallery.embeddings, distance).numpy()  # (Q, G)
     plain = _reid(dist, data, protocol)
     metrics: dict[str, Any] = dict(plain.as_dict())
@@ -319,7 +325,7 @@ def evaluate_checkpoint(
     index = torch.from_numpy(data.attribute_index)
     metrics.update(_attribute_block({k: v[index] for k, v in gallery.logits.items()}, data))
     metrics["setup"] = _setup(checkpoint, data_root, dataset.layout, split, protocol, data,
-                              distance, flip, rerank)
+                              distance, flip, rerank, choice.backend)
     result = EvaluationResult(_clean(metrics), cmc,
                               rank_queries(dist, data, protocol, num_visual_queries))
     if out is not None:
@@ -328,11 +334,11 @@ def evaluate_checkpoint(
 
 
 def _setup(checkpoint: Path | str, data_root: Path | str, layout: str, split: str,
-           protocol: str, data: EvaluationSet, distance: str, flip: bool, rerank: bool
-           ) -> dict[str, Any]:
+           protocol: str, data: EvaluationSet, distance: str, flip: bool, rerank: bool,
+           backend: str) -> dict[str, Any]:
     return {"checkpoint": str(checkpoint), "data": str(data_root), "layout": layout,
             "split": split, "protocol": protocol, "all_vs_all": data.all_vs_all,
-            "distance": distance, "flip": flip,
+            "distance": distance, "flip": flip, "backend": backend,
             "rerank": dict(RERANK_PARAMS) if rerank else None,
             "num_query": len(data.query), "num_gallery": len(data.gallery)}
 
@@ -346,9 +352,9 @@ def _gallery_batches(data: EvaluationSet, batch_size: int) -> Iterator[ImageBatc
         yield ImageBatch([r.path for r in records], [str(r.path) for r in records], fields)
 
 
-def _evaluate_streamed(predictor: Predictor, data: EvaluationSet, protocol: str, distance: str,
+def _evaluate_streamed(predictor: Any, data: EvaluationSet, protocol: str, distance: str,
                        store_dir: Path, out: Path | str | None,
-                       progress: Callable[[int, int], None] | None, workers: int,
+                       progress: Callable[[int, int], None] | None,
                        setup: dict[str, Any]) -> EvaluationResult:
     """The re-ID and attribute metrics of :func:`evaluate_checkpoint` with the gallery streamed
     to a feature store and ranked block by block (see its ``store`` argument)."""
@@ -357,9 +363,8 @@ def _evaluate_streamed(predictor: Predictor, data: EvaluationSet, protocol: str,
                          "(split test) without re-ranking; re-ranking needs the whole "
                          "distance matrix in memory")
     total = len(data.query) + len(data.gallery)
-    query = extract(predictor.model, data.query, predictor.transform_config, predictor.device,
-                    batch_size=predictor.batch_size, workers=workers, flip=predictor.flip,
-                    progress=(lambda done: progress(done, total)) if progress else None)
+    query = extract_files(predictor, [r.path for r in data.query],
+                          progress=(lambda done: progress(done, total)) if progress else None)
     done = len(data.query)
     gallery = extract_to_store(
         predictor, _gallery_batches(data, predictor.batch_size), store_dir, overwrite=True,

@@ -21,7 +21,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from torch import nn
 
 from attreid.data.transforms import TransformConfig, build_transforms
 from attreid.errors import AttreidError
+from attreid.inference.extraction import Features
 from attreid.inference.predictor import (
     ImageInput,
     Prediction,
@@ -176,6 +177,13 @@ class OnnxPredictor:
         flipped = self.session.run(list(OUTPUTS), {"images": np.ascontiguousarray(x[..., ::-1])})
         return [(a + b) / 2 for a, b in zip(out, flipped)]
 
+    def embed_batch(self, x: torch.Tensor) -> Features:
+        """Outputs of one preprocessed batch ``x`` (N, 3, H, W) float32, as
+        :meth:`attreid.Predictor.embed_batch`."""
+        out = self._run(np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32))
+        return Features(torch.from_numpy(out[0]).float(),
+                        {t.name: torch.from_numpy(v) for t, v in zip(TASKS, out[1:])})
+
     def predict(self, images: Sequence[ImageInput] | torch.Tensor) -> Prediction:
         """Embed images and predict their attributes; inputs as :meth:`Predictor.predict`
         (paths, PIL images, a uint8 or preprocessed float tensor (N, 3, H, W))."""
@@ -189,15 +197,4 @@ class OnnxPredictor:
         return make_prediction(merged[0].astype(np.float32), logits, self.trained_tasks)
 
 
-def load_predictor(path: Path | str, backend: str = "torch", device: str | None = None,
-                   batch_size: int = 64, flip: bool = False) -> Any:
-    """A :class:`Predictor` (``backend="torch"``, a checkpoint) or an :class:`OnnxPredictor`
-    (``"onnx"``, an exported file)."""
-    if backend == "torch":
-        return Predictor(path, device=device, batch_size=batch_size, flip=flip)
-    if backend == "onnx":
-        return OnnxPredictor(path, batch_size=batch_size, flip=flip)
-    raise ValueError(f"backend {backend!r}: expected torch or onnx")
-
-
-__all__ = ["ExportError", "OnnxPredictor", "export_onnx", "load_predictor"]
+__all__ = ["ExportError", "OnnxPredictor", "export_onnx"]

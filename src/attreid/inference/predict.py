@@ -29,15 +29,16 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from attreid.data.load import load_dataset
 from attreid.data.records import Dataset
-from attreid.inference.onnx import load_predictor
-from attreid.inference.predictor import Prediction, Predictor
+from attreid.inference.backends import Choice, load_predictor
+from attreid.inference.files import extract_files
+from attreid.inference.predictor import Prediction, make_prediction
 from attreid.metrics import pairwise_distance
 from attreid.schema import (
     CSV_COLUMNS,
@@ -66,18 +67,14 @@ class PredictFiles:
     trained_tasks: tuple[str, ...] = TASK_NAMES  # the others are unknown in the files
 
 
-def _predict(predictor: Predictor, paths: Sequence[Path], chunk: int,
+def _predict(predictor: Any, paths: Sequence[Path], chunk: int,
              progress: Callable[[int, int], None] | None) -> Prediction:
-    parts = []
-    for start in range(0, len(paths), chunk):
-        parts.append(predictor.predict(list(paths[start:start + chunk])))
-        if progress:
-            progress(min(start + chunk, len(paths)), len(paths))
-    return Prediction(
-        embeddings=np.concatenate([p.embeddings for p in parts]),
-        probabilities={k: np.concatenate([p.probabilities[k] for p in parts])
-                       for k in parts[0].probabilities},
-        labels=np.concatenate([p.labels for p in parts]), trained_tasks=parts[0].trained_tasks)
+    """Every image at ``paths`` embedded in batches of ``chunk``, the decoding of the next batch
+    overlapped with the model (:func:`attreid.inference.files.extract_files`)."""
+    feats = extract_files(predictor, paths, chunk,
+                          progress=(lambda done: progress(done, len(paths))) if progress
+                          else None)
+    return make_prediction(feats.embeddings.numpy(), feats.logits, predictor.trained_tasks)
 
 
 def _write_features(path: Path, paths: Sequence[Path], split: Sequence[str],
@@ -181,11 +178,13 @@ def predict_dataset(checkpoint: Path | str, data_root: Path | str, out: Path | s
                     layout: str = "auto", top_k: int = 300, flip: bool = False,
                     device: str | None = None, batch_size: int = 128,
                     progress: Callable[[int, int], None] | None = None,
-                    backend: str = "torch", distance: str | None = None) -> PredictFiles:
+                    backend: str = "auto", distance: str | None = None,
+                    on_backend: Callable[[Choice], None] | None = None) -> PredictFiles:
     """Predict every query and gallery image of a dataset and write the files (module doc).
 
-    ``backend="onnx"``: ``checkpoint`` is an ONNX export (``attreid export``), run with ONNX
-    Runtime on the CPU. ``distance`` ranks ``reid_test.txt``: default the distance the model
+    ``backend``: ``auto`` (the fastest verified on this machine), ``onnx``, ``torch-bf16`` or
+    ``torch-fp32`` (:mod:`attreid.inference.backends`; ``on_backend`` gets the choice);
+    ``checkpoint`` may also be an ONNX export (``attreid export``), run with ONNX Runtime. ``distance`` ranks ``reid_test.txt``: default the distance the model
     was trained with (``PredictFiles.distance`` says which)."""
     if top_k < 1:
         raise ValueError(f"top_k={top_k}: expected >= 1")
@@ -193,8 +192,10 @@ def predict_dataset(checkpoint: Path | str, data_root: Path | str, out: Path | s
         dataset = load_dataset(data_root, layout)
         if not dataset.query and not dataset.gallery:
             raise ValueError(f"{dataset.root}: no query or gallery images to predict")
-        predictor = load_predictor(checkpoint, backend, device=device, batch_size=batch_size,
-                                   flip=flip)
+        predictor, choice = load_predictor(checkpoint, backend, device=device,
+                                           batch_size=batch_size, flip=flip)
+        if on_backend:
+            on_backend(choice)
         records = dataset.query + dataset.gallery
         pred = _predict(predictor, [r.path for r in records], batch_size, progress)
         _warn_untrained(pred.trained_tasks, dataset.layout == "course")

@@ -15,7 +15,12 @@ from PIL import Image
 from attreid.config import from_dict
 from attreid.data.io import ImageInputError, load_rgb
 from attreid.data.transforms import TransformConfig, build_transforms, transform_config
-from attreid.inference.extraction import autocast_context, forward_checked, resolve_amp
+from attreid.inference.extraction import (
+    Features,
+    autocast_context,
+    forward_checked,
+    resolve_amp,
+)
 from attreid.metrics import predict_labels
 from attreid.models import build_model
 from attreid.models.output import ModelOutput, probabilities
@@ -203,6 +208,13 @@ class Predictor:
 
     def _run(self, x: torch.Tensor) -> ModelOutput:
         return forward_checked(self.model, x.to(self.device), self.flip, self.device, self.amp)
+
+    def embed_batch(self, x: torch.Tensor) -> Features:
+        """Outputs of one preprocessed batch ``x`` (N, 3, H, W) float32 (see :meth:`preprocess`):
+        float32 embeddings (N, D) and logits per task, on the CPU."""
+        out = self._run(x)
+        return Features(out.embedding.cpu(), {k: v.cpu() for k, v in
+                                              out.attribute_logits.items()})
 
     def predict(self, images: Sequence[ImageInput] | torch.Tensor) -> Prediction:
         """Embed images and predict their attributes.

@@ -145,21 +145,25 @@ class GallerySearch:
         hits[0].entry.path, hits[0].distance
     """
 
-    def __init__(self, index: GalleryIndex, predictor: Any | None = None) -> None:
+    def __init__(self, index: GalleryIndex, predictor: Any | None = None,
+                 choice: Any | None = None) -> None:
         self.index = index
         self.predictor = predictor
+        self.choice = choice  # the backend's Choice (attreid.inference.backends), when opened
 
     @classmethod
     def open(cls, index: Path | str, checkpoint: Path | str | None = None,
-             device: str | None = None) -> "GallerySearch":
+             device: str | None = None, backend: str = "auto") -> "GallerySearch":
         """Open an index and the checkpoint that made it (``checkpoint`` overrides the recorded
         path; either way its sha256 must match). An ONNX export (``.onnx``) of that checkpoint
-        works too and runs with ONNX Runtime.
+        works too and runs with ONNX Runtime. ``backend``: how query crops are embedded
+        (:mod:`attreid.inference.backends`; ``auto``: the fastest verified here).
 
         Raises:
             GalleryIndexError: the index is missing/corrupt or the checkpoint does not match.
         """
-        from attreid.inference.onnx import ExportError, load_predictor
+        from attreid.inference.backends import load_predictor
+        from attreid.inference.onnx import ExportError
         from attreid.utils.checkpoint import CheckpointError
 
         opened = GalleryIndex.open(index)
@@ -167,14 +171,13 @@ class GallerySearch:
         if not path.is_file():
             raise GalleryIndexError(f"{path}: the checkpoint of index {opened.root} is not "
                                     "there; pass the checkpoint (--checkpoint) that made it")
-        backend = "onnx" if path.suffix == ".onnx" else "torch"  # an export of the checkpoint
         try:
-            predictor = load_predictor(path, backend, device=device,
-                                       flip=bool(opened.info.get("flip")))
+            predictor, choice = load_predictor(path, backend, device=device,
+                                               flip=bool(opened.info.get("flip")))
         except (CheckpointError, ExportError) as exc:
             raise GalleryIndexError(str(exc)) from exc
         opened.check_checkpoint(path, predictor.checkpoint_sha256)
-        return cls(opened, predictor)
+        return cls(opened, predictor, choice)
 
     # ---- filters -------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ import io
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 from attreid.schema import TASKS
 from attreid.search.batching import EmbeddingBatcher
@@ -86,7 +86,7 @@ def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
 
 
 def open_search(index: Path | str, checkpoint: Path | str | None = None,
-                device: str | None = None) -> GallerySearch:
+                device: str | None = None, backend: str = "auto") -> GallerySearch:
     """:meth:`GallerySearch.open`, with any damage of the index folder reported as a
     :class:`GalleryIndexError` naming it (e.g. a metadata table that lacks a key).
 
@@ -94,7 +94,7 @@ def open_search(index: Path | str, checkpoint: Path | str | None = None,
         GalleryIndexError: the index is missing, damaged, or not made by the checkpoint.
     """
     try:
-        return GallerySearch.open(index, checkpoint, device)
+        return GallerySearch.open(index, checkpoint, device, backend)
     except GalleryIndexError:
         raise
     except (LookupError, TypeError, ValueError, OSError, RuntimeError, sqlite3.Error) as exc:
@@ -326,9 +326,14 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
 
 def serve(index: Path | str, host: str = "127.0.0.1", port: int = 8000,
           checkpoint: Path | str | None = None, device: str | None = None,
-          max_batch: int = 16) -> None:
-    """Open the index and run the app with uvicorn until interrupted."""
+          max_batch: int = 16, backend: str = "auto",
+          log: Callable[[str], None] = print) -> None:
+    """Open the index and run the app with uvicorn until interrupted; ``log`` gets the
+    backend chosen (:mod:`attreid.inference.backends`)."""
     import uvicorn
 
-    app = create_app(open_search(index, checkpoint, device), max_batch=max_batch)
+    search = open_search(index, checkpoint, device, backend)
+    if search.choice is not None:
+        log(search.choice.describe())
+    app = create_app(search, max_batch=max_batch)
     uvicorn.run(app, host=host, port=port, log_level="info")

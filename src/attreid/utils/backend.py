@@ -62,6 +62,19 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset()
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The ``model name`` of the first CPU in ``/proc/cpuinfo`` (``unknown CPU`` where there is
+    none), e.g. ``AMD EPYC 9R45`` or ``Intel(R) Xeon(R) Platinum 8488C``."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return "unknown CPU"
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return "unknown CPU"
+
+
 def cpu_bf16_native(flags: frozenset[str] | None = None,
                     environ: Mapping[str, str] = os.environ) -> bool:
     """Whether oneDNN runs bf16 on native instructions: the CPU has AVX512_BF16 or AMX-BF16
