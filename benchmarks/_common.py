@@ -11,11 +11,20 @@ import torch
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+"""The /proc/cpuinfo flags that decide which kernels oneDNN and ONNX Runtime run."""
+
+
 def machine() -> str:
-    """One line: CPU, cores, torch and its thread count, Python."""
-    return (f"{platform.processor() or platform.machine()}, nproc {os.cpu_count()}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"Python {platform.python_version()}")
+    """One line: CPU model and its ISA flags, the oneDNN ISA limit, cores, torch and its thread
+    count, Python."""
+    from attreid.utils.backend import cpu_flags, cpu_model
+
+    flags = [f for f in ISA_FLAGS if f in cpu_flags()]
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL"
+    return (f"{cpu_model()} ({platform.machine()}; {' '.join(flags) or 'no AVX2'}; oneDNN "
+            f"limit {isa}), nproc {os.cpu_count()}, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
 
 
 def replace_section(section: str, intro: str, body: str, results: Path = RESULTS) -> None:

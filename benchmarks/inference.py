@@ -7,6 +7,9 @@ decoding is not measured), at batch 1 and batch 32:
     torch fp32    model(x) under inference_mode
     torch bf16    the same under CPU autocast to bfloat16
     onnxruntime   the `attreid export` file, CPUExecutionProvider, default threads
+    auto          what `--backend auto` chose on this machine for this batch size
+                  (attreid.inference.backends: verified candidates, the fastest measured),
+                  through its predictor's ``embed_batch`` (outputs of every head, float32)
 
 Images/s is the best of ``--repeats`` timed runs of ``--iters`` batches each, after warm-up.
 The table also gives the max abs embedding difference of each method against torch fp32.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +31,7 @@ import numpy as np
 import torch
 from _common import RESULTS, machine, replace_section
 
+from attreid.inference.backends import load_predictor
 from attreid.inference.onnx import OnnxPredictor, export_onnx
 from attreid.inference.predictor import Predictor
 
@@ -41,7 +46,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--checkpoints", nargs="+", type=Path,
                         default=[ROOT / "runs/market_cpu60/best.pt",
                                  ROOT / "runs/demo/convhead/best.pt"])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 128])
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--write", action="store_true", help=f"update {RESULTS.name}")
@@ -81,10 +86,15 @@ def measure(checkpoint: Path, batches: list[int], iters: int, repeats: int) -> l
         def ort() -> np.ndarray:
             return onnx.session.run(["embedding"], {"images": xn})[0]
 
+        chosen, choice = load_predictor(checkpoint, "auto", "cpu", batch_size=batch)
+
+        def auto() -> np.ndarray:
+            return chosen.embed_batch(x).embeddings.numpy()
+
         reference = torch_fp32()
         rates = {}
         for name, fn in (("torch fp32", torch_fp32), ("torch bf16", torch_bf16),
-                         ("onnxruntime fp32", ort)):
+                         ("onnxruntime fp32", ort), (f"auto ({choice.backend})", auto)):
             rates[name] = best_rate(fn, batch, iters, repeats)
             diff = float(np.abs(fn() - reference).max())
             rows.append(f"| {checkpoint.parent.name} ({model.config['backbone']}, "
@@ -95,6 +105,7 @@ def measure(checkpoint: Path, batches: list[int], iters: int, repeats: int) -> l
 
 def main() -> None:
     args = parse_args()
+    os.environ["ATTREID_CACHE_DIR"] = tempfile.mkdtemp(prefix="inference_bench.")  # fresh choice
     header = ("| model | batch | method | images/s | vs torch fp32 | max abs diff |\n"
               "|---|---:|---|---:|---:|---:|")
     rows = []

@@ -158,6 +158,24 @@ def test_a_cache_that_cannot_be_written_costs_only_the_onnx_candidate(
     assert len(predictor.predict(_files(synth_market, 3))) == 3
 
 
+def test_hyper_threads_make_onnx_with_one_thread_per_cpu_a_candidate(tiny_checkpoint, cache,
+                                                                    monkeypatch, tmp_path):
+    info = tmp_path / "cpuinfo"  # 2 CPUs, hyper-threads of core 0
+    info.write_text("processor\t: 0\nphysical id\t: 0\ncore id\t: 0\n\n"
+                    "processor\t: 1\nphysical id\t: 0\ncore id\t: 0\n")
+    from attreid.utils import backend as machine
+
+    assert machine.physical_cores(info) == 1
+    monkeypatch.setattr(backends, "physical_cores", lambda: 1)
+    monkeypatch.setattr(backends, "logical_cpus", lambda: 2)
+    fake = {"torch-fp32": 1.0, "torch-bf16": 2.0, "onnx": 3.0, "onnx (2 threads)": 4.0}
+    monkeypatch.setattr(backends, "_rates", lambda runners, probe: {k: fake[k] for k in runners})
+    predictor, choice = load_predictor(tiny_checkpoint, "auto", "cpu")
+    assert choice.backend == "onnx (2 threads)" and predictor.threads == 2
+    again, _ = load_predictor(tiny_checkpoint, "auto", "cpu")  # remembered, threads included
+    assert isinstance(again, OnnxPredictor) and again.threads == 2
+
+
 @pytest.mark.parametrize("backend, amp", [("torch-fp32", "none"), ("torch", "none"),
                                           ("torch-bf16", "bf16")])
 def test_forced_torch_backends(tiny_checkpoint, cache, backend, amp):

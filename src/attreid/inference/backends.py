@@ -18,6 +18,10 @@ the candidates on the machine at hand and uses the fastest:
   forward_checked`).
 * ``torch-fp32``: torch in float32, always available; the reference.
 
+ONNX Runtime runs one thread per physical core by default; where this process's CPUs are
+hyper-threads of fewer cores, ``onnx (N threads)`` (one per CPU) is measured as one more
+candidate.
+
 Each verified candidate runs the probe batch (``batch_size`` images, with ``flip`` as asked)
 :data:`ROUNDS` times, alternating; the best rate counts. The choice, the rates and the checks are
 kept in ``<cache>/onnx/<sha256>.json`` per machine (CPU model, threads, oneDNN ISA limit,
@@ -43,7 +47,13 @@ import torch
 from attreid.inference.extraction import Features, autocast_context, forward_tta
 from attreid.inference.onnx import ExportError, OnnxPredictor, export_onnx
 from attreid.inference.predictor import Predictor
-from attreid.utils.backend import cpu_bf16_native, cpu_model, resolve_device
+from attreid.utils.backend import (
+    cpu_bf16_native,
+    cpu_model,
+    logical_cpus,
+    physical_cores,
+    resolve_device,
+)
 from attreid.utils.files import atomic_write_text
 
 BACKENDS = ("auto", "onnx", "torch-bf16", "torch-fp32")
@@ -221,6 +231,9 @@ def _candidates(reference: Predictor, probe: torch.Tensor, checks: dict[str, str
             checks["onnx"] = problem
         else:
             found["onnx"] = _onnx_from(path, reference)
+            threads = _extra_onnx_threads()
+            if threads:
+                found[f"onnx ({threads} threads)"] = _onnx_from(path, reference, threads)
     if not cpu_bf16_native():
         checks["torch-bf16"] = "no native bf16 instructions on this CPU"
     else:
@@ -250,8 +263,17 @@ def _torch(reference: Predictor, amp: str) -> Predictor:
     return other
 
 
-def _onnx_from(path: Path, reference: Predictor) -> OnnxPredictor:
-    onnx = OnnxPredictor(path, batch_size=reference.batch_size, flip=reference.flip)
+def _extra_onnx_threads() -> int | None:
+    """ONNX Runtime runs one thread per physical core by default; where the CPUs this process
+    has are hyper-threads of fewer cores (2 vCPUs on 1 core, say), one thread per CPU is a
+    second candidate, measured like the others. None where the two counts agree."""
+    logical = logical_cpus()
+    return logical if logical > physical_cores() else None
+
+
+def _onnx_from(path: Path, reference: Predictor, threads: int | None = None) -> OnnxPredictor:
+    onnx = OnnxPredictor(path, batch_size=reference.batch_size, flip=reference.flip,
+                         threads=threads)
     onnx.checkpoint = reference.checkpoint  # what the search index and the features name
     onnx.config = reference.config
     return onnx
@@ -272,9 +294,9 @@ def _saved(reference: Predictor, key: str) -> tuple[Any, Choice] | None:
         return _torch(reference, "bf16"), choice
     path = cache_dir() / "onnx" / f"{reference.checkpoint_sha256}.onnx"
     made = record.get("export", {})
-    if (choice.backend == "onnx" and path.is_file() and made.get("versions") == _versions()
-            and not made.get("problem")):
-        return _onnx_from(path, reference), choice
+    if (choice.backend.startswith("onnx") and path.is_file()
+            and made.get("versions") == _versions() and not made.get("problem")):
+        return _onnx_from(path, reference, saved.get("threads")), choice
     return None
 
 
@@ -293,7 +315,8 @@ def _auto(reference: Predictor) -> tuple[Any, Choice]:
     best = max(rates, key=rates.__getitem__)
     choice = Choice(best, "auto, the fastest verified on this machine", rates, checks)
     record = _read_record(reference)
-    record.setdefault("choices", {})[key] = {"backend": best, "rates": rates, "checks": checks}
+    record.setdefault("choices", {})[key] = {"backend": best, "rates": rates, "checks": checks,
+                                             "threads": getattr(found[best], "threads", None)}
     try:
         _write_record(reference, record)
     except OSError:

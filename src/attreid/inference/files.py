@@ -30,14 +30,15 @@ def _decoded(predictor: Any, paths: Sequence[Path | str], batch_size: int
 
 def extract_files(predictor: Any, paths: Sequence[Path | str], batch_size: int | None = None,
                   progress: Callable[[int], None] | None = None,
-                  ahead: int = DECODE_AHEAD) -> Features:
+                  ahead: int | None = None) -> Features:
     """Embeddings (N, D) and attribute logits of the images at ``paths``, in order.
 
     Args:
         predictor: a :class:`~attreid.Predictor` or :class:`~attreid.inference.onnx.
             OnnxPredictor` (flip as it was made); ``batch_size`` default: its own.
         progress: called with the number of images done after each batch.
-        ahead: batches decoded ahead in a background thread (0: in line).
+        ahead: batches decoded ahead in a background thread (0: in line); default
+            :data:`DECODE_AHEAD`.
 
     Raises:
         DataError: a file is missing or cannot be decoded (naming it).
@@ -46,6 +47,7 @@ def extract_files(predictor: Any, paths: Sequence[Path | str], batch_size: int |
     embeddings: list[torch.Tensor] = []
     logits: dict[str, list[torch.Tensor]] = {}
     done = 0
+    ahead = DECODE_AHEAD if ahead is None else ahead
     for x in prefetch(_decoded(predictor, paths, size), ahead):
         out = predictor.embed_batch(x)
         embeddings.append(out.embeddings)

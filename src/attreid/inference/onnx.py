@@ -135,6 +135,7 @@ class OnnxPredictor:
         if not self.checkpoint.is_file():
             raise ExportError(f"{path}: ONNX model not found")
         options = ort.SessionOptions()
+        self.threads = threads  # None: ONNX Runtime's default (one per physical core)
         if threads:
             options.intra_op_num_threads = threads
         try:

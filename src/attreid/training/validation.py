@@ -27,7 +27,10 @@ from attreid.training.distributed import SINGLE, DistInfo
 
 
 VALIDATION_SAMPLE = 256
-"""Images whose extraction is timed to estimate a validation (:func:`estimate_validation_s`)."""
+"""Images whose extraction is timed to estimate a validation (:func:`estimate_validation_s`),
+after one batch of warm-up."""
+EXTRACT_BATCH = 128
+"""The batch size of :func:`~attreid.inference.extraction.extract` (its default)."""
 
 
 def _extract_kwargs(cfg: Config, device: torch.device) -> dict[str, Any]:
@@ -39,14 +42,18 @@ def _extract_kwargs(cfg: Config, device: torch.device) -> dict[str, Any]:
 def estimate_validation_s(cfg: Config, model: nn.Module, val: EvaluationSet | None,
                           device: torch.device, info: DistInfo = SINGLE) -> float:
     """Seconds one :func:`validate` of ``val`` will take, estimated: the extraction of
-    :data:`VALIDATION_SAMPLE` of its images timed (after a warm-up batch) and scaled to all of
-    them, shared by the ranks, plus 5 % for the distances and metrics. 0 without validation."""
+    :data:`VALIDATION_SAMPLE` of its images timed (after a full batch of warm-up, which builds
+    the kernels of the batch's shapes) and scaled to all of them, shared by the ranks, plus 5 %
+    for the distances and metrics. 0 without validation."""
     if val is None:
         return 0.0
     images = len(val.gallery) + (0 if val.all_vs_all else len(val.query))
-    sample = (val.gallery + val.query)[:VALIDATION_SAMPLE]
+    records = val.gallery + val.query
+    warm, sample = records[:EXTRACT_BATCH], records[EXTRACT_BATCH:][:VALIDATION_SAMPLE]
     kwargs = _extract_kwargs(cfg, device)
-    extract(model, sample[:8], **kwargs)  # warm-up: kernels for the eval shapes
+    extract(model, warm, **kwargs)  # warm-up: kernels for a full batch's shapes
+    if not sample:  # a validation set of one batch: that batch, timed again
+        sample = warm
     start = time.perf_counter()
     extract(model, sample, **kwargs)
     per_image = (time.perf_counter() - start) / len(sample)

@@ -62,6 +62,32 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset()
 
 
+def logical_cpus() -> int:
+    """CPUs this process may run on (its affinity), hyper-threads counted."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def physical_cores(cpuinfo: Path = Path("/proc/cpuinfo")) -> int:
+    """Distinct (socket, core) pairs in ``/proc/cpuinfo``: fewer than :func:`logical_cpus` where
+    the CPUs are hyper-threads of shared cores (ONNX Runtime's default thread count is this);
+    :func:`logical_cpus` where the file does not say."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return logical_cpus()
+    cores, socket = set(), ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "physical id":
+            socket = value.strip()
+        elif key.strip() == "core id":
+            cores.add((socket, value.strip()))
+    return len(cores) or logical_cpus()
+
+
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The ``model name`` of the first CPU in ``/proc/cpuinfo`` (``unknown CPU`` where there is
     none), e.g. ``AMD EPYC 9R45`` or ``Intel(R) Xeon(R) Platinum 8488C``."""
