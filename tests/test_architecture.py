@@ -33,6 +33,7 @@ in one layer do not import each other. ``attreid/__init__.py`` (the facade: the 
 the lazy ``attreid.Predictor``) is outside the layers."""
 LAYER = {unit: level for level, units in enumerate(LAYERS) for unit in units}
 FACADE = {"Predictor": "attreid.inference.predictor", "__version__": "attreid.errors",
+          "load_predictor": "attreid.inference.backends",
           "cap_onednn_isa": "attreid.utils.backend"}
 """What ``from attreid import NAME`` really imports (``__version__`` is package metadata: the
 bottom layer), so the facade cannot hide an upward import."""

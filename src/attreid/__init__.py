@@ -17,4 +17,8 @@ def __getattr__(name: str):  # lazy: `import attreid` stays light; attreid.Predi
         from attreid.inference.predictor import Predictor
 
         return Predictor
+    if name == "load_predictor":  # the fastest verified backend here (ONNX Runtime, bf16, fp32)
+        from attreid.inference.backends import load_predictor
+
+        return load_predictor
     raise AttributeError(f"module 'attreid' has no attribute {name!r}")

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from attreid.inference.extraction import Features
+from attreid.utils.backend import trim_heap
 from attreid.utils.threads import prefetch
 
 DECODE_AHEAD = 1
@@ -54,6 +55,8 @@ def extract_files(predictor: Any, paths: Sequence[Path | str], batch_size: int |
         for name, value in out.logits.items():
             logits.setdefault(name, []).append(value)
         done += len(x)
+        del x
+        trim_heap()  # the freed batch's pages go back to the system (see trim_heap)
         if progress:
             progress(done)
     if not embeddings:
