@@ -315,7 +315,8 @@ def test_predict_ranks_by_the_checkpoints_distance(run, course, tmp_path):
     distance while reporting cosine."""
     from attreid.inference.predict import predict_dataset
 
-    files = predict_dataset(run.checkpoint, course, tmp_path / "pred", top_k=10, device="cpu")
+    files = predict_dataset(run.checkpoint, course, tmp_path / "pred", top_k=10, device="cpu",
+                            backend="torch-fp32")
     assert files.distance == run.distance
     saved = np.load(files.features)
     own = Predictor(run.checkpoint, device="cpu").predict(list(saved["paths"])).embeddings

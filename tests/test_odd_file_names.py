@@ -132,7 +132,7 @@ def test_cli_index_build_stores_the_odd_name_and_finds_it(tiny_checkpoint, odd_g
 
     result = runner.invoke(app, ["search", str(out), "--image", odd, "-k", "2", "--json"])
     assert result.exit_code == 0, result.output
-    hits = json.loads(result.output)
+    hits = json.loads(result.stdout)  # stderr: the backend line
     assert hits[0]["id"] == entry.id and hits[0]["name"] == SHOWN
     assert hits[0]["distance"] < 1e-3
 

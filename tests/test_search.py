@@ -339,7 +339,7 @@ def test_cli_build_add_search(tiny_checkpoint, small_gallery, synth_market, tmp_
     assert result.exit_code == 0 and "added 1 crops (20 already indexed" in result.output
     result = runner.invoke(app, ["search", str(out), "--image", str(query), "-k", "3", "--json"])
     assert result.exit_code == 0, result.output
-    hits = json.loads(result.output)
+    hits = json.loads(result.stdout)  # stderr: the backend line
     assert hits[0]["name"] == query.name and hits[0]["distance"] < 1e-3
     result = runner.invoke(app, ["search", str(out), "-a", "gender=female", "-k", "2"])
     assert result.exit_code == 0 and "result(s)" in result.output

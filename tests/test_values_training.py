@@ -244,7 +244,7 @@ def test_grad_scaler_state_survives_checkpoint_and_resume(data, tmp_path):
 
     fresh = engine.setup(cfg, bundle)
     assert fresh.scaler.state_dict()["scale"] == 65536.0  # the default, before resume
-    epoch, _ = engine._resume(tmp_path, cfg, fresh)
+    epoch, _, _ = engine._resume(tmp_path, cfg, fresh)
     assert epoch == 1 and fresh.scaler.state_dict() == state
     assert float(fresh.scaler.scale(torch.tensor(0.5))) == 512.0
 
