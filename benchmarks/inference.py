@@ -6,12 +6,14 @@ decoding is not measured), at batch 1 and batch 32:
 
     torch fp32    model(x) under inference_mode
     torch bf16    the same under CPU autocast to bfloat16
-    onnxruntime   the `attreid export` file, CPUExecutionProvider, default threads
+    onnxruntime   the `attreid export` file, CPUExecutionProvider, default threads, every
+                  output fetched (embedding and the 12 attribute logits, as torch computes)
     auto          what `--backend auto` chose on this machine for this batch size
                   (attreid.inference.backends: verified candidates, the fastest measured),
                   through its predictor's ``embed_batch`` (outputs of every head, float32)
 
-Images/s is the best of ``--repeats`` timed runs of ``--iters`` batches each, after warm-up.
+Images/s is the best of ``--repeats`` timed runs of ``--iters`` batches each (at least 640
+images, so that batch 1 is timed over more than a millisecond per call), after warm-up.
 The table also gives the max abs embedding difference of each method against torch fp32.
 ``--write`` replaces the "## Inference" section of RESULTS.md.
 
@@ -84,7 +86,9 @@ def measure(checkpoint: Path, batches: list[int], iters: int, repeats: int) -> l
                 return model(x).embedding.float().numpy()
 
         def ort() -> np.ndarray:
-            return onnx.session.run(["embedding"], {"images": xn})[0]
+            # every output, as the torch rows compute every head (fetching the embedding alone
+            # lets ONNX Runtime skip the attribute heads)
+            return onnx.session.run(None, {"images": xn})[0]
 
         chosen, choice = load_predictor(checkpoint, "auto", "cpu", batch_size=batch)
 
@@ -95,7 +99,7 @@ def measure(checkpoint: Path, batches: list[int], iters: int, repeats: int) -> l
         rates = {}
         for name, fn in (("torch fp32", torch_fp32), ("torch bf16", torch_bf16),
                          ("onnxruntime fp32", ort), (f"auto ({choice.backend})", auto)):
-            rates[name] = best_rate(fn, batch, iters, repeats)
+            rates[name] = best_rate(fn, batch, max(iters, 640 // batch), repeats)
             diff = float(np.abs(fn() - reference).max())
             rows.append(f"| {checkpoint.parent.name} ({model.config['backbone']}, "
                         f"{tc.height}x{tc.width}) | {batch} | {name} | {rates[name]:,.0f} | "
