@@ -19,9 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import queue
 import tempfile
-import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +32,7 @@ import torchvision.transforms as T
 from attreid.data.dataset import UNKNOWN, ImageDataset
 from attreid.data.io import read_image
 from attreid.data.records import DataError
+from attreid.utils.threads import prefetch
 
 _FORMAT = "attreid-image-cache-v1"
 
@@ -213,7 +212,7 @@ class CachedLoader:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         batches = (self._make(indices) for indices in self.batch_sampler)
-        return _prefetched(batches, self.prefetch) if self.prefetch > 0 else batches
+        return prefetch(batches, self.prefetch)  # 0: in this thread
 
     def _make(self, indices: list[int]) -> dict[str, torch.Tensor]:
         index = torch.as_tensor(indices, dtype=torch.long)  # (B,)
@@ -221,38 +220,3 @@ class CachedLoader:
         return {"image": self.augment(images, self.generator), "pid": self._pid[index],
                 "label": self._label[index], "camid": self._camid[index],
                 "attributes": self._attributes[index], "index": index}
-
-
-_END = object()
-
-
-def _prefetched(items: Iterator, depth: int) -> Iterator:
-    """Run ``items`` in a daemon thread, ``depth`` items ahead; re-raise its errors here."""
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                slots.put(item)
-            slots.put(_END)
-        except BaseException as exc:  # handed to the consumer
-            slots.put(exc)
-
-    thread = threading.Thread(target=produce, daemon=True, name="attreid-prefetch")
-    thread.start()
-    try:
-        while (item := slots.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                slots.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        thread.join()
