@@ -283,3 +283,69 @@ def test_evaluate_names_the_backend_in_metrics_json(tiny_checkpoint, synth_marke
     assert json.loads((out / "metrics.json").read_text())["setup"]["backend"] == "onnx"
     assert np.isfinite(json.loads((out / "metrics.json").read_text())["mAP"])
     assert os.listdir(cache / "onnx")
+
+
+# ------------------------------------------------------------------ a damaged cache
+
+
+@pytest.mark.parametrize("damage", ["truncated", "replaced"])
+def test_a_damaged_cached_export_is_made_again(tiny_checkpoint, synth_market, cache, damage):
+    predictor, _ = load_predictor(tiny_checkpoint, "onnx", "cpu")
+    path = cache / "onnx" / f"{file_sha256(tiny_checkpoint)}.onnx"
+    good = path.read_bytes()
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask_now()  # not mkstemp's 0600
+    if damage == "truncated":
+        path.write_bytes(good[:1000])
+    else:  # a loadable export of another model in its place: not the file that was verified
+        other = good.replace(b"attreid", b"ATTREID", 1)
+        path.write_bytes(other)
+    for backend in ("auto", "onnx"):
+        predictor, _ = load_predictor(tiny_checkpoint, backend, "cpu")
+        assert path.read_bytes() == good or file_sha256(path) == json.loads(
+            (cache / "onnx" / f"{file_sha256(tiny_checkpoint)}.json").read_text()
+        )["export"]["sha256"]
+        assert len(predictor.predict(_files(synth_market, 2))) == 2
+
+
+@pytest.mark.parametrize("record", ["[1, 2]", '{"choices": [1]}', '{"export": 3}', "{"])
+def test_a_record_of_another_shape_costs_a_measurement_not_a_traceback(tiny_checkpoint, cache,
+                                                                         record):
+    load_predictor(tiny_checkpoint, "auto", "cpu")
+    (cache / "onnx" / f"{file_sha256(tiny_checkpoint)}.json").write_text(record)
+    predictor, choice = load_predictor(tiny_checkpoint, "auto", "cpu")
+    assert "the fastest verified" in choice.reason  # measured again
+
+
+def test_bf16_that_changes_a_label_is_not_verified():
+    from attreid.inference.backends import check_bf16
+    from attreid.inference.extraction import Features
+
+    emb = torch.ones(2, 4)
+    ref = Features(emb, {"gender": torch.tensor([[0.5], [-0.5]])})
+    same = Features(emb * 1.001, {"gender": torch.tensor([[0.4], [-0.6]])})
+    flipped = Features(emb * 1.001, {"gender": torch.tensor([[-0.1], [-0.6]])})
+    assert check_bf16(ref, same) is None
+    assert check_bf16(ref, flipped) == "1 attribute label(s) differ from torch float32's"
+    far = Features(emb * 1.1, {"gender": torch.tensor([[0.5], [-0.5]])})
+    assert check_bf16(ref, far).startswith("relative error 0.100")
+
+
+def test_the_probe_is_the_commands_own_crops_where_given(tiny_checkpoint, synth_market,
+                                                        tmp_path):
+    from attreid.inference.backends import probe_batch
+
+    predictor = Predictor(tiny_checkpoint, "cpu")
+    files = _files(synth_market, 40)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"no")
+    probe = probe_batch(predictor, 8, files)
+    assert torch.equal(probe, predictor.preprocess(files[::5][:8]))  # spread over the list
+    mixed = probe_batch(predictor, 4, [broken, files[0]])
+    assert torch.equal(mixed[0], predictor.preprocess([files[0]])[0])  # the bad one skipped
+    assert torch.equal(mixed[1:], probe_batch(predictor, 4)[1:])  # synthetic fill
+
+
+def _umask_now() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

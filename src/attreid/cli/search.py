@@ -58,8 +58,11 @@ def index_build(
         from attreid.inference.backends import load_predictor
         from attreid.search import build_index
 
+        from attreid.data.io import list_images
+
+        crops = list_images(images)[0] if images.is_dir() else []  # the probe: real crops
         predictor, choice = load_predictor(checkpoint, backend, device=device,
-                                           batch_size=batch_size, flip=flip)
+                                           batch_size=batch_size, flip=flip, probe_images=crops)
         _show_backend(choice)
         with _reported_warnings(), _count_progress("embedding crops") as progress:
             index = build_index(predictor, images, out, kind="ivf" if ivf else "flat",

@@ -299,12 +299,14 @@ def evaluate_checkpoint(
     """
     protocol = protocol or ("market" if split == "test" else "seed")
     _check_args(split, protocol, distance or "euclidean")
-    predictor, choice = load_predictor(checkpoint, backend, device, batch_size, flip)
+    dataset = load_dataset(data_root, layout)
+    crops = [r.path for r in dataset.query + dataset.gallery + dataset.train]
+    predictor, choice = load_predictor(checkpoint, backend, device, batch_size, flip,
+                                       probe_images=crops)
     if on_backend:
         on_backend(choice)
     distance = distance or predictor.distance
     cfg = predictor.config.data
-    dataset = load_dataset(data_root, layout)
     data = build_evaluation_set(dataset, split, cfg.val_ids if val_ids is None else val_ids,
                                 cfg.split_seed if split_seed is None else split_seed)
     if store is not None:

@@ -39,12 +39,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from attreid.data.records import DataError
 from attreid.inference.extraction import Features, autocast_context, forward_tta
+from attreid.inference.predictor import ImageInputError
 from attreid.inference.onnx import ExportError, OnnxPredictor, export_onnx
 from attreid.inference.predictor import Predictor
 from attreid.utils.backend import (
@@ -54,7 +56,7 @@ from attreid.utils.backend import (
     physical_cores,
     resolve_device,
 )
-from attreid.utils.files import atomic_write_text
+from attreid.utils.files import atomic_write_text, file_sha256
 
 BACKENDS = ("auto", "onnx", "torch-bf16", "torch-fp32")
 """What ``backend=`` takes (``torch`` is accepted as ``torch-fp32``)."""
@@ -113,15 +115,36 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def probe_batch(predictor: Predictor, size: int) -> torch.Tensor:
-    """(size, 3, H, W) deterministic, smooth, image-like inputs, already normalised: random
-    colours at an eighth of the resolution, upsampled bilinearly, plus fine noise."""
+def probe_batch(predictor: Predictor, size: int,
+                images: Sequence[Path | str] = ()) -> torch.Tensor:
+    """(size, 3, H, W) normalised inputs to verify and time the backends on: up to ``size`` of
+    ``images`` spread over the list (the crops the command is about to embed: bf16's error on
+    real crops was about 3x that on synthetic inputs), filled up, or replaced where they do
+    not decode, by deterministic smooth image-like noise (random colours at an eighth of the
+    resolution, upsampled bilinearly, plus fine noise)."""
+    real = _decodable(predictor, images, size)
+    if len(real) == size:
+        return real
     tc = predictor.transform_config
     gen = torch.Generator().manual_seed(0)
     coarse = torch.randn(size, 3, max(1, tc.height // 8), max(1, tc.width // 8), generator=gen)
     smooth = torch.nn.functional.interpolate(coarse, size=(tc.height, tc.width),
                                              mode="bilinear", align_corners=False)
-    return smooth + 0.1 * torch.randn(size, 3, tc.height, tc.width, generator=gen)
+    noise = smooth + 0.1 * torch.randn(size, 3, tc.height, tc.width, generator=gen)
+    return torch.cat([real, noise[len(real):]])
+
+
+def _decodable(predictor: Predictor, images: Sequence[Path | str], size: int) -> torch.Tensor:
+    """Up to ``size`` of ``images``, evenly spread, preprocessed; the undecodable left out."""
+    step = max(1, len(images) // size) if images else 1
+    picked, out = list(images)[::step][:size], []
+    for path in picked:
+        try:
+            out.append(predictor.preprocess([path]))
+        except (DataError, ImageInputError, OSError):
+            continue
+    tc = predictor.transform_config
+    return torch.cat(out) if out else torch.empty(0, 3, tc.height, tc.width)
 
 
 def _labels(feats: Features) -> np.ndarray:
@@ -142,14 +165,18 @@ def check_onnx(reference: Features, candidate: Features) -> str | None:
 
 
 def check_bf16(reference: Features, candidate: Features) -> str | None:
-    """None when every bf16 embedding is finite and within :data:`BF16_TOLERANCE` (relative
-    L2 error) of float32's, else what differs."""
-    if not bool(candidate.embeddings.isfinite().all()):
+    """None when every bf16 output is finite, every embedding within :data:`BF16_TOLERANCE`
+    (relative L2 error) of float32's and every attribute label float32's, else what differs."""
+    outputs = [candidate.embeddings, *candidate.logits.values()]
+    if not all(bool(t.isfinite().all()) for t in outputs):
         return "not finite"
     error = ((candidate.embeddings - reference.embeddings).norm(dim=1) /
              reference.embeddings.norm(dim=1).clamp_min(1e-12)).max()
     if not float(error) <= BF16_TOLERANCE:
         return f"relative error {float(error):.3f} (> {BF16_TOLERANCE})"
+    changed = int((_labels(reference) != _labels(candidate)).sum())
+    if changed:
+        return f"{changed} attribute label(s) differ from torch float32's"
     return None
 
 
@@ -162,19 +189,32 @@ def cached_onnx(predictor: Predictor, probe: torch.Tensor) -> tuple[Path, str | 
         OSError: the cache cannot be written.
     """
     folder = cache_dir() / "onnx"
-    path, record = folder / f"{predictor.checkpoint_sha256}.onnx", _read_record(predictor)
-    made = record.get("export", {})
-    if path.is_file() and made.get("versions") == _versions():
-        return path, made.get("problem")
+    path = folder / f"{predictor.checkpoint_sha256}.onnx"
+    if _export_intact(predictor, path):
+        return path, _read_record(predictor)["export"].get("problem")
     folder.mkdir(parents=True, exist_ok=True)
     export_onnx(predictor.checkpoint, path)
     reference = predictor.embed_batch(probe)
     problem = check_onnx(reference, OnnxPredictor(path, flip=predictor.flip).embed_batch(probe))
     record = _read_record(predictor)
-    record["export"] = {"versions": _versions(), "problem": problem}
+    record["export"] = {"versions": _versions(), "problem": problem,
+                        "sha256": file_sha256(path)}
     record["choices"] = {}  # measured against the previous export
     _write_record(predictor, record)
     return path, problem
+
+
+def _export_intact(predictor: Predictor, path: Path) -> bool:
+    """Whether the cached export is the file that was verified: made by these library
+    versions, and its sha256 the one recorded then (a truncated, damaged or replaced file is
+    exported again)."""
+    made = _read_record(predictor).get("export")
+    if not isinstance(made, dict) or made.get("versions") != _versions() or not path.is_file():
+        return False
+    try:
+        return file_sha256(path) == made.get("sha256")
+    except OSError:
+        return False
 
 
 def _record_path(predictor: Predictor) -> Path:
@@ -182,10 +222,17 @@ def _record_path(predictor: Predictor) -> Path:
 
 
 def _read_record(predictor: Predictor) -> dict[str, Any]:
+    """The cache's record of this checkpoint; empty when missing, unreadable or not what this
+    module writes (a damaged record costs a new export and measurement, nothing else)."""
     try:
-        return json.loads(_record_path(predictor).read_text())
+        record = json.loads(_record_path(predictor).read_text())
     except (OSError, ValueError):
         return {}
+    if not isinstance(record, dict):
+        return {}
+    if not isinstance(record.get("choices", {}), dict):
+        record["choices"] = {}
+    return record
 
 
 def _write_record(predictor: Predictor, record: dict[str, Any]) -> None:
@@ -225,15 +272,15 @@ def _candidates(reference: Predictor, probe: torch.Tensor, checks: dict[str, str
     else:
         try:
             path, problem = cached_onnx(reference, probe)
+            if not problem:
+                found["onnx"] = _onnx_from(path, reference)
+                threads = _extra_onnx_threads()
+                if threads:
+                    found[f"onnx ({threads} threads)"] = _onnx_from(path, reference, threads)
         except (ExportError, OSError) as exc:
             problem = str(exc)
         if problem:
             checks["onnx"] = problem
-        else:
-            found["onnx"] = _onnx_from(path, reference)
-            threads = _extra_onnx_threads()
-            if threads:
-                found[f"onnx ({threads} threads)"] = _onnx_from(path, reference, threads)
     if not cpu_bf16_native():
         checks["torch-bf16"] = "no native bf16 instructions on this CPU"
     else:
@@ -282,25 +329,27 @@ def _onnx_from(path: Path, reference: Predictor, threads: int | None = None) -> 
 def _saved(reference: Predictor, key: str) -> tuple[Any, Choice] | None:
     """The choice measured earlier on this machine for this checkpoint, when its predictor
     can still be made without measuring (the export is in the cache and verified)."""
-    record = _read_record(reference)
-    saved = record.get("choices", {}).get(key)
-    if not saved:
+    saved = _read_record(reference).get("choices", {}).get(key)
+    try:
+        choice = Choice(str(saved["backend"]), "auto, measured earlier on this machine",
+                        dict(saved["rates"]), dict(saved.get("checks", {})))
+        threads = saved.get("threads")
+    except (TypeError, KeyError, ValueError):  # no record, or not one this module wrote
         return None
-    choice = Choice(saved["backend"], "auto, measured earlier on this machine", saved["rates"],
-                    saved.get("checks", {}))
     if choice.backend == "torch-fp32":
         return reference, choice
     if choice.backend == "torch-bf16":
         return _torch(reference, "bf16"), choice
     path = cache_dir() / "onnx" / f"{reference.checkpoint_sha256}.onnx"
-    made = record.get("export", {})
-    if (choice.backend.startswith("onnx") and path.is_file()
-            and made.get("versions") == _versions() and not made.get("problem")):
-        return _onnx_from(path, reference, saved.get("threads")), choice
-    return None
+    if not choice.backend.startswith("onnx") or not _export_intact(reference, path):
+        return None
+    try:
+        return _onnx_from(path, reference, threads), choice
+    except ExportError:
+        return None
 
 
-def _auto(reference: Predictor) -> tuple[Any, Choice]:
+def _auto(reference: Predictor, images: Sequence[Path | str]) -> tuple[Any, Choice]:
     if reference.device.type != "cpu":
         reference.amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return reference, Choice(f"torch-{reference.amp}", f"auto on {reference.device}")
@@ -308,7 +357,7 @@ def _auto(reference: Predictor) -> tuple[Any, Choice]:
     saved = _saved(reference, key)
     if saved is not None:
         return saved
-    probe = probe_batch(reference, min(PROBE_SIZE, reference.batch_size))
+    probe = probe_batch(reference, min(PROBE_SIZE, reference.batch_size), images)
     checks: dict[str, str] = {}
     found = _candidates(reference, probe, checks)
     rates = _rates({name: p.embed_batch for name, p in found.items()}, probe)
@@ -325,9 +374,13 @@ def _auto(reference: Predictor) -> tuple[Any, Choice]:
 
 
 def load_predictor(path: Path | str, backend: str = "auto", device: str | None = None,
-                   batch_size: int = 64, flip: bool = False) -> tuple[Any, Choice]:
+                   batch_size: int = 64, flip: bool = False,
+                   probe_images: Sequence[Path | str] = ()) -> tuple[Any, Choice]:
     """A predictor for ``path`` (a checkpoint, or an ONNX file made by ``attreid export``) on
     ``backend`` (see the module docstring), and the :class:`Choice` made.
+
+    ``probe_images``: image files of the job at hand; up to :data:`PROBE_SIZE` of them are
+    the probe the backends are verified and timed on (synthetic inputs fill up).
 
     Every predictor returned has :class:`~attreid.Predictor`'s interface (``predict``,
     ``embed_batch``, ``distance``, ``trained_tasks``, ``checkpoint_sha256``, ...).
@@ -351,13 +404,13 @@ def load_predictor(path: Path | str, backend: str = "auto", device: str | None =
     amp = {"torch-bf16": "bf16", "torch-fp32": "none"}.get(backend, "none")
     reference = Predictor(path, device=device, batch_size=batch_size, flip=flip, amp=amp)
     if backend == "auto":
-        return _auto(reference)
+        return _auto(reference, probe_images)
     if backend != "onnx":
         return reference, Choice(backend, "as asked")
     if resolve_device(device or "auto").type != "cpu":
         raise ValueError("backend onnx runs on the CPU (CPUExecutionProvider); pass --device "
                          "cpu, or use a torch backend on the GPU")
-    probe = probe_batch(reference, min(PROBE_SIZE, batch_size))
+    probe = probe_batch(reference, min(PROBE_SIZE, batch_size), probe_images)
     onnx_path, problem = cached_onnx(reference, probe)
     if problem:
         raise ExportError(f"{path}: its ONNX export does not match torch float32: {problem}")

@@ -40,6 +40,7 @@ from attreid.inference.predictor import (
     trained_tasks_of,
 )
 from attreid.schema import TASKS
+from attreid.utils.files import current_umask
 
 OPSET = 17
 OUTPUTS = ("embedding",) + tuple(f"logits_{t.name}" for t in TASKS)
@@ -110,6 +111,7 @@ def export_onnx(checkpoint: Path | str, out: Path | str, opset: int = OPSET) -> 
             entry.key, entry.value = key, value
         onnx.checker.check_model(model)
         onnx.save(model, tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp made it 0600
         os.replace(tmp, out)
     except Exception as exc:
         Path(tmp).unlink(missing_ok=True)

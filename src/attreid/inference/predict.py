@@ -192,11 +192,12 @@ def predict_dataset(checkpoint: Path | str, data_root: Path | str, out: Path | s
         dataset = load_dataset(data_root, layout)
         if not dataset.query and not dataset.gallery:
             raise ValueError(f"{dataset.root}: no query or gallery images to predict")
+        records = dataset.query + dataset.gallery
         predictor, choice = load_predictor(checkpoint, backend, device=device,
-                                           batch_size=batch_size, flip=flip)
+                                           batch_size=batch_size, flip=flip,
+                                           probe_images=[r.path for r in records])
         if on_backend:
             on_backend(choice)
-        records = dataset.query + dataset.gallery
         pred = _predict(predictor, [r.path for r in records], batch_size, progress)
         _warn_untrained(pred.trained_tasks, dataset.layout == "course")
         split = ["query"] * len(dataset.query) + ["gallery"] * len(dataset.gallery)

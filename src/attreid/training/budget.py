@@ -32,7 +32,7 @@ class EpochPlan:
         return {k: round(v, 1) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
     def describe(self) -> str:
-        return (f"time budget {self.budget_s / 60:.0f} min: epoch 1 took {self.epoch_s:.0f} s, "
+        return (f"time budget {self.budget_s / 60:.3g} min: epoch 1 took {self.epoch_s:.0f} s, "
                 f"a validation about {self.validation_s:.0f} s, {self.elapsed_s:.0f} s so far: "
                 f"{self.epochs} epoch(s) planned (about {self.estimate_s / 60:.1f} min)")
 
