@@ -60,6 +60,7 @@ from attreid.metrics import (
     pairwise_distance,
     reid_metrics,
 )
+from attreid.utils.checkpoint import require_checkpoint
 from attreid.utils.files import atomic_write_text
 
 RERANK_PARAMS: dict[str, float] = {"k1": 20, "k2": 6, "lambda_value": 0.3}
@@ -299,6 +300,7 @@ def evaluate_checkpoint(
     """
     protocol = protocol or ("market" if split == "test" else "seed")
     _check_args(split, protocol, distance or "euclidean")
+    require_checkpoint(checkpoint)  # a wrong path is named before the dataset is read
     dataset = load_dataset(data_root, layout)
     crops = [r.path for r in dataset.query + dataset.gallery + dataset.train]
     predictor, choice = load_predictor(checkpoint, backend, device, batch_size, flip,

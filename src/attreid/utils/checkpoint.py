@@ -29,11 +29,18 @@ def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
                               "checkpoint, if any, is unchanged") from exc
 
 
-def load_checkpoint(path: Path | str) -> dict[str, Any]:
-    """Load a checkpoint saved by :func:`save_checkpoint` onto the CPU."""
+def require_checkpoint(path: Path | str) -> Path:
+    """``path`` as a Path; raises :class:`CheckpointError` when no such file exists (checked
+    first, before slower work that would fail later)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    return path
+
+
+def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """Load a checkpoint saved by :func:`save_checkpoint` onto the CPU."""
+    path = require_checkpoint(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises several types for truncated/corrupt files
