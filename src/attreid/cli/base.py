@@ -10,7 +10,7 @@ import os
 import sys
 import warnings
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import typer
 from rich.console import Console
@@ -40,10 +40,10 @@ def _show_backend_text(text: str) -> None:
     Console(stderr=True).print(text, soft_wrap=True, markup=False, highlight=False)
 
 
-def _show_backend(choice: object) -> None:
+def _show_backend(choice: Any) -> None:
     """Print the inference backend chosen (an :class:`attreid.inference.backends.Choice`)."""
     if choice is not None:
-        _show_backend_text(getattr(choice, "describe")())
+        _show_backend_text(choice.describe())
 
 
 def _shown(text: str) -> str:

@@ -55,10 +55,9 @@ def index_build(
     Embeddings stream to a sharded feature store on disk, then into the index chunk by
     chunk, so memory stays bounded apart from the FAISS vectors."""
     try:
+        from attreid.data.io import list_images
         from attreid.inference.backends import load_predictor
         from attreid.search import build_index
-
-        from attreid.data.io import list_images
 
         crops = list_images(images)[0] if images.is_dir() else []  # the probe: real crops
         predictor, choice = load_predictor(checkpoint, backend, device=device,

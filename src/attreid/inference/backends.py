@@ -46,9 +46,8 @@ import torch
 
 from attreid.data.records import DataError
 from attreid.inference.extraction import Features, autocast_context, forward_tta
-from attreid.inference.predictor import ImageInputError
 from attreid.inference.onnx import ExportError, OnnxPredictor, export_onnx
-from attreid.inference.predictor import Predictor
+from attreid.inference.predictor import ImageInputError, Predictor
 from attreid.utils.backend import (
     cpu_bf16_native,
     cpu_model,
@@ -189,14 +188,13 @@ def cached_onnx(predictor: Predictor, probe: torch.Tensor) -> tuple[Path, str | 
         OSError: the cache cannot be written.
     """
     folder = cache_dir() / "onnx"
-    path = folder / f"{predictor.checkpoint_sha256}.onnx"
-    if _export_intact(predictor, path):
-        return path, _read_record(predictor)["export"].get("problem")
+    path, record = folder / f"{predictor.checkpoint_sha256}.onnx", _read_record(predictor)
+    if _export_intact(record, path):
+        return path, record["export"].get("problem")
     folder.mkdir(parents=True, exist_ok=True)
     export_onnx(predictor.checkpoint, path)
     reference = predictor.embed_batch(probe)
     problem = check_onnx(reference, OnnxPredictor(path, flip=predictor.flip).embed_batch(probe))
-    record = _read_record(predictor)
     record["export"] = {"versions": _versions(), "problem": problem,
                         "sha256": file_sha256(path)}
     record["choices"] = {}  # measured against the previous export
@@ -204,11 +202,11 @@ def cached_onnx(predictor: Predictor, probe: torch.Tensor) -> tuple[Path, str | 
     return path, problem
 
 
-def _export_intact(predictor: Predictor, path: Path) -> bool:
-    """Whether the cached export is the file that was verified: made by these library
-    versions, and its sha256 the one recorded then (a truncated, damaged or replaced file is
-    exported again)."""
-    made = _read_record(predictor).get("export")
+def _export_intact(record: dict[str, Any], path: Path) -> bool:
+    """Whether the cached export at ``path`` is the file that ``record`` (the checkpoint's
+    cache record) says was verified: made by these library versions, and its sha256 the one
+    recorded then (a truncated, damaged or replaced file is exported again)."""
+    made = record.get("export")
     if not isinstance(made, dict) or made.get("versions") != _versions() or not path.is_file():
         return False
     try:
@@ -329,7 +327,8 @@ def _onnx_from(path: Path, reference: Predictor, threads: int | None = None) -> 
 def _saved(reference: Predictor, key: str) -> tuple[Any, Choice] | None:
     """The choice measured earlier on this machine for this checkpoint, when its predictor
     can still be made without measuring (the export is in the cache and verified)."""
-    saved = _read_record(reference).get("choices", {}).get(key)
+    record = _read_record(reference)
+    saved = record.get("choices", {}).get(key)
     try:
         choice = Choice(str(saved["backend"]), "auto, measured earlier on this machine",
                         dict(saved["rates"]), dict(saved.get("checks", {})))
@@ -341,7 +340,7 @@ def _saved(reference: Predictor, key: str) -> tuple[Any, Choice] | None:
     if choice.backend == "torch-bf16":
         return _torch(reference, "bf16"), choice
     path = cache_dir() / "onnx" / f"{reference.checkpoint_sha256}.onnx"
-    if not choice.backend.startswith("onnx") or not _export_intact(reference, path):
+    if not choice.backend.startswith("onnx") or not _export_intact(record, path):
         return None
     try:
         return _onnx_from(path, reference, threads), choice

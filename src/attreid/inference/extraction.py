@@ -43,6 +43,8 @@ def autocast_context(device: torch.device, amp: str) -> ContextManager:
 
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")
+EXTRACT_BATCH = 128
+"""Images per forward pass of :func:`extract` unless told otherwise."""
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:
@@ -113,7 +115,8 @@ def forward_checked(model: nn.Module, images: torch.Tensor, flip: bool, device: 
 
 
 def extract(model: nn.Module, records: Sequence[ImageRecord], transform: TransformConfig,
-            device: torch.device, batch_size: int = 128, workers: int = 0, amp: str = "none",
+            device: torch.device, batch_size: int = EXTRACT_BATCH, workers: int = 0,
+            amp: str = "none",
             channels_last: bool = False, flip: bool = False,
             progress: Callable[[int], None] | None = None) -> Features:
     """Embed ``records`` and predict their attributes with ``model`` in eval mode.

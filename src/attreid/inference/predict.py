@@ -184,8 +184,9 @@ def predict_dataset(checkpoint: Path | str, data_root: Path | str, out: Path | s
 
     ``backend``: ``auto`` (the fastest verified on this machine), ``onnx``, ``torch-bf16`` or
     ``torch-fp32`` (:mod:`attreid.inference.backends`; ``on_backend`` gets the choice);
-    ``checkpoint`` may also be an ONNX export (``attreid export``), run with ONNX Runtime. ``distance`` ranks ``reid_test.txt``: default the distance the model
-    was trained with (``PredictFiles.distance`` says which)."""
+    ``checkpoint`` may also be an ONNX export (``attreid export``), run with ONNX Runtime.
+    ``distance`` ranks ``reid_test.txt``: default the distance the model was trained with
+    (``PredictFiles.distance`` says which)."""
     if top_k < 1:
         raise ValueError(f"top_k={top_k}: expected >= 1")
     with output_folder(out) as out:  # removed again if nothing could be written

@@ -158,6 +158,11 @@ def sum_over_ranks(value: float, info: DistInfo) -> float:
     return float(t)
 
 
+def from_rank0(value: float, info: DistInfo) -> float:
+    """Rank 0's ``value`` on every rank (a decision one rank made from its own measurement)."""
+    return sum_over_ranks(value if info.is_main else 0.0, info)
+
+
 def all_true(flag: bool, info: DistInfo) -> bool:
     """True when ``flag`` holds on every rank."""
     if not info.enabled:

@@ -33,6 +33,7 @@ from attreid.metrics.selection import selection_score
 from attreid.models import build_model
 from attreid.schema import labelled_tasks
 from attreid.training import distributed
+from attreid.training.budget import EpochPlan, plan_epochs
 from attreid.training.builders import (
     DataBundle,
     Log,
@@ -47,7 +48,6 @@ from attreid.training.builders import (
     model_kwargs,
 )
 from attreid.training.checks import check_training_config
-from attreid.training.budget import EpochPlan, plan_epochs
 from attreid.training.distributed import SINGLE, DistInfo
 from attreid.training.precision import (
     NAMES,
@@ -253,8 +253,7 @@ def _settle_plan(cfg: Config, parts: TrainingParts, bundle: DataBundle,
         rates = probe_precision(cfg, parts.model, parts.criterion, parts.device,
                                 bundle.train.num_classes)
         chosen = choose_precision(rates)
-        chosen = ("none", "bf16")[int(distributed.sum_over_ranks(
-            float(chosen == "bf16") if parts.info.is_main else 0.0, parts.info))]  # rank 0's
+        chosen = "bf16" if distributed.from_rank0(chosen == "bf16", parts.info) else "none"
         log(describe_probe(rates, chosen))
         cfg = with_updates(cfg, train={"amp": chosen})
     return cfg
@@ -268,8 +267,7 @@ def _plan(cfg: Config, parts: TrainingParts, bundle: DataBundle, record: dict[st
     validation_s = estimate_validation_s(cfg, parts.model, bundle.val, parts.device, parts.info)
     plan = plan_epochs(cfg.train.time_budget_min * 60, elapsed_s, epoch_s, validation_s,
                        cfg.optim.epochs, cfg.train.eval_every, "val" in record)
-    epochs = int(distributed.sum_over_ranks(plan.epochs if parts.info.is_main else 0,
-                                            parts.info))
+    epochs = int(distributed.from_rank0(plan.epochs, parts.info))
     log(plan.describe())
     cfg = with_updates(cfg, optim={"epochs": epochs})
     if epochs == 1 and "val" not in record and bundle.val is not None:

@@ -156,8 +156,9 @@ def train_epoch(cfg: Config, parts: TrainingParts, loader: Iterable[dict[str, An
                 on_step: Callable[[int, dict[str, float]], None] | None = None
                 ) -> dict[str, float]:
     """One epoch of training; returns the mean of each loss term, the images/s (over all
-    ranks in a distributed run) and this process's ``seconds``; under bf16 also ``bf16_steps_in_fp32``, the steps that were
-    recomputed in float32 because bf16 gave non-finite values."""
+    ranks in a distributed run) and this process's ``seconds``; under bf16 also
+    ``bf16_steps_in_fp32``, the steps that were recomputed in float32 because bf16 gave
+    non-finite values."""
     parts.model.train()
     sums: dict[str, float] = {}
     images_seen, redone, start = 0, 0, time.perf_counter()

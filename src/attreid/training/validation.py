@@ -19,18 +19,15 @@ from attreid.data.evalset import (
 )
 from attreid.data.records import attribute_matrix
 from attreid.data.transforms import transform_config
-from attreid.inference.extraction import Features, extract
+from attreid.inference.extraction import EXTRACT_BATCH, Features, extract
 from attreid.metrics import attribute_metrics, majority_baseline, pairwise_distance, reid_metrics
 from attreid.schema import MISSING
 from attreid.training import distributed
 from attreid.training.distributed import SINGLE, DistInfo
 
-
 VALIDATION_SAMPLE = 256
 """Images whose extraction is timed to estimate a validation (:func:`estimate_validation_s`),
 after one batch of warm-up."""
-EXTRACT_BATCH = 128
-"""The batch size of :func:`~attreid.inference.extraction.extract` (its default)."""
 
 
 def _extract_kwargs(cfg: Config, device: torch.device) -> dict[str, Any]:

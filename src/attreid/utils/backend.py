@@ -51,16 +51,26 @@ def cap_onednn_isa(environ: MutableMapping[str, str] = os.environ) -> str:
     return ONEDNN_ISA_CAP
 
 
+def _cpuinfo_lines(cpuinfo: Path) -> list[str]:
+    """The lines of ``/proc/cpuinfo`` (none where it cannot be read)."""
+    try:
+        return cpuinfo.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def _first_field(cpuinfo: Path, key: str) -> str | None:
+    """The value of the first ``key`` line of ``/proc/cpuinfo`` (the first CPU's), or None."""
+    for line in _cpuinfo_lines(cpuinfo):
+        name, _, value = line.partition(":")
+        if name.strip() == key:
+            return value.strip()
+    return None
+
+
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     """The ISA flags of the first CPU in ``/proc/cpuinfo`` (empty where there is none)."""
-    try:
-        text = cpuinfo.read_text(errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
-    return frozenset()
+    return frozenset((_first_field(cpuinfo, "flags") or "").split())
 
 
 def trim_heap() -> None:
@@ -96,12 +106,8 @@ def physical_cores(cpuinfo: Path = Path("/proc/cpuinfo")) -> int:
     """Distinct (socket, core) pairs in ``/proc/cpuinfo``: fewer than :func:`logical_cpus` where
     the CPUs are hyper-threads of shared cores (ONNX Runtime's default thread count is this);
     :func:`logical_cpus` where the file does not say."""
-    try:
-        text = cpuinfo.read_text(errors="replace")
-    except OSError:
-        return logical_cpus()
     cores, socket = set(), ""
-    for line in text.splitlines():
+    for line in _cpuinfo_lines(cpuinfo):
         key, _, value = line.partition(":")
         if key.strip() == "physical id":
             socket = value.strip()
@@ -113,14 +119,7 @@ def physical_cores(cpuinfo: Path = Path("/proc/cpuinfo")) -> int:
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The ``model name`` of the first CPU in ``/proc/cpuinfo`` (``unknown CPU`` where there is
     none), e.g. ``AMD EPYC 9R45`` or ``Intel(R) Xeon(R) Platinum 8488C``."""
-    try:
-        text = cpuinfo.read_text(errors="replace")
-    except OSError:
-        return "unknown CPU"
-    for line in text.splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return "unknown CPU"
+    return _first_field(cpuinfo, "model name") or "unknown CPU"
 
 
 def cpu_bf16_native(flags: frozenset[str] | None = None,
