@@ -112,7 +112,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     base = results["baseline"]
     lines = ["| row | backend | wall (s) | vs baseline | peak RSS (MiB) | mAP | rank-1 | "
-             "mean acc. | max metric diff (points) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "mean acc. | max metric diff (points) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         m = r["metrics"]
         lines.append(f"| {name} | {m['setup']['backend']} | {r['wall_s']:.1f} | "

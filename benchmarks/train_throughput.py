@@ -22,6 +22,12 @@ the subsection of the same size and recipe).
     python benchmarks/train_throughput.py --write
     python benchmarks/train_throughput.py --height 128 --width 64 --steps 20 --warmup 3 --write
     python benchmarks/train_throughput.py --recipe reid --write
+
+``--engine`` (always on CUDA) measures instead the engine's full step against the bare step of
+the same model and batch (:mod:`_engine_step`), for each ``--compile`` mode:
+
+    python benchmarks/train_throughput.py --engine --device cuda --preset cpu --height 128 \
+        --width 64 --p 16 --k 4 --compile none default reduce-overhead --write
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import _common
+import _engine_step
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -78,6 +86,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 1, 0],
                         help="DataLoader worker counts to measure")
     parser.add_argument("--write", action="store_true", help=f"update {RESULTS.name}")
+    engine = parser.add_argument_group("engine against bare (--engine, and always on CUDA)")
+    engine.add_argument("--engine", action="store_true")
+    engine.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    engine.add_argument("--preset", default="cpu", help="the run's model, losses and optimizer")
+    engine.add_argument("--compile", nargs="+", default=["none"],
+                        help="train.compile modes to measure in turn")
+    engine.add_argument("--sync-every", type=int, default=0, help="train.sync_every (0 = auto)")
+    engine.add_argument("--data", default="", help="a dataset folder (default: synthetic)")
+    engine.add_argument("--set", nargs="*", default=[], help="more config overrides")
     return parser.parse_args()
 
 
@@ -350,13 +367,43 @@ def write_section(body: str) -> None:
     RESULTS.write_text(head.rstrip() + "\n\n" + new + ("\n" + after if after else ""))
 
 
+def engine_report(args: argparse.Namespace, rows: list, info: dict, host: str) -> str:
+    where = _engine_step.device_name(args.device)
+    title = f"{args.height}x{args.width} {args.amp}, engine vs bare on {where}"
+    return "\n".join([
+        f"### {title} ({datetime.date.today().isoformat()})", "",
+        f"- machine: {host} (before the run)",
+        f"- settings: preset {args.preset} ({' '.join(args.set) or 'as shipped'}), random "
+        f"weights, batch P*K = {args.p}*{args.k}, amp {info['amp']}, channels_last "
+        f"{args.channels_last}, fused optimizer {info['fused']}, train.sync_every "
+        f"{info['sync_every']}, {args.steps} steps a round after {args.warmup} warm-up steps and "
+        f"one warm-up epoch, median of {args.repeats} interleaved rounds",
+        f"- data: {args.data or 'synthetic'}, {info['ids']} train ids, {info['images']} images",
+        "", _engine_step.table(rows), ""])
+
+
 def main() -> None:
     args = parse_args()
+    if args.engine or args.device != "cpu":
+        main_engine(args)
+        return
     host = machine()
     print(f"{host}\n{settings(args)}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         results, info = run(args, Path(tmp))
     body = report(args, results, info, host)
+    print(body)
+    if args.write:
+        write_section(body)
+        print(f"updated {RESULTS}")
+
+
+def main_engine(args: argparse.Namespace) -> None:
+    host = f"{_common.machine()}, device {_engine_step.device_name(args.device)}"
+    print(host, flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows, info = _engine_step.measure(args, Path(tmp))
+    body = engine_report(args, rows, info, host)
     print(body)
     if args.write:
         write_section(body)

@@ -128,7 +128,7 @@ def test_two_ranks_take_the_single_process_steps_in_float64(root, tmp_path, weig
 
     Mutations that turn it red (each a temporary edit of src/): the learning rate scaled by the
     rank in ``engine._run_epoch`` (``* (1 + parts.info.rank)``); ``average_gradients`` dividing
-    by ``world_size + 1`` (uncertainty); ``_backward`` not calling ``average_gradients``
+    by ``world_size + 1`` (uncertainty); ``backward`` not calling ``average_gradients``
     (uncertainty: s0/s1 then follow each rank's own loss); ``_Gather.backward`` without its
     all-reduce (triplet gradients of the other rank's rows lost); ``GlobalBatchNorm`` normalising
     with the rank's own statistics; ``RankBatches`` giving both ranks the first half."""

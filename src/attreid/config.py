@@ -105,7 +105,15 @@ class TrainConfig:
     batch that is not finite is recomputed in float32 (docs/RELIABILITY.md, "CPU precision on
     every machine"). ``time_budget_min`` > 0: ``optim.epochs`` becomes the most epochs the run
     may take, the number fixed after epoch 1 as the most that fit this many minutes of
-    wall-clock (:mod:`attreid.training.budget`); 0: exactly ``optim.epochs``."""
+    wall-clock (:mod:`attreid.training.budget`); 0: exactly ``optim.epochs``.
+
+    ``sync_every``: steps between the host's reads of the loss (0 = auto: 1 on a CPU, 50 on
+    CUDA). 1 checks every step and recomputes a non-finite bf16 step in float32; above 1 the
+    step never waits for the device: loss terms add up on the device, a non-finite step is
+    skipped there (fused optimizer, batch-norm statistics put back) and counted, and the run
+    stops when every step between two reads was non-finite (:mod:`attreid.training.step`).
+    ``compile``: ``none`` or a ``torch.compile`` mode for the model (``default``,
+    ``reduce-overhead`` = CUDA graphs, ``max-autotune``, ``max-autotune-no-cudagraphs``)."""
 
     out: str = "runs/train"
     seed: int = 42
@@ -118,6 +126,8 @@ class TrainConfig:
     tensorboard: bool = True
     sync_bn: bool = False  # distributed runs: batch-norm statistics of the global batch
     time_budget_min: float = 0.0
+    sync_every: int = 0
+    compile: str = "none"
 
 
 @dataclass(frozen=True)

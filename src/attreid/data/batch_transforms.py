@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from attreid.data.transforms import TransformConfig
+from attreid.utils.transfer import to_device
 
 ERASE_SCALE: tuple[float, float] = (0.02, 0.33)
 ERASE_RATIO: tuple[float, float] = (0.3, 3.3)
@@ -60,6 +61,7 @@ class BatchAugment:
             raise ValueError(f"interpolation {interpolation!r}: expected one of {INTERPOLATIONS}")
         self.cfg, self.channels_last, self.interpolation = cfg, channels_last, interpolation
         self.recipe = cfg.recipe if train else "none"
+        self._stats: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, ...]] = {}
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None
                  ) -> torch.Tensor:
@@ -90,8 +92,12 @@ class BatchAugment:
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` in [0, 1] -> normalised, with torchvision's Normalize arithmetic."""
-        mean = torch.tensor(self.cfg.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.cfg.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        key = (x.device, x.dtype)
+        if key not in self._stats:  # copied to the device once, not every batch
+            self._stats[key] = tuple(
+                to_device(torch.tensor(v, dtype=x.dtype).view(1, 3, 1, 1), x.device)
+                for v in (self.cfg.mean, self.cfg.std))
+        mean, std = self._stats[key]
         return x.sub_(mean).div_(std)
 
     def _study(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -100,8 +106,8 @@ class BatchAugment:
         flip, angle, shift = _study_params(self.cfg, b, generator)  # (B,), (B,), (B, 2)
         x = images.float().div(255)
         if self.cfg.affine_degrees == 0 and self.cfg.affine_translate == 0:
-            return torch.where(flip.to(x.device).view(b, 1, 1, 1), x.flip(-1), x)
-        theta = affine_theta(angle, shift, flip, h, w).to(x.device)  # (B, 2, 3)
+            return torch.where(to_device(flip, x.device).view(b, 1, 1, 1), x.flip(-1), x)
+        theta = to_device(affine_theta(angle, shift, flip, h, w), x.device)  # (B, 2, 3)
         grid = F.affine_grid(theta, [b, 3, h, w], align_corners=False)  # (B, H, W, 2)
         return F.grid_sample(x, grid, mode=self.interpolation, padding_mode="zeros",
                              align_corners=False)
@@ -114,7 +120,7 @@ class BatchAugment:
         boxes = erasing_boxes(b, h, w, self.cfg.erasing_p, generator)  # (B, 4)
         x = _pad_crop(images, flip, offset, self.cfg.pad)  # (B, 3, H, W) uint8
         x = self._normalize(x.float().div(255))
-        mask = _box_mask(boxes.to(x.device), h, w)  # (B, 1, H, W)
+        mask = _box_mask(to_device(boxes, x.device), h, w)  # (B, 1, H, W)
         return x.masked_fill_(mask, 0.0)
 
 
@@ -163,11 +169,11 @@ def _pad_crop(images: torch.Tensor, flip: torch.Tensor, offset: torch.Tensor, pa
     b, _, h, w = images.shape
     device = images.device
     padded = F.pad(images, (pad, pad, pad, pad)) if pad else images  # (B, 3, H+2p, W+2p)
-    top, left = offset[:, 0:1].to(device), offset[:, 1:2].to(device)  # (B, 1)
+    top, left = to_device(offset, device).split(1, dim=1)  # (B, 1)
     rows = top + torch.arange(h, device=device)  # (B, H)
     ahead = left + torch.arange(w, device=device)  # (B, W)
     mirrored = (2 * pad + w - 1 - left) - torch.arange(w, device=device)
-    cols = torch.where(flip.to(device).view(b, 1), mirrored, ahead)  # (B, W)
+    cols = torch.where(to_device(flip, device).view(b, 1), mirrored, ahead)  # (B, W)
     batch = torch.arange(b, device=device).view(b, 1, 1)
     pixels = padded[batch, :, rows.view(b, h, 1), cols.view(b, 1, w)]  # (B, H, W, 3)
     return pixels.permute(0, 3, 1, 2)

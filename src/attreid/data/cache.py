@@ -33,6 +33,7 @@ from attreid.data.dataset import UNKNOWN, ImageDataset
 from attreid.data.io import read_image
 from attreid.data.records import DataError
 from attreid.utils.threads import prefetch
+from attreid.utils.transfer import to_device
 
 _FORMAT = "attreid-image-cache-v1"
 
@@ -94,7 +95,7 @@ class ImageCache:
         On the device of ``images``: ``ImageCache(cache.images.cuda(), cache.paths)`` keeps a
         whole cache on a GPU.
         """
-        index = torch.as_tensor(indices, dtype=torch.long).to(self.images.device)
+        index = to_device(torch.as_tensor(indices, dtype=torch.long), self.images.device)
         return self.images.index_select(0, index)
 
 
@@ -172,9 +173,10 @@ class CachedLoader:
     """Batches like ``DataLoader(dataset, batch_sampler=...)`` gives, served from an ImageCache.
 
     Each batch is a dict with the keys of :class:`~attreid.data.dataset.ImageDataset` items,
-    stacked: ``image`` float32 ``(B, 3, H, W)`` (``augment``'s output, on ``device``), ``pid``,
-    ``label``, ``camid``, ``index`` ``(B,)`` int64 and ``attributes`` ``(B, 12)`` int64 (on the
-    CPU, like the DataLoader's).
+    stacked: ``image`` float32 ``(B, 3, H, W)`` (``augment``'s output), ``pid``, ``label``,
+    ``camid`` ``(B,)`` int64 and ``attributes`` ``(B, 12)`` int64, all on ``device``, and
+    ``index`` ``(B,)`` int64 on the CPU. Nothing in a batch makes the host wait for a GPU: the
+    label tables live on ``device`` and the indices go there through pinned memory.
 
     Randomness: the batch sampler's own seed/epoch, and ``generator`` for the augmentation,
     drawn batch after batch in order, so the batches do not depend on ``prefetch`` or timing.
@@ -206,6 +208,8 @@ class CachedLoader:
             r.pid, UNKNOWN) for r in records])
         self._camid = torch.tensor([UNKNOWN if r.camid is None else r.camid for r in records])
         self._attributes = dataset.attributes  # (N, 12)
+        self._pid, self._label, self._camid, self._attributes = (
+            t.to(self.device) for t in (self._pid, self._label, self._camid, self._attributes))
 
     def __len__(self) -> int:
         return len(self.batch_sampler)  # type: ignore[arg-type]
@@ -216,7 +220,8 @@ class CachedLoader:
 
     def _make(self, indices: list[int]) -> dict[str, torch.Tensor]:
         index = torch.as_tensor(indices, dtype=torch.long)  # (B,)
-        images = self.cache.batch(index).to(self.device, non_blocking=True)  # (B, 3, H, W)
-        return {"image": self.augment(images, self.generator), "pid": self._pid[index],
-                "label": self._label[index], "camid": self._camid[index],
-                "attributes": self._attributes[index], "index": index}
+        images = to_device(self.cache.batch(index), self.device)  # (B, 3, H, W) uint8
+        at = to_device(index, self.device)
+        return {"image": self.augment(images, self.generator), "pid": self._pid[at],
+                "label": self._label[at], "camid": self._camid[at],
+                "attributes": self._attributes[at], "index": index}

@@ -101,21 +101,24 @@ def build_criterion(cfg: Config, train_targets: np.ndarray, info: DistInfo = SIN
                          attr_weight=c.attr_weight, gather=gather)
 
 
-def build_optimizer(cfg: Config, model: nn.Module, criterion: nn.Module
+def build_optimizer(cfg: Config, model: nn.Module, criterion: nn.Module, fused: bool = False
                     ) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD over the model (with weight decay) and the loss weights (without)."""
+    """Adam, AdamW or SGD over the model (with weight decay) and the loss weights (without).
+    ``fused``: PyTorch's fused kernels (one or a few per step on CUDA; they also skip a step
+    whose ``found_inf`` is set, which :mod:`attreid.training.deferred` needs)."""
     o = cfg.optim
     groups = [{"params": [p for p in model.parameters() if p.requires_grad],
                "weight_decay": o.weight_decay}]
     extra = [p for p in criterion.parameters() if p.requires_grad]
     if extra:
         groups.append({"params": extra, "weight_decay": 0.0})
+    kind = {"fused": True} if fused else {}
     if o.name == "adam":
-        return torch.optim.Adam(groups, lr=o.lr)
+        return torch.optim.Adam(groups, lr=o.lr, **kind)
     if o.name == "adamw":
-        return torch.optim.AdamW(groups, lr=o.lr)
+        return torch.optim.AdamW(groups, lr=o.lr, **kind)
     if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=0.9, nesterov=True)
+        return torch.optim.SGD(groups, lr=o.lr, momentum=0.9, nesterov=True, **kind)
     raise ValueError(f"optim.name={o.name!r}: expected adam, adamw or sgd")
 
 

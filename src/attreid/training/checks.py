@@ -26,6 +26,8 @@ from attreid.training.losses import DISTANCES, MININGS, WEIGHTINGS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "step")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune",
+                 "max-autotune-no-cudagraphs")
 
 
 def _choices(cfg: Config) -> list[str]:
@@ -37,7 +39,8 @@ def _choices(cfg: Config) -> list[str]:
               ("optim.name", cfg.optim.name, OPTIMIZERS),
               ("optim.scheduler", cfg.optim.scheduler, SCHEDULERS),
               ("data.split", cfg.data.split, SPLITS),
-              ("data.transform", cfg.data.transform, RECIPES)]
+              ("data.transform", cfg.data.transform, RECIPES),
+              ("train.compile", cfg.train.compile, COMPILE_MODES)]
     return [f"{key}={value!r}: expected one of {', '.join(valid)}"
             for key, value, valid in wanted if value not in valid]
 
@@ -47,7 +50,8 @@ def _counts(cfg: Config) -> list[str]:
                "negatives)"), ("data.k", cfg.data.k, 1, "image per identity"),
               ("optim.epochs", cfg.optim.epochs, 1, "epoch"),
               ("train.eval_every", cfg.train.eval_every, 1, "epoch between validations"),
-              ("data.batches_per_epoch", cfg.data.batches_per_epoch, 0, "(0 = one pass)")]
+              ("data.batches_per_epoch", cfg.data.batches_per_epoch, 0, "(0 = one pass)"),
+              ("train.sync_every", cfg.train.sync_every, 0, "step (0 = auto)")]
     errors = [f"{key}={value}: at least {least} {what}"
               for key, value, least, what in wanted if value < least]
     budget = cfg.train.time_budget_min

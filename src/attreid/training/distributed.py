@@ -172,6 +172,16 @@ def all_true(flag: bool, info: DistInfo) -> bool:
     return int(t) == 0
 
 
+def all_true_tensor(flag: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """``flag`` (a 0-d bool tensor) and-ed over every rank, as a tensor on its own device: the
+    collective is queued, the host does not wait for it."""
+    if not info.enabled:
+        return flag
+    t = flag.to(torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t.bool()
+
+
 def average_gradients(params: Iterable[nn.Parameter], info: DistInfo) -> None:
     """Average the gradients of parameters that DDP does not manage (the loss's weights)."""
     if not info.enabled:

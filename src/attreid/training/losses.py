@@ -89,12 +89,13 @@ def _batch_all(dist: torch.Tensor, labels: torch.Tensor, margin: float, soft: bo
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     pos, neg = _masks(labels)
     valid = pos[:, :, None] & neg[:, None, :]  # (B, B, B) [a, p, n]
-    gap = (dist[:, :, None] - dist[:, None, :])[valid]  # (T,) d(a,p) - d(a,n)
+    gap = dist[:, :, None] - dist[:, None, :]  # (B, B, B) d(a,p) - d(a,n)
+    # masks instead of gap[valid]: boolean indexing makes the host wait for a GPU
     if soft:
-        losses = F.softplus(gap)
+        losses = torch.where(valid, F.softplus(gap), 0.0)
         loss = losses.sum() / valid.sum().clamp_min(1)
-        return loss, _stats(valid.sum(), (gap > 0).sum())
-    losses = F.relu(gap + margin)
+        return loss, _stats(valid.sum(), (valid & (gap > 0)).sum())
+    losses = torch.where(valid, F.relu(gap + margin), 0.0)
     num_positive = (losses > _POSITIVE_EPS).sum()
     return losses.sum() / num_positive.clamp_min(1), _stats(valid.sum(), num_positive)
 
@@ -103,13 +104,14 @@ def _batch_hard(dist: torch.Tensor, labels: torch.Tensor, margin: float, soft: b
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     pos, neg = _masks(labels)
     has = pos.any(dim=1) & neg.any(dim=1)  # (B,) anchors with a positive and a negative
-    d_ap = dist.masked_fill(~pos, float("-inf")).max(dim=1).values[has]  # (A,) hardest positive
-    d_an = dist.masked_fill(~neg, float("inf")).min(dim=1).values[has]  # (A,) hardest negative
-    gap = d_ap - d_an
+    d_ap = dist.masked_fill(~pos, float("-inf")).max(dim=1).values  # (B,) hardest positive
+    d_an = dist.masked_fill(~neg, float("inf")).min(dim=1).values  # (B,) hardest negative
+    gap = d_ap - d_an  # -inf for an anchor without a positive or a negative, never NaN
     if soft:
-        losses, num_positive = F.softplus(gap), (gap > 0).sum()
+        losses = torch.where(has, F.softplus(gap), 0.0)
+        num_positive = (has & (gap > 0)).sum()
     else:
-        losses = F.relu(gap + margin)
+        losses = torch.where(has, F.relu(gap + margin), 0.0)
         num_positive = (losses > _POSITIVE_EPS).sum()
     return losses.sum() / has.sum().clamp_min(1), _stats(has.sum(), num_positive)
 
@@ -201,6 +203,12 @@ def _connected_zero(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return sum(t.sum() for t in tensors) * 0.0
 
 
+def _cheap_to_read(t: torch.Tensor) -> bool:
+    """Whether reading ``t``'s values on the host is free (a CPU tensor); on a GPU it waits for
+    every queued kernel."""
+    return t.device.type == "cpu"
+
+
 def _check_attribute_inputs(logits: Mapping[str, torch.Tensor], targets: torch.Tensor) -> None:
     if set(logits) != set(TASK_NAMES):
         raise ValueError(
@@ -213,6 +221,9 @@ def _check_attribute_inputs(logits: Mapping[str, torch.Tensor], targets: torch.T
         if shape != (targets.shape[0], task.num_outputs):
             raise ValueError(f"logits of task {task.name!r}: expected shape "
                              f"({targets.shape[0]}, {task.num_outputs}), got {shape}")
+    if not _cheap_to_read(targets):
+        return  # schema.raw_to_tasks made the dataset's labels in range
+    for i, task in enumerate(TASKS):
         bad = (targets[:, i] < MISSING) | (targets[:, i] >= task.num_classes)
         if bad.any():
             raise ValueError(f"task {task.name!r}: target {int(targets[bad, i][0])} outside "
@@ -221,13 +232,19 @@ def _check_attribute_inputs(logits: Mapping[str, torch.Tensor], targets: torch.T
 
 def _task_loss(logits: torch.Tensor, target: torch.Tensor, binary: bool,
                pos_weight: float | None) -> torch.Tensor:
-    """Mean loss of one task over its K >= 1 known samples. logits (K, O), target (K,)."""
+    """Mean loss of one task over its known samples (target != MISSING; 0 when none): logits
+    (B, O), target (B,). Masked sums, not ``logits[known]``: boolean indexing makes the host
+    wait for a GPU."""
+    known = target != MISSING  # (B,)
     if not binary:
-        return F.cross_entropy(logits, target)
-    pw = None if pos_weight is None else logits.new_tensor(pos_weight)
-    return F.binary_cross_entropy_with_logits(
-        logits[:, 0], target.to(logits.dtype), pos_weight=pw
-    )
+        each = F.cross_entropy(logits, target, ignore_index=MISSING, reduction="none")
+    else:
+        pw = None if pos_weight is None else torch.full((), pos_weight, dtype=logits.dtype,
+                                                        device=logits.device)
+        each = F.binary_cross_entropy_with_logits(
+            logits[:, 0], target.clamp_min(0).to(logits.dtype), pos_weight=pw, reduction="none")
+    each = torch.where(known, each, 0.0)
+    return each.sum() / known.sum().clamp_min(1)
 
 
 def _check_weights(task_weights: Sequence[float] | None,
@@ -273,18 +290,15 @@ def attribute_loss(
     pos_weights = pos_weights or {}
     zero = _connected_zero(list(logits.values()))
     out: dict[str, torch.Tensor] = {}
-    total, weight_sum = zero, 0.0
+    total, weight_sum = zero, torch.zeros_like(zero)
     for i, task in enumerate(TASKS):
-        known = targets[:, i] != MISSING  # (B,)
-        if not known.any():
-            out[f"attr/{task.name}"] = zero
-            continue
-        term = _task_loss(logits[task.name][known], targets[known, i], task.is_binary,
+        present = (targets[:, i] != MISSING).any()  # a device flag, never read on the host
+        term = _task_loss(logits[task.name], targets[:, i], task.is_binary,
                           pos_weights.get(task.name))
         out[f"attr/{task.name}"] = term
         total = total + weights[i] * term
-        weight_sum += weights[i]
-    out["attr"] = total / weight_sum if weight_sum > 0 else zero
+        weight_sum = weight_sum + weights[i] * present.to(zero.dtype)
+    out["attr"] = torch.where(weight_sum > 0, total / weight_sum.clamp_min(1e-12), zero)
     return out
 
 
@@ -365,8 +379,14 @@ class FixedWeighting(nn.Module):
     def forward(self, l_reid: torch.Tensor, l_attr: torch.Tensor) -> dict[str, torch.Tensor]:
         """Returns ``"total"``, ``"reid_weight"``, ``"attr_weight"`` (constant scalars)."""
         total = self.w_reid * l_reid + self.w_attr * l_attr
-        return {"total": total, "reid_weight": total.new_tensor(self.w_reid),
-                "attr_weight": total.new_tensor(self.w_attr)}
+        return {"total": total, "reid_weight": _constant(self.w_reid, total),
+                "attr_weight": _constant(self.w_attr, total)}
+
+
+def _constant(value: float, like: torch.Tensor) -> torch.Tensor:
+    """A 0-d tensor on ``like``'s device, filled there (``new_tensor`` copies from the host and
+    makes it wait for a GPU)."""
+    return torch.full((), value, dtype=like.dtype, device=like.device)
 
 
 WEIGHTINGS: tuple[str, ...] = ("uncertainty", "fixed")

@@ -38,21 +38,27 @@ class TrainingParts:
     scaler: torch.amp.GradScaler | None = None  # fp16 only
     info: DistInfo = SINGLE
     ddp: nn.Module | None = None  # the DistributedDataParallel wrapper of model, when used
+    compiled: nn.Module | None = None  # torch.compile of ddp or model (train.compile)
 
     @property
     def trained(self) -> nn.Module:
-        """The module to call in training steps (DDP when distributed, else the model)."""
+        """The module to call in training steps: compiled (train.compile), else DDP when
+        distributed, else the model."""
+        if self.compiled is not None:
+            return self.compiled
         return self.ddp if self.ddp is not None else self.model
 
 
-def _forward_loss(parts: TrainingParts, images: torch.Tensor, labels: torch.Tensor,
-                  attributes: torch.Tensor, amp: str) -> dict[str, torch.Tensor]:
+def forward_loss(parts: TrainingParts, images: torch.Tensor, labels: torch.Tensor,
+                 attributes: torch.Tensor, amp: str) -> dict[str, torch.Tensor]:
+    """The loss terms of one batch (``loss`` and its parts), the model under ``amp`` autocast."""
     with autocast_context(parts.device, amp):
         output = parts.trained(images)
     return parts.criterion(to_float(output), labels, attributes)
 
 
-def _backward(parts: TrainingParts, loss: torch.Tensor) -> None:
+def backward(parts: TrainingParts, loss: torch.Tensor) -> None:
+    """Fresh gradients of ``loss`` (scaled under fp16); the loss weights' averaged over ranks."""
     parts.optimizer.zero_grad(set_to_none=True)
     scaler = parts.scaler
     (scaler.scale(loss) if scaler else loss).backward()
@@ -135,14 +141,14 @@ def train_step(cfg: Config, parts: TrainingParts, batch: dict[str, Any], epoch: 
     labels = batch["label"].to(parts.device)
     attributes = batch["attributes"].to(parts.device)
     saved = [b.detach().clone() for b in parts.model.buffers()]  # batch-norm statistics
-    terms = _forward_loss(parts, images, labels, attributes, cfg.train.amp)
-    _backward(parts, terms["loss"])
+    terms = forward_loss(parts, images, labels, attributes, cfg.train.amp)
+    backward(parts, terms["loss"])
     finite = _step_finite(terms, parts)
     redone = cfg.train.amp == "bf16" and not finite
     if redone:
         _restore(parts.model, saved)
-        terms = _forward_loss(parts, images, labels, attributes, "none")
-        _backward(parts, terms["loss"])
+        terms = forward_loss(parts, images, labels, attributes, "none")
+        backward(parts, terms["loss"])
         finite = _step_finite(terms, parts)
     if not finite:
         _restore(parts.model, saved)
