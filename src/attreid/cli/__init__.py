@@ -1,7 +1,8 @@
 """The ``attreid`` command line. Configuration is read here and passed on as plain arguments.
 
 One module per command group: :mod:`~attreid.cli.data` (synth, data summary / check, demo),
-:mod:`~attreid.cli.training` (train), :mod:`~attreid.cli.evaluation` (evaluate, compare),
+:mod:`~attreid.cli.training` (train), :mod:`~attreid.cli.evaluation` (evaluate, compare), :mod:`~attreid.cli.verification` (calibrate,
+verify),
 :mod:`~attreid.cli.inference` (predict, export) and :mod:`~attreid.cli.search` (index build /
 add, search, serve). :mod:`~attreid.cli.base` holds the typer app, the console and helpers they
 share, and :func:`run` / :func:`main`. The commands are registered below, in the order
@@ -10,7 +11,7 @@ from here."""
 
 from __future__ import annotations
 
-from attreid.cli import data, evaluation, inference, search, training
+from attreid.cli import data, evaluation, inference, search, training, verification
 from attreid.cli.base import app, data_app, index_app, main, run
 
 __all__ = ["app", "main", "run"]
@@ -20,6 +21,8 @@ app.command()(training.train)
 app.command()(evaluation.evaluate)
 app.command()(inference.predict)
 app.command()(evaluation.compare)
+app.command()(verification.calibrate)
+app.command()(verification.verify)
 app.command()(data.demo)
 app.command()(inference.export)
 app.command()(search.search)

@@ -30,7 +30,7 @@ CROP_SIZE = (64, 128)
 _MATCH, _MISMATCH, _QUERY = (0, 170, 0), (220, 0, 0), (60, 60, 60)
 
 
-def _save(fig: Figure, path: Path | str) -> Path:
+def save_figure(fig: Figure, path: Path | str) -> Path:
     """Render ``fig`` to PNG and write it atomically; returns the path."""
     path = Path(path)
     FigureCanvasAgg(fig)
@@ -66,7 +66,7 @@ def plot_cmc(curves: Mapping[str, Sequence[float] | np.ndarray], path: Path | st
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _finite(value: float | None) -> bool:
@@ -105,7 +105,7 @@ def plot_attribute_accuracy(accuracy: Mapping[str, float | None],
     ax.xaxis.set_major_formatter(PercentFormatter(1.0))
     ax.grid(axis="x", alpha=0.3)
     fig.legend(loc="outside lower center", ncols=2, fontsize=9)  # never over a bar
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _crop(path: Path | str, colour: tuple[int, int, int], border: int = 4) -> np.ndarray:
@@ -166,7 +166,7 @@ def plot_ranked_gallery(query_paths: Sequence[Path | str],
             caption = None if distances is None else f"{float(distances[i][j]):.3g}"
             _show(fig.add_subplot(grid[i, j + 2]), _crop(ranked_gallery_paths[i][j], colour),
                   f"{j + 1}" if i == 0 else None, caption)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 CURVE_PANELS: tuple[tuple[str, str, str], ...] = (
@@ -201,4 +201,4 @@ def plot_training_curves(runs: Mapping[str, Sequence[Mapping]], path: Path | str
             ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.grid(alpha=0.3)
     axes[0].legend(loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -1,0 +1,96 @@
+"""The verification commands: ``attreid calibrate`` (distance -> P(same person) from a labelled
+set, written beside the checkpoint) and ``attreid verify`` (two crops: same person?)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from attreid.cli.base import (
+    BACKEND_OPTION,
+    LAYOUTS,
+    _count_progress,
+    _fail,
+    _reported_warnings,
+    console,
+)
+from attreid.data.records import DataError
+
+FAR_HELP = "Operating point: the false accept rate (1e-2, 1e-3 or 1e-4)."
+
+
+def calibrate(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint (best.pt or last.pt)."),
+    data: Path = typer.Option(..., "--data", help="A labelled dataset folder."),
+    split: str = typer.Option("test", help="test (query + gallery crops), study or random."),
+    method: str = typer.Option("platt", help="platt (logistic on the distance) or isotonic."),
+    out: Path | None = typer.Option(None, help="The calibration file (default: "
+                                    "<checkpoint>.calibration.json beside the checkpoint)."),
+    flip: bool = typer.Option(False, "--flip", help="Flip test-time augmentation (search and "
+                              "verify must embed the same way; an index records it)."),
+    max_ids: int = typer.Option(0, "--max-ids", help="Calibrate on this many identities "
+                                "drawn at random (0: all)."),
+    seed: int = typer.Option(0, help="Seed of --max-ids and of the impostor sample."),
+    layout: str = typer.Option("auto", help=LAYOUTS),
+    device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
+    backend: str = BACKEND_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Fit P(same person) from embedding distance on a labelled set: genuine pairs (one
+    identity, two cameras) against impostor pairs; thresholds at FAR 1e-2 / 1e-3 / 1e-4 and
+    the EER; an ROC and the distance histograms beside the file."""
+    from attreid.evaluation.verification import calibrate_checkpoint, describe
+    from attreid.inference.calibration import summarize
+    from attreid.inference.onnx import ExportError
+    from attreid.utils.checkpoint import CheckpointError
+
+    try:
+        with _reported_warnings(), _count_progress("embedding crops") as progress:
+            run = calibrate_checkpoint(checkpoint, data, out, method, split, layout, flip,
+                                       max_ids, seed, backend, device, progress=progress)
+    except (DataError, CheckpointError, ExportError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(describe(run), indent=1))
+        return
+    for line in summarize(run.calibration):
+        console.print(line, markup=False, highlight=False)
+    console.print(f"wrote {run.path} and {', '.join(f.name for f in run.files)}",
+                  soft_wrap=True, markup=False)
+
+
+def verify(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint (or its ONNX export)."),
+    first: Path = typer.Argument(..., help="A crop."),
+    second: Path = typer.Argument(..., help="Another crop."),
+    far: float = typer.Option(1e-3, "--far", help=FAR_HELP),
+    calibration: Path | None = typer.Option(None, "--calibration", help="A calibration "
+                                            "file (default: the one beside the checkpoint)."),
+    device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
+    backend: str = BACKEND_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
+) -> None:
+    """Is this the same person? The distance of two crops, the calibrated probability and the
+    decision at the operating point (without a calibration: the distance, "uncalibrated")."""
+    from attreid.inference.calibration import CalibrationError, Verifier
+    from attreid.inference.onnx import ExportError
+    from attreid.utils.checkpoint import CheckpointError
+
+    try:
+        verifier = Verifier.open(checkpoint, calibration, far, backend, device)
+        result = verifier.verify(first, second)
+    except (CalibrationError, CheckpointError, ExportError, DataError, OSError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps({"first": str(first), "second": str(second), **result.as_dict()}))
+        return
+    console.print(f"distance {result.distance:.4g}", markup=False, highlight=False)
+    if result.probability is None:
+        console.print(result.note, markup=False, highlight=False)
+        return
+    answer = "same person" if result.same else "different people"
+    console.print(f"P(same person) {result.probability:.1%}", markup=False, highlight=False)
+    console.print(f"{answer} at FAR {far:g} (accepts distance <= {result.threshold:.4g})",
+                  markup=False, highlight=False)

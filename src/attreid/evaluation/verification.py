@@ -1,0 +1,143 @@
+"""``attreid calibrate``: embed a labelled set with a checkpoint, score every pair, fit the
+distance -> P(same person) mapping (:mod:`attreid.inference.calibration`), write it beside the
+checkpoint with its figures.
+
+Which crops (``split``): ``test`` takes the query and gallery crops of a labelled test split
+(Market-1501: 3,368 + 19,732), junk crops (id -1, partial views of a person) left out and every
+distractor (id 0, not a person or no one in particular) an identity of its own, so it only ever
+makes impostor pairs; ``study`` / ``random`` take the held-out identities of that split.
+``max_ids`` keeps that many identities (drawn with ``seed``, distractors left out): the size of
+the small labelled set a new camera network would calibrate on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from attreid.data.evalset import build_evaluation_set
+from attreid.data.load import load_dataset
+from attreid.data.records import JUNK_ID, DataError, ImageRecord
+from attreid.evaluation import verification_plots as figures
+from attreid.inference.backends import load_predictor
+from attreid.inference.calibration import Calibration, calibration_path, fit_calibration
+from attreid.inference.files import extract_files
+from attreid.metrics.verification import PairDistances, pair_distances
+from attreid.utils.checkpoint import require_checkpoint
+
+DISTRACTOR_ID = 0
+"""Market-1501's distractor identity: crops that are no one in particular."""
+
+
+@dataclass(frozen=True)
+class LabelledCrops:
+    """Crops with an identity each (distractors renumbered to unique negative ids below -1)
+    and a camera (-1 unknown)."""
+
+    paths: list[Path]
+    identities: np.ndarray  # (N,) int64
+    cameras: np.ndarray  # (N,) int64
+
+
+def labelled_crops(records: Sequence[ImageRecord], max_ids: int = 0, seed: int = 0
+                   ) -> LabelledCrops:
+    """The crops of ``records`` that make pairs: no junk, no unlabelled; ``max_ids`` > 0 keeps
+    that many identities drawn at random (and no distractors).
+
+    Raises:
+        DataError: no labelled crop, or fewer identities than ``max_ids``.
+    """
+    kept = [r for r in records if r.pid is not None and r.pid != JUNK_ID]
+    people = sorted({r.pid for r in kept if r.pid != DISTRACTOR_ID})
+    if max_ids:
+        if max_ids > len(people):
+            raise DataError(f"max_ids={max_ids}: the set has {len(people)} identities")
+        chosen = set(np.random.default_rng(seed).choice(people, max_ids, replace=False).tolist())
+        kept = [r for r in kept if r.pid in chosen]
+    if not kept:
+        raise DataError("no labelled crop to calibrate on (every crop is junk or unlabelled)")
+    ids = np.array([r.pid for r in kept], dtype=np.int64)
+    distractors = ids == DISTRACTOR_ID
+    ids[distractors] = -2 - np.arange(int(distractors.sum()))  # each its own identity
+    cams = np.array([-1 if r.camid is None else r.camid for r in kept], dtype=np.int64)
+    return LabelledCrops([r.path for r in kept], ids, cams)
+
+
+def split_identities(crops: LabelledCrops, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two boolean masks (N,) over ``crops``: its people (ids >= 0) split in half at random,
+    distractors in the second half."""
+    people = np.unique(crops.identities[crops.identities >= 0])
+    first = set(np.random.default_rng(seed).permutation(people)[: len(people) // 2].tolist())
+    mask = np.array([i in first for i in crops.identities.tolist()])
+    return mask, ~mask
+
+
+@dataclass
+class CalibrationRun:
+    """What :func:`calibrate_checkpoint` returns: the calibration, its pairs, files written."""
+
+    calibration: Calibration
+    pairs: PairDistances
+    path: Path
+    files: list[Path] = field(default_factory=list)
+
+
+def calibrate_checkpoint(checkpoint: Path | str, data_root: Path | str,
+                         out: Path | str | None = None, method: str = "platt",
+                         split: str = "test", layout: str = "auto", flip: bool = False,
+                         max_ids: int = 0, seed: int = 0, backend: str = "auto",
+                         device: str | None = None, batch_size: int = 128,
+                         progress: Callable[[int, int], None] | None = None) -> CalibrationRun:
+    """Calibrate ``checkpoint`` on the labelled crops of ``data_root``'s ``split``; write the
+    calibration to ``out`` (default: beside the checkpoint, ``calibration_path``) and its ROC
+    and distance histograms beside it (``<name>.roc.png``, ``<name>.distances.png``).
+
+    Args:
+        progress: called with (crops embedded, crops in all).
+
+    Raises:
+        CheckpointError, DataError: the checkpoint or the data cannot be read (named).
+        ValueError: the crops make no genuine or no impostor pair, or an unknown method.
+    """
+    require_checkpoint(checkpoint)
+    dataset = load_dataset(data_root, layout)
+    data = build_evaluation_set(dataset, split)
+    records = data.gallery if data.all_vs_all else data.query + data.gallery
+    crops = labelled_crops(records, max_ids, seed)
+    predictor, _ = load_predictor(checkpoint, backend, device, batch_size, flip,
+                                  probe_images=crops.paths[:64])
+    total = len(crops.paths)
+    feats = extract_files(predictor, crops.paths, batch_size,
+                          (lambda done: progress(done, total)) if progress else None)
+    pairs = pair_distances(feats.embeddings, crops.identities, crops.cameras, predictor.distance,
+                           seed=seed)
+    about = {"data": str(data_root), "split": split, "crops": pairs.num_images,
+             "identities": pairs.num_identities, "max_ids": max_ids, "seed": seed,
+             "pairs": f"{len(pairs.genuine):,} genuine + {pairs.num_impostor:,} impostor pairs",
+             "genuine": "same identity, different camera", "junk": "left out",
+             "distractors": "one identity each"}
+    calibration = fit_calibration(pairs, method, predictor.distance, flip,
+                                  predictor.checkpoint_sha256, about, seed)
+    path = calibration.save(Path(out) if out else calibration_path(checkpoint))
+    return CalibrationRun(calibration, pairs, path, write_figures(calibration, pairs, path))
+
+
+def write_figures(calibration: Calibration, pairs: PairDistances, path: Path) -> list[Path]:
+    """The ROC and the distance histograms of ``calibration`` beside its file ``path``."""
+    stem = path.name.removesuffix(".json")
+    return [figures.plot_roc({"calibration pairs": pairs}, calibration.thresholds,
+                             path.with_name(stem + ".roc.png")),
+            figures.plot_distance_histograms(pairs, calibration.thresholds,
+                                             calibration.eer["threshold"],
+                                             path.with_name(stem + ".distances.png"))]
+
+
+def describe(run: CalibrationRun) -> dict[str, Any]:
+    """The JSON a CLI prints: file, figures, operating points."""
+    c = run.calibration
+    return {"calibration": str(run.path), "figures": [str(f) for f in run.files],
+            "method": c.method, "thresholds": c.thresholds, "tar": c.tar, "eer": c.eer,
+            "data": c.data}

@@ -1,0 +1,324 @@
+"""From a distance to P(same person): a calibration fitted on labelled pairs, stored beside the
+checkpoint, and a :class:`Verifier` that answers "is this the same person?" for two crops.
+
+The mapping is monotone (a larger distance never means a more likely match) and fitted with the
+genuine and impostor pairs weighted to half each, so it gives P(same) for a pair that, before
+the crops were looked at, was as likely the same person as not (prior 0.5). Another prior (e.g.
+the rate of true matches in a gallery) shifts the odds: :meth:`Calibration.probability`.
+
+Methods (scikit-learn's):
+
+* ``platt``: logistic regression on the distance, P = 1 / (1 + exp(-(a d + b))). Two numbers,
+  smooth, extrapolates past the fitted range; assumes the log-odds are linear in d.
+* ``isotonic``: the best monotone step function (pool-adjacent-violators), interpolated
+  linearly; no shape assumed, flat beyond the fitted range.
+
+The operating points come from the pairs themselves, not from the mapping: the thresholds at
+FAR 1e-2 / 1e-3 / 1e-4 and the EER's (:mod:`attreid.metrics.verification`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attreid import __version__
+from attreid.errors import AttreidError
+from attreid.metrics.distance import pairwise_distance
+from attreid.metrics.verification import (
+    FARS,
+    PairDistances,
+    accept_rates,
+    balanced_weights,
+    equal_error_rate,
+    threshold_at_far,
+)
+from attreid.utils.files import atomic_write_text
+
+FORMAT = "attreid-calibration-v1"
+METHODS: tuple[str, ...] = ("platt", "isotonic")
+DEFAULT_FAR = 1e-3
+"""The operating point used when none is named (verify, search marks)."""
+FIT_IMPOSTORS = 200_000
+"""Impostor pairs (drawn from the sample) the mapping is fitted on, with every genuine pair."""
+
+
+class CalibrationError(AttreidError, ValueError):
+    """A calibration file is missing, unreadable, or made for another checkpoint or setting."""
+
+
+def far_key(far: float) -> str:
+    """``1e-3`` -> ``"1e-03"``: the key of an operating point in the file."""
+    return f"{far:.0e}"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A fitted distance -> P(same person) mapping and the operating points of its data.
+
+    Attributes:
+        method: ``platt`` or ``isotonic``.
+        metric: the distance it maps (the checkpoint's: ``euclidean``, ``cosine``, ...).
+        flip: whether the embeddings averaged each crop with its mirror image.
+        checkpoint_sha256: the checkpoint whose embeddings it was fitted on.
+        params: ``{"a", "b"}`` (platt) or ``{"x", "y"}`` (isotonic: the step function's knots).
+        thresholds: ``far_key(far)`` -> distance threshold (accept ``d <= t``).
+        tar: ``far_key(far)`` -> TAR at that threshold on the calibration pairs.
+        eer: ``{"rate", "threshold"}``.
+        data: where the pairs came from (dataset, split, crops, identities, pair counts).
+    """
+
+    method: str
+    metric: str
+    flip: bool
+    checkpoint_sha256: str
+    params: dict[str, Any]
+    thresholds: dict[str, float]
+    tar: dict[str, float]
+    eer: dict[str, float]
+    data: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    attreid_version: str = __version__
+
+    def probability(self, distances: Any, prior: float = 0.5) -> np.ndarray:
+        """P(same person) of each distance (any shape), for a pair that was the same person
+        with probability ``prior`` before it was looked at (0.5: the fitted balance)."""
+        d = np.asarray(distances, dtype=np.float64)
+        if self.method == "platt":
+            p = 1.0 / (1.0 + np.exp(-(self.params["a"] * d + self.params["b"])))
+        else:
+            p = np.interp(d, self.params["x"], self.params["y"])
+        if prior == 0.5:
+            return p
+        odds = p / np.maximum(1.0 - p, 1e-300) * (prior / (1.0 - prior))
+        return odds / (1.0 + odds)
+
+    def threshold(self, far: float = DEFAULT_FAR) -> float:
+        """The distance threshold at ``far``.
+
+        Raises:
+            CalibrationError: ``far`` is not one of the stored operating points.
+        """
+        key = far_key(far)
+        if key not in self.thresholds:
+            raise CalibrationError(f"FAR {far:g} is not an operating point of this calibration;"
+                                   f" it has {', '.join(sorted(self.thresholds))}")
+        return self.thresholds[key]
+
+    def save(self, path: Path | str) -> Path:
+        """Write the calibration as JSON (atomically)."""
+        record = {"format": FORMAT, **asdict(self)}
+        atomic_write_text(Path(path), json.dumps(record, indent=1) + "\n")
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: Path | str) -> "Calibration":
+        """Read a file :meth:`save` wrote.
+
+        Raises:
+            CalibrationError: missing, not JSON, another format, or keys missing (named).
+        """
+        path = Path(path)
+        try:
+            record = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CalibrationError(f"{path}: no such calibration file; make one with "
+                                   "attreid calibrate CHECKPOINT --data DIR") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CalibrationError(f"{path}: not a calibration file ({exc})") from None
+        if not isinstance(record, dict) or record.pop("format", None) != FORMAT:
+            raise CalibrationError(f"{path}: not a calibration file (expected format {FORMAT})")
+        try:
+            return cls(**record)
+        except TypeError as exc:
+            raise CalibrationError(f"{path}: damaged calibration file ({exc})") from None
+
+    def check(self, checkpoint_sha256: str, flip: bool, metric: str) -> str | None:
+        """Why this calibration does not apply to embeddings of that checkpoint and setting
+        (one line), or None when it does."""
+        if self.checkpoint_sha256 != checkpoint_sha256:
+            return "it was fitted on another checkpoint"
+        if self.flip != flip:
+            return f"it was fitted with flip {'on' if self.flip else 'off'}, these embeddings " \
+                   f"have it {'on' if flip else 'off'}"
+        if self.metric != metric:
+            return f"it maps {self.metric} distances, these are {metric}"
+        return None
+
+
+def calibration_path(checkpoint: Path | str) -> Path:
+    """Where a checkpoint's calibration lives: ``best.pt`` -> ``best.calibration.json``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.stem + ".calibration.json")
+
+
+def find_calibration(checkpoint: Path | str, checkpoint_sha256: str, flip: bool, metric: str,
+                     path: Path | str | None = None) -> tuple[Calibration | None, str]:
+    """The calibration at ``path`` (default: beside the checkpoint) when it applies.
+
+    Returns:
+        (calibration, "") or (None, why it is uncalibrated, one line).
+    Raises:
+        CalibrationError: an explicit ``path`` that is missing, damaged or does not apply.
+    """
+    file = Path(path) if path else calibration_path(checkpoint)
+    if path is None and not file.exists():
+        return None, (f"uncalibrated: no {file.name} beside the checkpoint (attreid calibrate "
+                      "makes one)")
+    try:
+        calibration = Calibration.load(file)
+    except CalibrationError as exc:
+        if path is not None:
+            raise
+        return None, f"uncalibrated: {exc}"
+    why = calibration.check(checkpoint_sha256, flip, metric)
+    if why and path is not None:
+        raise CalibrationError(f"{file}: does not apply: {why}")
+    return (None, f"uncalibrated: {file.name} does not apply ({why})") if why else (
+        calibration, "")
+
+
+def fit_calibration(pairs: PairDistances, method: str, metric: str, flip: bool,
+                    checkpoint_sha256: str, data: dict[str, Any] | None = None,
+                    seed: int = 0) -> Calibration:
+    """Fit the mapping on ``pairs`` (every genuine pair and up to :data:`FIT_IMPOSTORS` of the
+    impostor sample, weighted to half each) and record the operating points.
+
+    Raises:
+        ValueError: an unknown method.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method {method!r}: expected one of {METHODS}")
+    rng = np.random.default_rng(seed)
+    impostor = pairs.impostor_sample
+    if len(impostor) > FIT_IMPOSTORS:
+        impostor = rng.choice(impostor, FIT_IMPOSTORS, replace=False)
+    d = np.concatenate([pairs.genuine, impostor])
+    same = np.concatenate([np.ones(len(pairs.genuine)), np.zeros(len(impostor))])
+    wg, wi = balanced_weights(len(pairs.genuine), len(impostor))
+    weights = np.where(same > 0, wg, wi) * len(d)
+    params = _fit_platt(d, same, weights) if method == "platt" else _fit_isotonic(d, same, weights)
+    thresholds = {far_key(f): threshold_at_far(pairs, f) for f in FARS}
+    tar = {k: accept_rates(pairs, t)[0] for k, t in thresholds.items()}
+    rate, at = equal_error_rate(pairs)
+    return Calibration(method, metric, flip, checkpoint_sha256, params, thresholds, tar,
+                       {"rate": rate, "threshold": at}, data or {},
+                       datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+
+
+def _fit_platt(d: np.ndarray, same: np.ndarray, weights: np.ndarray) -> dict[str, float]:
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=np.inf).fit(d[:, None], same, sample_weight=weights)
+    return {"a": float(model.coef_[0, 0]), "b": float(model.intercept_[0])}
+
+
+def _fit_isotonic(d: np.ndarray, same: np.ndarray, weights: np.ndarray) -> dict[str, list]:
+    from sklearn.isotonic import IsotonicRegression
+
+    model = IsotonicRegression(increasing=False, y_min=0.0, y_max=1.0, out_of_bounds="clip")
+    model.fit(d, same, sample_weight=weights)
+    return {"x": model.X_thresholds_.tolist(), "y": model.y_thresholds_.tolist()}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer for one pair of crops.
+
+    Attributes:
+        distance: their embedding distance (the checkpoint's metric).
+        probability: calibrated P(same person) (prior 0.5), None when uncalibrated.
+        same: distance <= threshold, None when uncalibrated.
+        far: the operating point; threshold: its distance (None when uncalibrated).
+        note: "" or why there is no probability.
+    """
+
+    distance: float
+    probability: float | None
+    same: bool | None
+    far: float
+    threshold: float | None
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "calibrated": self.probability is not None}
+
+
+def verdict(distance: float, calibration: Calibration | None, far: float = DEFAULT_FAR,
+            note: str = "") -> Verdict:
+    """A :class:`Verdict` for one distance."""
+    if calibration is None:
+        return Verdict(float(distance), None, None, far, None, note or "uncalibrated")
+    threshold = calibration.threshold(far)
+    return Verdict(float(distance), float(calibration.probability(distance)),
+                   bool(distance <= threshold), far, threshold)
+
+
+class Verifier:
+    """Is this the same person? Two crops in, a :class:`Verdict` out.
+
+    Example::
+
+        verifier = Verifier.open("runs/cpu/best.pt")      # finds best.calibration.json
+        verifier.verify("a.jpg", "b.jpg").probability
+    """
+
+    def __init__(self, predictor: Any, calibration: Calibration | None, note: str = "",
+                 far: float = DEFAULT_FAR) -> None:
+        if calibration is not None:
+            calibration.threshold(far)  # a stored operating point, or a CalibrationError
+        self.predictor, self.calibration, self.note, self.far = predictor, calibration, note, far
+
+    @classmethod
+    def open(cls, checkpoint: Path | str, calibration: Path | str | None = None,
+             far: float = DEFAULT_FAR, backend: str = "auto", device: str | None = None
+             ) -> "Verifier":
+        """The checkpoint's predictor and its calibration (``calibration``, else the file
+        beside the checkpoint, else none: verdicts then carry only the distance).
+
+        Raises:
+            CalibrationError: an explicit calibration file that is missing or does not apply.
+            CheckpointError: the checkpoint cannot be read.
+        """
+        from attreid.inference.backends import load_predictor
+
+        flip = Calibration.load(calibration).flip if calibration else _flip_beside(checkpoint)
+        predictor, _ = load_predictor(checkpoint, backend, device=device, flip=flip)
+        found, note = find_calibration(checkpoint, predictor.checkpoint_sha256, flip,
+                                       predictor.distance, calibration)
+        return cls(predictor, found, note, far)
+
+    def verify(self, a: Any, b: Any, far: float | None = None) -> Verdict:
+        """Compare two crops (paths or PIL images)."""
+        embeddings = self.predictor.predict([a, b]).embeddings  # (2, D)
+        return self.compare(embeddings[0], embeddings[1], far)
+
+    def compare(self, a: Any, b: Any, far: float | None = None) -> Verdict:
+        """Compare two embeddings (D,) made by this verifier's predictor."""
+        distance = float(pairwise_distance(np.asarray(a)[None], np.asarray(b)[None],
+                                           self.predictor.distance)[0, 0])
+        return verdict(distance, self.calibration, self.far if far is None else far, self.note)
+
+
+def _flip_beside(checkpoint: Path | str) -> bool:
+    """The flip setting of the calibration beside ``checkpoint`` (False without one)."""
+    try:
+        return Calibration.load(calibration_path(checkpoint)).flip
+    except CalibrationError:
+        return False
+
+
+def summarize(calibration: Calibration) -> list[str]:
+    """Lines for a terminal: method, operating points, EER."""
+    lines = [f"calibration: {calibration.method} on {calibration.data.get('pairs', '?')}"]
+    for key, t in sorted(calibration.thresholds.items(), key=lambda kv: -float(kv[0])):
+        lines.append(f"  FAR {float(key):g}: threshold {t:.4g}, TAR "
+                     f"{calibration.tar[key]:.2%}")
+    lines.append(f"  EER {calibration.eer['rate']:.2%} at {calibration.eer['threshold']:.4g}")
+    return lines
+

@@ -1,0 +1,206 @@
+"""Verification ("is this the same person?"): distances of genuine and impostor pairs, the
+thresholds at a false accept rate (FAR), the true accept rate (TAR) there, the equal error rate
+(EER), the ROC curve and the reliability of calibrated probabilities (ECE).
+
+A *genuine* pair is two crops of one identity seen by different cameras (any two crops of one
+identity where cameras are unknown, ``-1``); an *impostor* pair is two crops of different
+identities. Pairs of one identity in one camera are neither (near-duplicate frames of a track
+would make verification look easier than it is). A pair is accepted when its distance is at
+most the threshold: FAR = accepted impostors / impostors, TAR = accepted genuine / genuine.
+
+Every pair of N crops is scored in blocks of rows (``N^2 / 2`` distances are never held at
+once): all genuine distances are kept, of the impostors only the smallest (enough for any FAR
+down to :data:`TAIL_FAR`, exactly) and a uniform random sample (histograms, fitting).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from attreid.metrics.distance import pairwise_distance
+from attreid.metrics.inputs import ArrayLike, to_tensor
+
+TAIL_FAR = 0.05
+"""Impostor distances kept exactly: the smallest ``TAIL_FAR`` of all impostor pairs (FARs up
+to 5 % have exact thresholds; the EER is found there too unless verification is worse)."""
+
+FARS: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
+"""The operating points reported and stored."""
+
+
+@dataclass(frozen=True)
+class PairDistances:
+    """Distances of the pairs of a labelled set.
+
+    Attributes:
+        genuine: (P,) float64, every genuine pair's distance, ascending.
+        impostor_tail: (T,) float64, the smallest impostor distances, ascending; T >=
+            ``ceil(TAIL_FAR * num_impostor)`` unless there are fewer impostors.
+        impostor_sample: (S,) float64, a uniform random sample of impostor distances.
+        num_impostor: how many impostor pairs there are in all.
+        num_images, num_identities: the crops and identities that made the pairs.
+    """
+
+    genuine: np.ndarray
+    impostor_tail: np.ndarray
+    impostor_sample: np.ndarray
+    num_impostor: int
+    num_images: int
+    num_identities: int
+
+
+def pair_distances(embeddings: ArrayLike, identities: ArrayLike, cameras: ArrayLike,
+                   metric: str = "euclidean", sample: int = 1_000_000, seed: int = 0,
+                   block: int = 1024) -> PairDistances:
+    """Every pair (i < j) of ``embeddings`` (N, D), split into genuine and impostor.
+
+    Args:
+        identities: (N,) int, one value per person (give each distractor a value of its own).
+        cameras: (N,) int camera of each crop, ``-1`` where unknown.
+        metric: as :func:`attreid.metrics.distance.pairwise_distance`.
+        sample: impostor distances kept at random (all of them when there are fewer).
+        block: rows scored at once (memory ~ ``block * N * 8`` bytes).
+
+    Raises:
+        ValueError: shapes disagree, or no genuine or no impostor pair exists.
+    """
+    x = to_tensor(embeddings, "embeddings")
+    ids = np.asarray(identities).astype(np.int64)
+    cams = np.asarray(cameras).astype(np.int64)
+    n = len(ids)
+    if x.ndim != 2 or x.shape[0] != n or cams.shape != (n,):
+        raise ValueError(f"embeddings (N, D), identities (N,) and cameras (N,) must agree, got "
+                         f"{tuple(x.shape)}, {ids.shape}, {cams.shape}")
+    num_impostor = _count_impostors(ids)
+    keep_tail = max(1, math.ceil(TAIL_FAR * num_impostor))
+    rate = min(1.0, sample / max(1, num_impostor))
+    rng = np.random.default_rng(seed)
+    genuine, tail, drawn = [], np.empty(0), []
+    for start in range(0, n, block):
+        rows = slice(start, min(n, start + block))
+        d = pairwise_distance(x[rows], x[start:], metric).double().numpy()  # (b, N - start)
+        upper = np.arange(start, start + d.shape[1])[None, :] > np.arange(rows.start,
+                                                                        rows.stop)[:, None]
+        same = ids[rows, None] == ids[None, start:]
+        cross = ((cams[rows, None] != cams[None, start:]) | (cams[rows, None] < 0)
+                 | (cams[None, start:] < 0))
+        genuine.append(d[upper & same & cross])
+        impostor = d[upper & ~same]
+        tail = _smallest(np.concatenate([tail, impostor]), keep_tail)
+        drawn.append(impostor[rng.random(len(impostor)) < rate])
+    pairs = PairDistances(np.sort(np.concatenate(genuine)), tail, np.concatenate(drawn),
+                          num_impostor, n, len(np.unique(ids)))
+    if not len(pairs.genuine) or not num_impostor:
+        raise ValueError(f"{n} crops of {pairs.num_identities} identities give "
+                         f"{len(pairs.genuine)} genuine and {num_impostor} impostor pairs: "
+                         "verification needs both (two crops of one identity from different "
+                         "cameras, and two identities)")
+    return pairs
+
+
+def _count_impostors(ids: np.ndarray) -> int:
+    counts = np.unique(ids, return_counts=True)[1].astype(np.int64)
+    n = int(counts.sum())
+    return (n * n - int((counts * counts).sum())) // 2
+
+
+def _smallest(values: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` smallest of ``values``, ascending."""
+    if len(values) > k:
+        values = np.partition(values, k - 1)[:k]
+    return np.sort(values)
+
+
+def threshold_at_far(pairs: PairDistances, far: float) -> float:
+    """The largest distance threshold whose FAR is at most ``far``: accepting ``d <= t``
+    accepts ``floor(far * num_impostor)`` impostors or fewer (ties at ``t`` never push it over).
+    Returns the midpoint between the last allowed and the first refused impostor distance
+    (below the smallest impostor when none may be accepted).
+
+    Raises:
+        ValueError: ``far`` outside (0, TAIL_FAR].
+    """
+    if not 0 < far <= TAIL_FAR:
+        raise ValueError(f"far={far}: expected a rate in (0, {TAIL_FAR}]")
+    allowed = math.floor(far * pairs.num_impostor + 1e-9)
+    tail = pairs.impostor_tail
+    if allowed >= len(tail):
+        return float(tail[-1])
+    first_refused = tail[allowed]
+    below = tail[:allowed][tail[:allowed] < first_refused]  # ties with it are refused too
+    last = below[-1] if len(below) else first_refused - 1e-6 * max(1.0, abs(first_refused))
+    return float((last + first_refused) / 2)
+
+
+def accept_rates(pairs: PairDistances, threshold: float) -> tuple[float, float]:
+    """(TAR, FAR) of accepting ``d <= threshold``; the FAR is exact within the kept tail (and
+    ``>= TAIL_FAR`` beyond it, estimated from the sample)."""
+    tar = np.searchsorted(pairs.genuine, threshold, side="right") / len(pairs.genuine)
+    return float(tar), float(_far(pairs, np.array([threshold]))[0])
+
+
+def _far(pairs: PairDistances, thresholds: np.ndarray) -> np.ndarray:
+    """FAR of each threshold: exact inside the kept tail, from the sample beyond it."""
+    tail, sample = pairs.impostor_tail, np.sort(pairs.impostor_sample)
+    accepted = np.searchsorted(tail, thresholds, side="right")
+    exact = accepted / pairs.num_impostor
+    if len(tail) >= pairs.num_impostor or not len(sample):
+        return exact
+    sampled = np.searchsorted(sample, thresholds, side="right") / len(sample)
+    return np.where(accepted < len(tail), exact, np.maximum(exact, sampled))
+
+
+def equal_error_rate(pairs: PairDistances) -> tuple[float, float]:
+    """(EER, threshold): where FAR equals FRR = 1 - TAR, searched over every genuine and tail
+    impostor distance; the rate is the mean of the two at the closest crossing."""
+    candidates = np.unique(np.concatenate([pairs.genuine, pairs.impostor_tail]))
+    frr = 1 - np.searchsorted(pairs.genuine, candidates, side="right") / len(pairs.genuine)
+    far = _far(pairs, candidates)
+    i = int(np.argmin(np.abs(far - frr)))
+    return float((far[i] + frr[i]) / 2), float(candidates[i])
+
+
+def roc_curve(pairs: PairDistances, points: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """(FAR, TAR) at ``points`` FARs spaced evenly in log10 from ``1 / num_impostor`` (or
+    1e-6) to TAIL_FAR, ascending; for a log-FAR ROC plot."""
+    low = max(1.0 / pairs.num_impostor, 1e-6)
+    fars = np.logspace(math.log10(low), math.log10(TAIL_FAR), points)
+    tars = np.array([accept_rates(pairs, threshold_at_far(pairs, f))[0] for f in fars])
+    return fars, tars
+
+
+def balanced_weights(genuine: int, impostor: int) -> tuple[float, float]:
+    """Per-pair weights that give genuine and impostor pairs half the total each (a prior of
+    0.5: the question "same person?" asked of a pair either answer fits equally well)."""
+    return 0.5 / genuine, 0.5 / impostor
+
+
+def reliability(probabilities: ArrayLike, same: ArrayLike, weights: ArrayLike | None = None,
+                bins: int = 10) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Expected calibration error and the reliability diagram's points.
+
+    Args:
+        probabilities: (M,) predicted P(same person) in [0, 1].
+        same: (M,) bool, the pair is genuine.
+        weights: (M,) pair weights (e.g. :func:`balanced_weights`); equal when ``None``.
+        bins: equal-width probability bins.
+
+    Returns:
+        (ECE, mean predicted probability per bin, observed genuine fraction per bin, weight
+        per bin); empty bins are NaN with weight 0. ECE = sum over bins of weight x |observed
+        - predicted|, weights summing to 1.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(same, dtype=bool)
+    w = np.ones_like(p) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    mass = np.bincount(which, w, bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        predicted = np.bincount(which, w * p, bins) / mass
+        observed = np.bincount(which, w * y, bins) / mass
+    gaps = np.where(mass > 0, np.abs(observed - predicted), 0.0)
+    return float((mass * gaps).sum()), predicted, observed, mass
