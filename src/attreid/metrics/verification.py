@@ -154,9 +154,10 @@ def _far(pairs: PairDistances, thresholds: np.ndarray) -> np.ndarray:
 
 
 def equal_error_rate(pairs: PairDistances) -> tuple[float, float]:
-    """(EER, threshold): where FAR equals FRR = 1 - TAR, searched over every genuine and tail
-    impostor distance; the rate is the mean of the two at the closest crossing."""
-    candidates = np.unique(np.concatenate([pairs.genuine, pairs.impostor_tail]))
+    """(EER, threshold): where FAR equals FRR = 1 - TAR, searched over every genuine, tail and
+    sampled impostor distance; the rate is the mean of the two at the closest crossing."""
+    candidates = np.unique(np.concatenate([pairs.genuine, pairs.impostor_tail,
+                                           pairs.impostor_sample]))
     frr = 1 - np.searchsorted(pairs.genuine, candidates, side="right") / len(pairs.genuine)
     far = _far(pairs, candidates)
     i = int(np.argmin(np.abs(far - frr)))
