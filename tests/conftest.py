@@ -199,6 +199,25 @@ def search_index(tiny_checkpoint, synth_market, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def calibrated_index(tiny_checkpoint, synth_market, tmp_path_factory) -> tuple[Path, Path]:
+    """(index folder, checkpoint): a copy of ``tiny_checkpoint`` calibrated on
+    ``synth_market`` (``best.calibration.json`` beside it) and an index of its
+    bounding_box_test made with that copy."""
+    import shutil
+
+    from attreid.evaluation.verification import calibrate_checkpoint
+    from attreid.inference.predictor import Predictor
+    from attreid.search import build_index
+
+    root = tmp_path_factory.mktemp("calibrated")
+    checkpoint = Path(shutil.copy(tiny_checkpoint, root / "best.pt"))
+    calibrate_checkpoint(checkpoint, synth_market, backend="torch-fp32")
+    index = root / "index"
+    build_index(Predictor(checkpoint, device="cpu"), synth_market / "bounding_box_test", index)
+    return index, checkpoint
+
+
 @contextmanager
 def served(app) -> Iterator[str]:
     """Serve an ASGI app with uvicorn on a free loopback port in a thread; yields its URL."""

@@ -194,3 +194,79 @@ def test_invalid_upload_shows_the_error(page, tmp_path):
     assert page.is_visible("#error")
     assert "not a decodable image" in page.text_content("#error")
     assert _results(page) == []
+
+
+# ---- same-person probability (issue 19) -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def calibrated_server(calibrated_index):
+    from conftest import served
+
+    from attreid.search.query import GallerySearch
+    from attreid.search.service import create_app
+
+    search = GallerySearch.open(calibrated_index[0], backend="torch-fp32")
+    with served(create_app(search)) as url:
+        yield url, search
+
+
+def _open(browser, url):
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(TIMEOUT_MS)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.goto(url + "/")
+    pg.wait_for_selector("body[data-ready='true']")
+    return context, pg, errors
+
+
+def test_cards_show_the_calibrated_probability_and_mark_the_operating_point(
+        browser, calibrated_server, synth_market):
+    url, search = calibrated_server
+    query = sorted((synth_market / "query").glob("*.jpg"))[0]
+    expected = {h.entry.id: h for h in search.by_image(query, k=10)}
+    context, pg, errors = _open(browser, url)
+    before = _seq(pg)
+    pg.set_input_files("#file-input", str(query))
+    assert _wait_search(pg, before) == "done"
+    cards = pg.eval_on_selector_all(
+        "#results .result", "els => els.map(e => ({id: +e.dataset.id, p: e.dataset.probability,"
+        " passes: e.dataset.passes, text: e.querySelector('.prob').textContent}))")
+    assert [c["id"] for c in cards] == list(expected)
+    for card in cards:
+        hit = expected[card["id"]]
+        assert float(card["p"]) == pytest.approx(hit.probability, abs=1e-6)
+        assert card["passes"] == ("true" if hit.same else "false")
+        assert card["text"].startswith(f"P(same) {round(hit.probability * 100)}%")
+        assert card["text"].endswith("\u2713") == hit.same
+    assert "\u2713 = same person at FAR 0.001" in pg.text_content("#status")
+    # the compare panel: POST /verify with two crops
+    other = sorted((synth_market / "query").glob("*.jpg"))[1]
+    verdict = search.calibration
+    pg.set_input_files("#verify-first", str(query))
+    pg.set_input_files("#verify-second", str(other))
+    pg.click("#verify-button")
+    pg.wait_for_function("() => !['', 'loading'].includes("
+                         "document.querySelector('#verify-result').dataset.state || '')")
+    text = pg.text_content("#verify-result")
+    assert verdict is not None and "P(same)" in text and "at FAR 0.001" in text
+    assert pg.get_attribute("#verify-result", "data-state") in ("same", "different")
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def test_an_uncalibrated_service_says_so(page, good_query):
+    path, _, _ = good_query
+    before = _seq(page)
+    page.set_input_files("#file-input", str(path))
+    assert _wait_search(page, before) == "done"
+    assert "P(same): uncalibrated" in page.text_content("#status")
+    assert not page.query_selector("#results .prob")
+    page.set_input_files("#verify-first", str(path))
+    page.set_input_files("#verify-second", str(path))
+    page.click("#verify-button")
+    page.wait_for_function("() => document.querySelector('#verify-result').dataset.state"
+                           " === 'uncalibrated'")
+    assert "distance 0.000" in page.text_content("#verify-result")
+

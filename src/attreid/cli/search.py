@@ -22,6 +22,10 @@ from attreid.cli.base import (
 )
 from attreid.data.records import DataError
 
+CALIBRATION_HELP = ("A calibration file (default: the one beside the index's checkpoint, made "
+                    "by attreid calibrate).")
+FAR_HELP = "Operating point that marks results as the same person: FAR 1e-2, 1e-3 or 1e-4."
+
 
 def _search_errors() -> tuple[type[Exception], ...]:
     from attreid.inference.features import FeatureStoreError
@@ -112,17 +116,23 @@ def search(
     checkpoint: Path | None = typer.Option(None, help="The index's checkpoint, if it moved."),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
     backend: str = BACKEND_OPTION,
+    calibration: Path | None = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
+    far: float = typer.Option(1e-3, "--far", help=FAR_HELP),
 ) -> None:
-    """Search an index by image, by indexed crop and/or by attributes."""
+    """Search an index by image, by indexed crop and/or by attributes. Image queries show
+    P(same person) when the checkpoint has a calibration (attreid calibrate), and mark the
+    results that pass the operating point (--far)."""
     try:
         from attreid.search import QueryError
-        from attreid.search.service import open_search, parse_cameras
+        from attreid.search.service import describe_calibration, open_search, parse_cameras
 
         if image is not None and query_id is not None:
             raise QueryError("give --image or --id, not both")
-        opened = open_search(index, checkpoint, device, backend)
+        opened = open_search(index, checkpoint, device, backend, calibration, far)
         if image is not None:
             _show_backend(opened.choice)
+        if (image is not None or query_id is not None) and not as_json:
+            _show_backend_text(describe_calibration(opened))
         options = dict(attributes=attributes, cameras=parse_cameras(camera), min_prob=min_prob)
         if image is not None:
             hits = opened.by_image(image, k, rerank=rerank, **options)
@@ -153,14 +163,21 @@ def search(
 
     table = Table(title=f"{len(hits)} result(s)")
     distance = "re-ranked distance" if rerank else f"{opened.index.metric} distance"
-    for column in ("rank", "id", "name", distance, "match", "cam", heading):
+    calibrated = any(h.probability is not None for h in hits)
+    for column in ("rank", "id", "name", distance, *(["P(same)"] if calibrated else []),
+                   "match", "cam", heading):
         table.add_column(column, overflow="fold")
     for rank, hit in enumerate(hits, start=1):
+        same = [] if not calibrated else [
+            f"{hit.probability:.1%}{' ✓' if hit.same else ''}"]
         table.add_row(str(rank), str(hit.entry.id), escape(hit.entry.display_name),
-                      "" if hit.distance is None else f"{hit.distance:.4f}",
+                      "" if hit.distance is None else f"{hit.distance:.4f}", *same,
                       "" if hit.match is None else f"{hit.match:.3f}",
                       str(hit.entry.camera or ""), summary(hit.entry.attributes()))
     console.print(table)
+    if calibrated:
+        console.print(f"✓: the same person at FAR {far:g} (P(same) assumes a prior of 0.5)",
+                      markup=False, highlight=False)
 
 
 def serve(
@@ -172,6 +189,8 @@ def serve(
     max_batch: int = typer.Option(16, "--max-batch", min=1, help="Crops of concurrent "
                                   "requests embedded together, at most this many per pass."),
     backend: str = BACKEND_OPTION,
+    calibration: Path | None = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
+    far: float = typer.Option(1e-3, "--far", help=FAR_HELP),
 ) -> None:
     """Serve the search API (OpenAPI docs at /docs) and its web page (/)."""
     try:
@@ -179,6 +198,6 @@ def serve(
 
         run_server(index, host=host, port=port, checkpoint=checkpoint, device=device,
                    max_batch=max_batch, backend=backend,
-                   log=_show_backend_text)
+                   log=_show_backend_text, calibration=calibration, far=far)
     except _search_errors() as exc:
         _fail(str(exc))

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from attreid.errors import AttreidError
+from attreid.inference.calibration import DEFAULT_FAR, Calibration, find_calibration, verdict
 from attreid.schema import TASKS
 from attreid.search.index import GalleryIndex, GalleryIndexError
 from attreid.search.metadata import Entry
@@ -111,20 +112,30 @@ def _check_k(k: int) -> int:
 @dataclass(frozen=True)
 class Hit:
     """One result: the crop, its distance to the query image (``None`` for attribute-only
-    queries) and how well it matches the attribute constraints (``None`` without any)."""
+    queries; after re-ranking, ``reranked`` and a re-ranked distance on another scale), how
+    well it matches the attribute constraints (``None`` without any), and with a calibration
+    the probability that it shows the query's person and whether that passes the operating
+    point (``None`` when uncalibrated, re-ranked or not an image query)."""
 
     entry: Entry
     distance: float | None
     match: float | None
+    probability: float | None = None
+    same: bool | None = None
+    reranked: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """The hit as JSON-ready values; ``name`` is :attr:`Entry.display_name` (valid UTF-8:
         the bytes of a file name that are not UTF-8 as ``\\xNN``, which no JSON encoder
-        writing UTF-8 would take as they are)."""
+        writing UTF-8 would take as they are). ``score`` names what ``distance`` is:
+        ``"distance"``, ``"re-ranked distance"`` or ``None``."""
         e = self.entry
-        return {"id": e.id, "name": e.display_name, "distance": self.distance,
-                "match": self.match, "camera": e.camera, "frame": e.frame,
-                "identity": e.identity, "attributes": e.attributes()}
+        score = None if self.distance is None else (
+            "re-ranked distance" if self.reranked else "distance")
+        return {"id": e.id, "name": e.display_name, "distance": self.distance, "score": score,
+                "match": self.match, "probability": self.probability, "same": self.same,
+                "camera": e.camera, "frame": e.frame, "identity": e.identity,
+                "attributes": e.attributes()}
 
 
 def _match(entry: Entry, constraints: Sequence[Constraint]) -> float | None:
@@ -146,21 +157,40 @@ class GallerySearch:
     """
 
     def __init__(self, index: GalleryIndex, predictor: Any | None = None,
-                 choice: Any | None = None) -> None:
+                 choice: Any | None = None, calibration: Calibration | None = None,
+                 calibration_note: str = "uncalibrated", far: float = DEFAULT_FAR) -> None:
+        if calibration is not None:
+            calibration.threshold(far)  # a stored operating point, or a CalibrationError
         self.index = index
         self.predictor = predictor
         self.choice = choice  # the backend's Choice (attreid.inference.backends), when opened
+        self.calibration, self.calibration_note, self.far = calibration, calibration_note, far
+
+    def calibration_status(self) -> dict[str, Any]:
+        """Whether hits carry P(same person), and at which operating point they are marked."""
+        c = self.calibration
+        if c is None:
+            return {"calibrated": False, "note": self.calibration_note}
+        return {"calibrated": True, "method": c.method, "far": self.far,
+                "threshold": c.threshold(self.far), "eer": c.eer["rate"],
+                "prior": 0.5, "data": c.data.get("data", "")}
 
     @classmethod
     def open(cls, index: Path | str, checkpoint: Path | str | None = None,
-             device: str | None = None, backend: str = "auto") -> "GallerySearch":
+             device: str | None = None, backend: str = "auto",
+             calibration: Path | str | None = None, far: float = DEFAULT_FAR
+             ) -> "GallerySearch":
         """Open an index and the checkpoint that made it (``checkpoint`` overrides the recorded
         path; either way its sha256 must match). An ONNX export (``.onnx``) of that checkpoint
         works too and runs with ONNX Runtime. ``backend``: how query crops are embedded
         (:mod:`attreid.inference.backends`; ``auto``: the fastest verified here).
+        ``calibration``: the file mapping distance to P(same person) (default: the one beside
+        the checkpoint, when it was made for it and the index's flip and distance; else hits
+        carry no probability); ``far``: the operating point that marks hits as the same person.
 
         Raises:
             GalleryIndexError: the index is missing/corrupt or the checkpoint does not match.
+            CalibrationError: an explicit calibration file that is missing or does not apply.
         """
         from attreid.inference.backends import load_predictor
         from attreid.inference.onnx import ExportError
@@ -177,7 +207,9 @@ class GallerySearch:
         except (CheckpointError, ExportError) as exc:
             raise GalleryIndexError(str(exc)) from exc
         opened.check_checkpoint(path, predictor.checkpoint_sha256)
-        return cls(opened, predictor, choice)
+        found, note = find_calibration(path, predictor.checkpoint_sha256,
+                                       bool(opened.info.get("flip")), opened.metric, calibration)
+        return cls(opened, predictor, choice, found, note, far)
 
     # ---- filters -------------------------------------------------------------------------
 
@@ -253,7 +285,15 @@ class GallerySearch:
             pairs = self._rerank(np.asarray(vector), [i for _, i in pairs])
         pairs = pairs[:k]
         entries = self.index.entries([i for _, i in pairs])
-        return [Hit(e, d, _match(e, constraints)) for (d, _), e in zip(pairs, entries)]
+        return [self._hit(e, d, _match(e, constraints), rerank)
+                for (d, _), e in zip(pairs, entries)]
+
+    def _hit(self, entry: Entry, distance: float, match: float | None, reranked: bool) -> Hit:
+        """A hit of an image query, with P(same person) when calibrated and not re-ranked."""
+        if self.calibration is None or reranked:
+            return Hit(entry, distance, match, reranked=reranked)
+        v = verdict(distance, self.calibration, self.far)
+        return Hit(entry, distance, match, v.probability, v.same)
 
     def _rerank(self, vector: np.ndarray, ids: list[int]) -> list[tuple[float, int]]:
         from attreid.metrics.reranking import rerank

@@ -8,6 +8,14 @@ Routes (OpenAPI docs at ``/docs``):
   With neither image nor query_id it is an attribute query.
 * ``GET /search/attributes`` — one query parameter per attribute task (``?gender=female``),
   plus ``k``, ``camera``, ``min_prob``; unknown parameters or values are a 422.
+* ``POST /verify`` — multipart form: ``first`` and ``second`` (two crops), ``far`` (the operating
+  point, default the service's): their distance, P(same person) and the decision, or
+  ``"calibrated": false`` with the reason when the service has no calibration.
+
+Search results of image queries carry ``probability`` (P(same person), calibrated on labelled
+pairs by ``attreid calibrate``) and ``same`` (it passes the operating point); both are null when
+the service is uncalibrated (``calibration`` in every search response says why) or re-ranked
+(``score`` says ``re-ranked distance``: another scale).
 * ``GET /images/{id}`` — the file of an indexed crop (only indexed files are served).
 * ``GET /api/schema`` — the attribute tasks the index's model was trained on and their values
   (the page builds its chips from it; no task: a re-ID-only model, search by image only).
@@ -33,6 +41,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
 
+from attreid.inference.calibration import DEFAULT_FAR, CalibrationError, verdict
+from attreid.metrics.distance import pairwise_distance
 from attreid.schema import TASKS
 from attreid.search.batching import EmbeddingBatcher
 from attreid.search.index import GalleryIndexError
@@ -86,7 +96,9 @@ def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
 
 
 def open_search(index: Path | str, checkpoint: Path | str | None = None,
-                device: str | None = None, backend: str = "auto") -> GallerySearch:
+                device: str | None = None, backend: str = "auto",
+                calibration: Path | str | None = None, far: float = DEFAULT_FAR
+                ) -> GallerySearch:
     """:meth:`GallerySearch.open`, with any damage of the index folder reported as a
     :class:`GalleryIndexError` naming it (e.g. a metadata table that lacks a key).
 
@@ -94,8 +106,8 @@ def open_search(index: Path | str, checkpoint: Path | str | None = None,
         GalleryIndexError: the index is missing, damaged, or not made by the checkpoint.
     """
     try:
-        return GallerySearch.open(index, checkpoint, device, backend)
-    except GalleryIndexError:
+        return GallerySearch.open(index, checkpoint, device, backend, calibration, far)
+    except (GalleryIndexError, CalibrationError):
         raise
     except (LookupError, TypeError, ValueError, OSError, RuntimeError, sqlite3.Error) as exc:
         raise GalleryIndexError(f"{index}: damaged index, cannot open it ({type(exc).__name__}: "
@@ -197,6 +209,15 @@ def parse_cameras(text: str | None) -> list[int] | None:
                          "e.g. 1,3") from None
 
 
+def describe_calibration(search: GallerySearch) -> str:
+    """One line: the operating point hits are marked at, or why there is none."""
+    status = search.calibration_status()
+    if not status["calibrated"]:
+        return f"same-person probability: {status['note']}"
+    return (f"same-person probability: {status['method']} calibration, hits marked at FAR "
+            f"{status['far']:g} (distance <= {status['threshold']:.4g})")
+
+
 def _hits(hits: list[Hit]) -> list[dict[str, Any]]:
     return [dict(h.as_dict(), url=f"/images/{h.entry.id}") for h in hits]
 
@@ -255,7 +276,7 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         info = search.index.info
         return {"status": "ok", "images": len(search.index), "index": info["kind"],
                 "metric": info["metric"], "checkpoint_sha256": info["checkpoint_sha256"],
-                "trained_tasks": list(trained)}
+                "trained_tasks": list(trained), "calibration": search.calibration_status()}
 
     @app.get("/api/schema")
     def schema() -> dict[str, Any]:
@@ -294,7 +315,8 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         else:
             hits = search.by_attributes(attributes, k, cameras, min_prob)
             mode = "attributes"
-        return {"mode": mode, "count": len(hits), "results": _hits(hits)}
+        return {"mode": mode, "count": len(hits), "results": _hits(hits),
+                "calibration": search.calibration_status()}
 
     @app.get("/search/attributes", responses=errors)
     def search_attributes(params: AttributeQuery = Query()) -> dict[str, Any]:  # type: ignore
@@ -302,7 +324,31 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         constraints = {t.name: values[t.name] for t in TASKS if values[t.name] is not None}
         hits = search.by_attributes(constraints, values["k"], parse_cameras(values["camera"]),
                                     values["min_prob"])
-        return {"mode": "attributes", "count": len(hits), "results": _hits(hits)}
+        return {"mode": "attributes", "count": len(hits), "results": _hits(hits),
+                "calibration": search.calibration_status()}
+
+    @app.post("/verify", responses={**_error_responses(400), **errors})
+    def verify(
+        first: UploadFile = File(..., description="a crop (JPEG/PNG/...)"),
+        second: UploadFile = File(..., description="another crop"),
+        far: Optional[float] = Form(None, gt=0, le=1, description="operating point (FAR): "
+                                    "1e-2, 1e-3 or 1e-4; default the service's"),
+    ) -> dict[str, Any]:
+        """Is this the same person? Distance, calibrated probability and decision."""
+        crops = []
+        for upload in (first, second):
+            data = upload.file.read(max_upload_bytes + 1)
+            if len(data) > max_upload_bytes:
+                raise HTTPException(413, f"image larger than {max_upload_bytes} bytes")
+            crops.append(decode_upload(data, max_pixels))
+        a, b = (batcher.embed(crop) for crop in crops)
+        distance = float(pairwise_distance(a[None], b[None], search.index.metric)[0, 0])
+        try:
+            result = verdict(distance, search.calibration, far or search.far,
+                             search.calibration_note)
+        except CalibrationError as exc:
+            raise QueryError(str(exc)) from None
+        return result.as_dict()
 
     @app.get("/images/{image_id}", response_class=FileResponse, responses={
         200: {"content": {"image/*": {}}, "description": "the image file"},
@@ -327,13 +373,15 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
 def serve(index: Path | str, host: str = "127.0.0.1", port: int = 8000,
           checkpoint: Path | str | None = None, device: str | None = None,
           max_batch: int = 16, backend: str = "auto",
-          log: Callable[[str], None] = print) -> None:
+          log: Callable[[str], None] = print, calibration: Path | str | None = None,
+          far: float = DEFAULT_FAR) -> None:
     """Open the index and run the app with uvicorn until interrupted; ``log`` gets the
-    backend chosen (:mod:`attreid.inference.backends`)."""
+    backend chosen (:mod:`attreid.inference.backends`) and the calibration's state."""
     import uvicorn
 
-    search = open_search(index, checkpoint, device, backend)
+    search = open_search(index, checkpoint, device, backend, calibration, far)
     if search.choice is not None:
         log(search.choice.describe())
+    log(describe_calibration(search))
     app = create_app(search, max_batch=max_batch)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -54,6 +54,10 @@
     results: $("#results"),
     empty: $("#empty-state"),
     legend: $("#legend"),
+    verifyFirst: $("#verify-first"),
+    verifySecond: $("#verify-second"),
+    verifyButton: $("#verify-button"),
+    verifyResult: $("#verify-result"),
   };
 
   const state = {
@@ -357,7 +361,51 @@
       attributes: "by attributes" };
     const mode = modes[body.mode] || body.mode;
     setStatus(`${n} result${n === 1 ? "" : "s"} in ${ms} ms \u00b7 ${mode}` +
+      calibrationText(body) +
       (n === 0 ? " \u2014 try fewer attributes, more cameras or a lower min. prob." : ""), "done");
+  }
+
+  // What the probabilities on the cards mean, or why there are none.
+  function calibrationText(body) {
+    const c = body.calibration;
+    if (!c || body.mode === "attributes") return "";
+    if (el.rerank.checked) return " \u00b7 re-ranked distances (no P(same))";
+    if (!c.calibrated) return " \u00b7 P(same): uncalibrated";
+    return ` \u00b7 \u2713 = same person at FAR ${c.far}`;
+  }
+
+  async function runVerify() {
+    const first = el.verifyFirst.files[0];
+    const second = el.verifySecond.files[0];
+    if (!first || !second) {
+      el.verifyResult.textContent = "Choose two crops to compare.";
+      el.verifyResult.dataset.state = "error";
+      return;
+    }
+    const form = new FormData();
+    form.append("first", first);
+    form.append("second", second);
+    el.verifyResult.textContent = "Comparing\u2026";
+    el.verifyResult.dataset.state = "loading";
+    try {
+      const response = await fetch("/verify", { method: "POST", body: form });
+      const body = await response.json().catch(() => null);
+      if (!response.ok) throw new Error(errorText(body && body.detail, response.status));
+      const parts = [`distance ${body.distance.toFixed(3)}`];
+      if (body.calibrated) {
+        parts.push(`P(same) ${percent(body.probability)}`);
+        parts.push(body.same ? `same person at FAR ${body.far}` :
+          `not the same person at FAR ${body.far}`);
+      } else {
+        parts.push(body.note || "uncalibrated");
+      }
+      el.verifyResult.textContent = parts.join(" \u00b7 ");
+      el.verifyResult.dataset.state = body.calibrated ? (body.same ? "same" : "different") :
+        "uncalibrated";
+    } catch (exc) {
+      el.verifyResult.textContent = `Compare failed: ${exc.message || exc}`;
+      el.verifyResult.dataset.state = "error";
+    }
   }
 
   function finish(controller) {
@@ -408,13 +456,21 @@
     const queryIdentity = state.query ? state.query.identity : null;
     const same = queryIdentity !== null && queryIdentity !== undefined && hit.identity === queryIdentity;
     const score = [];
-    if (hit.distance !== null && hit.distance !== undefined) score.push(`d ${hit.distance.toFixed(3)}`);
+    if (hit.distance !== null && hit.distance !== undefined) {
+      const kind = hit.score === "re-ranked distance" ? "re-ranked d" : "d";
+      score.push(`${kind} ${hit.distance.toFixed(3)}`);
+    }
     if (hit.match !== null && hit.match !== undefined) score.push(`match ${percent(hit.match)}`);
+    const calibrated = hit.probability !== null && hit.probability !== undefined;
+    const sameText = calibrated ? `P(same) ${percent(hit.probability)}${hit.same ? " \u2713" : ""}`
+      : "";
 
     const who = [attrs.gender && attrs.gender.value, attrs.age && attrs.age.value].filter(Boolean).join(", ");
     const card = make("button", {
-      type: "button", class: "result" + (same ? " same" : ""),
+      type: "button", class: "result" + (same ? " same" : "") + (hit.same ? " passes" : ""),
       "data-id": hit.id, "data-rank": rank,
+      "data-probability": calibrated ? hit.probability : "",
+      "data-passes": hit.same === true ? "true" : hit.same === false ? "false" : "",
       "data-identity": hit.identity === null ? "" : hit.identity,
       "data-camera": hit.camera === null ? "" : hit.camera,
       title: `${hit.name}\n${attrTitle(attrs)}\n\nclick to search with this crop`,
@@ -426,6 +482,9 @@
       hit.camera !== null ? make("span", { class: "cam", text: `c${hit.camera}` }) : null),
     make("span", { class: "meta" },
       make("span", { class: "score", text: score.join(" \u00b7 ") || "\u00a0" }),
+      calibrated ? make("span", { class: "prob" + (hit.same ? " pass" : ""), text: sameText,
+        title: "calibrated probability that this is the query's person (prior 0.5); " +
+          "\u2713: passes the operating point" }) : null,
       make("span", { class: "who", text: who || "\u00a0" }),
       make("span", { class: "colours" }, colourItem(attrs, "upcolor", "upper"),
         colourItem(attrs, "downcolor", "lower")),
@@ -501,6 +560,7 @@
     el.rerank.addEventListener("change", () => { if (state.query) runSearch(); });
     el.minProb.addEventListener("change", () => { if (state.attributes.size) runSearch(); });
     el.search.addEventListener("click", runSearch);
+    el.verifyButton.addEventListener("click", runVerify);
     el.reset.addEventListener("click", () => {
       clearQuery();
       state.attributes.clear();

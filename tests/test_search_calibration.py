@@ -1,0 +1,117 @@
+"""P(same person) in search: the index finds its checkpoint's calibration, image-query hits carry
+the probability and the operating point's decision (the CLI table, the JSON, POST /search),
+re-ranked hits say they are on another scale and carry none, POST /verify answers for two
+crops, and without a calibration everything works and says "uncalibrated"."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from conftest import require
+
+from attreid import cli
+from attreid.inference.calibration import Calibration, calibration_path
+from attreid.search import GallerySearch
+
+
+@pytest.fixture(scope="module")
+def calibrated(calibrated_index):
+    return calibrated_index
+
+
+def _query(synth_market):
+    return sorted((synth_market / "query").glob("*.jpg"))[0]
+
+
+def test_image_hits_carry_the_calibrated_probability(calibrated, synth_market):
+    index, checkpoint = calibrated
+    search = GallerySearch.open(index, backend="torch-fp32")
+    calibration = Calibration.load(calibration_path(checkpoint))
+    assert search.calibration == calibration
+    hits = search.by_image(_query(synth_market), k=15)
+    threshold = calibration.threshold(1e-3)
+    for hit in hits:
+        assert hit.probability == pytest.approx(float(calibration.probability(hit.distance)))
+        assert hit.same == (hit.distance <= threshold)
+        assert hit.as_dict()["score"] == "distance"
+    probabilities = [h.probability for h in hits]
+    assert probabilities == sorted(probabilities, reverse=True)  # nearest first, monotone map
+    reranked = search.by_image(_query(synth_market), k=5, rerank=True)
+    assert all(h.probability is None and h.same is None for h in reranked)
+    assert {h.as_dict()["score"] for h in reranked} == {"re-ranked distance"}
+    assert all(h.probability is None for h in search.by_attributes("gender=female", k=3,
+                                                                   min_prob=0))
+
+
+def test_a_calibration_of_another_checkpoint_leaves_search_uncalibrated(
+        calibrated, synth_market, tmp_path):
+    index, checkpoint = calibrated
+    other = tmp_path / "best.pt"
+    shutil.copy(checkpoint, other)
+    moved = Calibration.load(calibration_path(checkpoint))
+    data = json.loads(calibration_path(checkpoint).read_text())
+    data["checkpoint_sha256"] = "0" * 64
+    calibration_path(other).write_text(json.dumps(data))
+    search = GallerySearch.open(index, other, backend="torch-fp32")
+    status = search.calibration_status()
+    assert not status["calibrated"] and "another checkpoint" in status["note"]
+    assert all(h.probability is None for h in search.by_image(_query(synth_market), k=3))
+    assert moved.checkpoint_sha256 != "0" * 64
+
+
+def test_cli_table_shows_p_same_and_marks_the_operating_point(calibrated, synth_market,
+                                                              capsys):
+    index, _ = calibrated
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(["search", str(index), "--image", str(_query(synth_market)), "-k", "5",
+                 "--far", "1e-2", "--backend", "torch-fp32"])
+    assert exit_.value.code in (0, None)
+    shown = capsys.readouterr()
+    assert "P(same)" in shown.out and "%" in shown.out
+    assert "the same person at FAR 0.01" in shown.out
+    assert "hits marked at FAR 0.01" in shown.err
+    with pytest.raises(SystemExit):
+        cli.run(["search", str(index), "--image", str(_query(synth_market)), "-k", "3",
+                 "--json", "--backend", "torch-fp32"])
+    rows = json.loads(capsys.readouterr().out)
+    assert all(0 <= r["probability"] <= 1 and isinstance(r["same"], bool) for r in rows)
+
+
+def test_service_search_and_verify(calibrated, synth_market, search_index):
+    require("fastapi", "the service needs FastAPI (pip install 'attreid[serve]')")
+    from fastapi.testclient import TestClient
+
+    from attreid.search.service import create_app
+
+    index, checkpoint = calibrated
+    calibration = Calibration.load(calibration_path(checkpoint))
+    client = TestClient(create_app(GallerySearch.open(index, backend="torch-fp32")))
+    query = _query(synth_market).read_bytes()
+    body = client.post("/search", files={"image": ("q.jpg", query, "image/jpeg")},
+                       data={"k": "4"}).json()
+    assert body["calibration"]["calibrated"] and body["calibration"]["far"] == 1e-3
+    assert all(r["probability"] == pytest.approx(float(calibration.probability(r["distance"])))
+               for r in body["results"])
+    other = sorted((synth_market / "query").glob("*.jpg"))[1].read_bytes()
+    answer = client.post("/verify", files={"first": ("a.jpg", query, "image/jpeg"),
+                                           "second": ("b.jpg", other, "image/jpeg")},
+                         data={"far": "0.01"}).json()
+    assert answer["calibrated"] and answer["far"] == 0.01
+    assert answer["probability"] == pytest.approx(float(calibration.probability(
+        answer["distance"])))
+    assert answer["same"] == (answer["distance"] <= calibration.thresholds["1e-02"])
+    same = client.post("/verify", files={"first": ("a.jpg", query, "image/jpeg"),
+                                         "second": ("b.jpg", query, "image/jpeg")}).json()
+    assert same["distance"] == pytest.approx(0, abs=1e-3) and same["same"] is True
+    bad = client.post("/verify", files={"first": ("a.jpg", query, "image/jpeg"),
+                                        "second": ("b.jpg", query, "image/jpeg")},
+                      data={"far": "0.5"})
+    assert bad.status_code == 422 and "not an operating point" in bad.json()["detail"]
+    plain = TestClient(create_app(GallerySearch.open(search_index, backend="torch-fp32")))
+    answer = plain.post("/verify", files={"first": ("a.jpg", query, "image/jpeg"),
+                                          "second": ("b.jpg", other, "image/jpeg")}).json()
+    assert answer["calibrated"] is False and "uncalibrated" in answer["note"]
+    assert answer["distance"] > 0 and answer["probability"] is None
+    assert plain.get("/healthz").json()["calibration"]["calibrated"] is False
