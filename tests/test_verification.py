@@ -197,7 +197,9 @@ def test_labelled_crops_drop_junk_and_give_distractors_identities_of_their_own()
     assert len(set(two.identities.tolist())) == 2 and (two.identities >= 0).all()
     first, second = split_identities(crops, seed=1)
     assert not (first & second).any() and (first | second).all()
-    assert not first[2:4].any()  # distractors in the second half
+    assert first[2:4].sum() == 1  # one distractor in each half
+    people = crops.identities >= 0
+    assert len(set(crops.identities[first & people])) == 1  # 3 people: 1 and 2
 
 
 @pytest.fixture

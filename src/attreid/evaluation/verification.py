@@ -68,9 +68,12 @@ def labelled_crops(records: Sequence[ImageRecord], max_ids: int = 0, seed: int =
 
 def split_identities(crops: LabelledCrops, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Two boolean masks (N,) over ``crops``: its people (ids >= 0) split in half at random,
-    distractors in the second half."""
-    people = np.unique(crops.identities[crops.identities >= 0])
-    first = set(np.random.default_rng(seed).permutation(people)[: len(people) // 2].tolist())
+    and its distractors (each an identity of its own) too."""
+    rng = np.random.default_rng(seed)
+    first: set[int] = set()
+    for group in (crops.identities >= 0, crops.identities < 0):
+        ids = np.unique(crops.identities[group])
+        first |= set(rng.permutation(ids)[: len(ids) // 2].tolist())
     mask = np.array([i in first for i in crops.identities.tolist()])
     return mask, ~mask
 
