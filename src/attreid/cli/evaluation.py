@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -37,6 +38,9 @@ def evaluate(
                                       "the gallery into a feature store at this folder "
                                       "(replaced) and score it block by block."),
     backend: str = BACKEND_OPTION,
+    attribute_queries: bool = typer.Option(False, "--attribute-queries", help="Also measure "
+                                           "search by description: fixed attribute queries "
+                                           "ranked over the gallery (mAP, P@10, P@50 per rule)."),
 ) -> None:
     """Evaluate a checkpoint: a table in the terminal, metrics.json, CMC / attribute / ranked
     gallery plots."""
@@ -52,7 +56,8 @@ def evaluate(
             result = evaluate_checkpoint(
                 checkpoint, data, layout=layout, protocol=protocol, rerank=rerank,
                 distance=distance, flip=flip, device=device, split=split, out=out,
-                progress=progress, store=store, backend=backend, on_backend=_show_backend)
+                progress=progress, store=store, backend=backend, on_backend=_show_backend,
+                attribute_queries=attribute_queries)
     except (DataError, CheckpointError, ValueError, FeatureStoreError, ExportError) as exc:
         _fail(str(exc))
     m = result.metrics
@@ -65,7 +70,25 @@ def evaluate(
         r = m["reranked"]
         line += f"  | re-ranked: mAP {r['mAP']:.2%}  rank-1 {r['rank1']:.2%}"
     console.print(line)
+    if "attribute_queries" in m:
+        console.print(_description_table(m["attribute_queries"]))
     console.print(f"wrote {', '.join(p.name for p in result.files)} to {out}", soft_wrap=True)
+
+
+def _description_table(block: dict) -> Any:
+    """Search by description: mAP / P@10 / P@50 (%) per ranking rule and query family."""
+    from rich.table import Table
+
+    families = block["families"]
+    table = Table(title="search by description: mAP / P@10 / P@50 (%)")
+    table.add_column("rule")
+    for family, row in families.items():
+        table.add_column(f"{family} ({row['queries']})", justify="right")
+    table.add_row("chance", *(f"{100 * row['chance']:.1f}" for row in families.values()))
+    for rule in block["rules"]:
+        table.add_row(rule, *(f"{100 * row[rule]['AP']:.1f} / {100 * row[rule]['P@10']:.0f} / "
+                              f"{100 * row[rule]['P@50']:.0f}" for row in families.values()))
+    return table
 
 
 def _plot_curves(runs: list, path: Path) -> None:

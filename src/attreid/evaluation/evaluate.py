@@ -27,7 +27,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -263,6 +263,7 @@ def evaluate_checkpoint(
     store: Path | str | None = None,
     backend: str = "auto",
     on_backend: Callable[[Choice], None] | None = None,
+    attribute_queries: bool = False,
 ) -> EvaluationResult:
     """Score ``checkpoint`` on the dataset at ``data_root`` (see the module docstring).
 
@@ -293,6 +294,8 @@ def evaluate_checkpoint(
             ``metrics["setup"]["backend"]``.
         on_backend: called with the backend :class:`~attreid.inference.backends.Choice` once
             it is made (the CLI prints it).
+        attribute_queries: also measure search by description on the gallery
+            (:mod:`attreid.evaluation.description`) under ``metrics["attribute_queries"]``.
 
     Raises:
         ValueError: bad arguments, or a split the dataset cannot provide (e.g. split ``test``
@@ -311,6 +314,9 @@ def evaluate_checkpoint(
     cfg = predictor.config.data
     data = build_evaluation_set(dataset, split, cfg.val_ids if val_ids is None else val_ids,
                                 cfg.split_seed if split_seed is None else split_seed)
+    if store is not None and attribute_queries:
+        raise ValueError("attribute queries are measured on a gallery in memory, not with "
+                         "--store")
     if store is not None:
         return _evaluate_streamed(predictor, data, protocol, distance, Path(store), out,
                                   progress, _setup(checkpoint, data_root, dataset.layout,
@@ -328,6 +334,9 @@ def evaluate_checkpoint(
         cmc["re-ranked"] = np.array(reranked.cmc)
     index = torch.from_numpy(data.attribute_index)
     metrics.update(_attribute_block({k: v[index] for k, v in gallery.logits.items()}, data))
+    if attribute_queries:
+        metrics["attribute_queries"] = _description_block(gallery.logits, data,
+                                                          predictor.trained_tasks)
     metrics["setup"] = _setup(checkpoint, data_root, dataset.layout, split, protocol, data,
                               distance, flip, rerank, choice.backend)
     result = EvaluationResult(_clean(metrics), cmc,
@@ -335,6 +344,22 @@ def evaluate_checkpoint(
     if out is not None:
         result.files = write_outputs(result, Path(out))
     return result
+
+
+def _description_block(logits: dict[str, torch.Tensor], data: EvaluationSet,
+                       trained: Sequence[str]) -> dict[str, Any]:
+    """Search by description measured on the gallery (every crop, junk and distractors
+    included: they are never relevant, and a search meets them)."""
+    from attreid.evaluation.description import evaluate_descriptions, query_set
+    from attreid.models.output import probabilities
+
+    labels = attribute_matrix(data.gallery)  # (G, 12)
+    identities = np.array([r.pid if r.pid is not None else -1 for r in data.gallery])
+    queries = query_set(labels, trained)
+    if not queries:
+        raise ValueError("attribute queries: the gallery has no labelled attribute value held "
+                         "by 1 % of its crops")
+    return evaluate_descriptions(probabilities(logits), labels, identities, queries)
 
 
 def _setup(checkpoint: Path | str, data_root: Path | str, layout: str, split: str,
