@@ -80,17 +80,24 @@ def test_an_uploaded_crop_finds_what_the_api_finds(client, api, held_out):
 
 
 def test_attribute_queries_return_crops_with_those_attributes(client, api):
-    body = client.get("/search/attributes",
-                      params={"gender": "female", "backpack": "no", "k": 50}).json()
-    expected = api.by_attributes({"gender": "female", "backpack": "no"}, k=50)
+    """min_prob 0.5: only crops with both values; by default every crop, ranked by match."""
+    body = client.get("/search/attributes", params={"gender": "female", "backpack": "no",
+                                                    "k": 50, "min_prob": 0.5}).json()
+    expected = api.by_attributes({"gender": "female", "backpack": "no"}, k=50, min_prob=0.5)
     assert expected and [r["id"] for r in body["results"]] == [h.entry.id for h in expected]
     assert [r["match"] for r in body["results"]] == pytest.approx([h.match for h in expected])
     for result in body["results"]:
         assert result["attributes"]["gender"]["value"] == "female"
         assert result["attributes"]["backpack"]["value"] == "no"
         assert result["distance"] is None and result["match"] >= 0.25
+    ranked = client.get("/search/attributes", params={"gender": "female", "backpack": "no",
+                                                      "k": 200}).json()["results"]
+    assert len(ranked) == min(200, len(api.index))  # nothing hidden
+    matches = [r["match"] for r in ranked]
+    assert matches == sorted(matches, reverse=True)
+    assert {h.entry.id for h in expected} <= {r["id"] for r in ranked}
     posted = client.post("/search", data={"attributes": "gender=female,backpack=no",
-                                          "k": "50"}).json()
+                                          "k": "50", "min_prob": "0.5"}).json()
     assert [r["id"] for r in posted["results"]] == [r["id"] for r in body["results"]]
 
 

@@ -110,7 +110,9 @@ def search(
                                    help="Constraints, e.g. gender=female,backpack=yes."),
     k: int = typer.Option(10, "-k", help="Number of results."),
     camera: str = typer.Option("", help="Cameras to search in, e.g. 1,3."),
-    min_prob: float = typer.Option(0.5, help="Least probability of each constraint."),
+    min_prob: float | None = typer.Option(
+        None, help="Hide crops whose probability of a constraint is below this (default: 0 "
+        "for a description, which ranks every crop by the product; 0.5 with an image)."),
     rerank: bool = typer.Option(False, "--rerank", help="k-reciprocal re-ranking."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     checkpoint: Path | None = typer.Option(None, help="The index's checkpoint, if it moved."),
@@ -124,6 +126,7 @@ def search(
     results that pass the operating point (--far)."""
     try:
         from attreid.search import QueryError
+        from attreid.search.query import DESCRIPTION_MIN_PROB, IMAGE_MIN_PROB
         from attreid.search.service import describe_calibration, open_search, parse_cameras
 
         if image is not None and query_id is not None:
@@ -133,6 +136,9 @@ def search(
             _show_backend(opened.choice)
         if (image is not None or query_id is not None) and not as_json:
             _show_backend_text(describe_calibration(opened))
+        described = image is None and query_id is None
+        if min_prob is None:
+            min_prob = DESCRIPTION_MIN_PROB if described else IMAGE_MIN_PROB
         options = dict(attributes=attributes, cameras=parse_cameras(camera), min_prob=min_prob)
         if image is not None:
             hits = opened.by_image(image, k, rerank=rerank, **options)

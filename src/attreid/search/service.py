@@ -4,8 +4,9 @@ Routes (OpenAPI docs at ``/docs``):
 
 * ``POST /search`` — multipart form: ``image`` (a crop) or ``query_id`` (an indexed crop, left
   out of its own results), ``attributes`` (``gender=female,backpack=yes`` or a JSON object),
-  ``k``, ``camera`` (comma-separated camera numbers to search in), ``min_prob``, ``rerank``.
-  With neither image nor query_id it is an attribute query.
+  ``k``, ``camera`` (comma-separated camera numbers to search in), ``min_prob`` (default 0 for
+  an attribute query: every crop ranked by the product of its probabilities; 0.5 with an image),
+  ``rerank``. With neither image nor query_id it is an attribute query.
 * ``GET /search/attributes`` — one query parameter per attribute task (``?gender=female``),
   plus ``k``, ``camera``, ``min_prob``; unknown parameters or values are a 422.
 * ``POST /verify`` — multipart form: ``first`` and ``second`` (two crops), ``far`` (the operating
@@ -46,7 +47,14 @@ from attreid.metrics.distance import pairwise_distance
 from attreid.schema import TASKS
 from attreid.search.batching import EmbeddingBatcher
 from attreid.search.index import GalleryIndexError
-from attreid.search.query import GallerySearch, Hit, QueryError, parse_attributes
+from attreid.search.query import (
+    DESCRIPTION_MIN_PROB,
+    IMAGE_MIN_PROB,
+    GallerySearch,
+    Hit,
+    QueryError,
+    parse_attributes,
+)
 
 WEB_DIR = Path(__file__).parent / "web"
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
@@ -241,8 +249,9 @@ def _attribute_params_model(max_k: int, trained: tuple[str, ...]) -> Any:
     }
     fields["k"] = (int, Field(20, ge=1, le=max_k, description="number of results"))
     fields["camera"] = (str, Field("", description="cameras to search in, e.g. 1,3"))
-    fields["min_prob"] = (float, Field(0.5, ge=0.0, le=1.0,
-                                       description="least probability of each constraint"))
+    fields["min_prob"] = (float, Field(DESCRIPTION_MIN_PROB, ge=0.0, le=1.0, description=(
+        "hide crops whose probability of a constraint is below this (0: rank every crop by "
+        "the product of the probabilities)")))
     return create_model("AttributeQuery", __config__=ConfigDict(extra="forbid"), **fields)
 
 
@@ -294,10 +303,15 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         attributes: str = Form("", description="task=value pairs, e.g. gender=female"),
         k: int = Form(10, ge=1, le=max_k),
         camera: str = Form("", description="cameras to search in, e.g. 1,3"),
-        min_prob: float = Form(0.5, ge=0.0, le=1.0),
+        min_prob: Optional[float] = Form(None, ge=0.0, le=1.0, description=(
+            "hide crops whose probability of a constraint is below this; default 0 for a "
+            "description (every crop ranked by the product), 0.5 with an image")),
         rerank: bool = Form(False),
     ) -> dict[str, Any]:
         cameras = parse_cameras(camera)
+        if min_prob is None:
+            described = image is None and query_id is None
+            min_prob = DESCRIPTION_MIN_PROB if described else IMAGE_MIN_PROB
         search.check_trained(parse_attributes(attributes))  # before an upload is embedded
         options = dict(attributes=attributes, cameras=cameras, min_prob=min_prob)
         if image is not None and query_id is not None:

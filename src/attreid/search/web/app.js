@@ -322,7 +322,7 @@
     if (attrs) form.append("attributes", attrs);
     form.append("k", el.k.value || String(DEFAULT_K));
     if (state.cameras.size) form.append("camera", [...state.cameras].sort((a, b) => a - b).join(","));
-    form.append("min_prob", el.minProb.value === "" ? "0.5" : el.minProb.value);
+    if (el.minProb.value !== "") form.append("min_prob", el.minProb.value);
     form.append("rerank", el.rerank.checked ? "true" : "false");
     return form;
   }
@@ -359,7 +359,11 @@
     const n = body.count;
     const modes = { image: "by image", "indexed image": "by indexed crop",
       attributes: "by attributes" };
-    const mode = modes[body.mode] || body.mode;
+    const mode = (modes[body.mode] || body.mode) + (body.mode === "attributes" ?
+      (el.minProb.value === "" || Number(el.minProb.value) === 0 ?
+        ", ranked by the product of their probabilities" :
+        `, ranked by the product of their probabilities, crops below ${el.minProb.value} hidden`)
+      : "");
     setStatus(`${n} result${n === 1 ? "" : "s"} in ${ms} ms \u00b7 ${mode}` +
       calibrationText(body) +
       (n === 0 ? " \u2014 try fewer attributes, more cameras or a lower min. prob." : ""), "done");
@@ -566,7 +570,7 @@
       state.attributes.clear();
       state.cameras.clear();
       el.rerank.checked = false;
-      el.minProb.value = "0.5";
+      el.minProb.value = "";
       if (state.schema) buildKSelect(state.schema.max_k);
       syncChips();
       autoSearch();
