@@ -120,9 +120,6 @@ def test_upload_shows_what_the_api_finds(page, good_query):
     page.wait_for_function(
         "() => [...document.querySelectorAll('#results img')]"
         ".every(i => i.complete && i.naturalWidth > 0)")
-    if os.environ.get("ATTREID_SCREENSHOT"):
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT))
 
 
 def test_drop_zone_accepts_a_dropped_crop(page, good_query):
@@ -232,14 +229,15 @@ def test_cards_show_the_calibrated_probability_and_mark_the_operating_point(
     assert _wait_search(pg, before) == "done"
     cards = pg.eval_on_selector_all(
         "#results .result", "els => els.map(e => ({id: +e.dataset.id, p: e.dataset.probability,"
-        " passes: e.dataset.passes, text: e.querySelector('.prob').textContent}))")
+        " passes: e.dataset.passes, text: e.querySelector('.prob').textContent,"
+        " badge: !!e.querySelector('.pass-badge')}))")
     assert [c["id"] for c in cards] == list(expected)
     for card in cards:
         hit = expected[card["id"]]
         assert float(card["p"]) == pytest.approx(hit.probability, abs=1e-6)
         assert card["passes"] == ("true" if hit.same else "false")
         assert card["text"].startswith(f"P(same) {round(hit.probability * 100)}%")
-        assert card["text"].endswith("\u2713") == hit.same
+        assert card["badge"] == hit.same
     assert "\u2713 = same person at FAR 0.001" in pg.text_content("#status")
     # the compare panel: POST /verify with two crops
     other = sorted((synth_market / "query").glob("*.jpg"))[1]
@@ -252,6 +250,12 @@ def test_cards_show_the_calibrated_probability_and_mark_the_operating_point(
     text = pg.text_content("#verify-result")
     assert verdict is not None and "P(same)" in text and "at FAR 0.001" in text
     assert pg.get_attribute("#verify-result", "data-state") in ("same", "different")
+    if os.environ.get("ATTREID_SCREENSHOT"):  # the page with P(same) and a comparison
+        pg.wait_for_function("() => [...document.querySelectorAll('#results img')]"
+                             ".every(i => i.complete && i.naturalWidth > 0)")
+        pg.locator("#verify-result").scroll_into_view_if_needed()
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        pg.screenshot(path=str(SCREENSHOT))
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
 

@@ -466,8 +466,7 @@
     }
     if (hit.match !== null && hit.match !== undefined) score.push(`match ${percent(hit.match)}`);
     const calibrated = hit.probability !== null && hit.probability !== undefined;
-    const sameText = calibrated ? `P(same) ${percent(hit.probability)}${hit.same ? " \u2713" : ""}`
-      : "";
+    const sameText = calibrated ? `P(same) ${percent(hit.probability)}` : "";
 
     const who = [attrs.gender && attrs.gender.value, attrs.age && attrs.age.value].filter(Boolean).join(", ");
     const card = make("button", {
@@ -483,7 +482,9 @@
       make("img", { src: hit.url, alt: `result ${rank}: ${hit.name}`,
         width: 96, height: 192 }),
       make("span", { class: "rank", text: String(rank) }),
-      hit.camera !== null ? make("span", { class: "cam", text: `c${hit.camera}` }) : null),
+      hit.camera !== null ? make("span", { class: "cam", text: `c${hit.camera}` }) : null,
+      hit.same ? make("span", { class: "pass-badge", text: "\u2713 same",
+        title: "passes the operating point: the same person" }) : null),
     make("span", { class: "meta" },
       make("span", { class: "score", text: score.join(" \u00b7 ") || "\u00a0" }),
       calibrated ? make("span", { class: "prob" + (hit.same ? " pass" : ""), text: sameText,
