@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from conftest import require
 
@@ -32,9 +33,11 @@ def test_image_hits_carry_the_calibrated_probability(calibrated, synth_market):
     assert search.calibration == calibration
     hits = search.by_image(_query(synth_market), k=15)
     threshold = calibration.threshold(1e-3)
+    query = search.query_person(search.embed(_query(synth_market)))
     for hit in hits:
         assert hit.probability == pytest.approx(float(calibration.probability(hit.distance)))
-        assert hit.same == (hit.distance <= threshold)
+        people = query >= 0.5 and hit.person >= 0.5  # both crops pass the person check
+        assert hit.same == (hit.distance <= threshold and people)
         assert hit.as_dict()["score"] == "distance"
     probabilities = [h.probability for h in hits]
     assert probabilities == sorted(probabilities, reverse=True)  # nearest first, monotone map
@@ -101,10 +104,13 @@ def test_service_search_and_verify(calibrated, synth_market, search_index):
     assert answer["calibrated"] and answer["far"] == 0.01
     assert answer["probability"] == pytest.approx(float(calibration.probability(
         answer["distance"])))
-    assert answer["same"] == (answer["distance"] <= calibration.thresholds["1e-02"])
+    people = min(answer["person"]) >= 0.5  # both crops pass the person check
+    assert answer["same"] == (answer["distance"] <= calibration.thresholds["1e-02"] and people)
     same = client.post("/verify", files={"first": ("a.jpg", query, "image/jpeg"),
                                          "second": ("b.jpg", query, "image/jpeg")}).json()
-    assert same["distance"] == pytest.approx(0, abs=1e-3) and same["same"] is True
+    assert same["distance"] == pytest.approx(0, abs=1e-3)
+    assert same["same"] is (same["person"][0] >= 0.5)
+    assert same["person"][0] == pytest.approx(same["person"][1])
     bad = client.post("/verify", files={"first": ("a.jpg", query, "image/jpeg"),
                                         "second": ("b.jpg", query, "image/jpeg")},
                       data={"far": "0.5"})
@@ -115,3 +121,26 @@ def test_service_search_and_verify(calibrated, synth_market, search_index):
     assert answer["calibrated"] is False and "uncalibrated" in answer["note"]
     assert answer["distance"] > 0 and answer["probability"] is None
     assert plain.get("/healthz").json()["calibration"]["calibrated"] is False
+
+
+def test_hits_and_the_query_carry_p_person_and_a_junk_query_marks_nothing(calibrated,
+                                                                         synth_market):
+    index, checkpoint = calibrated
+    search = GallerySearch.open(index, backend="torch-fp32")
+    calibration = search.calibration
+    assert calibration.person is not None  # the synthetic gallery has 15 distractors
+    hits = search.by_image(_query(synth_market), k=10)
+    for hit in hits:
+        expected = calibration.person_probability(search.index.vector(hit.entry.id)[None])[0]
+        assert hit.person == pytest.approx(float(expected))
+    distractors = [h for h in search.by_attributes("gender=female", k=200)
+                   if h.entry.identity == 0]
+    assert distractors  # the check scores them low: most below 0.5
+    scores = calibration.person_probability(
+        np.stack([search.index.vector(h.entry.id) for h in distractors]))
+    assert np.mean(scores < 0.5) > 0.5
+    junk = distractors[int(np.argmin(scores))]
+    marked = search.by_id(junk.entry.id, k=10)
+    assert search.query_person(search.index.vector(junk.entry.id)) < 0.5
+    assert all(h.same is False for h in marked)  # a query that is not a person matches no one
+

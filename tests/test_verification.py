@@ -245,3 +245,27 @@ def test_verify_names_a_calibration_that_does_not_apply(checkpoint, synth_market
     assert exit_.value.code == 1
     shown = capsys.readouterr()
     assert "does not apply: it was fitted on another checkpoint" in shown.out + shown.err
+
+
+def test_person_check_separates_people_from_distractors_and_vetoes_a_match(tmp_path):
+    from attreid.inference.calibration import fit_person, verdict
+
+    rng = np.random.default_rng(0)
+    people, junk = rng.normal(1.0, 1.0, (300, 8)), rng.normal(-1.0, 1.0, (60, 8))
+    x = np.concatenate([people, junk])
+    is_person = np.r_[np.ones(300, bool), np.zeros(60, bool)]
+    check = fit_person(x, is_person, "euclidean")
+    assert check["people"] == 300 and check["distractors"] == 60
+    c = fit_calibration(_gaussian_pairs(2000), "platt", "euclidean", False, "s", person=check)
+    p = c.person_probability(x)
+    # balanced weights: about as many of each kind on the right side (separable to ~2.8 sd)
+    assert np.mean(p[:300] > 0.5) > 0.9 and np.mean(p[300:] < 0.5) > 0.9
+    assert fit_person(x[:309], is_person[:309], "euclidean") is None  # 9 distractors: too few
+    near = c.threshold(1e-3) - 1
+    assert verdict(near, c, person=(0.9, 0.8)).same is True
+    vetoed = verdict(near, c, person=(0.9, 0.1))
+    assert vetoed.same is False and "second crop does not look like a person" in vetoed.note
+    assert vetoed.probability == pytest.approx(float(c.probability(near)))
+    assert "neither crop" in verdict(near, c, person=(0.2, 0.1)).note
+    reloaded = Calibration.load(c.save(tmp_path / "c.json"))
+    assert reloaded.person_probability(x[:3]) == pytest.approx(p[:3])

@@ -221,7 +221,10 @@ def _open(browser, url):
 def test_cards_show_the_calibrated_probability_and_mark_the_operating_point(
         browser, calibrated_server, synth_market):
     url, search = calibrated_server
-    query = sorted((synth_market / "query").glob("*.jpg"))[0]
+    crops = sorted((synth_market / "query").glob("*.jpg"))
+    people = [p for p in crops if search.query_person(search.embed(p)) >= 0.5]
+    assert people, "no query crop passes the person check"
+    query = max(people, key=lambda p: sum(bool(h.same) for h in search.by_image(p, k=10)))
     expected = {h.entry.id: h for h in search.by_image(query, k=10)}
     context, pg, errors = _open(browser, url)
     before = _seq(pg)
@@ -239,8 +242,20 @@ def test_cards_show_the_calibrated_probability_and_mark_the_operating_point(
         assert card["text"].startswith(f"P(same) {round(hit.probability * 100)}%")
         assert card["badge"] == hit.same
     assert "\u2713 = same person at FAR 0.001" in pg.text_content("#status")
+    # a crop that fails the person check: the page says so and marks nothing
+    junk = min(sorted((synth_market / "bounding_box_test").glob("0000_*.jpg")),
+               key=lambda p: search.query_person(search.embed(p)))
+    before = _seq(pg)
+    pg.set_input_files("#file-input", str(junk))
+    assert _wait_search(pg, before) == "done"
+    assert "the query does not look like a person" in pg.text_content("#status")
+    assert not pg.query_selector("#results .pass-badge")
+    before = _seq(pg)
+    pg.set_input_files("#file-input", str(query))
+    assert _wait_search(pg, before) == "done"
     # the compare panel: POST /verify with two crops
-    other = sorted((synth_market / "query").glob("*.jpg"))[1]
+    other = next((p for p in people if p != query and p.name[:4] == query.name[:4]),
+                 next(p for p in crops if p != query))
     verdict = search.calibration
     pg.set_input_files("#verify-first", str(query))
     pg.set_input_files("#verify-second", str(other))

@@ -141,9 +141,12 @@ def search(
             min_prob = DESCRIPTION_MIN_PROB if described else IMAGE_MIN_PROB
         options = dict(attributes=attributes, cameras=parse_cameras(camera), min_prob=min_prob)
         if image is not None:
-            hits = opened.by_image(image, k, rerank=rerank, **options)
+            vector = opened.embed(image)
+            hits = opened.by_vector(vector, k, rerank=rerank, **options)
+            _warn_not_a_person(opened.query_person(vector))
         elif query_id is not None:
             hits = opened.by_id(query_id, k, rerank=rerank, **options)
+            _warn_not_a_person(opened.query_person(opened.index.vector(query_id)))
         else:
             hits = opened.by_attributes(attributes, k, options["cameras"], min_prob)
     except _search_errors() as exc:
@@ -184,6 +187,13 @@ def search(
     if calibrated:
         console.print(f"✓: the same person at FAR {far:g} (P(same) assumes a prior of 0.5)",
                       markup=False, highlight=False)
+
+
+def _warn_not_a_person(person: float | None) -> None:
+    """On stderr: the query crop fails the calibration's person check."""
+    if person is not None and person < 0.5:
+        _show_backend_text(f"warning: the query does not look like a person (P(person) "
+                           f"{person:.0%}); no result is marked the same person")
 
 
 def serve(

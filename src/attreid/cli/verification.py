@@ -90,7 +90,13 @@ def verify(
     if result.probability is None:
         console.print(result.note, markup=False, highlight=False)
         return
-    answer = "same person" if result.same else "different people"
-    console.print(f"P(same person) {result.probability:.1%}", markup=False, highlight=False)
+    answer = "same person" if result.same else "not the same person"
+    console.print(f"P(same person) {result.probability:.1%} (from the distance)", markup=False,
+                  highlight=False)
+    if result.person is not None:
+        console.print(f"P(person): first {result.person[0]:.1%}, second {result.person[1]:.1%}",
+                      markup=False, highlight=False)
+    if result.note:
+        console.print(result.note, markup=False, highlight=False)
     console.print(f"{answer} at FAR {far:g} (accepts distance <= {result.threshold:.4g})",
                   markup=False, highlight=False)

@@ -23,7 +23,12 @@ from attreid.data.load import load_dataset
 from attreid.data.records import JUNK_ID, DataError, ImageRecord
 from attreid.evaluation import verification_plots as figures
 from attreid.inference.backends import load_predictor
-from attreid.inference.calibration import Calibration, calibration_path, fit_calibration
+from attreid.inference.calibration import (
+    Calibration,
+    calibration_path,
+    fit_calibration,
+    fit_person,
+)
 from attreid.inference.files import extract_files
 from attreid.metrics.verification import PairDistances, pair_distances
 from attreid.utils.checkpoint import require_checkpoint
@@ -122,8 +127,9 @@ def calibrate_checkpoint(checkpoint: Path | str, data_root: Path | str,
              "pairs": f"{len(pairs.genuine):,} genuine + {pairs.num_impostor:,} impostor pairs",
              "genuine": "same identity, different camera", "junk": "left out",
              "distractors": "one identity each"}
+    person = fit_person(feats.embeddings.numpy(), crops.identities >= 0, predictor.distance)
     calibration = fit_calibration(pairs, method, predictor.distance, flip,
-                                  predictor.checkpoint_sha256, about, seed)
+                                  predictor.checkpoint_sha256, about, seed, person)
     path = calibration.save(Path(out) if out else calibration_path(checkpoint))
     return CalibrationRun(calibration, pairs, path, write_figures(calibration, pairs, path))
 

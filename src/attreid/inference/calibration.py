@@ -15,6 +15,13 @@ Methods (scikit-learn's):
 
 The operating points come from the pairs themselves, not from the mapping: the thresholds at
 FAR 1e-2 / 1e-3 / 1e-4 and the EER's (:mod:`attreid.metrics.verification`).
+
+A distance says nothing about whether a crop shows a person at all: a plain red rectangle lies
+as near to the gallery's junk crops as a person to his other views. Where the labelled set has
+distractor crops (Market-1501's identity 0: background, partial or no one in particular), the
+calibration also holds a *person check*: a logistic regression on the embedding, people against
+distractors (weighted half each), giving P(person) of any crop (:meth:`Calibration.person`). A
+pair is called the same person only when both crops pass it.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import datetime
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -46,6 +53,12 @@ DEFAULT_FAR = 1e-3
 """The operating point used when none is named (verify, search marks)."""
 FIT_IMPOSTORS = 200_000
 """Impostor pairs (drawn from the sample) the mapping is fitted on, with every genuine pair."""
+PERSON_MIN_DISTRACTORS = 10
+"""Distractor crops needed to fit the person check (fewer: no check). A floor, not a quality
+bar: benchmarks/verification.py measures the check on held-out identities (AUC)."""
+PERSON_C = 0.01
+"""Inverse L2 strength of the person check's logistic regression (0.01-1 measured alike on
+Market-1501: held-out AUC 0.960 / 0.959 / 0.955)."""
 
 
 class CalibrationError(AttreidError, ValueError):
@@ -71,6 +84,8 @@ class Calibration:
         tar: ``far_key(far)`` -> TAR at that threshold on the calibration pairs.
         eer: ``{"rate", "threshold"}``.
         data: where the pairs came from (dataset, split, crops, identities, pair counts).
+        person: the person check, ``{"coef": [D floats], "intercept", "people",
+            "distractors"}``, or None when the set had too few distractors to fit one.
     """
 
     method: str
@@ -84,6 +99,18 @@ class Calibration:
     data: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     attreid_version: str = __version__
+    person: dict[str, Any] | None = None
+
+    def person_probability(self, embeddings: Any) -> np.ndarray | None:
+        """P(person) of each embedding (N, D) (cosine checkpoints: of the unit vectors), or
+        None without a person check."""
+        if self.person is None:
+            return None
+        x = np.atleast_2d(np.asarray(embeddings, dtype=np.float64))
+        if self.metric == "cosine":
+            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        z = x @ np.asarray(self.person["coef"]) + self.person["intercept"]
+        return 1.0 / (1.0 + np.exp(-z))
 
     def probability(self, distances: Any, prior: float = 0.5) -> np.ndarray:
         """P(same person) of each distance (any shape), for a pair that was the same person
@@ -185,7 +212,7 @@ def find_calibration(checkpoint: Path | str, checkpoint_sha256: str, flip: bool,
 
 def fit_calibration(pairs: PairDistances, method: str, metric: str, flip: bool,
                     checkpoint_sha256: str, data: dict[str, Any] | None = None,
-                    seed: int = 0) -> Calibration:
+                    seed: int = 0, person: dict[str, Any] | None = None) -> Calibration:
     """Fit the mapping on ``pairs`` (every genuine pair and up to :data:`FIT_IMPOSTORS` of the
     impostor sample, weighted to half each) and record the operating points.
 
@@ -208,7 +235,26 @@ def fit_calibration(pairs: PairDistances, method: str, metric: str, flip: bool,
     rate, at = equal_error_rate(pairs)
     return Calibration(method, metric, flip, checkpoint_sha256, params, thresholds, tar,
                        {"rate": rate, "threshold": at}, data or {},
-                       datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+                       datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                       person=person)
+
+
+def fit_person(embeddings: np.ndarray, is_person: np.ndarray, metric: str
+               ) -> dict[str, Any] | None:
+    """The person check (see the module docstring) from embeddings (N, D) and whether each crop
+    shows a person (N,) bool; None with fewer than :data:`PERSON_MIN_DISTRACTORS` distractors."""
+    from sklearn.linear_model import LogisticRegression
+
+    distractors = int((~is_person).sum())
+    if distractors < PERSON_MIN_DISTRACTORS or not is_person.any():
+        return None
+    x = np.asarray(embeddings, dtype=np.float64)
+    if metric == "cosine":
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    model = LogisticRegression(C=PERSON_C, class_weight="balanced", max_iter=5000)
+    model.fit(x, is_person)
+    return {"coef": model.coef_[0].tolist(), "intercept": float(model.intercept_[0]),
+            "people": int(is_person.sum()), "distractors": distractors}
 
 
 def _fit_platt(d: np.ndarray, same: np.ndarray, weights: np.ndarray) -> dict[str, float]:
@@ -233,9 +279,11 @@ class Verdict:
     Attributes:
         distance: their embedding distance (the checkpoint's metric).
         probability: calibrated P(same person) (prior 0.5), None when uncalibrated.
-        same: distance <= threshold, None when uncalibrated.
+        same: distance <= threshold and both crops pass the person check; None when
+            uncalibrated.
         far: the operating point; threshold: its distance (None when uncalibrated).
-        note: "" or why there is no probability.
+        person: P(person) of each crop, None without a person check.
+        note: "" or why there is no probability, or which crop is not a person.
     """
 
     distance: float
@@ -244,19 +292,29 @@ class Verdict:
     far: float
     threshold: float | None
     note: str = ""
+    person: tuple[float, float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "calibrated": self.probability is not None}
 
 
 def verdict(distance: float, calibration: Calibration | None, far: float = DEFAULT_FAR,
-            note: str = "") -> Verdict:
-    """A :class:`Verdict` for one distance."""
+            note: str = "", person: Sequence[float] | None = None) -> Verdict:
+    """A :class:`Verdict` for one distance (and the two crops' P(person), when checked)."""
     if calibration is None:
         return Verdict(float(distance), None, None, far, None, note or "uncalibrated")
     threshold = calibration.threshold(far)
-    return Verdict(float(distance), float(calibration.probability(distance)),
-                   bool(distance <= threshold), far, threshold)
+    same = bool(distance <= threshold)
+    pair = None if person is None else (float(person[0]), float(person[1]))
+    if pair is not None and min(pair) < 0.5:
+        failed = [f"{name} ({p:.0%})" for name, p in zip(("first", "second"), pair) if p < 0.5]
+        note = ("neither crop looks like a person (P(person) " + ", ".join(
+            f"{p:.0%}" for p in pair) + ")" if len(failed) == 2 else
+            f"the {failed[0].split()[0]} crop does not look like a person (P(person) "
+            f"{min(pair):.0%})")
+        same = False
+    return Verdict(float(distance), float(calibration.probability(distance)), same, far,
+                   threshold, note, pair)
 
 
 class Verifier:
@@ -300,9 +358,12 @@ class Verifier:
 
     def compare(self, a: Any, b: Any, far: float | None = None) -> Verdict:
         """Compare two embeddings (D,) made by this verifier's predictor."""
-        distance = float(pairwise_distance(np.asarray(a)[None], np.asarray(b)[None],
-                                           self.predictor.distance)[0, 0])
-        return verdict(distance, self.calibration, self.far if far is None else far, self.note)
+        a, b = np.asarray(a), np.asarray(b)
+        distance = float(pairwise_distance(a[None], b[None], self.predictor.distance)[0, 0])
+        person = None if self.calibration is None else \
+            self.calibration.person_probability(np.stack([a, b]))
+        return verdict(distance, self.calibration, self.far if far is None else far, self.note,
+                       person)
 
 
 def _flip_beside(checkpoint: Path | str) -> bool:
@@ -320,5 +381,8 @@ def summarize(calibration: Calibration) -> list[str]:
         lines.append(f"  FAR {float(key):g}: threshold {t:.4g}, TAR "
                      f"{calibration.tar[key]:.2%}")
     lines.append(f"  EER {calibration.eer['rate']:.2%} at {calibration.eer['threshold']:.4g}")
+    p = calibration.person
+    lines.append("  person check: " + (f"fitted on {p['people']:,} people and {p['distractors']:,} "
+                                       "distractor crops" if p else "none (too few distractors)"))
     return lines
 

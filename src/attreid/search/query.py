@@ -125,7 +125,8 @@ class Hit:
     queries; after re-ranking, ``reranked`` and a re-ranked distance on another scale), how
     well it matches the attribute constraints (``None`` without any), and with a calibration
     the probability that it shows the query's person and whether that passes the operating
-    point (``None`` when uncalibrated, re-ranked or not an image query)."""
+    point (``None`` when uncalibrated, re-ranked or not an image query); ``person``: P(person)
+    of the crop when the calibration has a person check."""
 
     entry: Entry
     distance: float | None
@@ -133,6 +134,7 @@ class Hit:
     probability: float | None = None
     same: bool | None = None
     reranked: bool = False
+    person: float | None = None  # P(person) of the crop, with a calibration's person check
 
     def as_dict(self) -> dict[str, Any]:
         """The hit as JSON-ready values; ``name`` is :attr:`Entry.display_name` (valid UTF-8:
@@ -144,6 +146,7 @@ class Hit:
             "re-ranked distance" if self.reranked else "distance")
         return {"id": e.id, "name": e.display_name, "distance": self.distance, "score": score,
                 "match": self.match, "probability": self.probability, "same": self.same,
+                "person": self.person,
                 "camera": e.camera, "frame": e.frame, "identity": e.identity,
                 "attributes": e.attributes()}
 
@@ -297,15 +300,31 @@ class GallerySearch:
             pairs = self._rerank(np.asarray(vector), [i for _, i in pairs])
         pairs = pairs[:k]
         entries = self.index.entries([i for _, i in pairs])
-        return [self._hit(e, d, _match(e, constraints), rerank)
+        query = self.query_person(vector)
+        return [self._hit(e, d, _match(e, constraints), rerank, query)
                 for (d, _), e in zip(pairs, entries)]
 
-    def _hit(self, entry: Entry, distance: float, match: float | None, reranked: bool) -> Hit:
-        """A hit of an image query, with P(same person) when calibrated and not re-ranked."""
-        if self.calibration is None or reranked:
+    def query_person(self, vector: np.ndarray) -> float | None:
+        """P(person) of a query embedding (D,), None without a person check."""
+        if self.calibration is None:
+            return None
+        p = self.calibration.person_probability(np.asarray(vector)[None])
+        return None if p is None else float(p[0])
+
+    def _hit(self, entry: Entry, distance: float, match: float | None, reranked: bool,
+             query: float | None) -> Hit:
+        """A hit of an image query, with P(same person) when calibrated and not re-ranked, and
+        P(person) of the crop with a person check (a pair is the same person only when both
+        crops pass it)."""
+        if self.calibration is None:
             return Hit(entry, distance, match, reranked=reranked)
-        v = verdict(distance, self.calibration, self.far)
-        return Hit(entry, distance, match, v.probability, v.same)
+        person = self.calibration.person_probability(self.index.vector(entry.id)[None])
+        mine = None if person is None else float(person[0])
+        if reranked:
+            return Hit(entry, distance, match, reranked=True, person=mine)
+        pair = None if mine is None or query is None else (query, mine)
+        v = verdict(distance, self.calibration, self.far, person=pair)
+        return Hit(entry, distance, match, v.probability, v.same, person=mine)
 
     def _rerank(self, vector: np.ndarray, ids: list[int]) -> list[tuple[float, int]]:
         from attreid.metrics.reranking import rerank

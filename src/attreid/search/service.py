@@ -325,12 +325,15 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
             mode = "image"
         elif query_id is not None:
             hits = search.by_id(query_id, k, rerank=rerank, **options)
-            mode = "indexed image"
+            mode, vector = "indexed image", search.index.vector(query_id)
         else:
             hits = search.by_attributes(attributes, k, cameras, min_prob)
-            mode = "attributes"
-        return {"mode": mode, "count": len(hits), "results": _hits(hits),
+            mode, vector = "attributes", None
+        body = {"mode": mode, "count": len(hits), "results": _hits(hits),
                 "calibration": search.calibration_status()}
+        if vector is not None:
+            body["query"] = {"person": search.query_person(vector)}
+        return body
 
     @app.get("/search/attributes", responses=errors)
     def search_attributes(params: AttributeQuery = Query()) -> dict[str, Any]:  # type: ignore
@@ -357,9 +360,10 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
             crops.append(decode_upload(data, max_pixels))
         a, b = (batcher.embed(crop) for crop in crops)
         distance = float(pairwise_distance(a[None], b[None], search.index.metric)[0, 0])
+        person = [search.query_person(v) for v in (a, b)]
         try:
             result = verdict(distance, search.calibration, far or search.far,
-                             search.calibration_note)
+                             search.calibration_note, None if None in person else person)
         except CalibrationError as exc:
             raise QueryError(str(exc)) from None
         return result.as_dict()

@@ -375,6 +375,11 @@
     if (!c || body.mode === "attributes") return "";
     if (el.rerank.checked) return " \u00b7 re-ranked distances (no P(same))";
     if (!c.calibrated) return " \u00b7 P(same): uncalibrated";
+    const person = body.query ? body.query.person : null;
+    if (person !== null && person !== undefined && person < 0.5) {
+      return ` \u00b7 the query does not look like a person (P(person) ${percent(person)}):` +
+        " no result is marked the same person";
+    }
     return ` \u00b7 \u2713 = same person at FAR ${c.far}`;
   }
 
@@ -400,6 +405,7 @@
         parts.push(`P(same) ${percent(body.probability)}`);
         parts.push(body.same ? `same person at FAR ${body.far}` :
           `not the same person at FAR ${body.far}`);
+        if (body.note) parts.push(body.note);
       } else {
         parts.push(body.note || "uncalibrated");
       }
