@@ -140,7 +140,7 @@ def test_clicking_a_result_searches_with_it(client, api):
     ({"gender": "male", "k": 10**6}, "less than or equal to"),
     ({"gender": "male", "min_prob": 1.5}, "less than or equal to 1"),
     ({"gender": "male", "camera": "one"}, "camera numbers"),
-    ({}, "at least one task=value"),
+    ({}, "nothing to search for: give a query crop"),
 ])
 def test_bad_attribute_queries_are_422_with_a_message(client, params, message):
     response = client.get("/search/attributes", params=params)
@@ -160,7 +160,8 @@ def test_bad_posts_are_422_with_a_message(client, held_out):
         (dict(files={"image": ("x.jpg", held_out.read_bytes()[:300], "image/jpeg")}),
          "not a decodable image"),
         (dict(files={"image": ("x.jpg", b"x", "image/jpeg")}, data={"query_id": "1"}),
-         "not both"),
+         "give one query"),
+        (dict(data={"upload": "0123456789abcdef"}), "no longer on the server"),
     ]
     for kwargs, message in cases:
         response = client.post("/search", **kwargs)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import time
 import warnings
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TextIO
 
 import typer
 from rich.console import Console
@@ -67,9 +68,51 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
+PROGRESS_EVERY_S = 10.0
+"""Seconds between the plain progress lines written where stdout is not a terminal."""
+
+
+class _ProgressLines:
+    """Plain progress lines for a log (stdout redirected, where a bar would draw nothing): the
+    first update, then at most one line every :data:`PROGRESS_EVERY_S` seconds, and the last;
+    ``what: 4,096/19,732 (21%), 410/s, about 38 s left``."""
+
+    def __init__(self, description: str, stream: TextIO) -> None:
+        self.description, self.stream = description, stream
+        self.start = self.last = time.monotonic()
+        self.shown = -1
+
+    def __call__(self, done: int, total: int | None, extra: str = "") -> None:
+        now = time.monotonic()
+        finished = total is not None and done >= total
+        if self.shown >= 0 and not finished and now - self.last < PROGRESS_EVERY_S:
+            return
+        if finished and self.shown == done:
+            return
+        self.last, self.shown = now, done
+        rate = done / max(now - self.start, 1e-9)
+        text = f"{self.description}: {done:,}" + (f"/{total:,} ({done / max(total, 1):.0%})"
+                                                  if total else "")
+        if done and now > self.start:
+            text += f", {rate:,.0f}/s"
+            if total and not finished:
+                text += f", about {_duration((total - done) / max(rate, 1e-9))} left"
+        print(text + (f"  {extra}" if extra else ""), file=self.stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
 @contextmanager
-def _count_progress(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A transient progress bar; yields the ``(done, total)`` callback the library calls."""
+def _count_progress(description: str, stream: TextIO | None = None
+                    ) -> Iterator[Callable[[int, int], None]]:
+    """A transient progress bar on a terminal, plain lines on ``stream`` (default stdout)
+    where stdout is not one; yields the ``(done, total)`` callback the library calls. Give
+    ``stream=sys.stderr`` when stdout carries data (JSON)."""
+    if not console.is_terminal:
+        yield _ProgressLines(description, stream or sys.stdout)
+        return
     columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
@@ -77,11 +120,30 @@ def _count_progress(description: str) -> Iterator[Callable[[int, int], None]]:
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
+def _plain_epoch_progress(epochs: int) -> Callable[[int, int, int, dict], None]:
+    """Training's progress as plain lines (stdout not a terminal)."""
+    lines: dict[int, _ProgressLines] = {}
+
+    def on_step(epoch: int, step: int, steps: int, values: dict) -> None:
+        if epoch not in lines:
+            lines[epoch] = _ProgressLines(f"epoch {epoch + 1}" + (f"/{epochs}" if epochs
+                                                                  else "") + " steps",
+                                          sys.stdout)
+        info = "  ".join(f"{k} {v:.3f}" if k != "img/s" else f"{v:.0f} img/s"
+                         for k, v in values.items())
+        lines[epoch](step + 1, steps, info)
+
+    return on_step
+
+
 @contextmanager
 def _epoch_progress(epochs: int, show: bool = True
                     ) -> Iterator[Callable[[int, int, int, dict], None] | None]:
     if not show:
         yield None
+        return
+    if not console.is_terminal:
+        yield _plain_epoch_progress(epochs)
         return
     total = f"/{epochs}" if epochs else ""
     columns = (TextColumn("epoch {task.fields[epoch]}" + total), BarColumn(),

@@ -62,6 +62,8 @@ def export(
     from attreid.inference.onnx import ExportError, export_onnx
     from attreid.utils.checkpoint import CheckpointError
 
+    console.print(f"exporting {checkpoint} to ONNX (opset {opset}); this takes a few seconds",
+                  soft_wrap=True, markup=False, highlight=False)
     try:
         path = export_onnx(checkpoint, out, opset)
     except (CheckpointError, ExportError, ImportError) as exc:

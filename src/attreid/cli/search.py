@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 import typer
 from rich.markup import escape
@@ -131,7 +132,8 @@ def search(
 
         if image is not None and query_id is not None:
             raise QueryError("give --image or --id, not both")
-        opened = open_search(index, checkpoint, device, backend, calibration, far)
+        opened = open_search(index, checkpoint, device, backend, calibration, far,
+                             model=image is not None)  # only a query image needs the model
         if image is not None:
             _show_backend(opened.choice)
         if (image is not None or query_id is not None) and not as_json:
@@ -154,14 +156,18 @@ def search(
     if as_json:
         print(json.dumps([h.as_dict() for h in hits], indent=1))
         return
-    trained = opened.index.trained_tasks
+    console.print(results_table(hits, opened.index.trained_tasks, rerank, opened.index.metric))
+    if any(h.probability is not None for h in hits):
+        console.print(f"✓: the same person at FAR {far:g} (P(same) assumes a prior of 0.5)",
+                      markup=False, highlight=False)
+
+
+def results_table(hits: list, trained: tuple[str, ...], rerank: bool, metric: str) -> Table:
+    """The hits as a table with only the columns that say something: distance (image queries),
+    P(same) (calibrated), person (with a person check), match (with constraints)."""
     headline = [t for t in ("gender", "age", "upcolor", "downcolor") if t in trained]
-    if len(headline) == 4:
-        heading = "attributes (up/down)"
-    elif headline:
-        heading = "attributes"
-    else:  # none of the four: the other trained tasks as task=value
-        heading = "attributes" if trained else "attributes (none: re-ID only model)"
+    heading = "attributes (up/down)" if len(headline) == 4 else (
+        "attributes" if trained else "attributes (none: re-ID only model)")
 
     def summary(attrs: dict) -> str:
         if len(headline) == 4:
@@ -170,23 +176,32 @@ def search(
         shown = headline or list(trained)  # only tasks the model was trained on
         return ", ".join(f"{t}={attrs[t]['value']}" for t in shown if t in attrs)
 
+    def value(x: float | None, form: str) -> str:
+        return "" if x is None else format(x, form)
+
+    columns: list[tuple[str, Callable[[Any], str]]] = [
+        ("rank", lambda h: ""), ("id", lambda h: str(h.entry.id)),
+        ("identity", lambda h: value(h.entry.identity, "d")),
+        ("cam", lambda h: value(h.entry.camera, "d")),
+        ("frame", lambda h: value(h.entry.frame, "d"))]
+    optional: list[tuple[str, Callable[[Any], Any], Callable[[Any], str]]] = [
+        ("re-ranked distance" if rerank else f"{metric} distance", lambda h: h.distance,
+         lambda h: value(h.distance, ".4f")),
+        ("P(same)", lambda h: h.probability,
+         lambda h: value(h.probability, ".1%") + (" ✓" if h.same else "")),
+        ("person", lambda h: h.person, lambda h: value(h.person, ".0%")),
+        ("match", lambda h: h.match, lambda h: value(h.match, ".3f"))]
+    columns += [(name, show) for name, present, show in optional
+                if any(present(h) is not None for h in hits)]
     table = Table(title=f"{len(hits)} result(s)")
-    distance = "re-ranked distance" if rerank else f"{opened.index.metric} distance"
-    calibrated = any(h.probability is not None for h in hits)
-    for column in ("rank", "id", "name", distance, *(["P(same)"] if calibrated else []),
-                   "match", "cam", heading):
-        table.add_column(column, overflow="fold")
+    for name, _ in columns:
+        table.add_column(name, overflow="fold", no_wrap=name not in ("name",))
+    table.add_column("name", overflow="fold")
+    table.add_column(heading, overflow="fold")
     for rank, hit in enumerate(hits, start=1):
-        same = [] if not calibrated else [
-            f"{hit.probability:.1%}{' ✓' if hit.same else ''}"]
-        table.add_row(str(rank), str(hit.entry.id), escape(hit.entry.display_name),
-                      "" if hit.distance is None else f"{hit.distance:.4f}", *same,
-                      "" if hit.match is None else f"{hit.match:.3f}",
-                      str(hit.entry.camera or ""), summary(hit.entry.attributes()))
-    console.print(table)
-    if calibrated:
-        console.print(f"✓: the same person at FAR {far:g} (P(same) assumes a prior of 0.5)",
-                      markup=False, highlight=False)
+        cells = [str(rank)] + [show(hit) for _, show in columns[1:]]
+        table.add_row(*cells, escape(hit.entry.display_name), summary(hit.entry.attributes()))
+    return table
 
 
 def _warn_not_a_person(person: float | None) -> None:

@@ -4,6 +4,7 @@ set, written beside the checkpoint) and ``attreid verify`` (two crops: same pers
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -47,7 +48,8 @@ def calibrate(
     from attreid.utils.checkpoint import CheckpointError
 
     try:
-        with _reported_warnings(), _count_progress("embedding crops") as progress:
+        with _reported_warnings(), _count_progress(
+                "embedding crops", sys.stderr if as_json else None) as progress:
             run = calibrate_checkpoint(checkpoint, data, out, method, split, layout, flip,
                                        max_ids, seed, backend, device, progress=progress)
     except (DataError, CheckpointError, ExportError, ValueError, OSError) as exc:

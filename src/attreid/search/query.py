@@ -191,8 +191,8 @@ class GallerySearch:
     @classmethod
     def open(cls, index: Path | str, checkpoint: Path | str | None = None,
              device: str | None = None, backend: str = "auto",
-             calibration: Path | str | None = None, far: float = DEFAULT_FAR
-             ) -> "GallerySearch":
+             calibration: Path | str | None = None, far: float = DEFAULT_FAR,
+             model: bool = True) -> "GallerySearch":
         """Open an index and the checkpoint that made it (``checkpoint`` overrides the recorded
         path; either way its sha256 must match). An ONNX export (``.onnx``) of that checkpoint
         works too and runs with ONNX Runtime. ``backend``: how query crops are embedded
@@ -200,6 +200,9 @@ class GallerySearch:
         ``calibration``: the file mapping distance to P(same person) (default: the one beside
         the checkpoint, when it was made for it and the index's flip and distance; else hits
         carry no probability); ``far``: the operating point that marks hits as the same person.
+        ``model=False`` opens the index alone (descriptions and indexed crops need no model;
+        a query image then raises QueryError); the calibration is checked against the sha256
+        the index recorded.
 
         Raises:
             GalleryIndexError: the index is missing/corrupt or the checkpoint does not match.
@@ -211,6 +214,11 @@ class GallerySearch:
 
         opened = GalleryIndex.open(index)
         path = Path(checkpoint or opened.info["checkpoint"])
+        flip, metric = bool(opened.info.get("flip")), opened.metric
+        if not model:
+            found, note = find_calibration(path, opened.info["checkpoint_sha256"], flip, metric,
+                                           calibration)
+            return cls(opened, None, None, found, note, far)
         if not path.is_file():
             raise GalleryIndexError(f"{path}: the checkpoint of index {opened.root} is not "
                                     "there; pass the checkpoint (--checkpoint) that made it")
@@ -220,8 +228,8 @@ class GallerySearch:
         except (CheckpointError, ExportError) as exc:
             raise GalleryIndexError(str(exc)) from exc
         opened.check_checkpoint(path, predictor.checkpoint_sha256)
-        found, note = find_calibration(path, predictor.checkpoint_sha256,
-                                       bool(opened.info.get("flip")), opened.metric, calibration)
+        found, note = find_calibration(path, predictor.checkpoint_sha256, flip, metric,
+                                       calibration)
         return cls(opened, predictor, choice, found, note, far)
 
     # ---- filters -------------------------------------------------------------------------
@@ -240,9 +248,23 @@ class GallerySearch:
         raise QueryError(f"attribute {names}: the model of this index was trained without "
                          f"labels for {which}, so it cannot be searched by; {searchable}")
 
+    def check_cameras(self, cameras: Sequence[int] | None) -> None:
+        """Raise :class:`QueryError` for a camera the index holds no crop from, naming the
+        index's cameras (a filter on it would silently return nothing)."""
+        if not cameras:
+            return
+        known = self.index.cameras()
+        unknown = sorted({int(c) for c in cameras} - set(known))
+        if unknown:
+            have = ", ".join(map(str, known)) if known else "none (no file name gave one)"
+            word = "camera" if len(unknown) == 1 else "cameras"
+            raise QueryError(f"{word} {', '.join(map(str, unknown))}: this index has no crop "
+                             f"from {'it' if len(unknown) == 1 else 'them'}; its cameras: {have}")
+
     def _where(self, constraints: Sequence[Constraint], cameras: Sequence[int] | None,
                min_prob: float) -> tuple[str, list[Any]]:
         self.check_trained(constraints)
+        self.check_cameras(cameras)
         clauses, params = ["1"], []
         for c in constraints:
             clauses.append(f"{c.column} >= ?")  # column names come from the schema only
@@ -275,7 +297,8 @@ class GallerySearch:
                 raise QueryError("search by description is unavailable: the model of this "
                                  "index was trained without attribute labels (re-ID only); "
                                  "search by image")
-            raise QueryError("an attribute query needs at least one task=value constraint")
+            raise QueryError("nothing to search for: give a query crop (an image or the id of "
+                             "an indexed crop) or at least one attribute, e.g. gender=female")
         where, params = self._where(constraints, cameras, min_prob)
         score = " * ".join(c.column for c in constraints)
         rows = self.index.select(where, params, order="score DESC, id", limit=k, score=score)

@@ -1,6 +1,7 @@
 """The search service: a FastAPI app over a :class:`GallerySearch`, with a web page.
 
-Routes (OpenAPI docs at ``/docs``):
+Routes (OpenAPI docs at ``/docs``, served from the ``swagger-ui-bundle`` package's files: no
+CDN):
 
 * ``POST /search`` — multipart form: ``image`` (a crop) or ``query_id`` (an indexed crop, left
   out of its own results), ``attributes`` (``gender=female,backpack=yes`` or a JSON object),
@@ -55,6 +56,7 @@ from attreid.search.query import (
     QueryError,
     parse_attributes,
 )
+from attreid.search.uploads import Upload, UploadStore
 
 WEB_DIR = Path(__file__).parent / "web"
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
@@ -105,8 +107,8 @@ def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
 
 def open_search(index: Path | str, checkpoint: Path | str | None = None,
                 device: str | None = None, backend: str = "auto",
-                calibration: Path | str | None = None, far: float = DEFAULT_FAR
-                ) -> GallerySearch:
+                calibration: Path | str | None = None, far: float = DEFAULT_FAR,
+                model: bool = True) -> GallerySearch:
     """:meth:`GallerySearch.open`, with any damage of the index folder reported as a
     :class:`GalleryIndexError` naming it (e.g. a metadata table that lacks a key).
 
@@ -114,7 +116,7 @@ def open_search(index: Path | str, checkpoint: Path | str | None = None,
         GalleryIndexError: the index is missing, damaged, or not made by the checkpoint.
     """
     try:
-        return GallerySearch.open(index, checkpoint, device, backend, calibration, far)
+        return GallerySearch.open(index, checkpoint, device, backend, calibration, far, model)
     except (GalleryIndexError, CalibrationError):
         raise
     except (LookupError, TypeError, ValueError, OSError, RuntimeError, sqlite3.Error) as exc:
@@ -226,6 +228,18 @@ def describe_calibration(search: GallerySearch) -> str:
             f"{status['far']:g} (distance <= {status['threshold']:.4g})")
 
 
+_MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
+         "BMP": "image/bmp", "GIF": "image/gif", "TIFF": "image/tiff"}
+
+
+def _media_type(data: bytes) -> str:
+    """The media type of upload bytes already decoded once (their header read again)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS) as img:
+        return _MIME.get(img.format or "", "application/octet-stream")
+
+
 def _hits(hits: list[Hit]) -> list[dict[str, Any]]:
     return [dict(h.as_dict(), url=f"/images/{h.entry.id}") for h in hits]
 
@@ -255,6 +269,35 @@ def _attribute_params_model(max_k: int, trained: tuple[str, ...]) -> Any:
     return create_model("AttributeQuery", __config__=ConfigDict(extra="forbid"), **fields)
 
 
+def _offline_docs(app: Any) -> None:
+    """``GET /docs``: Swagger UI from the files of the ``swagger-ui-bundle`` package (FastAPI's
+    own page loads it from a CDN, blank without internet); without the package, a page saying
+    how to get it and where the OpenAPI schema is."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        swagger_ui_path = None
+    if swagger_ui_path is not None:
+        app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        if swagger_ui_path is None:
+            return HTMLResponse(
+                "<!doctype html><title>attreid search API</title><p>The interactive API docs "
+                "need the <code>swagger-ui-bundle</code> package (<code>pip install "
+                "'attreid[serve]'</code>); no CDN is used. The OpenAPI schema is at "
+                "<a href='/openapi.json'>/openapi.json</a>.</p>")
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="attreid search API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
+
 def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                max_pixels: int = MAX_PIXELS, max_k: int = MAX_K, max_batch: int = 16) -> Any:
     """The FastAPI app serving ``search`` (see the module docstring for its routes).
@@ -262,13 +305,15 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     (:class:`~attreid.search.batching.EmbeddingBatcher`; 1: one pass per request)."""
     fastapi = _fastapi()
     from fastapi import File, Form, HTTPException, Query, Request, UploadFile
-    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
 
     app = fastapi.FastAPI(title="attreid search",
                           description="Find a person in a gallery of crops by example image "
-                          "and/or by attributes.")
+                          "and/or by attributes.", docs_url=None, redoc_url=None)
+    _offline_docs(app)
     batcher = EmbeddingBatcher(search.embed_many, max_batch)  # the only caller of the model
+    uploads = UploadStore()
     trained = search.index.trained_tasks
     AttributeQuery = _attribute_params_model(max_k, trained)
 
@@ -300,6 +345,8 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     def search_post(
         image: Optional[UploadFile] = File(None, description="query crop (JPEG/PNG/...)"),
         query_id: Optional[int] = Form(None, ge=0, description="id of an indexed crop"),
+        upload: Optional[str] = Form(None, description="token of a crop uploaded before "
+                                     "(the ``upload`` of its response): search with it again"),
         attributes: str = Form("", description="task=value pairs, e.g. gender=female"),
         k: int = Form(10, ge=1, le=max_k),
         camera: str = Form("", description="cameras to search in, e.g. 1,3"),
@@ -313,14 +360,26 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
             described = image is None and query_id is None
             min_prob = DESCRIPTION_MIN_PROB if described else IMAGE_MIN_PROB
         search.check_trained(parse_attributes(attributes))  # before an upload is embedded
+        search.check_cameras(cameras)
         options = dict(attributes=attributes, cameras=cameras, min_prob=min_prob)
-        if image is not None and query_id is not None:
-            raise QueryError("give an image or a query_id, not both")
+        if sum(x is not None for x in (image, query_id, upload)) > 1:
+            raise QueryError("give one query: an image, a query_id or an upload token")
+        token = None
         if image is not None:
             data = image.file.read(max_upload_bytes + 1)
             if len(data) > max_upload_bytes:
                 raise HTTPException(413, f"image larger than {max_upload_bytes} bytes")
-            vector = batcher.embed(decode_upload(data, max_pixels))
+            decoded = decode_upload(data, max_pixels)
+            vector = batcher.embed(decoded)
+            token = uploads.put(Upload(data, _media_type(data), vector))
+        if upload is not None:
+            kept = uploads.get(upload)
+            if kept is None:
+                raise QueryError(f"upload {upload!r} is no longer on the server (it keeps the "
+                                 f"last {uploads.limit} uploads until it restarts): upload the "
+                                 "crop again")
+            vector, token = kept.vector, upload
+        if token is not None:
             hits = search.by_vector(vector, k, rerank=rerank, **options)
             mode = "image"
         elif query_id is not None:
@@ -333,7 +392,23 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                 "calibration": search.calibration_status()}
         if vector is not None:
             body["query"] = {"person": search.query_person(vector)}
+        if query_id is not None:
+            e = search.index.entries([query_id])[0]
+            body["query"].update(id=e.id, name=e.display_name, identity=e.identity,
+                                 camera=e.camera, frame=e.frame)
+        if token is not None:
+            body["upload"] = token
         return body
+
+    @app.get("/uploads/{token}", response_class=Response, responses={
+        200: {"content": {"image/*": {}}, "description": "an uploaded query crop"},
+        **_error_responses(404)})
+    def uploaded(token: str) -> Response:
+        kept = uploads.get(token)
+        if kept is None:
+            raise HTTPException(404, f"upload {token!r} is no longer on the server: upload the "
+                                "crop again")
+        return Response(kept.data, media_type=kept.media_type)
 
     @app.get("/search/attributes", responses=errors)
     def search_attributes(params: AttributeQuery = Query()) -> dict[str, Any]:  # type: ignore

@@ -260,10 +260,12 @@
       el.queryDetail.textContent = "or click to choose a file \u00b7 paste works too";
       return;
     }
-    if (q.kind === "file") {
-      showPreview(state.previewUrl);
+    if (q.kind === "file" || q.kind === "upload") {
+      showPreview(q.kind === "file" || state.previewUrl ? state.previewUrl :
+        `/uploads/${q.token}`);
       el.queryTitle.textContent = "Uploaded crop";
-      el.queryDetail.textContent = q.name + (q.identity !== null ? ` \u00b7 id ${q.identity}` : "");
+      el.queryDetail.textContent = q.name + (q.identity !== null && q.identity !== undefined ?
+        ` \u00b7 id ${q.identity}` : "");
     } else {
       showPreview(`/images/${q.id}`);
       el.queryTitle.textContent = `Indexed crop #${q.id}`;
@@ -306,6 +308,7 @@
   function autoSearch() {
     if (hasQuery()) runSearch();
     else {
+      writeUrl();
       if (state.controller) state.controller.abort();
       showResults([], null);
       showError("");
@@ -313,10 +316,80 @@
     }
   }
 
+  // ---- the query in the URL (Back, reload and links keep the search) ----------------------
+
+  function urlOf() {
+    const p = new URLSearchParams();
+    const q = state.query;
+    if (q && q.kind === "id") p.set("q", String(q.id));
+    if (q && q.kind === "upload") p.set("upload", q.token);
+    if (state.attributes.size) {
+      p.set("a", [...state.attributes].map(([t, v]) => `${t}=${v}`).join(","));
+    }
+    if (state.cameras.size) p.set("cam", [...state.cameras].sort((a, b) => a - b).join(","));
+    if (el.k.value && el.k.value !== String(DEFAULT_K)) p.set("k", el.k.value);
+    if (el.rerank.checked) p.set("rerank", "1");
+    if (el.minProb.value !== "") p.set("min", el.minProb.value);
+    const text = p.toString();
+    return text ? `?${text}` : location.pathname;
+  }
+
+  // A new entry in the history for every new search (Back returns to the one before).
+  function writeUrl() {
+    const url = urlOf();
+    const now = location.search || location.pathname;
+    if (url !== now && url !== location.pathname + location.search) {
+      history.pushState(null, "", url);
+    }
+  }
+
+  // Set the controls from the URL (page load, Back / Forward) and search again.
+  function readUrl() {
+    const p = new URLSearchParams(location.search);
+    state.attributes.clear();
+    for (const pair of (p.get("a") || "").split(",").filter(Boolean)) {
+      const [task, value] = pair.split("=");
+      if (task && value) state.attributes.set(task, value);
+    }
+    state.cameras.clear();
+    for (const cam of (p.get("cam") || "").split(",").filter(Boolean)) {
+      if (!Number.isNaN(Number(cam))) state.cameras.add(Number(cam));
+    }
+    if (p.get("k") && [...el.k.options].some((o) => o.value === p.get("k"))) el.k.value = p.get("k");
+    else if (state.schema) buildKSelect(state.schema.max_k);
+    el.rerank.checked = p.get("rerank") === "1";
+    el.minProb.value = p.get("min") || "";
+    if (p.get("q") !== null && !Number.isNaN(Number(p.get("q")))) {
+      const id = Number(p.get("q"));
+      state.query = { kind: "id", id, name: `#${id}`, identity: null, camera: null };
+    } else if (p.get("upload")) {
+      if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+      state.previewUrl = null;
+      state.query = { kind: "upload", token: p.get("upload"), name: "uploaded crop",
+        identity: null };
+    } else {
+      state.query = null;
+    }
+    syncChips();
+    renderQuery();
+    if (hasQuery()) runSearch();
+    else autoSearch();
+  }
+
+  // The Search button with no crop and no attribute: say what to do, not that it failed.
+  function nothingToSearch() {
+    showError("");
+    setStatus(attributeSearch() ?
+      "Nothing to search for yet: drop or choose a crop on the left, or click an attribute " +
+        "(say Female, Backpack yes), then Search." :
+      "Nothing to search for yet: drop or choose a crop on the left, then Search.", "hint");
+  }
+
   function formData() {
     const form = new FormData();
     const q = state.query;
     if (q && q.kind === "file") form.append("image", q.file, q.name);
+    if (q && q.kind === "upload") form.append("upload", q.token);
     if (q && q.kind === "id") form.append("query_id", String(q.id));
     const attrs = [...state.attributes].map(([t, v]) => `${t}=${v}`).join(",");
     if (attrs) form.append("attributes", attrs);
@@ -354,6 +427,18 @@
       return;
     }
     const ms = Math.round(performance.now() - started);
+    if (body.upload && state.query && state.query.kind === "file") {
+      // the server keeps the crop: later searches (and the URL) name it by its token
+      state.query = { kind: "upload", token: body.upload, name: state.query.name,
+        identity: state.query.identity };
+    }
+    const known = body.query || {};
+    if (state.query && state.query.kind === "id" && known.name) {
+      Object.assign(state.query, { name: known.name, identity: known.identity,
+        camera: known.camera });
+      renderQuery();
+    }
+    writeUrl();
     showError("");
     showResults(body.results, body.mode);
     const n = body.count;
@@ -570,7 +655,10 @@
     el.k.addEventListener("change", autoSearch);
     el.rerank.addEventListener("change", () => { if (state.query) runSearch(); });
     el.minProb.addEventListener("change", () => { if (state.attributes.size) runSearch(); });
-    el.search.addEventListener("click", runSearch);
+    el.search.addEventListener("click", () => {
+      if (hasQuery()) runSearch();
+      else nothingToSearch();
+    });
     el.verifyButton.addEventListener("click", runVerify);
     el.reset.addEventListener("click", () => {
       clearQuery();
@@ -602,6 +690,8 @@
       }
       el.info.textContent = `${schema.images} images \u00b7 ${schema.cameras.length} camera` +
         (schema.cameras.length === 1 ? "" : "s");
+      window.addEventListener("popstate", readUrl);
+      if (location.search) readUrl();
       document.body.dataset.ready = "true";
     } catch (exc) {
       el.info.textContent = "index unavailable";
