@@ -289,3 +289,81 @@ def test_an_uncalibrated_service_says_so(page, good_query):
                            " === 'uncalibrated'")
     assert "distance 0.000" in page.text_content("#verify-result")
 
+
+
+# ---- search as an investigator lives it (issue 20) ---------------------------------------
+
+def _cut_lines(pg) -> list[str]:
+    """The card texts whose end is hidden (wider than their box)."""
+    return pg.eval_on_selector_all(
+        "#results .meta > span",
+        "els => els.filter(e => e.scrollWidth > e.clientWidth + 1 || "
+        "e.scrollHeight > e.clientHeight + 1).map(e => e.textContent)")
+
+
+def test_cards_show_their_whole_text_with_an_image_and_a_chip(page, good_query):
+    """Fault 1: with an image and an attribute chip, the score line holds distance and match;
+    no line of any card is cut short."""
+    path, _, _ = good_query
+    before = _seq(page)
+    page.set_input_files("#file-input", str(path))
+    assert _wait_search(page, before) == "done"
+    chip = page.locator(".chip[data-task='gender']").first
+    before = _seq(page)
+    chip.click()
+    page.fill("#min-prob", "0")  # keep every crop: the chip ranks nothing out
+    assert _wait_search(page, before) == "done"
+    scores = page.eval_on_selector_all("#results .score", "els => els.map(e => e.textContent)")
+    assert scores and all("d " in s and "match " in s and s.endswith("%") for s in scores)
+    assert _cut_lines(page) == []
+
+
+def test_the_url_keeps_the_search_for_back_and_reload(page, good_query):
+    """Fault 6: upload, then click a result: the URL names each query; Back returns to the
+    upload's results, reload shows the same search."""
+    path, _, top5 = good_query
+    before = _seq(page)
+    page.set_input_files("#file-input", str(path))
+    assert _wait_search(page, before) == "done"
+    assert "upload=" in page.url
+    first = [int(r["id"]) for r in _results(page)[:5]]
+    assert first == top5
+    second = page.locator("#results .result").nth(1)
+    clicked = second.get_attribute("data-id")
+    before = _seq(page)
+    second.click()
+    assert _wait_search(page, before) == "done"
+    assert f"q={clicked}" in page.url
+    before = _seq(page)
+    page.go_back()
+    assert _wait_search(page, before) == "done"
+    assert "upload=" in page.url and [int(r["id"]) for r in _results(page)[:5]] == top5
+    assert page.is_visible("#query-preview")  # the kept upload is shown again
+    page.reload()
+    page.wait_for_selector("body[data-ready='true']")
+    page.wait_for_function("() => document.querySelector('#status').dataset.state === 'done'")
+    assert [int(r["id"]) for r in _results(page)[:5]] == top5
+
+
+def test_searching_with_nothing_chosen_says_what_to_do(page):
+    """Fault 7."""
+    page.click("#search-button")
+    assert page.get_attribute("#status", "data-state") == "hint"
+    assert "drop or choose a crop" in page.text_content("#status")
+    assert page.is_hidden("#error")
+
+
+def test_api_docs_render_without_internet(browser, search_server):
+    """Fault 2: /docs draws Swagger UI from local files (this machine has no internet)."""
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(TIMEOUT_MS)
+    pg = context.new_page()
+    outside = []
+    pg.on("request", lambda r: outside.append(r.url) if not r.url.startswith(search_server)
+          else None)
+    pg.goto(search_server + "/docs")
+    pg.wait_for_selector(".swagger-ui .opblock-summary-path")
+    paths = pg.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.textContent)")
+    assert any("/search" in p for p in paths) and any("/verify" in p for p in paths)
+    assert outside == []
+    context.close()

@@ -1,7 +1,7 @@
 """The search service: a FastAPI app over a :class:`GallerySearch`, with a web page.
 
-Routes (OpenAPI docs at ``/docs``, served from the ``swagger-ui-bundle`` package's files: no
-CDN):
+Routes (OpenAPI docs at ``/docs`` and ``/redoc``, served from the ``fastapi-offline``
+package's files: no CDN):
 
 * ``POST /search`` — multipart form: ``image`` (a crop) or ``query_id`` (an indexed crop, left
   out of its own results), ``attributes`` (``gender=female,backpack=yes`` or a JSON object),
@@ -269,33 +269,30 @@ def _attribute_params_model(max_k: int, trained: tuple[str, ...]) -> Any:
     return create_model("AttributeQuery", __config__=ConfigDict(extra="forbid"), **fields)
 
 
-def _offline_docs(app: Any) -> None:
-    """``GET /docs``: Swagger UI from the files of the ``swagger-ui-bundle`` package (FastAPI's
-    own page loads it from a CDN, blank without internet); without the package, a page saying
-    how to get it and where the OpenAPI schema is."""
-    from fastapi.openapi.docs import get_swagger_ui_html
-    from fastapi.responses import HTMLResponse
-    from fastapi.staticfiles import StaticFiles
-
+def _new_app(fastapi: Any, **kwargs: Any) -> Any:
+    """The FastAPI app, with ``/docs`` (Swagger UI) and ``/redoc`` from the files of the
+    ``fastapi-offline`` package (FastAPI's own pages load them from a CDN: blank without
+    internet). Without the package, ``/docs`` is a page saying how to get it and where the
+    OpenAPI schema is."""
     try:
-        from swagger_ui_bundle import swagger_ui_path
+        from fastapi_offline import FastAPIOffline
     except ImportError:
-        swagger_ui_path = None
-    if swagger_ui_path is not None:
-        app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs")
+        FastAPIOffline = None
+    if FastAPIOffline is not None:
+        return FastAPIOffline(**kwargs)
+    from fastapi.responses import HTMLResponse
+
+    app = fastapi.FastAPI(docs_url=None, redoc_url=None, **kwargs)
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
-        if swagger_ui_path is None:
-            return HTMLResponse(
-                "<!doctype html><title>attreid search API</title><p>The interactive API docs "
-                "need the <code>swagger-ui-bundle</code> package (<code>pip install "
-                "'attreid[serve]'</code>); no CDN is used. The OpenAPI schema is at "
-                "<a href='/openapi.json'>/openapi.json</a>.</p>")
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="attreid search API",
-                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-                                   swagger_css_url="/docs-assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+        return HTMLResponse(
+            "<!doctype html><title>attreid search API</title><p>The interactive API docs need "
+            "the <code>fastapi-offline</code> package (<code>pip install 'attreid[serve]'"
+            "</code>); no CDN is used. The OpenAPI schema is at <a href='/openapi.json'>"
+            "/openapi.json</a>.</p>")
+
+    return app
 
 
 def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
@@ -308,10 +305,9 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
 
-    app = fastapi.FastAPI(title="attreid search",
-                          description="Find a person in a gallery of crops by example image "
-                          "and/or by attributes.", docs_url=None, redoc_url=None)
-    _offline_docs(app)
+    app = _new_app(fastapi, title="attreid search",
+                   description="Find a person in a gallery of crops by example image and/or "
+                   "by attributes.")
     batcher = EmbeddingBatcher(search.embed_many, max_batch)  # the only caller of the model
     uploads = UploadStore()
     trained = search.index.trained_tasks
