@@ -141,7 +141,7 @@ def test_attribute_query_ranks_matching_crops_by_joint_probability(api, gallery)
 def test_image_and_attributes_filter_then_rank(api, gallery, synth_market):
     query = sorted((synth_market / "query").glob("*.jpg"))[0]
     hits = api.by_image(query, k=1000, attributes={"gender": "male"}, cameras=[1, 2],
-                        min_prob=0.5)
+                        min_prob=0.5, hard=True)
     allowed = [e.id for e in gallery["entries"]
                if e.camera in (1, 2) and e.probabilities["gender"][0] >= 0.5]
     assert sorted(h.entry.id for h in hits) == sorted(allowed)

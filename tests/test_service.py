@@ -104,9 +104,9 @@ def test_attribute_queries_return_crops_with_those_attributes(client, api):
 def test_image_with_attributes_and_camera(client, api, held_out):
     # (gender=male at 0.6 matched nothing with the tiny model: the loop below was vacuous)
     body = _post_image(client, held_out, k=100, attributes="backpack=no", camera="1,3",
-                       min_prob=0.6).json()
+                       min_prob=0.6, constraints="hard").json()
     expected = api.by_image(held_out, 100, attributes="backpack=no", cameras=[1, 3],
-                            min_prob=0.6)
+                            min_prob=0.6, hard=True)
     assert expected and [r["id"] for r in body["results"]] == [h.entry.id for h in expected]
     by_hand = [e.id for e in api.index.entries(list(range(len(api.index))))
                if e.camera in (1, 3) and e.probabilities["backpack"][0] >= 0.6]

@@ -171,12 +171,18 @@ class GalleryIndex:
             "SELECT DISTINCT camera FROM images WHERE camera IS NOT NULL ORDER BY camera")]
 
     def select(self, where: str, params: Sequence[Any], order: str = "id",
-               limit: int | None = None, score: str = "1.0") -> list[tuple[int, float]]:
-        """``(id, score)`` of rows matching a SQL condition built by the query layer."""
+               limit: int | None = None, score: str = "1.0", offset: int = 0
+               ) -> list[tuple[int, float]]:
+        """``(id, score)`` of rows matching a SQL condition built by the query layer, from
+        row ``offset`` on."""
         sql = f"SELECT id, {score} AS score FROM images WHERE {where} ORDER BY {order}"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
+        if limit is not None or offset:
+            sql += f" LIMIT {-1 if limit is None else int(limit)} OFFSET {int(offset)}"
         return [(int(i), float(s)) for i, s in self._query(sql, params)]
+
+    def count(self, where: str, params: Sequence[Any]) -> int:
+        """Rows matching a SQL condition built by the query layer."""
+        return int(self._query(f"SELECT COUNT(*) FROM images WHERE {where}", params)[0][0])
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
                nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -9,10 +9,12 @@ hidden). Measured on Market-1501 (docs/RESULTS.md, part 5), this ranks best amon
 the min, the mean and a calibrated product; a cut at 0.5 (``min_prob=0.5``) costs 8-11 mAP points
 by hiding crops of the person whose predicted probability fell below it.
 
-Image and attributes together: the constraints (and cameras) *filter* the gallery (a crop
-passes when each probability is at least ``min_prob``, :data:`IMAGE_MIN_PROB` = 0.5 by default),
-the image *ranks* what is left by embedding distance (FAISS search restricted to the allowed
-ids).
+Image and attributes together: by default the constraints *re-weight* the image's nearest
+crops (weight of the distance x ``match``, nothing hidden: adding a value the person truly has
+cannot remove him when the model is unsure of it); with ``hard=True`` they *filter* (a crop
+passes when each probability is at least ``min_prob``, :data:`IMAGE_MIN_PROB` = 0.5 by default)
+and the image ranks what is left by distance. :meth:`GallerySearch.count` says how many crops a
+filter hid.
 
 Only the tasks the index's model was trained on (:attr:`GalleryIndex.trained_tasks`) can be
 searched by: a constraint on another task (its head never saw a label, its "predictions" are
@@ -22,16 +24,23 @@ by image only.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from attreid.errors import AttreidError
 from attreid.inference.calibration import DEFAULT_FAR, Calibration, find_calibration, verdict
 from attreid.schema import TASKS
+from attreid.search.constraints import (
+    Constraint,
+    QueryError,
+    check_k,
+    check_min_prob,
+    check_offset,
+    parse_attributes,
+    pool_vectors,
+)
 from attreid.search.index import GalleryIndex, GalleryIndexError
 from attreid.search.metadata import Entry
 from attreid.search.vectors import prepare_vectors
@@ -41,82 +50,16 @@ DESCRIPTION_MIN_PROB = 0.0
 IMAGE_MIN_PROB = 0.5
 """Default ``min_prob`` of constraints added to an image query: they filter."""
 
+ROCCHIO_RIGHT, ROCCHIO_WRONG = 0.75, 0.15
+"""Weights of the crops marked right and wrong in :meth:`GallerySearch.refine`."""
+
+SOFT_DEPTH = 200
+"""Nearest crops an image query with soft attribute constraints ranks (see ``by_vector``)."""
+
 RERANK_DEPTH = 100
 """Candidates re-ranked by k-reciprocal re-ranking (the first ``max(k, RERANK_DEPTH)``)."""
 
 _TASKS = {t.name: t for t in TASKS}
-
-
-class QueryError(AttreidError, ValueError):
-    """A query is malformed: unknown attribute or value, bad k, unknown image id."""
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """``task == value`` with probability >= the query's ``min_prob``."""
-
-    task: str
-    value: str
-
-    @property
-    def column(self) -> str:
-        return f"p_{self.task}_{self.value}"
-
-
-def _constraint(task: str, value: str) -> Constraint:
-    task, value = str(task).strip(), str(value).strip()
-    if task not in _TASKS:
-        raise QueryError(f"unknown attribute {task!r}; expected one of {list(_TASKS)}")
-    classes = _TASKS[task].classes
-    if value not in classes:
-        raise QueryError(f"attribute {task!r}: unknown value {value!r}; expected one of "
-                         f"{list(classes)}")
-    return Constraint(task, value)
-
-
-def parse_attributes(spec: str | Mapping[str, str] | None) -> list[Constraint]:
-    """Constraints from ``"gender=female,backpack=yes"``, a JSON object or a mapping.
-
-    Raises:
-        QueryError: unknown attribute or value, a pair without ``=``, or a task given twice.
-    """
-    if spec is None:
-        return []
-    if isinstance(spec, str):
-        text = spec.strip()
-        if not text:
-            return []
-        if text.startswith("{"):
-            try:
-                spec = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise QueryError(f"attributes: invalid JSON ({exc})") from None
-            if not isinstance(spec, dict):
-                raise QueryError("attributes: expected a JSON object {task: value}")
-        else:
-            pairs = [p for p in text.split(",") if p.strip()]
-            if any("=" not in p for p in pairs):
-                raise QueryError(f"attributes {text!r}: expected task=value pairs separated "
-                                 "by commas, e.g. gender=female,backpack=yes")
-            items = [p.split("=", 1) for p in pairs]
-            tasks = [t.strip() for t, _ in items]
-            dupes = sorted({t for t in tasks if tasks.count(t) > 1})
-            if dupes:
-                raise QueryError(f"attributes: {dupes} given more than once")
-            spec = {t.strip(): v for t, v in items}
-    return [_constraint(task, value) for task, value in spec.items()]
-
-
-def _check_min_prob(min_prob: float) -> float:
-    if not 0.0 <= float(min_prob) <= 1.0:
-        raise QueryError(f"min_prob={min_prob}: expected a probability in [0, 1]")
-    return float(min_prob)
-
-
-def _check_k(k: int) -> int:
-    if int(k) < 1:
-        raise QueryError(f"k={k}: expected at least 1")
-    return int(k)
 
 
 @dataclass(frozen=True)
@@ -261,37 +204,71 @@ class GallerySearch:
             raise QueryError(f"{word} {', '.join(map(str, unknown))}: this index has no crop "
                              f"from {'it' if len(unknown) == 1 else 'them'}; its cameras: {have}")
 
+    def check_frames(self, frames: tuple[int, int] | None) -> None:
+        """Raise :class:`QueryError` for a frame range that is empty, or on an index whose
+        file names gave no frame numbers."""
+        if frames is None:
+            return
+        low, high = frames
+        if low > high or low < 0:
+            raise QueryError(f"frames {low}-{high}: expected FIRST-LAST with 0 <= FIRST <= LAST")
+        if not self.index.select("frame IS NOT NULL", [], limit=1):
+            raise QueryError("frames: this index has no frame numbers (its file names carry "
+                             "none), so it cannot be filtered by frame")
+
     def _where(self, constraints: Sequence[Constraint], cameras: Sequence[int] | None,
-               min_prob: float) -> tuple[str, list[Any]]:
+               min_prob: float, frames: tuple[int, int] | None = None
+               ) -> tuple[str, list[Any]]:
         self.check_trained(constraints)
         self.check_cameras(cameras)
+        self.check_frames(frames)
         clauses, params = ["1"], []
         for c in constraints:
-            clauses.append(f"{c.column} >= ?")  # column names come from the schema only
-            params.append(min_prob)
+            if min_prob > 0:
+                clauses.append(f"{c.column} >= ?")  # column names come from the schema only
+                params.append(min_prob)
         if cameras:
             clauses.append(f"camera IN ({', '.join('?' * len(cameras))})")
             params.extend(int(c) for c in cameras)
+        if frames is not None:
+            clauses.append("frame BETWEEN ? AND ?")
+            params.extend(int(f) for f in frames)
         return " AND ".join(clauses), params
 
     def allowed_ids(self, constraints: Sequence[Constraint], cameras: Sequence[int] | None,
-                    min_prob: float) -> np.ndarray | None:
+                    min_prob: float, frames: tuple[int, int] | None = None
+                    ) -> np.ndarray | None:
         """Ids passing the filters, ``None`` when nothing filters."""
-        if not constraints and not cameras:
+        if not (constraints and min_prob > 0) and not cameras and frames is None:
+            self.check_trained(constraints)
             return None
-        where, params = self._where(constraints, cameras, min_prob)
+        where, params = self._where(constraints, cameras, min_prob, frames)
         return np.array([i for i, _ in self.index.select(where, params)], dtype=np.int64)
+
+    def count(self, attributes: str | Mapping[str, str] | None = None,
+              cameras: Sequence[int] | None = None, min_prob: float = 0.0,
+              frames: tuple[int, int] | None = None) -> tuple[int, int]:
+        """(crops passing the filters, crops of the cameras and frames that ``min_prob``
+        hides): the total behind a page of results, and what a hard filter took away."""
+        constraints = parse_attributes(attributes)
+        where, params = self._where(constraints, cameras, check_min_prob(min_prob), frames)
+        passing = self.index.count(where, params)
+        if not constraints or min_prob <= 0:
+            return passing, 0
+        where, params = self._where([], cameras, 0.0, frames)
+        return passing, self.index.count(where, params) - passing
 
     # ---- queries -------------------------------------------------------------------------
 
     def by_attributes(self, attributes: str | Mapping[str, str] | None, k: int = 20,
                       cameras: Sequence[int] | None = None,
-                      min_prob: float = DESCRIPTION_MIN_PROB) -> list[Hit]:
+                      min_prob: float = DESCRIPTION_MIN_PROB,
+                      frames: tuple[int, int] | None = None, offset: int = 0) -> list[Hit]:
         """Crops by how well they match the constraints (the product of the probabilities),
-        best first (ties: lower id); ``min_prob`` > 0 hides crops with a probability below
-        it."""
+        best first (ties: lower id), from rank ``offset`` on (paging); ``min_prob`` > 0 hides
+        crops with a probability below it; ``frames`` keeps crops of that frame range."""
         constraints = parse_attributes(attributes)
-        k, min_prob = _check_k(k), _check_min_prob(min_prob)
+        k, min_prob = check_k(k), check_min_prob(min_prob)
         if not constraints:
             if not self.index.trained_tasks:
                 raise QueryError("search by description is unavailable: the model of this "
@@ -299,33 +276,82 @@ class GallerySearch:
                                  "search by image")
             raise QueryError("nothing to search for: give a query crop (an image or the id of "
                              "an indexed crop) or at least one attribute, e.g. gender=female")
-        where, params = self._where(constraints, cameras, min_prob)
+        where, params = self._where(constraints, cameras, min_prob, frames)
         score = " * ".join(c.column for c in constraints)
-        rows = self.index.select(where, params, order="score DESC, id", limit=k, score=score)
+        rows = self.index.select(where, params, order="score DESC, id", limit=k, score=score,
+                                 offset=check_offset(offset))
         entries = self.index.entries([i for i, _ in rows])
         return [Hit(e, None, _match(e, constraints)) for e in entries]
 
     def by_vector(self, vector: np.ndarray, k: int = 10,
                   attributes: str | Mapping[str, str] | None = None,
                   cameras: Sequence[int] | None = None, min_prob: float = IMAGE_MIN_PROB,
-                  rerank: bool = False, exclude: int | None = None) -> list[Hit]:
-        """Nearest crops to an embedding, optionally filtered and re-ranked."""
+                  rerank: bool = False, exclude: int | None = None, hard: bool = False,
+                  frames: tuple[int, int] | None = None, offset: int = 0) -> list[Hit]:
+        """Nearest crops to an embedding from rank ``offset`` on, optionally filtered and
+        re-ranked. Attribute constraints re-weight (soft, the default): the first
+        :data:`SOFT_DEPTH` nearest crops are ranked by weight(distance) x ``match``, weight =
+        P(same person) with a calibration, else exp(-(d - d1) / s) (d1 the nearest distance,
+        s the median candidate's distance minus d1); nothing is hidden. ``hard=True``: they
+        filter at ``min_prob`` instead."""
         constraints = parse_attributes(attributes)
-        k, min_prob = _check_k(k), _check_min_prob(min_prob)
-        allowed = self.allowed_ids(constraints, cameras, min_prob)  # checks trained tasks
+        k, min_prob, offset = check_k(k), check_min_prob(min_prob), check_offset(offset)
+        soft = bool(constraints) and not hard
+        allowed = self.allowed_ids(constraints, cameras, 0.0 if soft else min_prob, frames)
         if allowed is not None and exclude is not None:
             allowed = allowed[allowed != exclude]
         extra = 1 if exclude is not None and allowed is None else 0
-        depth = max(k, RERANK_DEPTH) if rerank else k
+        want = k + offset
+        depth = max(want, RERANK_DEPTH) if rerank else max(want, SOFT_DEPTH) if soft else want
         dist, ids = self.index.search(np.asarray(vector)[None], depth + extra, allowed)
         pairs = [(float(d), int(i)) for d, i in zip(dist[0], ids[0]) if i >= 0 and i != exclude]
         if rerank and len(pairs) > 1:
             pairs = self._rerank(np.asarray(vector), [i for _, i in pairs])
-        pairs = pairs[:k]
         entries = self.index.entries([i for _, i in pairs])
+        matches = [_match(e, constraints) for e in entries]
+        order = list(range(len(pairs)))
+        if soft:  # re-ranked distances are on another scale: their relative weight
+            order = self._soft_order([d for d, _ in pairs], matches, calibrated=not rerank)
         query = self.query_person(vector)
-        return [self._hit(e, d, _match(e, constraints), rerank, query)
-                for (d, _), e in zip(pairs, entries)]
+        return [self._hit(entries[j], pairs[j][0], matches[j], rerank, query)
+                for j in order[offset:want]]
+
+    def _soft_order(self, distances: list[float], matches: list[float | None],
+                    calibrated: bool = True) -> list[int]:
+        """Candidates ranked by weight(distance) x match (see :meth:`by_vector`)."""
+        d = np.asarray(distances, dtype=np.float64)
+        if not len(d):
+            return []
+        if self.calibration is not None and calibrated:
+            weight = self.calibration.probability(d)
+        else:
+            spread = max(float(np.median(d) - d.min()), 1e-12)
+            weight = np.exp(-(d - d.min()) / spread)
+        score = weight * np.asarray([m if m is not None else 1.0 for m in matches])
+        return sorted(range(len(d)), key=lambda j: (-score[j], d[j]))
+
+    def refine(self, vector: np.ndarray, right: Sequence[int] = (),
+               wrong: Sequence[int] = ()) -> np.ndarray:
+        """The query moved toward the indexed crops marked right and away from those marked
+        wrong (Rocchio, Salton 1971: q + 0.75 mean(right) - 0.15 mean(wrong), over 1.6 so that
+        a query refined by its own neighbours keeps its scale; cosine indexes renormalise).
+
+        Raises:
+            QueryError: an id not in the index.
+        """
+        q = np.asarray(vector, dtype=np.float32)
+        total, weight = q.copy(), 1.0
+        for ids, w in ((right, ROCCHIO_RIGHT), (wrong, -ROCCHIO_WRONG)):
+            if len(ids):
+                total += w * np.mean([self._vector(i) for i in ids], axis=0)
+                weight += w
+        return total / weight if weight > 0 else total
+
+    def _vector(self, image_id: int) -> np.ndarray:
+        try:
+            return self.index.vector(int(image_id))
+        except KeyError as exc:
+            raise QueryError(str(exc.args[0])) from None
 
     def query_person(self, vector: np.ndarray) -> float | None:
         """P(person) of a query embedding (D,), None without a person check."""
@@ -374,6 +400,11 @@ class GallerySearch:
     def by_image(self, image: Any, k: int = 10, **options: Any) -> list[Hit]:
         """Nearest crops to a query image (PIL image or path); options as :meth:`by_vector`."""
         return self.by_vector(self.embed(image), k, **options)
+
+    def by_images(self, images: Sequence[Any], k: int = 10, **options: Any) -> list[Hit]:
+        """Nearest crops to several crops of one person: the mean of their embeddings (one
+        forward pass); options as :meth:`by_vector`."""
+        return self.by_vector(pool_vectors(self.embed_many(images)), k, **options)
 
     def by_id(self, image_id: int, k: int = 10, **options: Any) -> list[Hit]:
         """Nearest crops to an indexed crop, itself left out; options as :meth:`by_vector`."""

@@ -37,35 +37,42 @@ a message, or FastAPI's list of field errors (documented in the OpenAPI schema).
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations at run time,
 # and the fastapi types are imported inside create_app (an optional dependency).
-import io
-import json
 import sqlite3
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional
+
+import numpy as np
 
 from attreid.inference.calibration import DEFAULT_FAR, CalibrationError, verdict
 from attreid.metrics.distance import pairwise_distance
 from attreid.schema import TASKS
 from attreid.search.batching import EmbeddingBatcher
+from attreid.search.http import (
+    MAX_K,
+    MAX_PIXELS,
+    MAX_UPLOAD_BYTES,
+    BodyLimit,
+    decode_upload,
+    error_responses,
+    hits_json,
+    media_type,
+    parse_cameras,
+    parse_frames,
+    parse_ids,
+)
 from attreid.search.index import GalleryIndexError
 from attreid.search.query import (
     DESCRIPTION_MIN_PROB,
     IMAGE_MIN_PROB,
     GallerySearch,
-    Hit,
     QueryError,
     parse_attributes,
+    pool_vectors,
 )
+from attreid.search.results import by_time, group_tracks
 from attreid.search.uploads import Upload, UploadStore
 
 WEB_DIR = Path(__file__).parent / "web"
-MAX_UPLOAD_BYTES = 8 * 1024 * 1024
-MAX_PIXELS = 4096 * 4096
-MAX_K = 200
-UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # JPEG includes MPO
-"""Formats decoded from uploads (PIL would also try EPS via Ghostscript, PDF, ... )."""
-
-
 def _fastapi() -> Any:
     try:
         import fastapi
@@ -73,36 +80,6 @@ def _fastapi() -> Any:
         raise ImportError("the search service needs FastAPI and uvicorn: "
                           "pip install 'attreid[serve]'") from exc
     return fastapi
-
-
-def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
-    """Decode uploaded bytes to an RGB PIL image.
-
-    Raises:
-        QueryError: empty, not a decodable image, or more than ``max_pixels`` pixels.
-    """
-    from PIL import Image
-
-    from attreid.data.io import to_rgb
-
-    if not data:
-        raise QueryError("image: empty upload")
-    try:
-        with Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS) as img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise QueryError(f"image: {width}x{height} pixels, at most {max_pixels} allowed")
-            img.load()
-            return to_rgb(img)
-    except QueryError:
-        raise
-    except Image.UnidentifiedImageError:
-        raise QueryError("image: not a decodable image (unrecognised format; accepted: "
-                         f"{', '.join(UPLOAD_FORMATS)})") from None
-    except Image.DecompressionBombError:
-        raise QueryError(f"image: too many pixels, at most {max_pixels} allowed") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise QueryError(f"image: not a decodable image ({type(exc).__name__}: {exc})") from None
 
 
 def open_search(index: Path | str, checkpoint: Path | str | None = None,
@@ -124,99 +101,34 @@ def open_search(index: Path | str, checkpoint: Path | str | None = None,
                                 f"{exc}); rebuild it with `attreid index build`") from exc
 
 
-class _BodyLimit:
-    """ASGI middleware: 413 for a body over ``limit`` bytes, by its Content-Length or, for a
-    chunked body, as soon as the bytes received pass the limit. The rest of the body is read
-    and dropped (never stored) up to ``drain`` bytes, so that the client, still sending,
-    receives the 413; past that the connection is closed. The message names ``upload_limit``,
-    the size allowed for the image itself."""
-
-    def __init__(self, app: Any, limit: int, upload_limit: int, drain: int = 4 * MAX_UPLOAD_BYTES
-                 ) -> None:
-        self.app = app
-        self.limit = limit
-        self.upload_limit = upload_limit
-        self.drain = drain
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.limit:
-            await self._refuse(receive, send, f"request of {int(length)} bytes",
-                               int(length) <= self.drain)
-            return
-        state = {"received": 0, "over": False, "started": False}
-
-        async def counted_receive() -> dict:
-            message = await receive()
-            if message["type"] == "http.request":
-                state["received"] += len(message.get("body", b""))
-                if state["received"] > self.limit:
-                    state["over"] = True
-                    raise _TooLarge()
-            return message
-
-        async def guarded_send(message: dict) -> None:
-            if state["over"]:  # the app turned _TooLarge into some response: send 413 instead
-                if message["type"] == "http.response.start" and not state["started"]:
-                    state["started"] = True
-                    await self._refuse(receive, send, "request of more bytes", True,
-                                       state["received"])
-                return
-            state["started"] = state["started"] or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted_receive, guarded_send)
-        except _TooLarge:
-            if not state["started"]:
-                await self._refuse(receive, send, "request of more bytes", True,
-                                   state["received"])
-
-    async def _refuse(self, receive: Any, send: Any, what: str, drain: bool,
-                      received: int = 0) -> None:
-        while drain:  # read and drop the rest of the body, up to self.drain bytes in all
-            message = await receive()
-            received += len(message.get("body", b""))
-            if message["type"] != "http.request" or not message.get("more_body"):
-                break
-            drain = received <= self.drain
-        body = json.dumps({"detail": f"{what}; uploads are limited to {self.upload_limit} "
-                                     "bytes"}).encode()
-        headers = [(b"content-type", b"application/json"),
-                   (b"content-length", str(len(body)).encode())]
-        if not drain:  # body left unread: this connection cannot carry another request
-            headers.append((b"connection", b"close"))
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-class _TooLarge(Exception):
-    """Raised inside the app when a chunked body passes the size limit."""
+def _respond(search: GallerySearch, mode: str, hits: list, order: str, group: bool,
+             offset: int, vector: Any, **counts: int) -> dict[str, Any]:
+    """The JSON of a search: its hits (by time, grouped into tracks when asked), what the
+    probabilities mean, the query's P(person), and the counts (``total``: crops passing the
+    filters of a description, ``hidden``: crops a hard filter took away)."""
+    if order == "time":
+        hits = by_time(hits)
+    body: dict[str, Any] = {"mode": mode, "count": len(hits), "offset": offset, **counts,
+                            "calibration": search.calibration_status()}
+    if group:
+        tracks = group_tracks(hits, search.index.vector, track_distance(search, hits))
+        body["results"] = [dict(hits_json([g.best])[0], group={
+            "size": g.size, "members": hits_json(g.members)}) for g in tracks]
+        body["count"] = len(tracks)
+    else:
+        body["results"] = hits_json(hits)
+    if vector is not None:
+        body["query"] = {"person": search.query_person(vector)}
+    return body
 
 
-def _error_responses(*codes: int) -> dict[Union[int, str], dict[str, Any]]:
-    """OpenAPI entries of the error responses: JSON ``{"detail": message or field errors}``."""
-    from pydantic import BaseModel
-
-    class Error(BaseModel):
-        detail: Union[str, list[dict[str, Any]]]
-
-    meaning = {400: "malformed request body", 404: "no such image",
-               413: "upload too large", 422: "invalid input (a message, or the field errors)"}
-    return {code: {"model": Error, "description": meaning[code]} for code in codes}
-
-
-def parse_cameras(text: str | None) -> list[int] | None:
-    """``"1,3"`` -> ``[1, 3]``; empty -> ``None`` (all cameras)."""
-    if not text or not text.strip():
-        return None
-    try:
-        return [int(c) for c in text.split(",") if c.strip()]
-    except ValueError:
-        raise QueryError(f"camera {text!r}: expected camera numbers separated by commas, "
-                         "e.g. 1,3") from None
+def track_distance(search: GallerySearch, hits: list) -> float:
+    """Largest embedding distance within a track: the calibration's threshold at FAR 1e-3,
+    else the median query distance of the hits (or 0 for a description without one)."""
+    if search.calibration is not None:
+        return search.calibration.threshold(1e-3)
+    distances = [h.distance for h in hits if h.distance is not None]
+    return float(np.median(distances)) if distances else 0.0
 
 
 def describe_calibration(search: GallerySearch) -> str:
@@ -226,22 +138,6 @@ def describe_calibration(search: GallerySearch) -> str:
         return f"same-person probability: {status['note']}"
     return (f"same-person probability: {status['method']} calibration, hits marked at FAR "
             f"{status['far']:g} (distance <= {status['threshold']:.4g})")
-
-
-_MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
-         "BMP": "image/bmp", "GIF": "image/gif", "TIFF": "image/tiff"}
-
-
-def _media_type(data: bytes) -> str:
-    """The media type of upload bytes already decoded once (their header read again)."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS) as img:
-        return _MIME.get(img.format or "", "application/octet-stream")
-
-
-def _hits(hits: list[Hit]) -> list[dict[str, Any]]:
-    return [dict(h.as_dict(), url=f"/images/{h.entry.id}") for h in hits]
 
 
 def _attribute_params_model(max_k: int, trained: tuple[str, ...]) -> Any:
@@ -266,6 +162,11 @@ def _attribute_params_model(max_k: int, trained: tuple[str, ...]) -> Any:
     fields["min_prob"] = (float, Field(DESCRIPTION_MIN_PROB, ge=0.0, le=1.0, description=(
         "hide crops whose probability of a constraint is below this (0: rank every crop by "
         "the product of the probabilities)")))
+    fields["frames"] = (str, Field("", description="frame range FIRST-LAST, e.g. 1000-5000"))
+    fields["offset"] = (int, Field(0, ge=0, description="skip this many results (paging)"))
+    fields["order"] = (Literal["rank", "time"], Field("rank", description="rank, or by "
+                                                      "camera and frame"))
+    fields["group"] = (bool, Field(False, description="one row per track"))
     return create_model("AttributeQuery", __config__=ConfigDict(extra="forbid"), **fields)
 
 
@@ -318,8 +219,8 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         return JSONResponse(status_code=422, content={"detail": str(exc)})
 
     # the upload plus room for the other form fields and the multipart framing
-    app.add_middleware(_BodyLimit, limit=max_upload_bytes + 65536, upload_limit=max_upload_bytes)
-    errors = _error_responses(413, 422)
+    app.add_middleware(BodyLimit, limit=max_upload_bytes + 65536, upload_limit=max_upload_bytes)
+    errors = error_responses(413, 422)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -337,68 +238,96 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                 "untrained": [t.name for t in TASKS if t.name not in trained],
                 "cameras": search.index.cameras(), "max_k": max_k, "images": len(search.index)}
 
-    @app.post("/search", responses={**_error_responses(400), **errors})
+    @app.post("/search", responses={**error_responses(400), **errors})
     def search_post(
-        image: Optional[UploadFile] = File(None, description="query crop (JPEG/PNG/...)"),
+        image: list[UploadFile] = File([], description="query crop(s) (JPEG/PNG/...); "
+                                       "several crops of one person are pooled (mean)"),
         query_id: Optional[int] = Form(None, ge=0, description="id of an indexed crop"),
-        upload: Optional[str] = Form(None, description="token of a crop uploaded before "
-                                     "(the ``upload`` of its response): search with it again"),
+        upload: Optional[str] = Form(None, description="token(s) of crops uploaded before "
+                                     "(the ``upload`` of a response; comma-separated)"),
         attributes: str = Form("", description="task=value pairs, e.g. gender=female"),
         k: int = Form(10, ge=1, le=max_k),
+        offset: int = Form(0, ge=0, description="skip this many results (paging)"),
         camera: str = Form("", description="cameras to search in, e.g. 1,3"),
+        frames: str = Form("", description="frame range FIRST-LAST, e.g. 1000-5000"),
+        constraints: Literal["soft", "hard"] = Form("soft", description=(
+            "with a query crop: soft re-weights by the attributes (nothing hidden), hard "
+            "hides crops below min_prob")),
         min_prob: Optional[float] = Form(None, ge=0.0, le=1.0, description=(
             "hide crops whose probability of a constraint is below this; default 0 for a "
-            "description (every crop ranked by the product), 0.5 with an image")),
+            "description (every crop ranked by the product), 0.5 for hard constraints")),
         rerank: bool = Form(False),
+        order: Literal["rank", "time"] = Form("rank", description="rank, or by camera and "
+                                               "frame (a timeline)"),
+        group: bool = Form(False, description="one row per track (same camera, near frames "
+                           "and embeddings)"),
+        right: str = Form("", description="ids of results marked right: refine the query"),
+        wrong: str = Form("", description="ids of results marked wrong: refine the query and "
+                          "leave them out"),
     ) -> dict[str, Any]:
-        cameras = parse_cameras(camera)
+        cameras, frame_range = parse_cameras(camera), parse_frames(frames)
+        described = not image and query_id is None and not upload
         if min_prob is None:
-            described = image is None and query_id is None
             min_prob = DESCRIPTION_MIN_PROB if described else IMAGE_MIN_PROB
         search.check_trained(parse_attributes(attributes))  # before an upload is embedded
         search.check_cameras(cameras)
-        options = dict(attributes=attributes, cameras=cameras, min_prob=min_prob)
-        if sum(x is not None for x in (image, query_id, upload)) > 1:
-            raise QueryError("give one query: an image, a query_id or an upload token")
-        token = None
-        if image is not None:
-            data = image.file.read(max_upload_bytes + 1)
-            if len(data) > max_upload_bytes:
-                raise HTTPException(413, f"image larger than {max_upload_bytes} bytes")
-            decoded = decode_upload(data, max_pixels)
-            vector = batcher.embed(decoded)
-            token = uploads.put(Upload(data, _media_type(data), vector))
-        if upload is not None:
-            kept = uploads.get(upload)
-            if kept is None:
-                raise QueryError(f"upload {upload!r} is no longer on the server (it keeps the "
-                                 f"last {uploads.limit} uploads until it restarts): upload the "
-                                 "crop again")
-            vector, token = kept.vector, upload
-        if token is not None:
-            hits = search.by_vector(vector, k, rerank=rerank, **options)
-            mode = "image"
-        elif query_id is not None:
-            hits = search.by_id(query_id, k, rerank=rerank, **options)
-            mode, vector = "indexed image", search.index.vector(query_id)
+        search.check_frames(frame_range)
+        if sum(bool(x) for x in (image, query_id is not None, upload)) > 1:
+            raise QueryError("give one query: image(s), a query_id or upload token(s)")
+        if described:
+            hits = search.by_attributes(attributes, k, cameras, min_prob, frame_range, offset)
+            total, hidden = search.count(attributes, cameras, min_prob, frame_range)
+            return _respond(search, "attributes", hits, order, group, offset, None,
+                            total=total, hidden=hidden)
+        vector, tokens = _query_vector(image, upload, query_id)
+        marked = parse_ids(right), parse_ids(wrong)
+        vector = search.refine(vector, *marked) if any(marked) else vector
+        options = dict(attributes=attributes, cameras=cameras, min_prob=min_prob,
+                       frames=frame_range, hard=constraints == "hard", rerank=rerank)
+        depth = k + offset + len(marked[1])
+        if query_id is not None:
+            hits = search.by_vector(vector, depth, exclude=query_id, **options)
         else:
-            hits = search.by_attributes(attributes, k, cameras, min_prob)
-            mode, vector = "attributes", None
-        body = {"mode": mode, "count": len(hits), "results": _hits(hits),
-                "calibration": search.calibration_status()}
-        if vector is not None:
-            body["query"] = {"person": search.query_person(vector)}
+            hits = search.by_vector(vector, depth, **options)
+        hits = [h for h in hits if h.entry.id not in set(marked[1])][offset:offset + k]
+        hidden = search.count(attributes, cameras, min_prob, frame_range)[1] \
+            if constraints == "hard" else 0
+        body = _respond(search, "image" if query_id is None else "indexed image", hits, order,
+                        group, offset, vector, hidden=hidden)
         if query_id is not None:
             e = search.index.entries([query_id])[0]
             body["query"].update(id=e.id, name=e.display_name, identity=e.identity,
                                  camera=e.camera, frame=e.frame)
-        if token is not None:
-            body["upload"] = token
+        if tokens:
+            body["upload"] = ",".join(tokens)
         return body
+
+    def _query_vector(images: list, upload: Optional[str], query_id: Optional[int]) -> tuple:
+        """The query embedding (pooled over several crops) and the upload tokens naming it."""
+        if query_id is not None:
+            try:
+                return search.index.vector(query_id), []
+            except KeyError as exc:
+                raise QueryError(str(exc.args[0])) from None
+        kept = []
+        for item in images:
+            data = item.file.read(max_upload_bytes + 1)
+            if len(data) > max_upload_bytes:
+                raise HTTPException(413, f"image larger than {max_upload_bytes} bytes")
+            vector = batcher.embed(decode_upload(data, max_pixels))
+            kept.append((uploads.put(Upload(data, media_type(data), vector)), vector))
+        for token in (t for t in (upload or "").split(",") if t.strip()):
+            found = uploads.get(token.strip())
+            if found is None:
+                raise QueryError(f"upload {token.strip()!r} is no longer on the server (it "
+                                 f"keeps the last {uploads.limit} uploads until it restarts): "
+                                 "upload the crop again")
+            kept.append((token.strip(), found.vector))
+        return pool_vectors(np.stack([v for _, v in kept])), [t for t, _ in kept]
 
     @app.get("/uploads/{token}", response_class=Response, responses={
         200: {"content": {"image/*": {}}, "description": "an uploaded query crop"},
-        **_error_responses(404)})
+        **error_responses(404)})
     def uploaded(token: str) -> Response:
         kept = uploads.get(token)
         if kept is None:
@@ -410,12 +339,14 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     def search_attributes(params: AttributeQuery = Query()) -> dict[str, Any]:  # type: ignore
         values = params.model_dump()
         constraints = {t.name: values[t.name] for t in TASKS if values[t.name] is not None}
-        hits = search.by_attributes(constraints, values["k"], parse_cameras(values["camera"]),
-                                    values["min_prob"])
-        return {"mode": "attributes", "count": len(hits), "results": _hits(hits),
-                "calibration": search.calibration_status()}
+        cameras, frame_range = parse_cameras(values["camera"]), parse_frames(values["frames"])
+        hits = search.by_attributes(constraints, values["k"], cameras, values["min_prob"],
+                                    frame_range, values["offset"])
+        total, hidden = search.count(constraints, cameras, values["min_prob"], frame_range)
+        return _respond(search, "attributes", hits, values["order"], values["group"],
+                        values["offset"], None, total=total, hidden=hidden)
 
-    @app.post("/verify", responses={**_error_responses(400), **errors})
+    @app.post("/verify", responses={**error_responses(400), **errors})
     def verify(
         first: UploadFile = File(..., description="a crop (JPEG/PNG/...)"),
         second: UploadFile = File(..., description="another crop"),
@@ -441,7 +372,7 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
 
     @app.get("/images/{image_id}", response_class=FileResponse, responses={
         200: {"content": {"image/*": {}}, "description": "the image file"},
-        **_error_responses(404, 422)})
+        **error_responses(404, 422)})
     def image_file(image_id: int) -> FileResponse:
         if not 0 <= image_id < len(search.index):
             raise HTTPException(404, f"no indexed image with id {image_id}")

@@ -1,0 +1,102 @@
+"""What a person searching footage does with a page of hits: one row per person seen in one
+place (consecutive frames of a track grouped), the hits along time per camera, and the hits as
+CSV for a report. Pure functions of hits; the service, the CLI and the page share them."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from attreid.search.query import Hit
+
+TRACK_GAP_FRAMES = 50
+"""Two hits of one camera at most this many frames apart (2 s at 25 frames/s) can be one track."""
+
+CSV_COLUMNS = ("rank", "id", "path", "identity", "camera", "frame", "score", "distance",
+               "p_same", "same", "person", "match", "attributes")
+
+
+@dataclass
+class Group:
+    """Hits taken as one person seen in one place: ``best`` (the highest ranked) and the other
+    ``members`` in rank order."""
+
+    best: Hit
+    members: list[Hit] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return 1 + len(self.members)
+
+
+def group_tracks(hits: Sequence[Hit], vector: Callable[[int], np.ndarray], distance: float,
+                 gap: int = TRACK_GAP_FRAMES) -> list[Group]:
+    """Group hits of one track: same camera, frames at most ``gap`` apart (chained) and
+    embeddings at most ``distance`` apart (Euclidean on the index's vectors), so that one
+    person standing in front of one camera fills one row, not twenty. Hits without camera or
+    frame stay alone. Groups keep the order of their best hit.
+
+    Args:
+        vector: the index's vector (D,) of an id.
+        distance: the largest embedding distance within a track (e.g. the calibration's
+            threshold at FAR 1e-3).
+    """
+    groups: list[Group] = []
+    for hit in hits:
+        e = hit.entry
+        home = None
+        if e.camera is not None and e.frame is not None:
+            home = next((g for g in groups if _joins(g, hit, vector, distance, gap)), None)
+        if home is None:
+            groups.append(Group(hit))
+        else:
+            home.members.append(hit)
+    return groups
+
+
+def _joins(group: Group, hit: Hit, vector: Callable[[int], np.ndarray], distance: float,
+           gap: int) -> bool:
+    e = hit.entry
+    for member in (group.best, *group.members):
+        m = member.entry
+        if m.camera != e.camera or m.frame is None or abs(m.frame - e.frame) > gap:
+            continue
+        if float(np.linalg.norm(vector(m.id) - vector(e.id))) <= distance:
+            return True
+    return False
+
+
+def by_time(hits: Sequence[Hit]) -> list[Hit]:
+    """Hits along time per camera (a simple timeline): by camera, then frame; hits without a
+    camera or frame last, in rank order."""
+    def key(item: tuple[int, Hit]) -> tuple:
+        rank, h = item
+        missing = h.entry.camera is None or h.entry.frame is None
+        return (missing, h.entry.camera or 0, h.entry.frame or 0, rank)
+
+    return [h for _, h in sorted(enumerate(hits), key=key)]
+
+
+def hits_csv(hits: Sequence[Hit], first_rank: int = 1) -> str:
+    """The hits as CSV (header :data:`CSV_COLUMNS`; ``attributes`` as ``task=value`` pairs)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for rank, hit in enumerate(hits, start=first_rank):
+        writer.writerow(_row(rank, hit.as_dict(), hit.entry.path))
+    return out.getvalue()
+
+
+def _row(rank: int, h: dict[str, Any], path: str) -> list[Any]:
+    attrs = " ".join(f"{t}={a['value']}" for t, a in h["attributes"].items())
+    return [rank, h["id"], path, _blank(h["identity"]), _blank(h["camera"]), _blank(h["frame"]),
+            _blank(h["score"]), _blank(h["distance"]), _blank(h["probability"]),
+            _blank(h["same"]), _blank(h["person"]), _blank(h["match"]), attrs]
+
+
+def _blank(value: Any) -> Any:
+    return "" if value is None else value
