@@ -36,7 +36,8 @@ def test_image_hits_carry_the_calibrated_probability(calibrated, synth_market):
     query = search.query_person(search.embed(_query(synth_market)))
     for hit in hits:
         assert hit.probability == pytest.approx(float(calibration.probability(hit.distance)))
-        people = query >= 0.5 and hit.person >= 0.5  # both crops pass the person check
+        cut = calibration.person_threshold
+        people = query >= cut and hit.person >= cut  # both crops pass the person check
         assert hit.same == (hit.distance <= threshold and people)
         assert hit.as_dict()["score"] == "distance"
     probabilities = [h.probability for h in hits]
@@ -104,12 +105,13 @@ def test_service_search_and_verify(calibrated, synth_market, search_index):
     assert answer["calibrated"] and answer["far"] == 0.01
     assert answer["probability"] == pytest.approx(float(calibration.probability(
         answer["distance"])))
-    people = min(answer["person"]) >= 0.5  # both crops pass the person check
+    cut = calibration.person_threshold
+    people = min(answer["person"]) >= cut  # both crops pass the person check
     assert answer["same"] == (answer["distance"] <= calibration.thresholds["1e-02"] and people)
     same = client.post("/verify", files={"first": ("a.jpg", query, "image/jpeg"),
                                          "second": ("b.jpg", query, "image/jpeg")}).json()
     assert same["distance"] == pytest.approx(0, abs=1e-3)
-    assert same["same"] is (same["person"][0] >= 0.5)
+    assert same["same"] is (same["person"][0] >= cut)
     assert same["person"][0] == pytest.approx(same["person"][1])
     bad = client.post("/verify", files={"first": ("a.jpg", query, "image/jpeg"),
                                         "second": ("b.jpg", query, "image/jpeg")},
@@ -141,6 +143,7 @@ def test_hits_and_the_query_carry_p_person_and_a_junk_query_marks_nothing(calibr
     assert np.mean(scores < 0.5) > 0.5
     junk = distractors[int(np.argmin(scores))]
     marked = search.by_id(junk.entry.id, k=10)
-    assert search.query_person(search.index.vector(junk.entry.id)) < 0.5
+    assert search.query_person(search.index.vector(junk.entry.id)) < \
+        calibration.person_threshold
     assert all(h.same is False for h in marked)  # a query that is not a person matches no one
 

@@ -261,11 +261,14 @@ def test_person_check_separates_people_from_distractors_and_vetoes_a_match(tmp_p
     # balanced weights: about as many of each kind on the right side (separable to ~2.8 sd)
     assert np.mean(p[:300] > 0.5) > 0.9 and np.mean(p[300:] < 0.5) > 0.9
     assert fit_person(x[:309], is_person[:309], "euclidean") is None  # 9 distractors: too few
-    near = c.threshold(1e-3) - 1
-    assert verdict(near, c, person=(0.9, 0.8)).same is True
-    vetoed = verdict(near, c, person=(0.9, 0.1))
+    cut = c.person_threshold  # refuses 1 % of the people it was fitted on
+    assert np.mean(p[:300] < cut) == pytest.approx(0.01, abs=0.004)
+    assert 0 < cut < 1 and check["refuses"] == 0.01
+    near, high, low = c.threshold(1e-3) - 1, min(1.0, cut + 0.01), cut / 2
+    assert verdict(near, c, person=(high, high)).same is True
+    vetoed = verdict(near, c, person=(high, low))
     assert vetoed.same is False and "second crop does not look like a person" in vetoed.note
     assert vetoed.probability == pytest.approx(float(c.probability(near)))
-    assert "neither crop" in verdict(near, c, person=(0.2, 0.1)).note
+    assert "neither crop" in verdict(near, c, person=(low, low)).note
     reloaded = Calibration.load(c.save(tmp_path / "c.json"))
     assert reloaded.person_probability(x[:3]) == pytest.approx(p[:3])

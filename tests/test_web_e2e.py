@@ -222,7 +222,8 @@ def test_cards_show_the_calibrated_probability_and_mark_the_operating_point(
         browser, calibrated_server, synth_market):
     url, search = calibrated_server
     crops = sorted((synth_market / "query").glob("*.jpg"))
-    people = [p for p in crops if search.query_person(search.embed(p)) >= 0.5]
+    cut = search.calibration.person_threshold
+    people = [p for p in crops if search.query_person(search.embed(p)) >= cut]
     assert people, "no query crop passes the person check"
     query = max(people, key=lambda p: sum(bool(h.same) for h in search.by_image(p, k=10)))
     expected = {h.entry.id: h for h in search.by_image(query, k=10)}

@@ -137,18 +137,19 @@ def search(
         if image is not None:
             _show_backend(opened.choice)
         if (image is not None or query_id is not None) and not as_json:
-            _show_backend_text(describe_calibration(opened))
+            _show_backend_text(describe_calibration(opened, rerank))
         described = image is None and query_id is None
+        cut = opened.calibration.person_threshold if opened.calibration else 0.5
         if min_prob is None:
             min_prob = DESCRIPTION_MIN_PROB if described else IMAGE_MIN_PROB
         options = dict(attributes=attributes, cameras=parse_cameras(camera), min_prob=min_prob)
         if image is not None:
             vector = opened.embed(image)
             hits = opened.by_vector(vector, k, rerank=rerank, **options)
-            _warn_not_a_person(opened.query_person(vector))
+            _warn_not_a_person(opened.query_person(vector), cut)
         elif query_id is not None:
             hits = opened.by_id(query_id, k, rerank=rerank, **options)
-            _warn_not_a_person(opened.query_person(opened.index.vector(query_id)))
+            _warn_not_a_person(opened.query_person(opened.index.vector(query_id)), cut)
         else:
             hits = opened.by_attributes(attributes, k, options["cameras"], min_prob)
     except _search_errors() as exc:
@@ -204,11 +205,12 @@ def results_table(hits: list, trained: tuple[str, ...], rerank: bool, metric: st
     return table
 
 
-def _warn_not_a_person(person: float | None) -> None:
-    """On stderr: the query crop fails the calibration's person check."""
-    if person is not None and person < 0.5:
+def _warn_not_a_person(person: float | None, cut: float) -> None:
+    """On stderr: the query crop fails the calibration's person check (threshold ``cut``)."""
+    if person is not None and person < cut:
         _show_backend_text(f"warning: the query does not look like a person (P(person) "
-                           f"{person:.0%}); no result is marked the same person")
+                           f"{person:.1%}, the check passes {cut:.1%} and above); no result is "
+                           "marked the same person")
 
 
 def serve(

@@ -15,6 +15,7 @@ from attreid.cli.base import (
     _count_progress,
     _fail,
     _reported_warnings,
+    _show_backend,
     console,
 )
 from attreid.data.records import DataError
@@ -51,7 +52,8 @@ def calibrate(
         with _reported_warnings(), _count_progress(
                 "embedding crops", sys.stderr if as_json else None) as progress:
             run = calibrate_checkpoint(checkpoint, data, out, method, split, layout, flip,
-                                       max_ids, seed, backend, device, progress=progress)
+                                       max_ids, seed, backend, device, progress=progress,
+                                       on_backend=_show_backend)
     except (DataError, CheckpointError, ExportError, ValueError, OSError) as exc:
         _fail(str(exc))
     if as_json:
@@ -70,6 +72,9 @@ def verify(
     far: float = typer.Option(1e-3, "--far", help=FAR_HELP),
     calibration: Path | None = typer.Option(None, "--calibration", help="A calibration "
                                             "file (default: the one beside the checkpoint)."),
+    flip: bool | None = typer.Option(None, "--flip/--no-flip", help="Embed each crop with "
+                                     "its mirror image (default: as the calibration was "
+                                     "made; off without one)."),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
     backend: str = BACKEND_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
@@ -81,24 +86,27 @@ def verify(
     from attreid.utils.checkpoint import CheckpointError
 
     try:
-        verifier = Verifier.open(checkpoint, calibration, far, backend, device)
+        verifier = Verifier.open(checkpoint, calibration, far, backend, device, flip)
+        _show_backend(verifier.choice)
         result = verifier.verify(first, second)
     except (CalibrationError, CheckpointError, ExportError, DataError, OSError) as exc:
         _fail(str(exc))
     if as_json:
         print(json.dumps({"first": str(first), "second": str(second), **result.as_dict()}))
         return
-    console.print(f"distance {result.distance:.4g}", markup=False, highlight=False)
+    say = lambda text: console.print(text, markup=False, highlight=False,  # noqa: E731
+                                     soft_wrap=True)
+    say(f"distance {result.distance:.3f}")
     if result.probability is None:
-        console.print(result.note, markup=False, highlight=False)
+        say(result.note)
         return
-    answer = "same person" if result.same else "not the same person"
-    console.print(f"P(same person) {result.probability:.1%} (from the distance)", markup=False,
-                  highlight=False)
+    say(f"P(same person) {result.probability:.1%} (from the distance alone)")
     if result.person is not None:
-        console.print(f"P(person): first {result.person[0]:.1%}, second {result.person[1]:.1%}",
-                      markup=False, highlight=False)
-    if result.note:
-        console.print(result.note, markup=False, highlight=False)
-    console.print(f"{answer} at FAR {far:g} (accepts distance <= {result.threshold:.4g})",
-                  markup=False, highlight=False)
+        say(f"P(person): first {result.person[0]:.1%}, second {result.person[1]:.1%}")
+    within = result.distance <= result.threshold
+    answer = "same person" if result.same else "not the same person"
+    why = (f"distance {'<=' if within else '>'} {result.threshold:.3f}, the threshold at FAR "
+           f"{far:g}")
+    if within and not result.same:
+        why += f", but {result.note}"
+    say(f"{answer} ({why})")

@@ -98,13 +98,15 @@ def calibrate_checkpoint(checkpoint: Path | str, data_root: Path | str,
                          split: str = "test", layout: str = "auto", flip: bool = False,
                          max_ids: int = 0, seed: int = 0, backend: str = "auto",
                          device: str | None = None, batch_size: int = 128,
-                         progress: Callable[[int, int], None] | None = None) -> CalibrationRun:
+                         progress: Callable[[int, int], None] | None = None,
+                         on_backend: Callable[[Any], None] | None = None) -> CalibrationRun:
     """Calibrate ``checkpoint`` on the labelled crops of ``data_root``'s ``split``; write the
     calibration to ``out`` (default: beside the checkpoint, ``calibration_path``) and its ROC
     and distance histograms beside it (``<name>.roc.png``, ``<name>.distances.png``).
 
     Args:
         progress: called with (crops embedded, crops in all).
+        on_backend: called with the inference backend chosen (the CLI prints it).
 
     Raises:
         CheckpointError, DataError: the checkpoint or the data cannot be read (named).
@@ -115,8 +117,10 @@ def calibrate_checkpoint(checkpoint: Path | str, data_root: Path | str,
     data = build_evaluation_set(dataset, split)
     records = data.gallery if data.all_vs_all else data.query + data.gallery
     crops = labelled_crops(records, max_ids, seed)
-    predictor, _ = load_predictor(checkpoint, backend, device, batch_size, flip,
-                                  probe_images=crops.paths[:64])
+    predictor, choice = load_predictor(checkpoint, backend, device, batch_size, flip,
+                                       probe_images=crops.paths[:64])
+    if on_backend:
+        on_backend(choice)
     total = len(crops.paths)
     feats = extract_files(predictor, crops.paths, batch_size,
                           (lambda done: progress(done, total)) if progress else None)

@@ -42,7 +42,7 @@ def plot_distance_histograms(pairs: PairDistances, thresholds: Mapping[str, floa
                              eer_threshold: float, path: Path | str,
                              title: str = "Pair distances") -> Path:
     """Densities of genuine and impostor (sampled) distances, each threshold a vertical line."""
-    fig = Figure(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 5))
     ax = fig.add_subplot()
     both = np.concatenate([pairs.genuine, pairs.impostor_sample])
     bins = np.linspace(both.min(), both.max(), 80)
@@ -57,7 +57,9 @@ def plot_distance_histograms(pairs: PairDistances, thresholds: Mapping[str, floa
                 fontsize=8)
     ax.axvline(eer_threshold, color="tab:blue", linestyle=":", linewidth=1, label="EER")
     ax.set(xlabel="distance", ylabel="density", title=title)
-    ax.legend(loc="upper left", fontsize=8)
+    # below the axes: inside, it covered the thresholds' labels
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=8,
+              frameon=False)
     fig.tight_layout()
     return save_figure(fig, path)
 

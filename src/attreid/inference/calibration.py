@@ -20,14 +20,18 @@ A distance says nothing about whether a crop shows a person at all: a plain red 
 as near to the gallery's junk crops as a person to his other views. Where the labelled set has
 distractor crops (Market-1501's identity 0: background, partial or no one in particular), the
 calibration also holds a *person check*: a logistic regression on the embedding, people against
-distractors (weighted half each), giving P(person) of any crop (:meth:`Calibration.person`). A
-pair is called the same person only when both crops pass it.
+distractors (weighted half each), giving P(person) of any crop
+(:meth:`Calibration.person_probability`). A crop passes when its P(person) is at least the
+check's threshold, set on the calibration set so that it refuses :data:`PERSON_REFUSES` (1 %)
+of the people there: the check is for junk (a red rectangle scores 0.2 %), not for blurry
+people. A pair is called the same person only when both crops pass.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -56,6 +60,8 @@ FIT_IMPOSTORS = 200_000
 PERSON_MIN_DISTRACTORS = 10
 """Distractor crops needed to fit the person check (fewer: no check). A floor, not a quality
 bar: benchmarks/verification.py measures the check on held-out identities (AUC)."""
+PERSON_REFUSES = 0.01
+"""Share of the calibration set's people the person check may refuse (sets its threshold)."""
 PERSON_C = 0.01
 """Inverse L2 strength of the person check's logistic regression (0.01-1 measured alike on
 Market-1501: held-out AUC 0.960 / 0.959 / 0.955)."""
@@ -100,6 +106,11 @@ class Calibration:
     created: str = ""
     attreid_version: str = __version__
     person: dict[str, Any] | None = None
+
+    @property
+    def person_threshold(self) -> float:
+        """P(person) a crop needs to pass the person check (0.5 in files without one)."""
+        return float((self.person or {}).get("threshold", 0.5))
 
     def person_probability(self, embeddings: Any) -> np.ndarray | None:
         """P(person) of each embedding (N, D) (cosine checkpoints: of the unit vectors), or
@@ -160,10 +171,17 @@ class Calibration:
             raise CalibrationError(f"{path}: not a calibration file ({exc})") from None
         if not isinstance(record, dict) or record.pop("format", None) != FORMAT:
             raise CalibrationError(f"{path}: not a calibration file (expected format {FORMAT})")
-        try:
-            return cls(**record)
-        except TypeError as exc:
-            raise CalibrationError(f"{path}: damaged calibration file ({exc})") from None
+        fields = set(cls.__dataclass_fields__)
+        missing = sorted(f for f in fields - set(record) if cls.__dataclass_fields__[f].default
+                         is MISSING_FIELD and cls.__dataclass_fields__[f].default_factory
+                         is MISSING_FIELD)
+        unknown = sorted(set(record) - fields)
+        if missing or unknown:
+            raise CalibrationError(f"{path}: damaged calibration file (" + "; ".join(
+                part for part in (f"missing {', '.join(missing)}" if missing else "",
+                                  f"unknown {', '.join(unknown)}" if unknown else "")
+                if part) + "); make it again with attreid calibrate")
+        return cls(**record)
 
     def check(self, checkpoint_sha256: str, flip: bool, metric: str) -> str | None:
         """Why this calibration does not apply to embeddings of that checkpoint and setting
@@ -176,6 +194,14 @@ class Calibration:
         if self.metric != metric:
             return f"it maps {self.metric} distances, these are {metric}"
         return None
+
+
+def check_far(far: float) -> float:
+    """``far`` when it is one of :data:`FARS`, else a CalibrationError naming them."""
+    if far_key(far) not in {far_key(f) for f in FARS}:
+        raise CalibrationError(f"FAR {far:g} is not an operating point; use one of "
+                               f"{', '.join(f'{f:g}' for f in FARS)}")
+    return far
 
 
 def calibration_path(checkpoint: Path | str) -> Path:
@@ -253,7 +279,11 @@ def fit_person(embeddings: np.ndarray, is_person: np.ndarray, metric: str
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     model = LogisticRegression(C=PERSON_C, class_weight="balanced", max_iter=5000)
     model.fit(x, is_person)
+    p = model.predict_proba(x)[:, 1]
+    threshold = float(np.quantile(p[is_person], PERSON_REFUSES))
     return {"coef": model.coef_[0].tolist(), "intercept": float(model.intercept_[0]),
+            "threshold": threshold, "refuses": PERSON_REFUSES,
+            "distractors_passing": float(np.mean(p[~is_person] >= threshold)),
             "people": int(is_person.sum()), "distractors": distractors}
 
 
@@ -306,12 +336,12 @@ def verdict(distance: float, calibration: Calibration | None, far: float = DEFAU
     threshold = calibration.threshold(far)
     same = bool(distance <= threshold)
     pair = None if person is None else (float(person[0]), float(person[1]))
-    if pair is not None and min(pair) < 0.5:
-        failed = [f"{name} ({p:.0%})" for name, p in zip(("first", "second"), pair) if p < 0.5]
-        note = ("neither crop looks like a person (P(person) " + ", ".join(
-            f"{p:.0%}" for p in pair) + ")" if len(failed) == 2 else
-            f"the {failed[0].split()[0]} crop does not look like a person (P(person) "
-            f"{min(pair):.0%})")
+    cut = calibration.person_threshold
+    if pair is not None and min(pair) < cut:
+        failed = [name for name, p in zip(("first", "second"), pair) if p < cut]
+        what = "neither crop looks" if len(failed) == 2 else f"the {failed[0]} crop does not look"
+        note = (f"{what} like a person (P(person) " + ", ".join(f"{p:.1%}" for p in pair) +
+                f"; the check passes {cut:.1%} and above)")
         same = False
     return Verdict(float(distance), float(calibration.probability(distance)), same, far,
                    threshold, note, pair)
@@ -328,16 +358,20 @@ class Verifier:
 
     def __init__(self, predictor: Any, calibration: Calibration | None, note: str = "",
                  far: float = DEFAULT_FAR) -> None:
+        check_far(far)
         if calibration is not None:
             calibration.threshold(far)  # a stored operating point, or a CalibrationError
         self.predictor, self.calibration, self.note, self.far = predictor, calibration, note, far
+        self.choice: Any = None  # the backend chosen (attreid.inference.backends.Choice)
 
     @classmethod
     def open(cls, checkpoint: Path | str, calibration: Path | str | None = None,
-             far: float = DEFAULT_FAR, backend: str = "auto", device: str | None = None
-             ) -> "Verifier":
+             far: float = DEFAULT_FAR, backend: str = "auto", device: str | None = None,
+             flip: bool | None = None) -> "Verifier":
         """The checkpoint's predictor and its calibration (``calibration``, else the file
-        beside the checkpoint, else none: verdicts then carry only the distance).
+        beside the checkpoint, else none: verdicts then carry only the distance). ``flip``:
+        embed each crop with its mirror image; default the calibration's setting (False
+        without one); a calibration made with the other setting does not apply.
 
         Raises:
             CalibrationError: an explicit calibration file that is missing or does not apply.
@@ -345,11 +379,15 @@ class Verifier:
         """
         from attreid.inference.backends import load_predictor
 
-        flip = Calibration.load(calibration).flip if calibration else _flip_beside(checkpoint)
-        predictor, _ = load_predictor(checkpoint, backend, device=device, flip=flip)
+        if flip is None:
+            flip = Calibration.load(calibration).flip if calibration else \
+                _flip_beside(checkpoint)
+        predictor, choice = load_predictor(checkpoint, backend, device=device, flip=flip)
         found, note = find_calibration(checkpoint, predictor.checkpoint_sha256, flip,
                                        predictor.distance, calibration)
-        return cls(predictor, found, note, far)
+        verifier = cls(predictor, found, note, far)
+        verifier.choice = choice
+        return verifier
 
     def verify(self, a: Any, b: Any, far: float | None = None) -> Verdict:
         """Compare two crops (paths or PIL images)."""

@@ -15,8 +15,8 @@ UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # JPEG includes 
 """Formats decoded from uploads (PIL would also try EPS via Ghostscript, PDF, ... )."""
 
 
-def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
-    """Decode uploaded bytes to an RGB PIL image.
+def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS, field: str = "image") -> Any:
+    """Decode uploaded bytes to an RGB PIL image; messages name the form ``field``.
 
     Raises:
         QueryError: empty, not a decodable image, or more than ``max_pixels`` pixels.
@@ -26,23 +26,23 @@ def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
     from attreid.data.io import to_rgb
 
     if not data:
-        raise QueryError("image: empty upload")
+        raise QueryError(f"{field}: empty upload")
     try:
         with Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS) as img:
             width, height = img.size
             if width * height > max_pixels:
-                raise QueryError(f"image: {width}x{height} pixels, at most {max_pixels} allowed")
+                raise QueryError(f"{field}: {width}x{height} pixels, at most {max_pixels} allowed")
             img.load()
             return to_rgb(img)
     except QueryError:
         raise
     except Image.UnidentifiedImageError:
-        raise QueryError("image: not a decodable image (unrecognised format; accepted: "
+        raise QueryError(f"{field}: not a decodable image (unrecognised format; accepted: "
                          f"{', '.join(UPLOAD_FORMATS)})") from None
     except Image.DecompressionBombError:
-        raise QueryError(f"image: too many pixels, at most {max_pixels} allowed") from None
+        raise QueryError(f"{field}: too many pixels, at most {max_pixels} allowed") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise QueryError(f"image: not a decodable image ({type(exc).__name__}: {exc})") from None
+        raise QueryError(f"{field}: not a decodable image ({type(exc).__name__}: {exc})") from None
 
 
 class BodyLimit:

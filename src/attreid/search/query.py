@@ -128,8 +128,10 @@ class GallerySearch:
         if c is None:
             return {"calibrated": False, "note": self.calibration_note}
         return {"calibrated": True, "method": c.method, "far": self.far,
-                "threshold": c.threshold(self.far), "eer": c.eer["rate"],
-                "prior": 0.5, "data": c.data.get("data", "")}
+                "threshold": c.threshold(self.far), "eer": c.eer["rate"], "prior": 0.5,
+                "person_check": c.person is not None,
+                "person_threshold": c.person_threshold if c.person else None,
+                "data": Path(str(c.data.get("data", ""))).name}
 
     @classmethod
     def open(cls, index: Path | str, checkpoint: Path | str | None = None,

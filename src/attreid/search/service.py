@@ -131,9 +131,12 @@ def track_distance(search: GallerySearch, hits: list) -> float:
     return float(np.median(distances)) if distances else 0.0
 
 
-def describe_calibration(search: GallerySearch) -> str:
+def describe_calibration(search: GallerySearch, rerank: bool = False) -> str:
     """One line: the operating point hits are marked at, or why there is none."""
     status = search.calibration_status()
+    if rerank:
+        return ("same-person probability: none for re-ranked results (their distances are on "
+                "another scale)")
     if not status["calibrated"]:
         return f"same-person probability: {status['note']}"
     return (f"same-person probability: {status['method']} calibration, hits marked at FAR "
@@ -355,11 +358,11 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     ) -> dict[str, Any]:
         """Is this the same person? Distance, calibrated probability and decision."""
         crops = []
-        for upload in (first, second):
+        for name, upload in (("first", first), ("second", second)):
             data = upload.file.read(max_upload_bytes + 1)
             if len(data) > max_upload_bytes:
                 raise HTTPException(413, f"image larger than {max_upload_bytes} bytes")
-            crops.append(decode_upload(data, max_pixels))
+            crops.append(decode_upload(data, max_pixels, name))
         a, b = (batcher.embed(crop) for crop in crops)
         distance = float(pairwise_distance(a[None], b[None], search.index.metric)[0, 0])
         person = [search.query_person(v) for v in (a, b)]
@@ -368,7 +371,7 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                              search.calibration_note, None if None in person else person)
         except CalibrationError as exc:
             raise QueryError(str(exc)) from None
-        return result.as_dict()
+        return {**result.as_dict(), "calibration": search.calibration_status()}
 
     @app.get("/images/{image_id}", response_class=FileResponse, responses={
         200: {"content": {"image/*": {}}, "description": "the image file"},

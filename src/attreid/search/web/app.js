@@ -461,7 +461,8 @@
     if (el.rerank.checked) return " \u00b7 re-ranked distances (no P(same))";
     if (!c.calibrated) return " \u00b7 P(same): uncalibrated";
     const person = body.query ? body.query.person : null;
-    if (person !== null && person !== undefined && person < 0.5) {
+    const cut = c.person_threshold;
+    if (person !== null && person !== undefined && cut !== null && person < cut) {
       return ` \u00b7 the query does not look like a person (P(person) ${percent(person)}):` +
         " no result is marked the same person";
     }
