@@ -22,6 +22,7 @@ from attreid.cli.base import (
     console,
 )
 from attreid.data.records import DataError
+from attreid.utils.files import atomic_write_text
 
 CALIBRATION_HELP = ("A calibration file (default: the one beside the index's checkpoint, made "
                     "by attreid calibrate).")
@@ -105,7 +106,8 @@ def index_add(
 
 def search(
     index: Path = typer.Argument(..., help="Index folder."),
-    image: Path | None = typer.Option(None, "--image", help="Query crop."),
+    image: list[Path] = typer.Option([], "--image", help="Query crop; repeat it for several "
+                                     "crops of one person (their embeddings are averaged)."),
     query_id: int | None = typer.Option(None, "--id", help="Query by an indexed crop's id."),
     attributes: str = typer.Option("", "--attributes", "-a",
                                    help="Constraints, e.g. gender=female,backpack=yes."),
@@ -115,6 +117,17 @@ def search(
         None, help="Hide crops whose probability of a constraint is below this (default: 0 "
         "for a description, which ranks every crop by the product; 0.5 with an image)."),
     rerank: bool = typer.Option(False, "--rerank", help="k-reciprocal re-ranking."),
+    hard: bool = typer.Option(False, "--hard", help="With a query crop, hide the crops whose "
+                              "probability of an attribute is below --min-prob (default: the "
+                              "attributes re-weight, nothing hidden)."),
+    frames: str = typer.Option("", "--frames", help="Only crops of this frame range, e.g. "
+                               "1000-5000."),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many results (paging)."),
+    order: str = typer.Option("rank", "--order", help="rank, or time: by camera, then frame."),
+    group: bool = typer.Option(False, "--group", help="One row per track (same camera, near "
+                               "frames and embeddings)."),
+    csv_out: Path | None = typer.Option(None, "--csv", help="Also write the results to this "
+                                        "CSV file (paths, cameras, frames, scores)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     checkpoint: Path | None = typer.Option(None, help="The index's checkpoint, if it moved."),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
@@ -127,45 +140,81 @@ def search(
     results that pass the operating point (--far)."""
     try:
         from attreid.search import QueryError
-        from attreid.search.query import DESCRIPTION_MIN_PROB, IMAGE_MIN_PROB
-        from attreid.search.service import describe_calibration, open_search, parse_cameras
+        from attreid.search.http import parse_frames
+        from attreid.search.query import DESCRIPTION_MIN_PROB, IMAGE_MIN_PROB, pool_vectors
+        from attreid.search.results import by_time, group_tracks, hits_csv
+        from attreid.search.service import (
+            describe_calibration,
+            open_search,
+            parse_cameras,
+            track_distance,
+        )
 
-        if image is not None and query_id is not None:
+        if image and query_id is not None:
             raise QueryError("give --image or --id, not both")
+        if order not in ("rank", "time"):
+            raise QueryError(f"--order {order!r}: expected rank or time")
         opened = open_search(index, checkpoint, device, backend, calibration, far,
-                             model=image is not None)  # only a query image needs the model
-        if image is not None:
+                             model=bool(image))  # only a query image needs the model
+        if image:
             _show_backend(opened.choice)
-        if (image is not None or query_id is not None) and not as_json:
+        if (image or query_id is not None) and not as_json:
             _show_backend_text(describe_calibration(opened, rerank))
-        described = image is None and query_id is None
+        described = not image and query_id is None
         cut = opened.calibration.person_threshold if opened.calibration else 0.5
         if min_prob is None:
             min_prob = DESCRIPTION_MIN_PROB if described else IMAGE_MIN_PROB
-        options = dict(attributes=attributes, cameras=parse_cameras(camera), min_prob=min_prob)
-        if image is not None:
-            vector = opened.embed(image)
-            hits = opened.by_vector(vector, k, rerank=rerank, **options)
+        cameras, frame_range = parse_cameras(camera), parse_frames(frames)
+        options = dict(attributes=attributes, cameras=cameras, min_prob=min_prob,
+                       frames=frame_range, offset=offset)
+        hidden = opened.count(attributes, cameras, min_prob, frame_range)[1] \
+            if hard or described else 0
+        if image:
+            vector = pool_vectors(opened.embed_many(list(image)))
+            hits = opened.by_vector(vector, k, rerank=rerank, hard=hard, **options)
             _warn_not_a_person(opened.query_person(vector), cut)
         elif query_id is not None:
-            hits = opened.by_id(query_id, k, rerank=rerank, **options)
+            hits = opened.by_id(query_id, k, rerank=rerank, hard=hard, **options)
             _warn_not_a_person(opened.query_person(opened.index.vector(query_id)), cut)
         else:
-            hits = opened.by_attributes(attributes, k, options["cameras"], min_prob)
+            hits = opened.by_attributes(**options, k=k)
+        hits = by_time(hits) if order == "time" else hits
     except _search_errors() as exc:
         _fail(str(exc))
+    if csv_out is not None:
+        try:
+            atomic_write_text(csv_out, hits_csv(hits, offset + 1))
+        except OSError as exc:
+            _fail(f"{csv_out}: cannot write ({exc.strerror or exc})")
     if as_json:
         print(json.dumps([h.as_dict() for h in hits], indent=1))
         return
-    console.print(results_table(hits, opened.index.trained_tasks, rerank, opened.index.metric))
+    tracks = group_tracks(hits, opened.index.vector, track_distance(opened, hits)) \
+        if group else None
+    shown = [g.best for g in tracks] if tracks else hits
+    console.print(results_table(shown, opened.index.trained_tasks, rerank, opened.index.metric,
+                                [g.size for g in tracks] if tracks else None, offset + 1))
+    if tracks:
+        console.print(f"{len(hits)} results in {len(tracks)} track(s); 'track' counts the "
+                      "results each row stands for", markup=False, highlight=False)
+    if hidden:
+        console.print(f"{hidden} crop(s) hidden by --min-prob {min_prob:g}", markup=False,
+                      highlight=False)
+    if described:
+        console.print("ranked by match: the product of the probabilities of the values asked "
+                      "for", markup=False, highlight=False)
+    if csv_out is not None:
+        console.print(f"wrote {csv_out}", markup=False, highlight=False, soft_wrap=True)
     if any(h.probability is not None for h in hits):
         console.print(f"✓: the same person at FAR {far:g} (P(same) assumes a prior of 0.5)",
                       markup=False, highlight=False)
 
 
-def results_table(hits: list, trained: tuple[str, ...], rerank: bool, metric: str) -> Table:
+def results_table(hits: list, trained: tuple[str, ...], rerank: bool, metric: str,
+                  tracks: list[int] | None = None, first_rank: int = 1) -> Table:
     """The hits as a table with only the columns that say something: distance (image queries),
-    P(same) (calibrated), person (with a person check), match (with constraints)."""
+    P(same) (calibrated), person (with a person check), match (with constraints), track (the
+    results a grouped row stands for)."""
     headline = [t for t in ("gender", "age", "upcolor", "downcolor") if t in trained]
     heading = "attributes (up/down)" if len(headline) == 4 else (
         "attributes" if trained else "attributes (none: re-ID only model)")
@@ -194,12 +243,15 @@ def results_table(hits: list, trained: tuple[str, ...], rerank: bool, metric: st
         ("match", lambda h: h.match, lambda h: value(h.match, ".3f"))]
     columns += [(name, show) for name, present, show in optional
                 if any(present(h) is not None for h in hits)]
+    if tracks is not None:
+        size = {id(h): n for h, n in zip(hits, tracks)}
+        columns.append(("track", lambda h: str(size[id(h)])))
     table = Table(title=f"{len(hits)} result(s)")
     for name, _ in columns:
         table.add_column(name, overflow="fold", no_wrap=name not in ("name",))
     table.add_column("name", overflow="fold")
     table.add_column(heading, overflow="fold")
-    for rank, hit in enumerate(hits, start=1):
+    for rank, hit in enumerate(hits, start=first_rank):
         cells = [str(rank)] + [show(hit) for _, show in columns[1:]]
         table.add_row(*cells, escape(hit.entry.display_name), summary(hit.entry.attributes()))
     return table

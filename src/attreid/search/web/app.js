@@ -58,6 +58,14 @@
     verifySecond: $("#verify-second"),
     verifyButton: $("#verify-button"),
     verifyResult: $("#verify-result"),
+    constraints: $("#constraints"),
+    frameFrom: $("#frame-from"),
+    frameTo: $("#frame-to"),
+    order: $("#order"),
+    group: $("#group"),
+    refine: $("#refine"),
+    download: $("#download"),
+    more: $("#more"),
   };
 
   const state = {
@@ -68,6 +76,10 @@
     cameras: new Set(),
     controller: null,
     seq: 0,
+    hits: [], // the results shown (for the CSV and "More results")
+    offset: 0,
+    marks: new Map(), // id -> "right" | "wrong"
+    mode: null,
   };
 
   // ---- helpers ---------------------------------------------------------------------------
@@ -262,7 +274,7 @@
     }
     if (q.kind === "file" || q.kind === "upload") {
       showPreview(q.kind === "file" || state.previewUrl ? state.previewUrl :
-        `/uploads/${q.token}`);
+        `/uploads/${q.token.split(",")[0]}`);
       el.queryTitle.textContent = "Uploaded crop";
       el.queryDetail.textContent = q.name + (q.identity !== null && q.identity !== undefined ?
         ` \u00b7 id ${q.identity}` : "");
@@ -276,17 +288,21 @@
     }
   }
 
-  function setFile(file) {
+  function setFile(file, more) {
     if (!file) return;
+    const files = [file, ...(more || [])];
     if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
     state.previewUrl = URL.createObjectURL(file);
-    state.query = { kind: "file", file, name: file.name || "pasted image",
-      identity: identityOfName(file.name) };
+    const name = files.length > 1 ? `${files.length} crops (pooled)` : file.name || "pasted image";
+    state.query = { kind: "file", files, name, identity: identityOfName(file.name) };
+    state.marks.clear();
     renderQuery();
     runSearch();
   }
 
   function setIndexedQuery(hit) {
+    state.marks.clear();
+    el.refine.hidden = true;
     state.query = { kind: "id", id: hit.id, name: hit.name, identity: hit.identity,
       camera: hit.camera };
     renderQuery();
@@ -322,7 +338,7 @@
     const p = new URLSearchParams();
     const q = state.query;
     if (q && q.kind === "id") p.set("q", String(q.id));
-    if (q && q.kind === "upload") p.set("upload", q.token);
+    if (q && q.kind === "upload") p.set("upload", q.token);  // comma-separated when pooled
     if (state.attributes.size) {
       p.set("a", [...state.attributes].map(([t, v]) => `${t}=${v}`).join(","));
     }
@@ -330,6 +346,10 @@
     if (el.k.value && el.k.value !== String(DEFAULT_K)) p.set("k", el.k.value);
     if (el.rerank.checked) p.set("rerank", "1");
     if (el.minProb.value !== "") p.set("min", el.minProb.value);
+    if (el.constraints.value !== "soft") p.set("cons", el.constraints.value);
+    if (frameRange()) p.set("fr", frameRange());
+    if (el.order.value !== "rank") p.set("order", el.order.value);
+    if (el.group.checked) p.set("group", "1");
     const text = p.toString();
     return text ? `?${text}` : location.pathname;
   }
@@ -359,6 +379,12 @@
     else if (state.schema) buildKSelect(state.schema.max_k);
     el.rerank.checked = p.get("rerank") === "1";
     el.minProb.value = p.get("min") || "";
+    el.constraints.value = p.get("cons") === "hard" ? "hard" : "soft";
+    const [from, to] = (p.get("fr") || "-").split("-");
+    el.frameFrom.value = from || "";
+    el.frameTo.value = to || "";
+    el.order.value = p.get("order") === "time" ? "time" : "rank";
+    el.group.checked = p.get("group") === "1";
     if (p.get("q") !== null && !Number.isNaN(Number(p.get("q")))) {
       const id = Number(p.get("q"));
       state.query = { kind: "id", id, name: `#${id}`, identity: null, camera: null };
@@ -376,6 +402,44 @@
     else autoSearch();
   }
 
+  function frameRange() {
+    const from = el.frameFrom.value, to = el.frameTo.value;
+    if (from === "" && to === "") return "";
+    return `${from === "" ? 0 : from}-${to === "" ? 999999999 : to}`;
+  }
+
+  // ---- results a person works with: more, marks, CSV -----------------------------------
+
+  function csvCell(value) {
+    const text = value === null || value === undefined ? "" : String(value);
+    return /[",\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+  }
+
+  function downloadCsv() {
+    const head = ["rank", "id", "name", "identity", "camera", "frame", "score", "distance",
+      "p_same", "same", "person", "match", "attributes"];
+    const rows = state.hits.map((h, i) => [i + 1, h.id, h.name, h.identity, h.camera, h.frame,
+      h.score, h.distance, h.probability, h.same, h.person, h.match,
+      Object.entries(h.attributes || {}).map(([t, a]) => `${t}=${a.value}`).join(" ")]);
+    const text = [head, ...rows].map((r) => r.map(csvCell).join(",")).join("\n") + "\n";
+    const link = make("a", { href: URL.createObjectURL(new Blob([text], { type: "text/csv" })),
+      download: "attreid_results.csv" });
+    document.body.append(link);
+    link.click();
+    link.remove();
+  }
+
+  function setMark(id, kind) {
+    if (state.marks.get(id) === kind) state.marks.delete(id);
+    else state.marks.set(id, kind);
+    for (const li of el.results.querySelectorAll(`li[data-id="${id}"]`)) {
+      li.dataset.mark = state.marks.get(id) || "";
+    }
+    const n = state.marks.size;
+    el.refine.hidden = n === 0 || !state.query || state.query.kind === "file";
+    el.refine.textContent = `Refine with ${n} mark${n === 1 ? "" : "s"}`;
+  }
+
   // The Search button with no crop and no attribute: say what to do, not that it failed.
   function nothingToSearch() {
     showError("");
@@ -388,7 +452,7 @@
   function formData() {
     const form = new FormData();
     const q = state.query;
-    if (q && q.kind === "file") form.append("image", q.file, q.name);
+    if (q && q.kind === "file") for (const f of q.files) form.append("image", f, f.name || "crop");
     if (q && q.kind === "upload") form.append("upload", q.token);
     if (q && q.kind === "id") form.append("query_id", String(q.id));
     const attrs = [...state.attributes].map(([t, v]) => `${t}=${v}`).join(",");
@@ -397,10 +461,22 @@
     if (state.cameras.size) form.append("camera", [...state.cameras].sort((a, b) => a - b).join(","));
     if (el.minProb.value !== "") form.append("min_prob", el.minProb.value);
     form.append("rerank", el.rerank.checked ? "true" : "false");
+    form.append("constraints", el.constraints.value);
+    const frames = frameRange();
+    if (frames) form.append("frames", frames);
+    form.append("order", el.order.value);
+    form.append("group", el.group.checked ? "true" : "false");
+    form.append("offset", String(state.offset));
+    const marked = (kind) => [...state.marks].filter(([, m]) => m === kind).map(([id]) => id);
+    if (q && q.kind !== "file") {
+      if (marked("right").length) form.append("right", marked("right").join(","));
+      if (marked("wrong").length) form.append("wrong", marked("wrong").join(","));
+    }
     return form;
   }
 
-  async function runSearch() {
+  async function runSearch(append) {
+    if (!append) state.offset = 0;
     if (state.controller) state.controller.abort();
     const controller = new AbortController();
     state.controller = controller;
@@ -440,8 +516,13 @@
     }
     writeUrl();
     showError("");
-    showResults(body.results, body.mode);
-    const n = body.count;
+    state.hits = append ? state.hits.concat(body.results) : body.results;
+    state.mode = body.mode;
+    showResults(state.hits, body.mode);
+    el.more.hidden = body.results.length < Number(el.k.value || DEFAULT_K) ||
+      (body.total !== undefined && state.hits.length >= body.total);
+    el.download.hidden = state.hits.length === 0;
+    const n = state.hits.length;
     const modes = { image: "by image", "indexed image": "by indexed crop",
       attributes: "by attributes" };
     const mode = (modes[body.mode] || body.mode) + (body.mode === "attributes" ?
@@ -449,7 +530,10 @@
         ", ranked by the product of their probabilities" :
         `, ranked by the product of their probabilities, crops below ${el.minProb.value} hidden`)
       : "");
-    setStatus(`${n} result${n === 1 ? "" : "s"} in ${ms} ms \u00b7 ${mode}` +
+    const counts = (body.total !== undefined ? ` of ${body.total.toLocaleString()}` : "") +
+      (body.hidden ? ` \u00b7 ${body.hidden.toLocaleString()} crop${body.hidden === 1 ? "" : "s"}` +
+        " hidden by the attribute filter" : "");
+    setStatus(`${n}${counts} result${n === 1 ? "" : "s"} in ${ms} ms \u00b7 ${mode}` +
       calibrationText(body) +
       (n === 0 ? " \u2014 try fewer attributes, more cameras or a lower min. prob." : ""), "done");
   }
@@ -587,7 +671,12 @@
         colourItem(attrs, "downcolor", "lower")),
       make("span", { class: "bags", text: bagInfo(attrs) || "\u00a0" }),
       make("span", { class: "ident",
-        text: (hit.identity !== null ? `id ${hit.identity} \u00b7 ` : "") + `#${hit.id}` })));
+        text: (hit.identity !== null ? `id ${hit.identity} \u00b7 ` : "") + `#${hit.id}` +
+          (hit.frame !== null && hit.frame !== undefined ? ` \u00b7 frame ${hit.frame}` : "") }),
+      hit.group && hit.group.size > 1 ? make("span", { class: "track",
+        text: `+${hit.group.size - 1} in this track`,
+        title: "same camera, near frames and near embeddings: " +
+          hit.group.members.map((m) => `#${m.id} (frame ${m.frame})`).join(", ") }) : null));
     for (const [task, a] of Object.entries(attrs)) card.setAttribute(`data-attr-${task}`, a.value);
     card.addEventListener("click", () => {
       setIndexedQuery(hit);
@@ -596,8 +685,21 @@
     return card;
   }
 
+  function markButtons(hit) {
+    const right = make("button", { type: "button", class: "mark mark-right", text: "\u2713",
+      title: "right: this is the person (Refine uses it)", "aria-label": `mark #${hit.id} right` });
+    const wrong = make("button", { type: "button", class: "mark mark-wrong", text: "\u2717",
+      title: "wrong: not the person (Refine leaves it out)", "aria-label": `mark #${hit.id} wrong` });
+    right.addEventListener("click", () => setMark(hit.id, "right"));
+    wrong.addEventListener("click", () => setMark(hit.id, "wrong"));
+    return make("span", { class: "marks" }, right, wrong);
+  }
+
   function showResults(hits, mode) {
-    el.results.replaceChildren(...hits.map((hit, i) => make("li", {}, resultCard(hit, i + 1))));
+    const image = mode === "image" || mode === "indexed image";
+    el.results.replaceChildren(...hits.map((hit, i) => make("li", {
+      "data-id": hit.id, "data-mark": state.marks.get(hit.id) || "" },
+    resultCard(hit, i + 1), image ? markButtons(hit) : null)));
     el.results.dataset.mode = mode && mode !== "error" ? mode : "";
     el.results.dataset.count = String(hits.length);
     state.seq += 1;
@@ -609,7 +711,10 @@
   // ---- wiring ----------------------------------------------------------------------------
 
   function wire() {
-    el.fileInput.addEventListener("change", () => setFile(el.fileInput.files[0]));
+    el.fileInput.addEventListener("change", () => {
+      const files = [...el.fileInput.files];
+      setFile(files[0], files.slice(1));
+    });
     el.preview.addEventListener("error", () => {
       if (!el.preview.getAttribute("src")) return;
       el.preview.hidden = true;
@@ -627,8 +732,8 @@
     el.dropZone.addEventListener("drop", (ev) => {
       ev.preventDefault();
       el.dropZone.classList.remove("dragging");
-      const file = ev.dataTransfer && ev.dataTransfer.files[0];
-      if (file) setFile(file);
+      const files = ev.dataTransfer ? [...ev.dataTransfer.files] : [];
+      if (files.length) setFile(files[0], files.slice(1));
     });
     // Dropping a file anywhere else must not navigate away from the page.
     window.addEventListener("dragover", (ev) => ev.preventDefault());
@@ -656,6 +761,15 @@
     el.k.addEventListener("change", autoSearch);
     el.rerank.addEventListener("change", () => { if (state.query) runSearch(); });
     el.minProb.addEventListener("change", () => { if (state.attributes.size) runSearch(); });
+    el.download.addEventListener("click", downloadCsv);
+    el.more.addEventListener("click", () => {
+      state.offset = state.hits.length;
+      runSearch(true);
+    });
+    el.refine.addEventListener("click", () => runSearch());
+    for (const control of [el.constraints, el.order, el.group, el.frameFrom, el.frameTo]) {
+      control.addEventListener("change", autoSearch);
+    }
     el.search.addEventListener("click", () => {
       if (hasQuery()) runSearch();
       else nothingToSearch();
