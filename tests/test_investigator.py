@@ -128,3 +128,139 @@ def test_cli_table_has_identity_camera_frame_and_no_empty_column(search_index, s
     code, out, err = _run(["search", str(search_index), "--id", "0", "-k", "3", "--json"],
                           capsys)
     assert code == 0 and len(json.loads(out)) == 3  # an indexed crop needs no model either
+
+
+# ---- what a user needs next --------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+
+from attreid.search.query import SOFT_DEPTH, pool_vectors  # noqa: E402
+from attreid.search.results import TRACK_GAP_FRAMES, by_time, group_tracks, hits_csv  # noqa
+
+
+@pytest.fixture(scope="module")
+def api(search_index):
+    return GallerySearch.open(search_index, backend="torch-fp32")
+
+
+@pytest.fixture(scope="module")
+def entries(api):
+    return api.index.entries(list(range(len(api.index))))
+
+
+def _distances(api, vector):
+    gallery = np.stack([api.index.vector(i) for i in range(len(api.index))])
+    return np.linalg.norm(gallery - np.asarray(vector)[None], axis=1)
+
+
+def test_soft_constraints_reweight_the_nearest_and_hide_nothing(api, entries, synth_market):
+    """Uncalibrated: weight exp(-(d - d1) / (median - d1)) over the SOFT_DEPTH nearest, times
+    the product of the constraint probabilities; brute force over every crop."""
+    vector = api.embed(_query(synth_market))
+    d = _distances(api, vector)
+    nearest = np.argsort(d, kind="stable")[:SOFT_DEPTH]
+    dn = d[nearest]
+    weight = np.exp(-(dn - dn.min()) / (np.median(dn) - dn.min()))
+    match = np.array([entries[i].probabilities["backpack"][1] for i in nearest])
+    expected = [int(nearest[j]) for j in sorted(range(len(nearest)),
+                                                key=lambda j: (-weight[j] * match[j], dn[j]))]
+    hits = api.by_vector(vector, k=20, attributes="backpack=yes")
+    assert [h.entry.id for h in hits] == expected[:20]
+    everyone = api.by_vector(vector, k=len(api.index), attributes="backpack=yes")
+    assert len(everyone) == min(len(api.index), SOFT_DEPTH)  # nothing hidden
+    hard = api.by_vector(vector, k=len(api.index), attributes="backpack=yes", hard=True)
+    kept = [i for i in range(len(api.index)) if entries[i].probabilities["backpack"][1] >= 0.5]
+    assert sorted(h.entry.id for h in hard) == sorted(kept)
+    assert api.count("backpack=yes", min_prob=0.5) == (len(kept), len(api.index) - len(kept))
+
+
+def test_frames_offset_and_totals_equal_brute_force(api, entries):
+    framed = [e for e in entries if e.frame is not None]
+    frames = sorted(e.frame for e in framed)
+    low, high = frames[len(frames) // 4], frames[3 * len(frames) // 4]
+    inside = {e.id for e in framed if low <= e.frame <= high}
+    hits = api.by_attributes("gender=female", k=len(api.index), frames=(low, high))
+    assert {h.entry.id for h in hits} == inside
+    assert api.count("gender=female", frames=(low, high)) == (len(inside), 0)
+    ten = api.by_attributes("gender=female", k=10)
+    assert [h.entry.id for h in api.by_attributes("gender=female", k=5, offset=5)] == \
+        [h.entry.id for h in ten[5:]]
+    with pytest.raises(QueryError, match="frames 9-3"):
+        api.by_attributes("gender=female", frames=(9, 3))
+
+
+def test_api_pages_orders_by_time_and_groups_tracks(client, api):
+    first = client.post("/search", data={"query_id": "3", "k": "6"}).json()
+    second = client.post("/search", data={"query_id": "3", "k": "6", "offset": "6"}).json()
+    both = client.post("/search", data={"query_id": "3", "k": "12"}).json()
+    assert [r["id"] for r in first["results"] + second["results"]] == \
+        [r["id"] for r in both["results"]]
+    timeline = client.post("/search", data={"query_id": "3", "k": "12", "order": "time"}).json()
+    keys = [(r["camera"], r["frame"]) for r in timeline["results"]]
+    assert keys == sorted(keys) and sorted(r["id"] for r in timeline["results"]) == \
+        sorted(r["id"] for r in both["results"])
+    grouped = client.post("/search", data={"query_id": "3", "k": "40", "group": "true"}).json()
+    flat = client.post("/search", data={"query_id": "3", "k": "40"}).json()
+    ids = [r["id"] for r in grouped["results"]] + [m["id"] for r in grouped["results"]
+                                                   for m in r["group"]["members"]]
+    assert sorted(ids) == sorted(r["id"] for r in flat["results"])
+    for row in grouped["results"]:
+        for member in row["group"]["members"]:
+            assert member["camera"] == row["camera"]
+    described = client.get("/search/attributes", params={"gender": "female", "k": 5,
+                                                         "min_prob": 0.5}).json()
+    total, hidden = api.count("gender=female", min_prob=0.5)
+    assert described["total"] == total and described["hidden"] == hidden
+
+
+def test_tracks_chain_near_frames_of_one_camera_with_near_embeddings():
+    from attreid.search.metadata import Entry
+    from attreid.search.query import Hit
+
+    def hit(i, cam, frame):
+        return Hit(Entry(i, f"/x/{i}.jpg", cam, frame, None, {}, ()), float(i), None)
+
+    vectors = {0: np.zeros(2), 1: np.array([0.1, 0]), 2: np.array([0.2, 0]),
+               3: np.array([5.0, 0]), 4: np.zeros(2), 5: np.zeros(2)}
+    hits = [hit(0, 1, 100), hit(1, 1, 100 + TRACK_GAP_FRAMES), hit(2, 1, 100 + 2 *
+                                                                   TRACK_GAP_FRAMES),
+            hit(3, 1, 110), hit(4, 2, 100), hit(5, None, None)]
+    groups = group_tracks(hits, lambda i: vectors[i], distance=1.0)
+    assert [[g.best.entry.id] + [m.entry.id for m in g.members] for g in groups] == \
+        [[0, 1, 2], [3], [4], [5]]  # chained by frames; far embedding; other camera; no frame
+    assert [h.entry.id for h in by_time(hits)] == [0, 3, 1, 2, 4, 5]
+    text = hits_csv(hits[:2], first_rank=7).splitlines()
+    assert text[0].startswith("rank,id,path") and text[1].startswith("7,0,/x/0.jpg,,1,100")
+
+
+def test_several_crops_and_marks_refine_the_query(client, api, synth_market):
+    crops = sorted((synth_market / "query").glob("*.jpg"))[:2]
+    pooled = pool_vectors(api.embed_many(crops))
+    expected = [h.entry.id for h in api.by_vector(pooled, k=5)]
+    body = client.post("/search", files=[("image", (c.name, c.read_bytes(), "image/jpeg"))
+                                         for c in crops], data={"k": "5"}).json()
+    assert [r["id"] for r in body["results"]] == expected
+    assert body["upload"].count(",") == 1
+    again = client.post("/search", data={"upload": body["upload"], "k": "5"}).json()
+    assert [r["id"] for r in again["results"]] == expected
+    right, wrong = expected[1], expected[0]
+    refined = api.refine(pooled, [right], [wrong])
+    by_hand = (pooled + 0.75 * api.index.vector(right) - 0.15 * api.index.vector(wrong)) / 1.6
+    assert np.allclose(refined, by_hand, atol=1e-6)
+    marked = client.post("/search", data={"upload": body["upload"], "k": "5",
+                                          "right": str(right), "wrong": str(wrong)}).json()
+    assert wrong not in [r["id"] for r in marked["results"]]
+    assert [r["id"] for r in marked["results"]] == \
+        [h.entry.id for h in api.by_vector(refined, k=6) if h.entry.id != wrong][:5]
+
+
+def test_cli_writes_a_csv_of_the_results(search_index, tmp_path, capsys):
+    out = tmp_path / "hits.csv"
+    code, _, _ = _run(["search", str(search_index), "-a", "gender=female", "-k", "4",
+                       "--offset", "2", "--csv", str(out)], capsys)
+    assert code == 0
+    rows = out.read_text().splitlines()
+    assert len(rows) == 5 and rows[1].split(",")[0] == "3"
+    search = GallerySearch.open(search_index, model=False)
+    assert [int(r.split(",")[1]) for r in rows[1:]] == \
+        [h.entry.id for h in search.by_attributes("gender=female", k=4, offset=2)]
