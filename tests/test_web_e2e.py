@@ -368,3 +368,36 @@ def test_api_docs_render_without_internet(browser, search_server):
     assert any("/search" in p for p in paths) and any("/verify" in p for p in paths)
     assert outside == []
     context.close()
+
+
+def test_pooled_crops_marks_refine_more_results_and_csv(page, api, synth_market, tmp_path):
+    """Several crops dropped at once search together; marking a result wrong and refining
+    leaves it out; More results appends the next page; Download CSV holds what is shown."""
+    crops = sorted((synth_market / "query").glob("*.jpg"))[:2]
+    before = _seq(page)
+    page.set_input_files("#file-input", [str(c) for c in crops])
+    assert _wait_search(page, before) == "done"
+    from attreid.search.query import pool_vectors
+
+    expected = [h.entry.id for h in api.by_vector(pool_vectors(api.embed_many(crops)), k=10)]
+    assert [int(r["id"]) for r in _results(page)] == expected
+    assert "2 crops (pooled)" in page.text_content("#query-detail")
+    wrong = expected[0]
+    page.click(f"li[data-id='{wrong}'] .mark-wrong")
+    assert page.is_visible("#refine")
+    before = _seq(page)
+    page.click("#refine")
+    assert _wait_search(page, before) == "done"
+    assert wrong not in [int(r["id"]) for r in _results(page)]
+    before = _seq(page)
+    page.click("#more")
+    assert _wait_search(page, before) == "done"
+    shown = [int(r["id"]) for r in _results(page)]
+    assert len(shown) == 20 and len(set(shown)) == 20
+    with page.expect_download() as info:
+        page.click("#download")
+    path = tmp_path / "results.csv"
+    info.value.save_as(path)
+    rows = path.read_text().splitlines()
+    assert rows[0].startswith("rank,id,name") and [int(r.split(",")[1]) for r in rows[1:]] == \
+        shown
