@@ -147,3 +147,22 @@ def test_hits_and_the_query_carry_p_person_and_a_junk_query_marks_nothing(calibr
         calibration.person_threshold
     assert all(h.same is False for h in marked)  # a query that is not a person matches no one
 
+
+
+def test_descriptions_sink_junk_by_p_person(calibrated):
+    """With a person check, a description ranks by match x P(person) (brute force over every
+    crop); without a calibration, by match alone."""
+    index, _ = calibrated
+    search = GallerySearch.open(index, model=False)
+    n = len(search.index)
+    person = search.calibration.person_probability(
+        np.stack([search.index.vector(i) for i in range(n)]))
+    entries = search.index.entries(list(range(n)))
+    female = [e.probabilities["gender"][1] for e in entries]
+    score = np.array(female) * person
+    expected = sorted(range(n), key=lambda i: (-score[i], i))[:15]
+    hits = search.by_attributes("gender=female", k=15)
+    assert [h.entry.id for h in hits] == expected
+    assert [h.person for h in hits] == pytest.approx([float(person[i]) for i in expected])
+    assert [h.entry.id for h in search.by_attributes("gender=female", k=5, offset=5)] == \
+        expected[5:10]
