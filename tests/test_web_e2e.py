@@ -50,16 +50,23 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture
-def page(browser, search_server):
-    """A fresh page at 1280x800 with the controls built from /api/schema."""
+def _open(browser, url):
+    """(context, page, JavaScript errors seen): a fresh page at 1280x800 of the app at
+    ``url``, once its controls are built from /api/schema."""
     context = browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(TIMEOUT_MS)
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    pg.goto(search_server + "/")
+    pg.goto(url + "/")
     pg.wait_for_selector("body[data-ready='true']")
+    return context, pg, errors
+
+
+@pytest.fixture
+def page(browser, search_server):
+    """A fresh page of the (uncalibrated) search server."""
+    context, pg, errors = _open(browser, search_server)
     yield pg
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
@@ -205,17 +212,6 @@ def calibrated_server(calibrated_index):
     search = GallerySearch.open(calibrated_index[0], backend="torch-fp32")
     with served(create_app(search)) as url:
         yield url, search
-
-
-def _open(browser, url):
-    context = browser.new_context(viewport=VIEWPORT)
-    context.set_default_timeout(TIMEOUT_MS)
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    pg.goto(url + "/")
-    pg.wait_for_selector("body[data-ready='true']")
-    return context, pg, errors
 
 
 def test_cards_show_the_calibrated_probability_and_mark_the_operating_point(

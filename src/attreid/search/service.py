@@ -269,20 +269,21 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                           "leave them out"),
     ) -> dict[str, Any]:
         cameras, frame_range = parse_cameras(camera), parse_frames(frames)
-        described = not image and query_id is None and not upload
+        tokens = [t.strip() for t in (upload or "").split(",") if t.strip()]
+        described = not image and query_id is None and not tokens
         if min_prob is None:
             min_prob = DESCRIPTION_MIN_PROB if described else IMAGE_MIN_PROB
         search.check_trained(parse_attributes(attributes))  # before an upload is embedded
         search.check_cameras(cameras)
         search.check_frames(frame_range)
-        if sum(bool(x) for x in (image, query_id is not None, upload)) > 1:
+        if sum(bool(x) for x in (image, query_id is not None, tokens)) > 1:
             raise QueryError("give one query: image(s), a query_id or upload token(s)")
         if described:
             hits = search.by_attributes(attributes, k, cameras, min_prob, frame_range, offset)
             total, hidden = search.count(attributes, cameras, min_prob, frame_range)
             return _respond(search, "attributes", hits, order, group, offset, None,
                             total=total, hidden=hidden)
-        vector, tokens = _query_vector(image, upload, query_id)
+        vector, tokens = _query_vector(image, tokens, query_id)
         marked = parse_ids(right), parse_ids(wrong)
         vector = search.refine(vector, *marked) if any(marked) else vector
         options = dict(attributes=attributes, cameras=cameras, min_prob=min_prob,
@@ -305,7 +306,7 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
             body["upload"] = ",".join(tokens)
         return body
 
-    def _query_vector(images: list, upload: Optional[str], query_id: Optional[int]) -> tuple:
+    def _query_vector(images: list, tokens: list[str], query_id: Optional[int]) -> tuple:
         """The query embedding (pooled over several crops) and the upload tokens naming it."""
         if query_id is not None:
             try:
@@ -319,13 +320,13 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                 raise HTTPException(413, f"image larger than {max_upload_bytes} bytes")
             vector = batcher.embed(decode_upload(data, max_pixels))
             kept.append((uploads.put(Upload(data, media_type(data), vector)), vector))
-        for token in (t for t in (upload or "").split(",") if t.strip()):
-            found = uploads.get(token.strip())
+        for token in tokens:
+            found = uploads.get(token)
             if found is None:
-                raise QueryError(f"upload {token.strip()!r} is no longer on the server (it "
-                                 f"keeps the last {uploads.limit} uploads until it restarts): "
-                                 "upload the crop again")
-            kept.append((token.strip(), found.vector))
+                raise QueryError(f"upload {token!r} is no longer on the server (it keeps the "
+                                 f"last {uploads.limit} uploads until it restarts): upload the "
+                                 "crop again")
+            kept.append((token, found.vector))
         return pool_vectors(np.stack([v for _, v in kept])), [t for t, _ in kept]
 
     @app.get("/uploads/{token}", response_class=Response, responses={
