@@ -80,7 +80,7 @@ class _ProgressLines:
     def __init__(self, description: str, stream: TextIO) -> None:
         self.description, self.stream = description, stream
         self.start = self.last = time.monotonic()
-        self.shown = -1
+        self.shown, self.lines = -1, 0
 
     def __call__(self, done: int, total: int | None, extra: str = "") -> None:
         now = time.monotonic()
@@ -93,10 +93,11 @@ class _ProgressLines:
         rate = done / max(now - self.start, 1e-9)
         text = f"{self.description}: {done:,}" + (f"/{total:,} ({done / max(total, 1):.0%})"
                                                   if total else "")
-        if done and now > self.start:
+        if done and now > self.start and self.lines:  # the first rate holds the start-up
             text += f", {rate:,.0f}/s"
             if total and not finished:
                 text += f", about {_duration((total - done) / max(rate, 1e-9))} left"
+        self.lines += 1
         print(text + (f"  {extra}" if extra else ""), file=self.stream, flush=True)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -115,7 +116,8 @@ def search(
     camera: str = typer.Option("", help="Cameras to search in, e.g. 1,3."),
     min_prob: float | None = typer.Option(
         None, help="Hide crops whose probability of a constraint is below this (default: 0 "
-        "for a description, which ranks every crop by the product; 0.5 with an image)."),
+        "for a description, which ranks every crop by the product; 0.5 with an image and "
+        "--hard)."),
     rerank: bool = typer.Option(False, "--rerank", help="k-reciprocal re-ranking."),
     hard: bool = typer.Option(False, "--hard", help="With a query crop, hide the crops whose "
                               "probability of an attribute is below --min-prob (default: the "
@@ -186,23 +188,36 @@ def search(
             atomic_write_text(csv_out, hits_csv(hits, offset + 1))
         except OSError as exc:
             _fail(f"{csv_out}: cannot write ({exc.strerror or exc})")
-    if as_json:
-        print(json.dumps([h.as_dict() for h in hits], indent=1))
-        return
     tracks = group_tracks(hits, opened.index.vector, track_distance(opened, hits)) \
         if group else None
+    if as_json:
+        rows = [dict(g.best.as_dict(), group={"size": g.size, "members": [
+            m.as_dict() for m in g.members]}) for g in tracks] if tracks else \
+            [h.as_dict() for h in hits]
+        print(json.dumps(rows, indent=1))
+        return
     shown = [g.best for g in tracks] if tracks else hits
-    console.print(results_table(shown, opened.index.trained_tasks, rerank, opened.index.metric,
-                                [g.size for g in tracks] if tracks else None, offset + 1))
+    table = results_table(shown, opened.index.trained_tasks, rerank, opened.index.metric,
+                          [g.size for g in tracks] if tracks else None, offset + 1)
+    # a log or a pipe gets the table at full width (80 columns would fold every name)
+    console.print(table, width=None if console.is_terminal else max(console.width, 150),
+                  crop=console.is_terminal)
     if tracks:
-        console.print(f"{len(hits)} results in {len(tracks)} track(s); 'track' counts the "
-                      "results each row stands for", markup=False, highlight=False)
+        console.print(f"{len(hits)} results in {len(tracks)} track(s): a row per track, "
+                      "'crops' counts the results it stands for", markup=False, highlight=False)
+    if attributes and not described and not hard:
+        console.print("attributes re-weight the results: ranked by the distance's evidence plus "
+                      "log(match), nothing hidden (--hard filters)", markup=False,
+                      highlight=False)
     if hidden:
         console.print(f"{hidden} crop(s) hidden by --min-prob {min_prob:g}", markup=False,
                       highlight=False)
     if described:
-        console.print("ranked by match: the product of the probabilities of the values asked "
-                      "for", markup=False, highlight=False)
+        person = opened.person_scores() is not None
+        total = opened.count(attributes, parse_cameras(camera), min_prob, frame_range)[0]
+        console.print("ranked by match, the product of the probabilities of the values asked "
+                      "for" + (", times P(person) (junk sinks)" if person else "") +
+                      f"; {total:,} crop(s) in all", markup=False, highlight=False)
     if csv_out is not None:
         console.print(f"wrote {csv_out}", markup=False, highlight=False, soft_wrap=True)
     if any(h.probability is not None for h in hits):
@@ -235,7 +250,7 @@ def results_table(hits: list, trained: tuple[str, ...], rerank: bool, metric: st
         ("cam", lambda h: value(h.entry.camera, "d")),
         ("frame", lambda h: value(h.entry.frame, "d"))]
     optional: list[tuple[str, Callable[[Any], Any], Callable[[Any], str]]] = [
-        ("re-ranked distance" if rerank else f"{metric} distance", lambda h: h.distance,
+        ("distance", lambda h: h.distance,
          lambda h: value(h.distance, ".4f")),
         ("P(same)", lambda h: h.probability,
          lambda h: value(h.probability, ".1%") + (" ✓" if h.same else "")),
@@ -245,14 +260,18 @@ def results_table(hits: list, trained: tuple[str, ...], rerank: bool, metric: st
                 if any(present(h) is not None for h in hits)]
     if tracks is not None:
         size = {id(h): n for h, n in zip(hits, tracks)}
-        columns.append(("track", lambda h: str(size[id(h)])))
-    table = Table(title=f"{len(hits)} result(s)")
-    for name, _ in columns:
-        table.add_column(name, overflow="fold", no_wrap=name not in ("name",))
-    table.add_column("name", overflow="fold")
-    table.add_column(heading, overflow="fold")
-    for rank, hit in enumerate(hits, start=first_rank):
-        cells = [str(rank)] + [show(hit) for _, show in columns[1:]]
+        columns.append(("crops", lambda h: str(size[id(h)])))
+    rows = [[str(rank)] + [show(hit) for _, show in columns[1:]]
+            for rank, hit in enumerate(hits, start=first_rank)]
+    title = f"{len(hits)} result(s)" + (f", {'re-ranked' if rerank else metric} distance"
+                                          if any(h.distance is not None for h in hits) else "")
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    for j, (name, _) in enumerate(columns):  # numbers are never cut: as wide as they need
+        width = max([len(name)] + [len(r[j]) for r in rows])
+        table.add_column(name, no_wrap=True, min_width=width, justify="right")
+    table.add_column("name", overflow="fold", min_width=24)
+    table.add_column(heading, overflow="fold", min_width=20)
+    for cells, hit in zip(rows, hits):
         table.add_row(*cells, escape(hit.entry.display_name), summary(hit.entry.attributes()))
     return table
 

@@ -136,6 +136,16 @@ class Calibration:
         odds = p / np.maximum(1.0 - p, 1e-300) * (prior / (1.0 - prior))
         return odds / (1.0 + odds)
 
+    def log_odds(self, distances: Any) -> np.ndarray:
+        """log(P / (1 - P)) of P(same person) at each distance (prior 0.5): for Platt ``a d + b``
+        exactly (it does not saturate where P rounds to 1); for isotonic, of P clipped to
+        [1e-6, 1 - 1e-6]."""
+        d = np.asarray(distances, dtype=np.float64)
+        if self.method == "platt":
+            return self.params["a"] * d + self.params["b"]
+        p = np.clip(self.probability(d), 1e-6, 1 - 1e-6)
+        return np.log(p / (1 - p))
+
     def threshold(self, far: float = DEFAULT_FAR) -> float:
         """The distance threshold at ``far``.
 

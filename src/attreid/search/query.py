@@ -58,6 +58,9 @@ PERSON_BLOCK = 65536
 ROCCHIO_RIGHT, ROCCHIO_WRONG = 0.75, 0.15
 """Weights of the crops marked right and wrong in :meth:`GallerySearch.refine`."""
 
+MATCH_FLOOR = 1e-6
+"""Smallest ``match`` a soft constraint counts (log of 0 would rank a crop below all)."""
+
 SOFT_DEPTH = 200
 """Nearest crops an image query with soft attribute constraints ranks (see ``by_vector``)."""
 
@@ -321,10 +324,14 @@ class GallerySearch:
                   frames: tuple[int, int] | None = None, offset: int = 0) -> list[Hit]:
         """Nearest crops to an embedding from rank ``offset`` on, optionally filtered and
         re-ranked. Attribute constraints re-weight (soft, the default): the first
-        :data:`SOFT_DEPTH` nearest crops are ranked by weight(distance) x ``match``, weight =
-        P(same person) with a calibration, else exp(-(d - d1) / s) (d1 the nearest distance,
-        s the median candidate's distance minus d1); nothing is hidden. ``hard=True``: they
-        filter at ``min_prob`` instead."""
+        :data:`SOFT_DEPTH` nearest crops are ranked by evidence(distance) + log(``match``),
+        evidence = the calibration's log-odds of the same person (Platt: linear in the
+        distance, so a constraint the model gives 5 % costs a crop about as much as 3 distance
+        units on Market-1501), else -(d - d1) / s (d1 the nearest distance, s the median
+        candidate's distance minus d1). Odds multiply, probabilities near 1 would not: with
+        P(same) as the weight, every crop closer than the threshold weighed ~1 and the
+        attribute alone decided. Nothing is hidden. ``hard=True``: they filter at ``min_prob``
+        instead."""
         constraints = parse_attributes(attributes)
         k, min_prob, offset = check_k(k), check_min_prob(min_prob), check_offset(offset)
         soft = bool(constraints) and not hard
@@ -349,16 +356,17 @@ class GallerySearch:
 
     def _soft_order(self, distances: list[float], matches: list[float | None],
                     calibrated: bool = True) -> list[int]:
-        """Candidates ranked by weight(distance) x match (see :meth:`by_vector`)."""
+        """Candidates ranked by log-odds(distance) + log(match) (see :meth:`by_vector`)."""
         d = np.asarray(distances, dtype=np.float64)
         if not len(d):
             return []
         if self.calibration is not None and calibrated:
-            weight = self.calibration.probability(d)
+            evidence = self.calibration.log_odds(d)
         else:
             spread = max(float(np.median(d) - d.min()), 1e-12)
-            weight = np.exp(-(d - d.min()) / spread)
-        score = weight * np.asarray([m if m is not None else 1.0 for m in matches])
+            evidence = -(d - d.min()) / spread
+        m = np.asarray([1.0 if x is None else x for x in matches], dtype=np.float64)
+        score = evidence + np.log(np.clip(m, MATCH_FLOOR, 1.0))
         return sorted(range(len(d)), key=lambda j: (-score[j], d[j]))
 
     def refine(self, vector: np.ndarray, right: Sequence[int] = (),

@@ -530,10 +530,15 @@
         ", ranked by the product of their probabilities" :
         `, ranked by the product of their probabilities, crops below ${el.minProb.value} hidden`)
       : "");
-    const counts = (body.total !== undefined ? ` of ${body.total.toLocaleString()}` : "") +
-      (body.hidden ? ` \u00b7 ${body.hidden.toLocaleString()} crop${body.hidden === 1 ? "" : "s"}` +
-        " hidden by the attribute filter" : "");
-    setStatus(`${n}${counts} result${n === 1 ? "" : "s"} in ${ms} ms \u00b7 ${mode}` +
+    const total = body.total !== undefined ? ` of ${body.total.toLocaleString()}` : "";
+    const hidden = body.hidden ? ` \u00b7 ${body.hidden.toLocaleString()} crop` +
+      `${body.hidden === 1 ? "" : "s"} hidden by the attribute filter` : "";
+    const refined = state.marks.size && state.query && state.query.kind !== "file" ?
+      ` \u00b7 refined with ${state.marks.size} mark${state.marks.size === 1 ? "" : "s"}` : "";
+    const soft = state.attributes.size && body.mode !== "attributes" &&
+      el.constraints.value === "soft" ? " \u00b7 attributes re-weight (nothing hidden)" : "";
+    setStatus(`${n}${total} result${n === 1 ? "" : "s"} in ${ms} ms \u00b7 ${mode}` + hidden +
+      refined + soft +
       calibrationText(body) +
       (n === 0 ? " \u2014 try fewer attributes, more cameras or a lower min. prob." : ""), "done");
   }
