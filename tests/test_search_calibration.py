@@ -166,3 +166,25 @@ def test_descriptions_sink_junk_by_p_person(calibrated):
     assert [h.person for h in hits] == pytest.approx([float(person[i]) for i in expected])
     assert [h.entry.id for h in search.by_attributes("gender=female", k=5, offset=5)] == \
         expected[5:10]
+
+
+def test_soft_constraints_add_log_match_to_the_log_odds(calibrated, synth_market):
+    """Calibrated: rank = a d + b + log(match) over the SOFT_DEPTH nearest (brute force); the
+    probability itself would saturate near 1 and let the attribute alone decide."""
+    from attreid.search.query import MATCH_FLOOR, SOFT_DEPTH
+
+    index, _ = calibrated
+    search = GallerySearch.open(index, backend="torch-fp32")
+    c = search.calibration
+    vector = search.embed(_query(synth_market))
+    gallery = np.stack([search.index.vector(i) for i in range(len(search.index))])
+    d = np.linalg.norm(gallery - vector[None], axis=1)
+    nearest = np.argsort(d, kind="stable")[:SOFT_DEPTH]
+    entries = search.index.entries(nearest.tolist())
+    match = np.array([e.probabilities["bag"][1] for e in entries])
+    score = c.params["a"] * d[nearest] + c.params["b"] + np.log(np.clip(match, MATCH_FLOOR, 1))
+    expected = [int(nearest[j]) for j in sorted(range(len(nearest)),
+                                                key=lambda j: (-score[j], d[nearest][j]))]
+    hits = search.by_vector(vector, k=15, attributes="bag=yes")
+    assert [h.entry.id for h in hits] == expected[:15]
+    assert c.log_odds(12.0) == pytest.approx(c.params["a"] * 12 + c.params["b"])
