@@ -230,7 +230,7 @@ def test_cards_show_the_calibrated_probability_and_mark_the_operating_point(
     cards = pg.eval_on_selector_all(
         "#results .result", "els => els.map(e => ({id: +e.dataset.id, p: e.dataset.probability,"
         " passes: e.dataset.passes, text: e.querySelector('.prob').textContent,"
-        " badge: !!e.querySelector('.pass-badge')}))")
+        " badge: !!e.querySelector('.pass-badge'), junk: !!e.querySelector('.junk')}))")
     assert [c["id"] for c in cards] == list(expected)
     for card in cards:
         hit = expected[card["id"]]
@@ -238,7 +238,11 @@ def test_cards_show_the_calibrated_probability_and_mark_the_operating_point(
         assert card["passes"] == ("true" if hit.same else "false")
         assert card["text"].startswith(f"P(same) {round(hit.probability * 100)}%")
         assert card["badge"] == hit.same
+        assert card["junk"] == (hit.person < search.calibration.person_threshold)
+    strangers = round(1e-3 * len(search.index))
     assert "\u2713 = same person at FAR 0.001" in pg.text_content("#status")
+    if strangers:
+        assert f"about {strangers} stranger" in pg.text_content("#status")
     # a crop that fails the person check: the page says so and marks nothing
     junk = min(sorted((synth_market / "bounding_box_test").glob("0000_*.jpg")),
                key=lambda p: search.query_person(search.embed(p)))

@@ -110,3 +110,6 @@ def verify(
     if within and not result.same:
         why += f", but {result.note}"
     say(f"{answer} ({why})")
+    if not within and result.probability > 0.5:
+        say(f"(a P(same) above 50 % is not enough: at FAR {far:g} only distances that at most "
+            f"1 in {round(1 / far):,} pairs of strangers reach are accepted)")

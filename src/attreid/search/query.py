@@ -138,6 +138,7 @@ class GallerySearch:
             return {"calibrated": False, "note": self.calibration_note}
         return {"calibrated": True, "method": c.method, "far": self.far,
                 "threshold": c.threshold(self.far), "eer": c.eer["rate"], "prior": 0.5,
+                "strangers_per_query": self.far * len(self.index),
                 "person_check": c.person is not None,
                 "person_threshold": c.person_threshold if c.person else None,
                 "data": Path(str(c.data.get("data", ""))).name}

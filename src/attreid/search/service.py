@@ -139,8 +139,11 @@ def describe_calibration(search: GallerySearch, rerank: bool = False) -> str:
                 "another scale)")
     if not status["calibrated"]:
         return f"same-person probability: {status['note']}"
+    strangers = status["far"] * len(search.index)
     return (f"same-person probability: {status['method']} calibration, hits marked at FAR "
-            f"{status['far']:g} (distance <= {status['threshold']:.4g})")
+            f"{status['far']:g} (distance <= {status['threshold']:.4g}; in {len(search.index):,} "
+            f"crops about {strangers:,.0f} stranger(s) per query pass too: use --far 1e-4 for "
+            "fewer)")
 
 
 def _attribute_params_model(max_k: int, trained: tuple[str, ...]) -> Any:

@@ -516,6 +516,8 @@
     }
     writeUrl();
     showError("");
+    state.personThreshold = body.calibration && body.calibration.person_threshold !== undefined ?
+      body.calibration.person_threshold : null;
     state.hits = append ? state.hits.concat(body.results) : body.results;
     state.mode = body.mode;
     showResults(state.hits, body.mode);
@@ -555,7 +557,9 @@
       return ` \u00b7 the query does not look like a person (P(person) ${percent(person)}):` +
         " no result is marked the same person";
     }
-    return ` \u00b7 \u2713 = same person at FAR ${c.far}`;
+    const strangers = Math.round(c.strangers_per_query || 0);
+    return ` \u00b7 \u2713 = same person at FAR ${c.far}` + (strangers ?
+      ` (in this gallery about ${strangers} stranger${strangers === 1 ? "" : "s"} per query pass too)` : "");
   }
 
   async function runVerify() {
@@ -668,6 +672,7 @@
         title: "passes the operating point: the same person" }) : null),
     make("span", { class: "meta" },
       make("span", { class: "score", text: score.join(" \u00b7 ") || "\u00a0" }),
+      junkNote(hit),
       calibrated ? make("span", { class: "prob" + (hit.same ? " pass" : ""), text: sameText,
         title: "calibrated probability that this is the query's person (prior 0.5); " +
           "\u2713: passes the operating point" }) : null,
@@ -688,6 +693,17 @@
       window.scrollTo({ top: 0, behavior: "smooth" });
     });
     return card;
+  }
+
+  // A crop the person check fails: say so on its card (why a close one has no mark).
+  function junkNote(hit) {
+    const cut = state.personThreshold;
+    if (hit.person === null || hit.person === undefined || cut === null || hit.person >= cut) {
+      return null;
+    }
+    return make("span", { class: "junk", text: `not a person? P(person) ${percent(hit.person)}`,
+      title: `the person check passes ${percent(cut)} and above: a crop below it is never ` +
+        "marked the same person (background, partial or hidden by something)" });
   }
 
   function markButtons(hit) {
