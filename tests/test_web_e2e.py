@@ -401,3 +401,53 @@ def test_pooled_crops_marks_refine_more_results_and_csv(page, api, synth_market,
     rows = path.read_text().splitlines()
     assert rows[0].startswith("rank,id,name") and [int(r.split(",")[1]) for r in rows[1:]] == \
         shown
+
+
+@pytest.fixture(scope="module")
+def track_server(tiny_checkpoint, synth_market, tmp_path_factory):
+    """An index where one crop appears three times in one camera, 20 frames apart (a track)."""
+    import shutil
+
+    from conftest import served
+
+    from attreid.inference.predictor import Predictor
+    from attreid.search import build_index
+    from attreid.search.query import GallerySearch
+    from attreid.search.service import create_app
+
+    root = tmp_path_factory.mktemp("tracks")
+    images = root / "images"
+    images.mkdir()
+    crops = sorted((synth_market / "bounding_box_test").glob("0*.jpg"))[:12]
+    for crop in crops:
+        shutil.copy(crop, images / crop.name)
+    for i, frame in enumerate((900100, 900120, 900140)):
+        shutil.copy(crops[0], images / f"9999_c6s1_{frame:06d}_0{i}.jpg")
+    build_index(Predictor(tiny_checkpoint, device="cpu"), images, root / "index")
+    with served(create_app(GallerySearch.open(root / "index", backend="torch-fp32"))) as url:
+        yield url, crops[0]
+
+
+def test_one_row_per_track_shows_all_on_request(browser, track_server):
+    """"one row per track": searching with the crop, its three frames in camera 6 are one
+    card whose "+2 in this track" opens to the two others; clicking one searches with it."""
+    url, crop = track_server
+    context, pg, errors = _open(browser, url)
+    pg.check("#group")
+    before = _seq(pg)
+    pg.set_input_files("#file-input", str(crop))
+    assert _wait_search(pg, before) == "done"
+    tracks = pg.locator("#results details.track")
+    assert tracks.count() == 1
+    summary = tracks.first.locator("summary")
+    assert summary.text_content() == "+2 in this track"
+    summary.click()
+    members = tracks.first.locator(".member")
+    assert members.count() == 2 and members.first.is_visible()
+    clicked = members.first.get_attribute("data-id")
+    before = _seq(pg)
+    members.first.click()
+    assert _wait_search(pg, before) == "done"
+    assert f"q={clicked}" in pg.url
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"

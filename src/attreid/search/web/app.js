@@ -683,16 +683,28 @@
       make("span", { class: "ident",
         text: (hit.identity !== null ? `id ${hit.identity} \u00b7 ` : "") + `#${hit.id}` +
           (hit.frame !== null && hit.frame !== undefined ? ` \u00b7 frame ${hit.frame}` : "") }),
-      hit.group && hit.group.size > 1 ? make("span", { class: "track",
-        text: `+${hit.group.size - 1} in this track`,
-        title: "same camera, near frames and near embeddings: " +
-          hit.group.members.map((m) => `#${m.id} (frame ${m.frame})`).join(", ") }) : null));
+      null));
     for (const [task, a] of Object.entries(attrs)) card.setAttribute(`data-attr-${task}`, a.value);
     card.addEventListener("click", () => {
       setIndexedQuery(hit);
       window.scrollTo({ top: 0, behavior: "smooth" });
     });
     return card;
+  }
+
+  // "Show all" of a grouped row: the other crops of its track, each searchable.
+  function trackMembers(hit) {
+    if (!hit.group || hit.group.size < 2) return null;
+    const members = hit.group.members.map((m) => {
+      const thumb = make("button", { type: "button", class: "member", "data-id": m.id,
+        title: `#${m.id} \u00b7 c${m.camera} \u00b7 frame ${m.frame}; click to search with it` },
+      make("img", { src: m.url, alt: `track member #${m.id}`, width: 40, height: 80 }));
+      thumb.addEventListener("click", () => setIndexedQuery(m));
+      return thumb;
+    });
+    return make("details", { class: "track" },
+      make("summary", { text: `+${hit.group.size - 1} in this track` }),
+      make("span", { class: "members" }, ...members));
   }
 
   // A crop the person check fails: say so on its card (why a close one has no mark).
@@ -720,7 +732,7 @@
     const image = mode === "image" || mode === "indexed image";
     el.results.replaceChildren(...hits.map((hit, i) => make("li", {
       "data-id": hit.id, "data-mark": state.marks.get(hit.id) || "" },
-    resultCard(hit, i + 1), image ? markButtons(hit) : null)));
+    resultCard(hit, i + 1), image ? markButtons(hit) : null, trackMembers(hit))));
     el.results.dataset.mode = mode && mode !== "error" ? mode : "";
     el.results.dataset.count = String(hits.length);
     state.seq += 1;
