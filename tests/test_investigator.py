@@ -264,3 +264,21 @@ def test_cli_writes_a_csv_of_the_results(search_index, tmp_path, capsys):
     search = GallerySearch.open(search_index, model=False)
     assert [int(r.split(",")[1]) for r in rows[1:]] == \
         [h.entry.id for h in search.by_attributes("gender=female", k=4, offset=2)]
+
+
+def test_training_progress_lines_start_again_each_epoch(monkeypatch, capsys):
+    """Plain epoch lines: a new epoch (or a new run's epoch 1, as in the demo) starts a new
+    rate, not one measured from the first run's start."""
+    from attreid.cli import base
+
+    clock = iter([0.0, 0.0, 1.0, 500.0, 500.0, 501.0])
+    monkeypatch.setattr(base.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(base, "PROGRESS_EVERY_S", 0.0)
+    on_step = base._plain_epoch_progress(2)
+    on_step(0, 0, 2, {"loss": 1.0})
+    on_step(0, 1, 2, {"loss": 1.0})
+    on_step(0, 0, 2, {"loss": 1.0})  # the next run's first epoch, 500 s later
+    on_step(0, 1, 2, {"loss": 1.0})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and "/s" not in lines[2] and lines[3].startswith(
+        "epoch 1/2 steps: 2/2 (100%), 2/s")

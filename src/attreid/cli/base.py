@@ -126,7 +126,7 @@ def _plain_epoch_progress(epochs: int) -> Callable[[int, int, int, dict], None]:
     lines: dict[int, _ProgressLines] = {}
 
     def on_step(epoch: int, step: int, steps: int, values: dict) -> None:
-        if epoch not in lines:
+        if step == 0 or epoch not in lines:  # a new epoch (the demo trains three runs)
             lines[epoch] = _ProgressLines(f"epoch {epoch + 1}" + (f"/{epochs}" if epochs
                                                                   else "") + " steps",
                                           sys.stdout)
