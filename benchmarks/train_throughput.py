@@ -369,7 +369,8 @@ def write_section(body: str) -> None:
 
 def engine_report(args: argparse.Namespace, rows: list, info: dict, host: str) -> str:
     where = _engine_step.device_name(args.device)
-    title = f"{args.height}x{args.width} {args.amp}, engine vs bare on {where}"
+    title = (f"{args.height}x{args.width} {args.amp}, sync every {info['sync_every']}, engine "
+             f"vs bare on {where}")
     return "\n".join([
         f"### {title} ({datetime.date.today().isoformat()})", "",
         f"- machine: {host} (before the run)",
