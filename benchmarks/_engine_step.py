@@ -118,9 +118,7 @@ def measure(args: argparse.Namespace, tmp: Path,
         cfg = config(args, root, tmp / f"out_{mode}", mode)
         bundle = build_data(cfg)
         parts = setup(cfg, bundle)
-        cache = build_cache(cfg, bundle.train, report)
-        if parts.device.type == "cuda":
-            cache = ImageCache(cache.images.to(parts.device), cache.paths)
+        cache = build_cache(cfg, bundle.train, report, parts.device)
         info.update(images=len(bundle.train), ids=bundle.train.num_classes,
                     sync_every=sync_interval(cfg, parts.device), amp=cfg.train.amp,
                     fused=bool(parts.optimizer.defaults.get("fused")))

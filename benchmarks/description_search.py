@@ -23,7 +23,7 @@ import numpy as np
 from attreid.data.load import load_dataset
 from attreid.data.records import attribute_matrix
 from attreid.evaluation.description import query_set, ranking_metrics, relevant, scores
-from attreid.inference.calibration import Calibration, fit_person
+from attreid.inference.calibration import fit_person, score_person
 from attreid.schema import MISSING, NUM_TASKS, TASKS
 from attreid.search import GallerySearch
 
@@ -46,10 +46,8 @@ def cross_fitted_person(vectors: np.ndarray, pids: np.ndarray, metric: str, seed
     out = np.zeros(len(pids))
     for fit, apply in ((first, ~first), (second, first)):
         check = fit_person(vectors[fit], pids[fit] > 0, metric)
-        c = Calibration("platt", metric, False, "", {"a": 0.0, "b": 0.0}, {}, {}, {},
-                        person=check)
-        out[apply] = c.person_probability(vectors[apply])
-        cut = c.person_threshold
+        out[apply] = score_person(check, vectors[apply], metric)
+        cut = check["threshold"]
     return out, cut
 
 

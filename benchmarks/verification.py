@@ -34,6 +34,7 @@ from attreid.inference.calibration import (
     far_key,
     fit_calibration,
     fit_person,
+    score_person,
 )
 from attreid.inference.files import extract_files
 from attreid.metrics.verification import (
@@ -153,15 +154,14 @@ def person_rows(x: np.ndarray, crops: LabelledCrops, first: np.ndarray, second: 
 
     people = crops.identities >= 0
     check = fit_person(x[first], people[first], metric)
-    c = Calibration("platt", metric, False, "", {"a": 0.0, "b": 0.0}, {}, {}, {}, person=check)
     p = np.zeros(len(x))
-    p[second] = c.person_probability(x[second])
-    cut, truth = c.person_threshold, people[second]
+    p[second] = score_person(check, x[second], metric)
+    cut, truth = check["threshold"], people[second]
     held = p[second]
     genuine = subset(crops, x, second, metric, seed).genuine
     passing = subset(crops, x, second & (p >= cut), metric, seed).genuine
     blank = [Image.new("RGB", (64, 128), colour) for colour in ((220, 20, 20), (128, 128, 128))]
-    odd = c.person_probability(predictor.predict(blank).embeddings)
+    odd = score_person(check, predictor.predict(blank).embeddings, metric)
     return [f"Person check (fitted on A's {int(people[first].sum()):,} people and "
             f"{int((~people[first]).sum()):,} distractor crops, judged on B's): AUC "
             f"{roc_auc_score(truth, held):.3f}. Its threshold, set to refuse 1 % of A's people, "

@@ -144,7 +144,7 @@ def search(
         from attreid.search import QueryError
         from attreid.search.http import parse_frames
         from attreid.search.query import DESCRIPTION_MIN_PROB, IMAGE_MIN_PROB, pool_vectors
-        from attreid.search.results import by_time, group_tracks, hits_csv
+        from attreid.search.results import by_time, group_tracks, hits_csv, tracks_json
         from attreid.search.service import (
             describe_calibration,
             open_search,
@@ -169,8 +169,8 @@ def search(
         cameras, frame_range = parse_cameras(camera), parse_frames(frames)
         options = dict(attributes=attributes, cameras=cameras, min_prob=min_prob,
                        frames=frame_range, offset=offset)
-        hidden = opened.count(attributes, cameras, min_prob, frame_range)[1] \
-            if hard or described else 0
+        total, hidden = opened.count(attributes, cameras, min_prob, frame_range) \
+            if hard or described else (0, 0)
         if image:
             vector = pool_vectors(opened.embed_many(list(image)))
             hits = opened.by_vector(vector, k, rerank=rerank, hard=hard, **options)
@@ -191,9 +191,8 @@ def search(
     tracks = group_tracks(hits, opened.index.vector, track_distance(opened, hits)) \
         if group else None
     if as_json:
-        rows = [dict(g.best.as_dict(), group={"size": g.size, "members": [
-            m.as_dict() for m in g.members]}) for g in tracks] if tracks else \
-            [h.as_dict() for h in hits]
+        as_dicts = lambda found: [h.as_dict() for h in found]  # noqa: E731
+        rows = tracks_json(tracks, as_dicts) if tracks else as_dicts(hits)
         print(json.dumps(rows, indent=1))
         return
     shown = [g.best for g in tracks] if tracks else hits
@@ -214,7 +213,6 @@ def search(
                       highlight=False)
     if described:
         person = opened.person_scores() is not None
-        total = opened.count(attributes, parse_cameras(camera), min_prob, frame_range)[0]
         console.print("ranked by match, the product of the probabilities of the values asked "
                       "for" + (", times P(person) (junk sinks)" if person else "") +
                       f"; {total:,} crop(s) in all", markup=False, highlight=False)

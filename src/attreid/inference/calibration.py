@@ -115,13 +115,8 @@ class Calibration:
     def person_probability(self, embeddings: Any) -> np.ndarray | None:
         """P(person) of each embedding (N, D) (cosine checkpoints: of the unit vectors), or
         None without a person check."""
-        if self.person is None:
-            return None
-        x = np.atleast_2d(np.asarray(embeddings, dtype=np.float64))
-        if self.metric == "cosine":
-            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        z = x @ np.asarray(self.person["coef"]) + self.person["intercept"]
-        return 1.0 / (1.0 + np.exp(-z))
+        return None if self.person is None else score_person(self.person, embeddings,
+                                                              self.metric)
 
     def probability(self, distances: Any, prior: float = 0.5) -> np.ndarray:
         """P(same person) of each distance (any shape), for a pair that was the same person
@@ -275,6 +270,20 @@ def fit_calibration(pairs: PairDistances, method: str, metric: str, flip: bool,
                        person=person)
 
 
+def score_person(check: dict[str, Any], embeddings: Any, metric: str) -> np.ndarray:
+    """P(person) of each embedding (N, D) by a person check of :func:`fit_person`."""
+    x = _for_metric(np.atleast_2d(np.asarray(embeddings, dtype=np.float64)), metric)
+    z = x @ np.asarray(check["coef"]) + check["intercept"]
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _for_metric(x: np.ndarray, metric: str) -> np.ndarray:
+    """The rows the person check sees: unit vectors for a cosine checkpoint."""
+    if metric != "cosine":
+        return x
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def fit_person(embeddings: np.ndarray, is_person: np.ndarray, metric: str
                ) -> dict[str, Any] | None:
     """The person check (see the module docstring) from embeddings (N, D) and whether each crop
@@ -284,9 +293,7 @@ def fit_person(embeddings: np.ndarray, is_person: np.ndarray, metric: str
     distractors = int((~is_person).sum())
     if distractors < PERSON_MIN_DISTRACTORS or not is_person.any():
         return None
-    x = np.asarray(embeddings, dtype=np.float64)
-    if metric == "cosine":
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = _for_metric(np.asarray(embeddings, dtype=np.float64), metric)
     model = LogisticRegression(C=PERSON_C, class_weight="balanced", max_iter=5000)
     model.fit(x, is_person)
     p = model.predict_proba(x)[:, 1]
@@ -406,12 +413,18 @@ class Verifier:
 
     def compare(self, a: Any, b: Any, far: float | None = None) -> Verdict:
         """Compare two embeddings (D,) made by this verifier's predictor."""
-        a, b = np.asarray(a), np.asarray(b)
-        distance = float(pairwise_distance(a[None], b[None], self.predictor.distance)[0, 0])
-        person = None if self.calibration is None else \
-            self.calibration.person_probability(np.stack([a, b]))
-        return verdict(distance, self.calibration, self.far if far is None else far, self.note,
-                       person)
+        return compare_embeddings(a, b, self.predictor.distance, self.calibration,
+                                  self.far if far is None else far, self.note)
+
+
+def compare_embeddings(a: Any, b: Any, metric: str, calibration: Calibration | None,
+                       far: float = DEFAULT_FAR, note: str = "") -> Verdict:
+    """The :class:`Verdict` for two embeddings (D,): their ``metric`` distance, and with a
+    calibration P(same), both crops' P(person) and the decision at ``far``."""
+    a, b = np.asarray(a), np.asarray(b)
+    distance = float(pairwise_distance(a[None], b[None], metric)[0, 0])
+    person = None if calibration is None else calibration.person_probability(np.stack([a, b]))
+    return verdict(distance, calibration, far, note, person)
 
 
 def _flip_beside(checkpoint: Path | str) -> bool:

@@ -70,6 +70,16 @@ def _joins(group: Group, hit: Hit, vector: Callable[[int], np.ndarray], distance
     return False
 
 
+def tracks_json(tracks: Sequence[Group],
+                as_json: Callable[[Sequence[Hit]], list[dict[str, Any]]]
+                ) -> list[dict[str, Any]]:
+    """One JSON row per track: its best hit, with ``group`` = its size and the other
+    members; ``as_json`` turns hits into dicts (the CLI's :meth:`Hit.as_dict`, the
+    service's with image URLs)."""
+    return [dict(as_json([g.best])[0], group={"size": g.size, "members": as_json(g.members)})
+            for g in tracks]
+
+
 def by_time(hits: Sequence[Hit]) -> list[Hit]:
     """Hits along time per camera (a simple timeline): by camera, then frame; hits without a
     camera or frame last, in rank order."""

@@ -43,8 +43,7 @@ from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 
-from attreid.inference.calibration import DEFAULT_FAR, CalibrationError, verdict
-from attreid.metrics.distance import pairwise_distance
+from attreid.inference.calibration import DEFAULT_FAR, CalibrationError, compare_embeddings
 from attreid.schema import TASKS
 from attreid.search.batching import EmbeddingBatcher
 from attreid.search.http import (
@@ -69,7 +68,7 @@ from attreid.search.query import (
     parse_attributes,
     pool_vectors,
 )
-from attreid.search.results import by_time, group_tracks
+from attreid.search.results import by_time, group_tracks, tracks_json
 from attreid.search.uploads import Upload, UploadStore
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -112,8 +111,7 @@ def _respond(search: GallerySearch, mode: str, hits: list, order: str, group: bo
                             "calibration": search.calibration_status()}
     if group:
         tracks = group_tracks(hits, search.index.vector, track_distance(search, hits))
-        body["results"] = [dict(hits_json([g.best])[0], group={
-            "size": g.size, "members": hits_json(g.members)}) for g in tracks]
+        body["results"] = tracks_json(tracks, hits_json)
         body["count"] = len(tracks)
     else:
         body["results"] = hits_json(hits)
@@ -368,11 +366,9 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                 raise HTTPException(413, f"image larger than {max_upload_bytes} bytes")
             crops.append(decode_upload(data, max_pixels, name))
         a, b = (batcher.embed(crop) for crop in crops)
-        distance = float(pairwise_distance(a[None], b[None], search.index.metric)[0, 0])
-        person = [search.query_person(v) for v in (a, b)]
         try:
-            result = verdict(distance, search.calibration, far or search.far,
-                             search.calibration_note, None if None in person else person)
+            result = compare_embeddings(a, b, search.index.metric, search.calibration,
+                                        far or search.far, search.calibration_note)
         except CalibrationError as exc:
             raise QueryError(str(exc)) from None
         return {**result.as_dict(), "calibration": search.calibration_status()}

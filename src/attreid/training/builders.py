@@ -165,8 +165,11 @@ def make_loader(cfg: Config, data: ImageDataset, epoch: int, cache: ImageCache |
                       generator=generator, pin_memory=torch.cuda.is_available())
 
 
-def build_cache(cfg: Config, data: ImageDataset, log: Log = print) -> ImageCache | None:
-    """The decoded training images when ``data.cache`` is on, else None."""
+def build_cache(cfg: Config, data: ImageDataset, log: Log = print,
+                device: torch.device | None = None) -> ImageCache | None:
+    """The decoded training images when ``data.cache`` is on, else None. On a GPU ``device``
+    the whole cache moves there once (Market-1501's 12,936 training images take 1.3 GB at
+    256x128), so batches are sliced and augmented without leaving the GPU."""
     if not cfg.data.cache:
         return None
     start = time.perf_counter()
@@ -174,4 +177,6 @@ def build_cache(cfg: Config, data: ImageDataset, log: Log = print) -> ImageCache
                              cache_dir=cfg.data.cache_dir or None)
     log(f"image cache: {len(cache)} images, {cache.nbytes / 2**20:.0f} MiB, "
         f"{time.perf_counter() - start:.1f} s")
+    if device is not None and device.type == "cuda":
+        return ImageCache(cache.images.to(device), cache.paths)
     return cache

@@ -29,15 +29,17 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from attreid.config import Config, to_dict
+from attreid.config import Config
 from attreid.training import distributed
 from attreid.training.step import (
     NonFiniteLossError,
     TrainingParts,
     backward,
+    epoch_result,
     forward_loss,
+    on_device,
+    save_rescue,
 )
-from attreid.utils.checkpoint import save_checkpoint
 
 CUDA_SYNC_EVERY = 50
 """``train.sync_every=0`` (auto) on CUDA: steps between host reads (progress every 50 steps)."""
@@ -97,11 +99,7 @@ def deferred_step(cfg: Config, parts: TrainingParts, batch: dict[str, Any],
     (0-d bool tensor, the same on every rank). A non-finite step leaves the weights, the
     optimizer state and the batch-norm statistics as they were. Needs a fused optimizer
     (:func:`attreid.training.builders.build_optimizer` with ``fused=True``)."""
-    images = batch["image"].to(parts.device, non_blocking=True)
-    if cfg.train.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    labels = batch["label"].to(parts.device, non_blocking=True)
-    attributes = batch["attributes"].to(parts.device, non_blocking=True)
+    images, labels, attributes = on_device(cfg, parts, batch)
     snapshot.save()
     terms = forward_loss(parts, images, labels, attributes, cfg.train.amp)
     backward(parts, terms["loss"])
@@ -150,21 +148,15 @@ def train_epoch_deferred(cfg: Config, parts: TrainingParts, loader: Iterable[dic
             means = dict(zip(names, (sums / done).tolist()))
             shown = {k: means[k] for k in ("loss", "reid", "attr") if k in means}
             on_step(step, {**shown, "img/s": images_seen / (time.perf_counter() - start)})
-    seconds = time.perf_counter() - start
     means = dict(zip(names, (sums / max(1, done)).tolist())) if names else {}
-    result = distributed.mean_over_ranks(means, parts.info)
-    result["images_per_s"] = distributed.sum_over_ranks(images_seen / seconds, parts.info)
-    result["seconds"] = seconds
+    result = epoch_result(means, images_seen, time.perf_counter() - start, parts.info)
     result["nonfinite_steps_skipped"] = steps - done
     return result
 
 
 def _raise_window(cfg: Config, parts: TrainingParts, epoch: int, first: int, last: int,
                   out: Path) -> None:
-    rescue = out / "before_nonfinite.pt"
-    if parts.info.is_main:
-        save_checkpoint(rescue, {"model": parts.model.state_dict(), "config": to_dict(cfg),
-                                 "model_config": parts.model.config, "epoch": epoch})
+    rescue = save_rescue(cfg, parts, epoch, out)
     raise NonFiniteLossError(
         f"non-finite loss or gradients in every step from {first + 1} to {last + 1} of epoch "
         f"{epoch + 1} (train.sync_every={sync_interval(cfg, parts.device)}); each was skipped, "

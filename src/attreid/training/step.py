@@ -93,14 +93,42 @@ def _step_finite(terms: dict[str, torch.Tensor], parts: TrainingParts) -> bool:
     return distributed.all_true(mine, parts.info)
 
 
-def _raise_nonfinite(cfg: Config, terms: dict[str, torch.Tensor], epoch: int, step: int,
-                     out: Path, parts: TrainingParts) -> None:
-    values = {k: float(v.detach()) for k, v in terms.items()}
-    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+def save_rescue(cfg: Config, parts: TrainingParts, epoch: int, out: Path) -> Path:
+    """The current weights to ``out/before_nonfinite.pt`` (rank 0 writes), for the error that
+    stops a non-finite run; returns the path."""
     rescue = out / "before_nonfinite.pt"
     if parts.info.is_main:
         save_checkpoint(rescue, {"model": parts.model.state_dict(), "config": to_dict(cfg),
                                  "model_config": parts.model.config, "epoch": epoch})
+    return rescue
+
+
+def on_device(cfg: Config, parts: TrainingParts, batch: dict[str, Any]
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images, labels, attributes) of ``batch`` on the training device (images channels-last
+    when ``train.channels_last``); copies are non-blocking."""
+    images = batch["image"].to(parts.device, non_blocking=True)
+    if cfg.train.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return (images, batch["label"].to(parts.device, non_blocking=True),
+            batch["attributes"].to(parts.device, non_blocking=True))
+
+
+def epoch_result(means: dict[str, float], images_seen: int, seconds: float,
+                 info: DistInfo) -> dict[str, float]:
+    """An epoch's record: the loss means (averaged over ranks), images/s (summed over ranks)
+    and this process's ``seconds``."""
+    result = distributed.mean_over_ranks(means, info)
+    result["images_per_s"] = distributed.sum_over_ranks(images_seen / seconds, info)
+    result["seconds"] = seconds
+    return result
+
+
+def _raise_nonfinite(cfg: Config, terms: dict[str, torch.Tensor], epoch: int, step: int,
+                     out: Path, parts: TrainingParts) -> None:
+    values = {k: float(v.detach()) for k, v in terms.items()}
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    rescue = save_rescue(cfg, parts, epoch, out)
     where = f" (rank {parts.info.rank})" if parts.info.enabled else ""
     if bad:
         what, detail = "loss", bad
@@ -135,11 +163,7 @@ def train_step(cfg: Config, parts: TrainingParts, batch: dict[str, Any], epoch: 
     step that is not finite raises :class:`NonFiniteLossError` before the weights, optimizer
     state or batch-norm statistics change.
     """
-    images = batch["image"].to(parts.device, non_blocking=True)
-    if cfg.train.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    labels = batch["label"].to(parts.device)
-    attributes = batch["attributes"].to(parts.device)
+    images, labels, attributes = on_device(cfg, parts, batch)
     saved = [b.detach().clone() for b in parts.model.buffers()]  # batch-norm statistics
     terms = forward_loss(parts, images, labels, attributes, cfg.train.amp)
     backward(parts, terms["loss"])
@@ -178,10 +202,8 @@ def train_epoch(cfg: Config, parts: TrainingParts, loader: Iterable[dict[str, An
             shown = {k: float(terms[k].detach()) for k in ("loss", "reid", "attr")}
             on_step(step, {**shown, "img/s": images_seen / (time.perf_counter() - start)})
     steps = max(1, len(loader))
-    result = distributed.mean_over_ranks({k: v / steps for k, v in sums.items()}, parts.info)
-    seconds = time.perf_counter() - start
-    result["images_per_s"] = distributed.sum_over_ranks(images_seen / seconds, parts.info)
-    result["seconds"] = seconds
+    result = epoch_result({k: v / steps for k, v in sums.items()}, images_seen,
+                          time.perf_counter() - start, parts.info)
     if cfg.train.amp == "bf16":
         result["bf16_steps_in_fp32"] = redone  # the same steps on every rank
     return result
