@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("inference",),
     ("training", "evaluation"),
     ("search",),
+    ("footage",),
     ("cli",),
 ]
 """Bottom to top. A module may import its own package and anything in a lower layer; packages

@@ -1,0 +1,141 @@
+"""MOTChallenge text in and out, and the standard scores of detections and tracks.
+
+A MOTChallenge line is ``frame, id, left, top, width, height, conf, x, y, z`` with 1-based
+frames (MOT15 and later; ``det.txt`` has id -1). Ground truth rows with ``conf == 0`` are
+ignored regions, as the MOTChallenge evaluation treats them. Scores come from py-motmetrics
+(Milan et al., "MOT16: A Benchmark for Multi-Object Tracking", 2016; IDF1 from Ristani et al.,
+ECCV 2016 workshops), not from code of ours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from attreid.footage.detections import Detections, FootageError, box_iou
+from attreid.utils.files import atomic_write_text
+
+MOT_COLUMNS = 10
+
+
+def read_mot(path: Path | str, scale: float = 1.0,
+             keep_ignored: bool = False) -> dict[int, Detections]:
+    """MOTChallenge rows by 1-based frame: ``frame -> Detections`` (xyxy, scores from ``conf``
+    clipped to [0, 1], track ids from ``id``), boxes multiplied by ``scale``.
+
+    Args:
+        keep_ignored: keep rows with ``conf == 0`` (ground truth marks ignored regions so).
+
+    Raises:
+        FootageError: missing file, or a line that is not at least 6 numbers (named by number).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FootageError(f"{path}: MOTChallenge file not found")
+    rows: list[list[float]] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            values = [float(v) for v in line.replace(" ", "").split(",") if v != ""]
+        except ValueError:
+            raise FootageError(f"{path}: line {number} is not comma-separated numbers: "
+                               f"{line[:80]!r}") from None
+        if len(values) < 6 or not np.isfinite(values[:6]).all():
+            raise FootageError(f"{path}: line {number} needs frame, id, left, top, width, "
+                               f"height; got {line[:80]!r}")
+        rows.append((values + [1.0] * MOT_COLUMNS)[:7])
+    table = np.asarray(rows, np.float64).reshape(-1, 7)
+    if not keep_ignored:
+        table = table[table[:, 6] != 0]
+    out: dict[int, Detections] = {}
+    for frame in np.unique(table[:, 0]).astype(int):
+        part = table[table[:, 0] == frame]
+        boxes = np.column_stack([part[:, 2], part[:, 3], part[:, 2] + part[:, 4],
+                                 part[:, 3] + part[:, 5]]) * scale
+        out[int(frame)] = Detections(boxes, np.clip(part[:, 6], 0, 1), part[:, 1].astype(int))
+    return out
+
+
+def mot_lines(frame: int, detections: Detections) -> list[str]:
+    """MOTChallenge lines of one frame (1-based ``frame``), boxes as left, top, width, height
+    with two decimals; 3-D coordinates -1."""
+    lines = []
+    for box, score, tid in zip(detections.boxes, detections.scores, detections.track_ids):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        lines.append(f"{frame},{int(tid)},{x1:.2f},{y1:.2f},{x2 - x1:.2f},{y2 - y1:.2f},"
+                     f"{float(score):.4f},-1,-1,-1")
+    return lines
+
+
+def write_mot(path: Path | str, frames: Iterable[tuple[int, Detections]]) -> None:
+    """Write ``(1-based frame, detections)`` pairs as a MOTChallenge file (atomically)."""
+    lines = [line for frame, dets in frames for line in mot_lines(frame, dets)]
+    atomic_write_text(Path(path), "\n".join(lines) + ("\n" if lines else ""))
+
+
+@dataclass(frozen=True)
+class DetectionScores:
+    """Detection quality at an IoU threshold: one-to-one matches (Hungarian) per frame."""
+
+    recall: float
+    precision: float
+    true_positives: int
+    false_positives: int
+    missed: int
+
+
+def detection_scores(truth: dict[int, Detections], found: dict[int, Detections],
+                     iou: float = 0.5) -> DetectionScores:
+    """Recall and precision of ``found`` against ``truth`` (both ``frame -> Detections``, the
+    frames of ``truth`` count): per frame, a one-to-one assignment maximising total IoU among
+    pairs with IoU >= ``iou`` (scipy's ``linear_sum_assignment``)."""
+    from scipy.optimize import linear_sum_assignment
+
+    tp = fp = fn = 0
+    for frame, gt in truth.items():
+        hyp = found.get(frame, Detections())
+        overlap = box_iou(gt.boxes, hyp.boxes)
+        cost = np.where(overlap >= iou, -overlap, 1.0)
+        rows, cols = linear_sum_assignment(cost) if overlap.size else ([], [])
+        matched = int(sum(overlap[r, c] >= iou for r, c in zip(rows, cols)))
+        tp += matched
+        fn += len(gt) - matched
+        fp += len(hyp) - matched
+    return DetectionScores(tp / max(tp + fn, 1), tp / max(tp + fp, 1), tp, fp, fn)
+
+
+def tracking_scores(truth: dict[int, Detections], found: dict[int, Detections],
+                    iou: float = 0.5) -> dict[str, Any]:
+    """CLEAR-MOT and identity scores through py-motmetrics: ``mota``, ``motp`` (1 - mean IoU
+    distance), ``idf1``, ``id_switches``, ``tracks`` (distinct hypothesis ids), ``people``
+    (distinct truth ids), ``mostly_tracked``, ``fragmentations``; MOTA and IDF1 in percent.
+
+    Raises:
+        FootageError: py-motmetrics is not installed (the ``footage`` extra).
+    """
+    try:
+        import motmetrics
+    except ImportError as exc:  # pragma: no cover - depends on the extra
+        raise FootageError("tracking scores need py-motmetrics: pip install "
+                           "'attreid[footage]'") from exc
+    acc = motmetrics.MOTAccumulator(auto_id=False)
+    for frame in sorted(truth):
+        gt = truth[frame]
+        hyp = found.get(frame, Detections())
+        distance = 1.0 - box_iou(gt.boxes, hyp.boxes)
+        distance[distance > 1.0 - iou] = np.nan
+        acc.update(gt.track_ids.tolist(), hyp.track_ids.tolist(), distance, frameid=frame)
+    names = ["mota", "motp", "idf1", "num_switches", "mostly_tracked", "num_fragmentations",
+             "num_unique_objects"]
+    summary = motmetrics.metrics.create().compute(acc, metrics=names, name="all")
+    row = summary.loc["all"]
+    tracks = {int(t) for f in truth for t in found.get(f, Detections()).track_ids}
+    return {"mota": 100.0 * float(row["mota"]), "motp": 1.0 - float(row["motp"]),
+            "idf1": 100.0 * float(row["idf1"]), "id_switches": int(row["num_switches"]),
+            "mostly_tracked": int(row["mostly_tracked"]),
+            "fragmentations": int(row["num_fragmentations"]), "tracks": len(tracks),
+            "people": int(row["num_unique_objects"])}
