@@ -140,12 +140,12 @@ class Tracker:
         cost = 1.0 - box_iou(predicted, dets.boxes[rows])  # (T, R)
         allowed = cost <= 1.0 - self.settings.min_iou
         if appearance and dets.embeddings is not None:
-            look = self._appearance(tracks, dets.embeddings[rows])
-            close = look <= self.settings.max_appearance
+            look, known = self._appearance(tracks, dets.embeddings[rows])
+            close = known & (look <= self.settings.max_appearance)
             # BoT-SORT: appearance may vouch for a pair only where the boxes overlap at all,
             # and a clear appearance mismatch vetoes an overlap
             cost = np.where(close & (cost < 1.0), np.minimum(cost, look), cost)
-            allowed &= ~(look > 2 * self.settings.max_appearance)
+            allowed &= ~(known & (look > 2 * self.settings.max_appearance))
             allowed |= close & (cost < 1.0)
         return _assign(cost, allowed, tracks, rows)
 
@@ -157,9 +157,9 @@ class Tracker:
                 and self._tracks[t].embedding is not None]
         if not lost or not len(rows) or dets.embeddings is None:
             return [], tracks, rows
-        look = self._appearance(lost, dets.embeddings[rows])  # (L, R)
+        look, known = self._appearance(lost, dets.embeddings[rows])  # (L, R)
         centres = (dets.boxes[rows, :2] + dets.boxes[rows, 2:]) / 2
-        allowed = look <= self.settings.reid_appearance
+        allowed = known & (look <= self.settings.reid_appearance)
         for i, t in enumerate(lost):
             track = self._tracks[t]
             h = track.box[3] - track.box[1]
@@ -170,18 +170,26 @@ class Tracker:
         matched = {t for t, _ in pairs}
         return pairs, [t for t in tracks if t not in matched], rows
 
-    def _appearance(self, tracks: list[int], embeddings: np.ndarray) -> np.ndarray:
-        feats = np.stack([self._tracks[t].embedding if self._tracks[t].embedding is not None
-                          else np.zeros(embeddings.shape[1], np.float32) for t in tracks])
-        dist = 1.0 - feats @ _normalise(embeddings).T
-        has = np.array([self._tracks[t].embedding is not None for t in tracks])
-        dist[~has] = 2.0
-        return dist
+    def _appearance(self, tracks: list[int], embeddings: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine distances (T, R) of the tracks' appearance to the detections' embeddings and
+        where both are known (a zero embedding, or a track without one, is unknown)."""
+        dets = _normalise(embeddings)
+        feats = np.zeros((len(tracks), dets.shape[1]), np.float32)
+        has = np.zeros(len(tracks), bool)
+        for i, t in enumerate(tracks):
+            emb = self._tracks[t].embedding
+            if emb is not None and emb.shape == feats[i].shape:
+                feats[i], has[i] = emb, True
+        known = has[:, None] & (np.linalg.norm(dets, axis=1) > 0)[None, :]
+        return 1.0 - feats @ dets.T, known
 
     # ---- track life ----------------------------------------------------------------------
 
     def _new_track(self, dets: Detections, row: int, now: float) -> _Track:
         emb = None if dets.embeddings is None else _normalise(dets.embeddings[row][None])[0]
+        if emb is not None and not emb.any():
+            emb = None
         return _Track(BoxKalman(dets.boxes[row]), dets.boxes[row].copy(), float(dets.scores[row]),
                       now, emb)
 
@@ -202,8 +210,8 @@ class Tracker:
         track.last_time = now
         track.hits += 1
         track.misses = 0
-        if dets.embeddings is not None and _isolated(dets.boxes, row):
-            new = _normalise(dets.embeddings[row][None])[0]
+        new = None if dets.embeddings is None else _normalise(dets.embeddings[row][None])[0]
+        if new is not None and new.any() and _isolated(dets.boxes, row):
             track.embedding = new if track.embedding is None else _normalise(
                 (self.settings.ema * track.embedding + (1 - self.settings.ema) * new)[None])[0]
         if not track.confirmed and track.hits >= self.settings.confirm_hits:

@@ -50,6 +50,7 @@ class Tracklet:
     last_time: float
     observations: int
     crops: list[Crop]
+    source_track: int = -1  # the tracker's id (a split track's parts share it)
 
 
 @dataclass
@@ -159,10 +160,14 @@ class TrackletBuilder:
                 chosen = sorted(best[:self.settings.crops_per_track], key=lambda c: c.frame)
                 out.append(Tracklet(self.camera, self.source, tid, part_obs[0][0],
                                     part_obs[-1][0], part_obs[0][1], part_obs[-1][1],
-                                    len(part_obs), chosen))
-        out.sort(key=lambda t: (t.first_frame, t.track_id))
-        for number, tracklet in enumerate(out, 1):  # ids unique within the source after splits
-            tracklet.track_id = number
+                                    len(part_obs), chosen, tid))
+        out.sort(key=lambda t: (t.first_frame, t.source_track))
+        used: set[int] = set()
+        spare = max(self._open, default=0) + 1
+        for tracklet in out:  # the second part of a split track gets a new id
+            if tracklet.track_id in used:
+                tracklet.track_id, spare = spare, spare + 1
+            used.add(tracklet.track_id)
         self._open = {}
         return out
 

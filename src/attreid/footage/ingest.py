@@ -1,0 +1,154 @@
+"""``attreid ingest``: several sources through detection and tracking into one gallery index.
+
+:func:`ingest` takes the sources of a run (one camera each), runs
+:func:`~attreid.footage.pipeline.track_source` on each, writes its tracks (MOTChallenge text and
+JSON) and appends its tracklets' best crops to the index (:mod:`attreid.footage.gallery`). A
+source that cannot be read is reported and skipped: the others are still ingested and nothing
+already indexed is lost. A source already in the index is skipped, so a run killed part-way is
+finished by running the same command again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from attreid.footage.detections import FootageError
+from attreid.footage.gallery import add_source, is_ingested, source_key
+from attreid.footage.mot import write_mot
+from attreid.footage.pipeline import (
+    Detector,
+    PipelineSettings,
+    SourceTracks,
+    predictor_embedder,
+    track_source,
+)
+from attreid.footage.sources import SourceSpec, check_cameras, format_time
+from attreid.schema import TASKS
+from attreid.search.build import write_index
+from attreid.search.index import GalleryIndex
+from attreid.utils.files import atomic_write_text
+
+
+@dataclass
+class SourceReport:
+    """What happened to one source."""
+
+    camera: str
+    path: str
+    status: str  # "ingested", "already in the index", "tracked" (no index) or "failed"
+    frames: int = 0
+    fps: float = 0.0
+    tracks: int = 0
+    crops: int = 0
+    error: str | None = None
+    outputs: list[str] = field(default_factory=list)
+
+
+def open_or_create(out: Path, predictor: Any) -> GalleryIndex:
+    """The index at ``out``, made empty (exact search, the predictor's metric) when missing.
+
+    Raises:
+        GalleryIndexError: ``out`` is not an index of this predictor's checkpoint.
+    """
+    if not out.exists():
+        dim = int(predictor.embedding_dim)
+        write_index(out, [], np.zeros((0, dim), np.float32),
+                    {t.name: np.zeros((0, len(t.classes))) for t in TASKS},
+                    checkpoint=Path(predictor.checkpoint), metric=predictor.distance,
+                    checkpoint_sha256=predictor.checkpoint_sha256,
+                    extra={"flip": bool(predictor.flip), "images_root": None},
+                    trained_tasks=getattr(predictor, "trained_tasks", None))
+    index = GalleryIndex.open(out)
+    index.check_checkpoint(predictor.checkpoint, predictor.checkpoint_sha256)
+    return index
+
+
+def settings_summary(settings: PipelineSettings, detector: str) -> dict[str, Any]:
+    """The settings that shape a source's crops (part of its identity in the index)."""
+    return {"detector": detector, "stride": settings.stride, "target_fps": settings.target_fps,
+            "first": settings.first, "last": settings.last,
+            "tracker": asdict(settings.tracker), "tracklets": asdict(settings.tracklets)}
+
+
+def ingest(specs: list[SourceSpec], make_detector: Callable[[SourceSpec], Detector],
+           predictor: Any | None, out: Path | None, settings: PipelineSettings,
+           detector_name: str, tracks_dir: Path | None = None,
+           progress: Callable[[SourceSpec], Callable[[int, int], None] | None] | None = None,
+           ) -> list[SourceReport]:
+    """Ingest ``specs`` (see the module docstring).
+
+    Args:
+        make_detector: a detector for a source (called once per source).
+        predictor: embeds detections for tracking and the gallery's crops (``None``: motion-only
+            tracking, no index).
+        out: the index folder (created when missing; ``None``: tracks only).
+        tracks_dir: where ``<camera>.txt`` (MOTChallenge) and ``<camera>.json`` go.
+        progress: a per-source ``(frames done, total)`` callback factory.
+
+    Raises:
+        FootageError: two sources share a camera id.
+        GalleryIndexError: ``out`` belongs to another checkpoint.
+    """
+    check_cameras(specs)
+    index = open_or_create(out, predictor) if out is not None and predictor is not None else None
+    reports = []
+    for spec in specs:
+        reports.append(_one(spec, make_detector, predictor, index, settings, detector_name,
+                            tracks_dir, progress(spec) if progress else None))
+    return reports
+
+
+def _one(spec: SourceSpec, make_detector: Callable[[SourceSpec], Detector], predictor: Any,
+         index: GalleryIndex | None, settings: PipelineSettings, detector_name: str,
+         tracks_dir: Path | None, progress: Callable[[int, int], None] | None) -> SourceReport:
+    report = SourceReport(spec.camera, str(spec.path), "failed")
+    try:
+        key = source_key(spec, settings_summary(settings, detector_name))
+        if index is not None and is_ingested(index, key):
+            report.status = "already in the index"
+            return report
+        embedder = predictor_embedder(predictor) if predictor is not None else None
+        result = track_source(spec, make_detector(spec), embedder, settings, progress)
+    except (FootageError, OSError) as exc:
+        report.error = str(exc)
+        return report
+    report.frames, report.fps = result.frames, result.fps
+    report.tracks = len(result.tracklets)
+    if tracks_dir is not None:
+        report.outputs = write_tracks(tracks_dir, result)
+    if index is None:
+        report.status = "tracked"
+        return report
+    summary = {"camera": spec.camera, "path": str(spec.path), "frames": result.frames,
+               "tracklets": len(result.tracklets), "start": format_time(spec.start)}
+    report.crops = add_source(index, predictor, result, key, summary)
+    report.status = "ingested"
+    return report
+
+
+def write_tracks(folder: Path, result: SourceTracks) -> list[str]:
+    """``<camera>.txt`` (MOTChallenge, 1-based frames, gaps interpolated) and ``<camera>.json``
+    (per tracklet: id, first and last frame and time, observations, crop frames)."""
+    from attreid.footage.gallery import _safe
+
+    name = _safe(result.spec.camera)
+    mot = folder / f"{name}.txt"
+    write_mot(mot, sorted(result.tracks.items()))
+    rows = [{"track": t.track_id, "camera": t.camera, "source": t.source,
+             "first_frame": t.first_frame, "last_frame": t.last_frame,
+             "first_time": format_time(t.first_time), "last_time": format_time(t.last_time),
+             "observations": t.observations,
+             "crops": [{"frame": c.frame, "time": format_time(c.time),
+                        "box": [round(float(v), 2) for v in c.box],
+                        "quality": round(c.quality, 4)} for c in t.crops]}
+            for t in result.tracklets]
+    path = folder / f"{name}.json"
+    atomic_write_text(path, json.dumps({"camera": result.spec.camera,
+                                        "source": str(result.spec.path),
+                                        "frames": result.frames, "tracklets": rows}, indent=1))
+    return [str(mot), str(path)]
