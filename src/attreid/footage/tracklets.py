@@ -185,21 +185,24 @@ class TrackletBuilder:
 
 def _appearance_cuts(embeddings: list[tuple[int, np.ndarray]],
                      settings: TrackletSettings) -> list[int]:
-    """Observation numbers where the track's appearance jumps (the mean of the ``window``
-    embeddings before and after differ by more than ``split_distance`` in cosine distance)."""
+    """Observation numbers where the track's appearance jumps: the cosine distance between the
+    means of the ``window`` embeddings before and after a point, where it peaks above
+    ``split_distance`` (the strongest jump first, others at least a window away)."""
     w = settings.window
     if settings.split_distance is None or len(embeddings) < 2 * w:
         return []
-    x = np.stack([e for _, e in embeddings])
+    x = np.stack([e for _, e in embeddings]).astype(np.float64)
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    sums = np.concatenate([np.zeros((1, x.shape[1])), np.cumsum(x, axis=0)])
+    points = np.arange(w, len(x) - w + 1)
+    before = sums[points] - sums[points - w]  # (P, D) window sums
+    after = sums[points + w] - sums[points]
+    cos = (before * after).sum(1) / np.maximum(
+        np.linalg.norm(before, axis=1) * np.linalg.norm(after, axis=1), 1e-12)
+    distance = 1.0 - cos
     cuts: list[int] = []
-    i = w
-    while i <= len(x) - w:
-        before, after = x[i - w:i].mean(0), x[i:i + w].mean(0)
-        cos = before @ after / max(np.linalg.norm(before) * np.linalg.norm(after), 1e-12)
-        if 1.0 - cos > settings.split_distance:
-            cuts.append(embeddings[i][0])
-            i += w
-        else:
-            i += 1
-    return cuts
+    while distance.size and distance.max() > settings.split_distance:
+        best = int(np.argmax(distance))
+        cuts.append(embeddings[int(points[best])][0])
+        distance[max(best - w + 1, 0):best + w] = -1.0
+    return sorted(cuts)
