@@ -307,7 +307,8 @@ def test_48_bit_png_keeps_the_high_byte_by_path_and_by_pil(tmp_path):
 
 def test_unsupported_inputs_are_named(predictor, crops):
     path = crops["L"][0]
-    with pytest.raises(ImageInputError, match=r"type numpy\.ndarray.*PIL\.Image\.fromarray"):
+    with pytest.raises(ImageInputError, match=r"numpy array .* without its channel order: "
+                       r".*channels=\"bgr\" for OpenCV"):
         predictor.predict([np.zeros((90, 37, 3), np.uint8)])
     with pytest.raises(ImageInputError, match="type builtins.bytes"):
         predictor.predict([path, path.read_bytes()])

@@ -28,10 +28,11 @@ is never in the gallery of a custom dataset unless listed there twice).
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
-from attreid.data.io import IMAGE_SUFFIXES, parse_int, read_csv_lines
+from attreid.data.io import find_images, parse_int, read_csv_lines
 from attreid.data.records import DataError, Dataset, ImageRecord, collect
 from attreid.schema import RAW_ATTRIBUTES, AttributeCodeError, raw_to_tasks
 
@@ -150,8 +151,13 @@ def read_custom(root: Path | str) -> Dataset:
 
 
 def _warn_unlisted(root: Path, listed: set[Path]) -> None:
-    unlisted = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                and p not in listed]
+    """One warning for the image files under ``root`` (linked folders included, each real file
+    once: :func:`~attreid.data.io.find_images`) that no row of the labels file names."""
+    named = {Path(os.path.realpath(p)) for p in listed}
+    unlisted = [p for p in find_images(root).paths if p not in named]
     if unlisted:
+        example = unlisted[0]
+        real_root = Path(os.path.realpath(root))
+        shown = example.relative_to(real_root) if example.is_relative_to(real_root) else example
         warnings.warn(f"{root}: {len(unlisted)} image(s) not listed in {LABELS_FILE} were "
-                      f"ignored (e.g. {unlisted[0].relative_to(root)})", stacklevel=3)
+                      f"ignored (e.g. {shown})", stacklevel=3)

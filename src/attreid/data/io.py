@@ -1,4 +1,5 @@
-"""Small I/O helpers shared by the readers: image decoding, CSV reading, folder listing."""
+"""Small I/O helpers shared by the readers: image decoding (files, PIL images, pixel arrays; EXIF
+orientation applied), CSV reading, folder listing (links followed, each real file once)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import re
 import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +26,37 @@ hold alpha; RGBa and La: premultiplied)."""
 
 
 class ImageInputError(AttreidError, TypeError):
-    """An image input of a type that no entry point decodes (e.g. a numpy array or bytes); the
-    message names the type and the accepted ones."""
+    """An image input that no entry point decodes (e.g. bytes, or a numpy array without its
+    channel order); the message names the type and the accepted ones."""
+
+
+CHANNEL_ORDERS = ("rgb", "bgr")
+"""Channel orders of pixel arrays: ``rgb`` (PIL, imageio, matplotlib, torchvision) and ``bgr``
+(OpenCV: ``cv2.imread``, ``cv2.VideoCapture.read``)."""
+
+ARRAY_ADVICE = (
+    "say the channel order of numpy pixel arrays: channels=\"bgr\" for OpenCV frames "
+    "(cv2.imread, cv2.VideoCapture), channels=\"rgb\" for RGB arrays (PIL, imageio, "
+    "matplotlib); where no channels argument is taken, make a PIL image: "
+    "PIL.Image.fromarray(frame[..., ::-1]) for a BGR frame, PIL.Image.fromarray(array) for RGB")
+"""What to do with a numpy array given without its channel order (both cases named: an OpenCV
+frame made a PIL image as if it were RGB swaps red and blue)."""
+
+EXIF_ORIENTATION = 0x0112
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+              4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+              6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+"""EXIF orientation -> the transpose that makes the pixels upright (as PIL's
+``ImageOps.exif_transpose``)."""
 
 
 def read_image(path: Path | str) -> Image.Image:
-    """Decode an image file fully and return it as 8-bit RGB, converted by :func:`to_rgb`.
+    """Decode an image file fully and return it upright (EXIF orientation applied) as 8-bit RGB,
+    converted by :func:`to_rgb`.
 
-    ``read_image(path)`` equals ``to_rgb(Image.open(path))`` pixel for pixel.
+    ``read_image(path)`` equals ``to_rgb(Image.open(path))`` pixel for pixel. PIL's
+    decompression-bomb check runs when the file is opened, before its pixels are decoded.
 
     Raises:
         DataError: the file is missing, empty, truncated or not an image; the message names it.
@@ -50,12 +75,33 @@ def read_image(path: Path | str) -> Image.Image:
         raise DataError(f"{path}: image too large ({exc})") from exc
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """The one conversion of a decoded image to 8-bit RGB, used by every entry point that takes
-    an image (files, PIL images, uploads, uint8 tensors), so they all give the same pixels.
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation of ``image``: 1 (upright as stored) to 8; 1 where there is none, or
+    the EXIF block cannot be read or holds another value (the pixels are then taken as stored)."""
+    try:
+        value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, KeyError, IndexError,
+            TypeError):  # a damaged EXIF block: the pixels themselves decode
+        return 1
+    return value if isinstance(value, int) and value in _TRANSPOSE else 1
 
-    Returns a new RGB image of the same size (``image`` is not modified; a lazily opened one is
-    loaded). By mode:
+
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says (what a phone's viewer, a browser and
+    ``cv2.imread`` show): the same pixels as ``PIL.ImageOps.exif_transpose``; ``image`` itself
+    when the orientation is 1 or absent. A W x H image with orientation 5 to 8 gives H x W."""
+    method = _TRANSPOSE.get(exif_orientation(image))
+    return image if method is None else image.transpose(method)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The one conversion of a decoded image to upright 8-bit RGB, used by every entry point
+    that takes an image (files, PIL images, uploads; pixel arrays and uint8 tensors through
+    :func:`from_array`), so they all give the same pixels.
+
+    Returns a new RGB image (``image`` is not modified; a lazily opened one is loaded). First the
+    EXIF orientation is applied (:func:`upright`: a phone photo stored sideways with orientation
+    6 comes out as it is shown, W x H becoming H x W), then by mode:
 
     * ``RGB``: unchanged (a copy). PIL itself opens 16-bit-per-channel PNG (48-bit RGB, 64-bit
       RGBA, 16-bit grey+alpha) as 8-bit ``RGB``/``RGBA`` keeping the high byte of each sample,
@@ -72,10 +118,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
     * ``F`` (32-bit float): PIL's ``convert("RGB")``, values taken as 0..255, clipped and
       truncated (0.6 -> 0, 254.6 -> 254, -3.2 -> 0, 300 -> 255).
 
-    EXIF orientation is not applied and a multi-frame image gives its current frame, for a path
-    and a PIL image alike. A colour-key ``transparency`` of an ``L`` or ``RGB`` image is ignored.
+    A multi-frame image gives its current frame, for a path and a PIL image alike. A colour-key
+    ``transparency`` of an ``L`` or ``RGB`` image is ignored. A PIL image already turned upright
+    by the caller must not keep its orientation tag (``ImageOps.exif_transpose`` removes it),
+    else it is turned twice.
     """
-    img = image
+    img = upright(image)
     if img.mode.startswith("I;16") or img.mode == "I":
         # 16/32-bit grayscale: keep the high 8 of 16 bits (PIL's convert would clip at 255;
         # its point() does not take the big-endian I;16B of TIFF files). Above 65535 saturates.
@@ -91,15 +139,56 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(image: object) -> Image.Image:
-    """A file path (``str`` or ``os.PathLike``) through :func:`read_image`, or a PIL image
-    through :func:`to_rgb`: the same RGB pixels for a file and for that file opened with PIL.
+def check_channels(channels: str | None) -> str | None:
+    """``channels`` lower-cased: ``"rgb"``, ``"bgr"`` or None (not said).
 
     Raises:
-        ImageInputError: ``image`` is of another type (the message names it).
+        ImageInputError: another value (the message lists the valid ones).
+    """
+    if channels is None:
+        return None
+    if not isinstance(channels, str) or channels.lower() not in CHANNEL_ORDERS:
+        raise ImageInputError(f"channels={channels!r}: expected one of {CHANNEL_ORDERS} "
+                              "(\"bgr\" for OpenCV frames, \"rgb\" for PIL/imageio arrays)")
+    return channels.lower()
+
+
+def from_array(array: np.ndarray, channels: str | None) -> Image.Image:
+    """An RGB PIL image of pixels ``array`` (H, W, 3) uint8 whose channels are in the order
+    ``channels`` (``"rgb"`` or ``"bgr"``, see :data:`CHANNEL_ORDERS`); a BGR frame has its
+    channels reversed, so it gives the pixels of the same picture read from a file. Any strides
+    (e.g. a crop ``frame[y0:y1, x0:x1]`` of an OpenCV frame) are taken; ``array`` is not modified.
+
+    Raises:
+        ImageInputError: ``channels`` is None or unknown (the message says which to pass for
+            OpenCV and for RGB arrays), or ``array`` is not (H, W, 3) uint8 with H, W > 0.
+    """
+    order = check_channels(channels)
+    if order is None:
+        raise ImageInputError(f"numpy array {tuple(array.shape)} {array.dtype} without its "
+                              f"channel order: {ARRAY_ADVICE}")
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3 or 0 in array.shape:
+        raise ImageInputError(
+            f"numpy array {tuple(array.shape)} {array.dtype}: expected pixels (H, W, 3) uint8 "
+            "(grey: cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR); BGRA: cv2.cvtColor(frame, "
+            "cv2.COLOR_BGRA2BGR); floats in 0..1: (array * 255).round().astype(numpy.uint8))")
+    pixels = array[..., ::-1] if order == "bgr" else array
+    return Image.fromarray(np.ascontiguousarray(pixels))
+
+
+def load_rgb(image: object, channels: str | None = None) -> Image.Image:
+    """A file path (``str`` or ``os.PathLike``) through :func:`read_image`, a PIL image through
+    :func:`to_rgb` (the same RGB pixels for a file and for that file opened with PIL), or a
+    numpy array (H, W, 3) uint8 of ``channels`` order through :func:`from_array`.
+
+    Raises:
+        ImageInputError: ``image`` is of another type, or a numpy array without ``channels``
+            or not (H, W, 3) uint8 (the message names it and what to do).
         DataError: the file is missing or cannot be decoded, or a lazily opened PIL image
             cannot be decoded.
     """
+    if isinstance(image, np.ndarray):
+        return from_array(image, channels)
     if isinstance(image, Image.Image):
         try:
             return to_rgb(image)
@@ -110,8 +199,9 @@ def load_rgb(image: object) -> Image.Image:
         return read_image(image)
     raise ImageInputError(
         f"unsupported image input of type {type(image).__module__}.{type(image).__qualname__}: "
-        "expected a file path (str or os.PathLike) or a PIL.Image.Image (a numpy array: "
-        "PIL.Image.fromarray(array); a batch of pixels: one uint8 torch.Tensor (N, 3, H, W))")
+        "expected a file path (str or os.PathLike), a PIL.Image.Image, a numpy array (H, W, 3) "
+        "uint8 with its channel order (channels=\"bgr\" for OpenCV frames, \"rgb\" for RGB) or, "
+        "for a batch of pixels, one uint8 torch.Tensor (N, 3, H, W)")
 
 
 def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -130,6 +220,110 @@ def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
             continue
         (images if entry.suffix.lower() in IMAGE_SUFFIXES else others).append(entry)
     return images, others
+
+
+@dataclass(frozen=True)
+class FolderImages:
+    """The image files under a folder, found by :func:`find_images`.
+
+    Attributes:
+        paths: real paths (links resolved, absolute), sorted, each file once.
+        duplicates: (path as walked, the real path it repeats) for each further path that leads
+            to a file already in ``paths`` (a file link, or a folder link into the tree).
+        revisited: folders reached again (a link to a folder already walked, or a loop back to
+            an ancestor), not walked again.
+        broken: links (or vanished entries) with an image suffix that lead to no file.
+        unreadable: ``"folder: reason"`` for folders that could not be listed.
+    """
+
+    paths: list[Path]
+    duplicates: list[tuple[Path, Path]]
+    revisited: list[Path]
+    broken: list[Path]
+    unreadable: list[str]
+
+    def problems(self) -> str | None:
+        """One line naming how many of each kind were met, with an example; None if none."""
+        parts = []
+        if self.duplicates:
+            walked, real = self.duplicates[0]
+            parts.append(f"{len(self.duplicates)} path(s) lead to a file already listed, "
+                         f"taken once (e.g. {walked} is {real})")
+        if self.revisited:
+            parts.append(f"{len(self.revisited)} folder(s) reached a second time through a "
+                         f"link, walked once (e.g. {self.revisited[0]})")
+        if self.broken:
+            parts.append(f"{len(self.broken)} broken link(s) skipped (e.g. {self.broken[0]})")
+        if self.unreadable:
+            parts.append(f"{len(self.unreadable)} folder(s) could not be read "
+                         f"(e.g. {self.unreadable[0]})")
+        return "; ".join(parts) or None
+
+
+def find_images(folder: Path | str) -> FolderImages:
+    """The image files (:data:`IMAGE_SUFFIXES`, by the name as walked) under ``folder``, at any
+    depth, following links to folders and files: each real file once, each folder once.
+
+    ``Path.rglob`` of Python 3.11 does not enter linked folders; here a linked camera folder is
+    walked like any other. A folder is identified by (device, inode), so a link back to an
+    ancestor or to a folder already walked is not walked again (no loop, no duplicates); files
+    are identified by their real path, so a link to a crop already listed adds nothing. Both are
+    reported in the result (see :meth:`FolderImages.problems`), never silently dropped.
+
+    Raises:
+        DataError: ``folder`` is missing or not a folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found" if not folder.exists()
+                        else f"{folder}: expected a folder, found a file")
+    seen_dirs = {_dir_key(folder)}
+    first: dict[str, Path] = {}  # real path -> the path it was first met at
+    duplicates: list[tuple[Path, Path]] = []
+    revisited: list[Path] = []
+    broken: list[Path] = []
+    unreadable: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(
+            folder, followlinks=True,
+            onerror=lambda e: unreadable.append(f"{e.filename}: {e.strerror or e}")):
+        dirnames[:] = _new_dirs(Path(dirpath), sorted(dirnames), seen_dirs, revisited)
+        for name in sorted(filenames):
+            if os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES:
+                continue
+            walked = Path(dirpath, name)
+            real = os.path.realpath(walked)
+            if not os.path.isfile(real):
+                broken.append(walked)
+            elif real in first:
+                duplicates.append((walked, Path(real)))
+            else:
+                first[real] = walked
+    return FolderImages(sorted(Path(p) for p in first), duplicates, revisited, broken,
+                        unreadable)
+
+
+def _dir_key(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _new_dirs(parent: Path, names: list[str], seen: set[tuple[int, int] | None],
+              revisited: list[Path]) -> list[str]:
+    """The subfolders of ``parent`` not walked yet (marked walked now); the others noted."""
+    keep = []
+    for name in names:
+        key = _dir_key(parent / name)
+        if key is None:  # vanished since listed: os.walk would report it
+            keep.append(name)
+        elif key in seen:
+            revisited.append(parent / name)
+        else:
+            seen.add(key)
+            keep.append(name)
+    return keep
 
 
 def warn_ignored(folder: Path, others: list[Path]) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from attreid.data.io import check_channels
 from attreid.data.transforms import TransformConfig, build_transforms
 from attreid.errors import AttreidError
 from attreid.inference.extraction import Features
@@ -172,10 +173,12 @@ class OnnxPredictor:
     def embedding_dim(self) -> int:
         return int(self.model_config["embedding_dim"])
 
-    def preprocess(self, images: Sequence[ImageInput] | torch.Tensor) -> np.ndarray:
+    def preprocess(self, images: Sequence[ImageInput] | torch.Tensor,
+                   channels: str | None = None) -> np.ndarray:
         """Decode, resize and normalise as :class:`~attreid.Predictor` does (the same
         :func:`~attreid.inference.predictor.preprocess_images`): (N, 3, H, W) float32."""
-        return np.ascontiguousarray(preprocess_images(images, self._transform).cpu().numpy())
+        return np.ascontiguousarray(
+            preprocess_images(images, self._transform, channels).cpu().numpy())
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
         out = self.session.run(self._outputs, {"images": x})
@@ -191,13 +194,16 @@ class OnnxPredictor:
         return Features(torch.from_numpy(out[0]).float(),
                         {t.name: torch.from_numpy(v) for t, v in zip(TASKS, out[1:])})
 
-    def predict(self, images: Sequence[ImageInput] | torch.Tensor) -> Prediction:
-        """Embed images and predict their attributes; inputs as :meth:`Predictor.predict`
-        (paths, PIL images, a uint8 or preprocessed float tensor (N, 3, H, W))."""
+    def predict(self, images: Sequence[ImageInput] | torch.Tensor,
+                channels: str | None = None) -> Prediction:
+        """Embed images and predict their attributes; inputs and ``channels`` as
+        :meth:`Predictor.predict` (paths, PIL images, numpy arrays with their channel order, a
+        uint8 or preprocessed float tensor (N, 3, H, W))."""
+        channels = check_channels(channels)
         images = _check_batch(images)
         if not len(images):
             raise ValueError("predict() needs at least one image")
-        parts = [self._run(self.preprocess(images[i:i + self.batch_size]))
+        parts = [self._run(self.preprocess(images[i:i + self.batch_size], channels))
                  for i in range(0, len(images), self.batch_size)]
         merged = [np.concatenate(p) for p in zip(*parts)]
         logits = {t.name: torch.from_numpy(v) for t, v in zip(TASKS, merged[1:])}

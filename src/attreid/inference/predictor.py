@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from attreid.config import from_dict
-from attreid.data.io import ImageInputError, load_rgb
+from attreid.data.io import ImageInputError, check_channels, load_rgb
 from attreid.data.transforms import TransformConfig, build_transforms, transform_config
 from attreid.inference.extraction import (
     Features,
@@ -29,8 +29,9 @@ from attreid.utils.backend import resolve_device
 from attreid.utils.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from attreid.utils.files import file_sha256
 
-ImageInput = Union[Image.Image, str, Path]
-"""What predict() decodes: a PIL image or a file path (``str`` or ``os.PathLike``)."""
+ImageInput = Union[Image.Image, str, Path, np.ndarray]
+"""What predict() decodes: a PIL image, a file path (``str`` or ``os.PathLike``) or a numpy array
+(H, W, 3) uint8 of pixels in the order given by ``channels`` (``"rgb"`` or ``"bgr"``)."""
 
 __all__ = ["ImageInput", "ImageInputError", "Prediction", "Predictor", "preprocess_images",
            "trained_tasks_of"]
@@ -91,55 +92,72 @@ def make_prediction(embeddings: np.ndarray, logits: dict[str, torch.Tensor],
 
 
 def preprocess_images(images: Sequence[ImageInput] | torch.Tensor,
-                      transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
+                      transform: Callable[[Image.Image], torch.Tensor],
+                      channels: str | None = None) -> torch.Tensor:
     """Decode and apply the evaluation ``transform``: (N, 3, H, W) float32.
 
-    Every kind of input reaches ``transform`` as the same 8-bit RGB PIL image, so a file, that
-    file opened with PIL and its pixels as a uint8 tensor give the same tensor:
+    Every kind of input reaches ``transform`` as the same upright 8-bit RGB PIL image, so a
+    file, that file opened with PIL and its pixels as an array or a uint8 tensor give the same
+    tensor:
 
     * a path: :func:`attreid.data.io.read_image`; a PIL image: :func:`attreid.data.io.to_rgb`
-      (16-bit keeps the high byte, alpha composited on black; see there);
-    * a uint8 tensor (N, 3, H, W) of RGB pixels: each image made a PIL image, so it is resized
-      by the same PIL resize as a file (not by ``torch.nn.functional.interpolate``);
+      (EXIF orientation applied, 16-bit keeps the high byte, alpha composited on black);
+    * a numpy array (H, W, 3) uint8: :func:`attreid.data.io.from_array` with ``channels``
+      (``"bgr"`` for OpenCV frames, ``"rgb"`` for RGB arrays), required for arrays;
+    * a uint8 tensor (N, 3, H, W) of pixels, RGB unless ``channels="bgr"``: each image made a
+      PIL image, so it is resized by the same PIL resize as a file;
     * a floating-point tensor (N, 3, H, W): taken as already preprocessed (returned as float32,
-      on its device; every other input gives a CPU tensor).
+      on its device; every other input gives a CPU tensor; ``channels`` must not be given).
 
     Raises:
-        ImageInputError: an element (or the batch) is of an unsupported type or dtype.
+        ImageInputError: an element (or the batch) is of an unsupported type or dtype, an array
+            without ``channels``, or an unknown ``channels``.
         ValueError: a tensor not shaped (N, 3, H, W).
         DataError: a file is missing or cannot be decoded.
     """
+    order = check_channels(channels)
     if isinstance(images, torch.Tensor):
-        return _tensor_batch(images, transform)
-    return torch.stack([transform(load_rgb(img)) for img in images])
+        return _tensor_batch(images, transform, order)
+    return torch.stack([transform(load_rgb(img, order)) for img in images])
 
 
-def _tensor_batch(batch: torch.Tensor,
-                  transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
+def _tensor_batch(batch: torch.Tensor, transform: Callable[[Image.Image], torch.Tensor],
+                  channels: str | None) -> torch.Tensor:
     if batch.ndim != 4 or batch.shape[1] != 3:
         raise ValueError(f"expected an image batch (N, 3, H, W), got {tuple(batch.shape)}")
-    if batch.dtype == torch.uint8:  # raw RGB pixels: the PIL path of a file, resize included
+    if batch.dtype == torch.uint8:  # raw pixels: the PIL path of a file, resize included
+        if channels == "bgr":
+            batch = batch.flip(1)
         pixels = batch.detach().cpu().permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, 3)
         return torch.stack([transform(Image.fromarray(p)) for p in pixels])
     if not batch.dtype.is_floating_point:
         raise ImageInputError(f"image tensor of dtype {batch.dtype}: expected uint8 pixels "
                               "(resized and normalised here) or a float batch already "
                               "preprocessed")
+    if channels is not None:
+        raise ImageInputError(f"channels={channels!r} with a float tensor: a float batch is "
+                              "taken as already preprocessed (RGB, normalised); pass uint8 "
+                              "pixels to have their channel order applied, or drop channels")
     return batch.detach().float()
 
 
 def _check_batch(images: object) -> Sequence[ImageInput] | torch.Tensor:
-    """``images`` as predict() takes it: a tensor batch, or a list of paths / PIL images."""
+    """``images`` as predict() takes it: a tensor batch, or a list of paths / PIL images /
+    arrays (a 4-D array (N, H, W, 3) is N arrays)."""
     if isinstance(images, (str, os.PathLike, Image.Image)):
         raise ImageInputError(f"predict() takes a sequence of images, got one "
                               f"{type(images).__name__}; pass [image]")
+    if isinstance(images, np.ndarray) and images.ndim != 4:
+        raise ImageInputError(f"predict() takes a sequence of images, got one numpy array "
+                              f"{tuple(images.shape)}; pass [frame] (or a batch (N, H, W, 3))")
     if isinstance(images, torch.Tensor):
         return images
     try:
         return list(images)  # type: ignore[call-overload]
     except TypeError:
-        raise ImageInputError(f"predict() takes a sequence of images (paths or PIL images) or "
-                              f"a tensor (N, 3, H, W), got {type(images).__name__}") from None
+        raise ImageInputError(f"predict() takes a sequence of images (paths, PIL images or "
+                              f"numpy arrays) or a tensor (N, 3, H, W), got "
+                              f"{type(images).__name__}") from None
 
 
 class Predictor:
@@ -202,9 +220,11 @@ class Predictor:
         """SHA-256 of the checkpoint file (identifies the model, e.g. in a search index)."""
         return file_sha256(self.checkpoint)
 
-    def preprocess(self, images: Sequence[ImageInput] | torch.Tensor) -> torch.Tensor:
-        """Decode, resize and normalise: (N, 3, H, W) float32 (see :func:`preprocess_images`)."""
-        return preprocess_images(images, self._transform)
+    def preprocess(self, images: Sequence[ImageInput] | torch.Tensor,
+                   channels: str | None = None) -> torch.Tensor:
+        """Decode, resize and normalise: (N, 3, H, W) float32 (see :func:`preprocess_images`;
+        ``channels`` as :meth:`predict`)."""
+        return preprocess_images(images, self._transform, channels)
 
     def _run(self, x: torch.Tensor) -> ModelOutput:
         return forward_checked(self.model, x.to(self.device), self.flip, self.device, self.amp)
@@ -216,26 +236,34 @@ class Predictor:
         return Features(out.embedding.cpu(), {k: v.cpu() for k, v in
                                               out.attribute_logits.items()})
 
-    def predict(self, images: Sequence[ImageInput] | torch.Tensor) -> Prediction:
+    def predict(self, images: Sequence[ImageInput] | torch.Tensor,
+                channels: str | None = None) -> Prediction:
         """Embed images and predict their attributes.
 
         Args:
-            images: PIL images or file paths (decoded, resized, normalised here), or a tensor
-                batch (N, 3, H, W): uint8 RGB pixels are resized and normalised exactly as a
-                file of those pixels, float tensors are taken as already preprocessed. A path,
-                that file opened with PIL and its pixels as uint8 give the same embedding
-                (one conversion, :func:`attreid.data.io.to_rgb`; one resize, PIL's).
+            images: PIL images, file paths or numpy arrays (H, W, 3) uint8 (decoded, turned
+                upright by their EXIF orientation, resized, normalised here), or a tensor batch
+                (N, 3, H, W): uint8 pixels are resized and normalised exactly as a file of those
+                pixels, float tensors are taken as already preprocessed. A path, that file
+                opened with PIL and its pixels as an array or uint8 tensor give the same
+                embedding (one conversion, :func:`attreid.data.io.to_rgb`; one resize, PIL's).
+            channels: the channel order of numpy arrays, required for them: ``"bgr"`` for
+                OpenCV frames (``cv2.imread``, ``cv2.VideoCapture``), ``"rgb"`` for RGB arrays
+                (PIL, imageio, matplotlib). A uint8 tensor is RGB unless ``"bgr"`` is given;
+                paths and PIL images are decoded to RGB whatever it says.
 
         Raises:
-            ImageInputError: an input of another type (a numpy array, bytes, one bare image).
+            ImageInputError: an input of another type (bytes, one bare image), a numpy array
+                without ``channels`` or not (H, W, 3) uint8, or an unknown ``channels``.
             DataError: a file is missing or cannot be decoded.
         """
+        channels = check_channels(channels)
         images = _check_batch(images)
         embeddings, logits = [], {}
         n = len(images)
         for start in range(0, n, self.batch_size):
             chunk = images[start:start + self.batch_size]
-            x = self.preprocess(chunk)
+            x = self.preprocess(chunk, channels)
             out = self._run(x)
             embeddings.append(out.embedding.cpu())
             for name, value in out.attribute_logits.items():

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from attreid.data.io import IMAGE_SUFFIXES, read_image
+from attreid.data.io import IMAGE_SUFFIXES, find_images, read_image
 from attreid.data.records import DataError
 from attreid.inference.features import (
     DEFAULT_SHARD_SIZE,
@@ -51,7 +51,9 @@ Progress = Callable[[int, int], None]
 
 
 def list_gallery(folder: Path | str) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted, absolute).
+    """Image files under ``folder`` (recursive, links to folders and files followed; sorted real
+    paths, each file once: see :func:`attreid.data.io.find_images`). Paths that repeat a file,
+    folders reached twice, broken links and unreadable folders give one warning with counts.
 
     Raises:
         DataError: the folder is missing, not a folder, or holds no image.
@@ -60,11 +62,13 @@ def list_gallery(folder: Path | str) -> list[Path]:
     if not folder.is_dir():
         raise DataError(f"{folder}: image folder not found" if not folder.exists()
                         else f"{folder}: expected a folder of images, found a file")
-    paths = sorted(p.resolve() for p in folder.rglob("*")
-                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
+    found = find_images(folder)
+    problems = found.problems()
+    if problems:
+        warnings.warn(f"{folder}: {problems}", stacklevel=2)
+    if not found.paths:
         raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
-    return paths
+    return found.paths
 
 
 # --------------------------------------------------------------------------------------------
