@@ -64,7 +64,8 @@ class FootageInfo:
         rows: ground-truth rows over all cameras (conf 0 ones included).
         spans: identity -> ``(camera, first frame, last frame)`` runs (1-based, inclusive) of
             the frames where some of the person is inside the frame, in time order.
-        reentries: ``(identity, camera)`` of paths that leave the frame and come back.
+        reentries: ``(identity, camera)`` of paths that leave the frame and come back within
+            the recording (none when ``seconds`` is too short for it, about 6 s).
     """
 
     out: Path
@@ -395,4 +396,5 @@ def make_footage(out: Path | str, cameras: int = 3, people: int = 6, seconds: fl
     return FootageInfo(out, tuple(sources), tuple(truths), out / "manifest.csv",
                        out / "people.csv", plan.frames(), len(every_row),
                        {i: tuple(s) for i, s in ordered.items()},
-                       tuple((v.identity, v.camera) for v in plan.visits if v.reentry))
+                       tuple((v.identity, v.camera) for v in plan.visits if v.reentry
+                             and sum(r[0] == v.camera for r in ordered.get(v.identity, [])) > 1))
