@@ -170,6 +170,16 @@ class GalleryIndex:
         return [r[0] for r in self._query(
             "SELECT DISTINCT camera FROM images WHERE camera IS NOT NULL ORDER BY camera")]
 
+    def committed(self) -> tuple[int, str]:
+        """``(generation, vectors file name)`` as ``meta.sqlite`` holds them now, read through
+        this object's connection (read-only, one small query): unlike :attr:`info`, it shows
+        an add committed by another process since :meth:`open`, so a reader can tell that it
+        holds an older generation and reopen the folder. (A folder replaced by a rebuild is
+        another file: this object still reads the old one; compare the file's identity.)"""
+        rows = dict(self._query(
+            "SELECT key, value FROM info WHERE key IN ('generation', 'vectors')"))
+        return int(json.loads(rows.get("generation", "0"))), str(json.loads(rows["vectors"]))
+
     def select(self, where: str, params: Sequence[Any], order: str = "id",
                limit: int | None = None, score: str = "1.0", offset: int = 0
                ) -> list[tuple[int, float]]:

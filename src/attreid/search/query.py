@@ -187,6 +187,28 @@ class GallerySearch:
                                        calibration)
         return cls(opened, predictor, choice, found, note, far)
 
+    def reopened(self, index: GalleryIndex) -> "GallerySearch":
+        """This search over ``index``, a newer generation of its folder (crops added, or the
+        folder rebuilt with the same checkpoint): the same model, backend, calibration and
+        operating point; nothing computed from the old rows is kept (P(person) of the crops is
+        computed afresh).
+
+        Raises:
+            GalleryIndexError: ``index`` was made by another checkpoint, or with another flip,
+                metric, dimension or trained tasks (the model and calibration held do not
+                apply to it); open a new search (restart the service) on it.
+        """
+        keys = ("checkpoint_sha256", "flip", "metric", "dim")
+        changed = [k for k in keys if self.index.info.get(k) != index.info.get(k)]
+        if index.trained_tasks != self.index.trained_tasks:
+            changed.append("trained_tasks")
+        if changed:
+            raise GalleryIndexError(
+                f"{index.root}: the index was rebuilt with another {', '.join(changed)} than "
+                "the one this search opened; open it anew (restart `attreid serve`)")
+        return GallerySearch(index, self.predictor, self.choice, self.calibration,
+                             self.calibration_note, self.far)
+
     # ---- filters -------------------------------------------------------------------------
 
     def check_trained(self, constraints: Sequence[Constraint]) -> None:
@@ -224,7 +246,7 @@ class GallerySearch:
         low, high = frames
         if low > high or low < 0:
             raise QueryError(f"frames {low}-{high}: expected FIRST-LAST with 0 <= FIRST <= LAST")
-        if not self.index.select("frame IS NOT NULL", [], limit=1):
+        if not self.index.select("frame IS NOT NULL AND id < ?", [len(self.index)], limit=1):
             raise QueryError("frames: this index has no frame numbers (its file names carry "
                              "none), so it cannot be filtered by frame")
 
@@ -234,7 +256,9 @@ class GallerySearch:
         self.check_trained(constraints)
         self.check_cameras(cameras)
         self.check_frames(frames)
-        clauses, params = ["1"], []
+        # only rows of the vectors held: rows another process added since (a newer
+        # generation, see reopened) are not seen, so a query never mixes two generations
+        clauses, params = ["id < ?"], [len(self.index)]
         for c in constraints:
             if min_prob > 0:
                 clauses.append(f"{c.column} >= ?")  # column names come from the schema only

@@ -18,10 +18,20 @@ Search results of image queries carry ``probability`` (P(same person), calibrate
 pairs by ``attreid calibrate``) and ``same`` (it passes the operating point); both are null when
 the service is uncalibrated (``calibration`` in every search response says why) or re-ranked
 (``score`` says ``re-ranked distance``: another scale).
-* ``GET /images/{id}`` — the file of an indexed crop (only indexed files are served).
+* ``GET /images/{id}`` — the file of an indexed crop (only indexed files are served), with an
+  ETag naming the index build: browsers revalidate (``no-cache``, a 304 when unchanged), so an id
+  of a rebuilt index never shows a cached crop of the old one.
 * ``GET /api/schema`` — the attribute tasks the index's model was trained on and their values
   (the page builds its chips from it; no task: a re-ID-only model, search by image only).
-* ``GET /healthz`` — status, number of images, checkpoint, trained tasks.
+* ``GET /healthz`` — status, number of images, checkpoint, trained tasks, and the index
+  generation in service (``generation``, ``build``, ``reload_error``).
+* ``POST /reload`` — look for a new generation of the index folder now (see below).
+
+The service follows its index folder (:class:`~attreid.search.live.LiveSearch`): crops added by
+``attreid index add`` or a folder rebuilt by ``attreid index build --overwrite`` are picked up
+on the first request after ``watch_s`` seconds (or at ``POST /reload``), without a restart. Each
+request is answered from one generation; until the swap the old one answers consistently (its
+queries never see rows beyond the vectors it holds).
 
 A task the model was trained without (its training data had no label for it) is never shown
 nor searchable: a constraint on it is a 422 naming it (:meth:`GallerySearch.check_trained`),
@@ -49,17 +59,21 @@ from attreid.search.batching import EmbeddingBatcher
 from attreid.search.http import (
     MAX_K,
     MAX_PIXELS,
+    MAX_QUERY_CROPS,
     MAX_UPLOAD_BYTES,
     BodyLimit,
     decode_upload,
     error_responses,
+    etag_matches,
     hits_json,
+    image_etag,
     media_type,
     parse_cameras,
     parse_frames,
     parse_ids,
 )
 from attreid.search.index import GalleryIndexError
+from attreid.search.live import LiveSearch
 from attreid.search.query import (
     DESCRIPTION_MIN_PROB,
     IMAGE_MIN_PROB,
@@ -103,11 +117,13 @@ def open_search(index: Path | str, checkpoint: Path | str | None = None,
 def _respond(search: GallerySearch, mode: str, hits: list, order: str, group: bool,
              offset: int, vector: Any, **counts: int) -> dict[str, Any]:
     """The JSON of a search: its hits (by time, grouped into tracks when asked), what the
-    probabilities mean, the query's P(person), and the counts (``total``: crops passing the
-    filters of a description, ``hidden``: crops a hard filter took away)."""
+    probabilities mean, the query's P(person), the counts (``total``: crops passing the
+    filters of a description, ``hidden``: crops a hard filter took away) and the index
+    ``generation`` that answered."""
     if order == "time":
         hits = by_time(hits)
     body: dict[str, Any] = {"mode": mode, "count": len(hits), "offset": offset, **counts,
+                            "generation": int(search.index.info.get("generation", 0)),
                             "calibration": search.calibration_status()}
     if group:
         tracks = group_tracks(hits, search.index.vector, track_distance(search, hits))
@@ -201,10 +217,13 @@ def _new_app(fastapi: Any, **kwargs: Any) -> Any:
 
 
 def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-               max_pixels: int = MAX_PIXELS, max_k: int = MAX_K, max_batch: int = 16) -> Any:
+               max_pixels: int = MAX_PIXELS, max_k: int = MAX_K, max_batch: int = 16,
+               watch_s: float = 1.0) -> Any:
     """The FastAPI app serving ``search`` (see the module docstring for its routes).
     Uploaded crops of concurrent requests share forward passes of up to ``max_batch`` images
-    (:class:`~attreid.search.batching.EmbeddingBatcher`; 1: one pass per request)."""
+    (:class:`~attreid.search.batching.EmbeddingBatcher`; 1: one pass per request). A new
+    generation of the index folder is looked for at most every ``watch_s`` seconds (0: on
+    every request), and at ``POST /reload``."""
     fastapi = _fastapi()
     from fastapi import File, Form, HTTPException, Query, Request, UploadFile
     from fastapi.responses import FileResponse, JSONResponse, Response
@@ -215,7 +234,8 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                    "by attributes.")
     batcher = EmbeddingBatcher(search.embed_many, max_batch)  # the only caller of the model
     uploads = UploadStore()
-    trained = search.index.trained_tasks
+    live = LiveSearch(search, watch_s)  # routes take live.current() once, never `search`
+    trained = search.index.trained_tasks  # the same in every generation (reopened checks)
     AttributeQuery = _attribute_params_model(max_k, trained)
 
     @app.exception_handler(QueryError)
@@ -228,15 +248,30 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
+        """The generation in service: ``images`` (crops), ``generation`` (adds since the
+        build), ``build`` (a token naming the build), ``reload_error`` (why a newer one could
+        not be opened, or null)."""
+        search = live.current().search
         info = search.index.info
         return {"status": "ok", "images": len(search.index), "index": info["kind"],
                 "metric": info["metric"], "checkpoint_sha256": info["checkpoint_sha256"],
-                "trained_tasks": list(trained), "calibration": search.calibration_status()}
+                "trained_tasks": list(trained), "calibration": search.calibration_status(),
+                **live.status()}
+
+    @app.post("/reload")
+    def reload() -> dict[str, Any]:
+        """Look for a new generation of the index folder now and serve it: ``reloaded`` says
+        whether one was opened; ``reload_error`` why a newer one could not be (the old one
+        then stays in service)."""
+        reloaded = live.reload()
+        return {"reloaded": reloaded, "images": len(live.current().search.index),
+                **live.status()}
 
     @app.get("/api/schema")
     def schema() -> dict[str, Any]:
         """The searchable tasks (those the model was trained on) and their values; the tasks
         it was trained without are listed in ``untrained`` (no chips, not searchable)."""
+        search = live.current().search
         return {"tasks": [{"name": t.name, "values": list(t.classes)} for t in TASKS
                           if t.name in trained],
                 "untrained": [t.name for t in TASKS if t.name not in trained],
@@ -269,8 +304,16 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         wrong: str = Form("", description="ids of results marked wrong: refine the query and "
                           "leave them out"),
     ) -> dict[str, Any]:
+        """Search by crop(s), indexed crop, upload token(s) and/or attributes. At most
+        :data:`~attreid.search.http.MAX_QUERY_CROPS` (16) query crops, uploaded and named by
+        token together: more is a 422 naming the limit, before any is decoded (each costs a
+        decode and a forward pass; 16 crops of one person are more than a mean needs)."""
+        search = live.current().search
         cameras, frame_range = parse_cameras(camera), parse_frames(frames)
         tokens = [t.strip() for t in (upload or "").split(",") if t.strip()]
+        if len(image) + len(tokens) > MAX_QUERY_CROPS:
+            raise QueryError(f"image: {len(image) + len(tokens)} query crops, at most "
+                             f"{MAX_QUERY_CROPS} per search (uploads and tokens together)")
         described = not image and query_id is None and not tokens
         if min_prob is None:
             min_prob = DESCRIPTION_MIN_PROB if described else IMAGE_MIN_PROB
@@ -284,7 +327,7 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
             total, hidden = search.count(attributes, cameras, min_prob, frame_range)
             return _respond(search, "attributes", hits, order, group, offset, None,
                             total=total, hidden=hidden)
-        vector, tokens = _query_vector(image, tokens, query_id)
+        vector, tokens = _query_vector(search, image, tokens, query_id)
         marked = parse_ids(right), parse_ids(wrong)
         vector = search.refine(vector, *marked) if any(marked) else vector
         options = dict(attributes=attributes, cameras=cameras, min_prob=min_prob,
@@ -307,7 +350,8 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
             body["upload"] = ",".join(tokens)
         return body
 
-    def _query_vector(images: list, tokens: list[str], query_id: Optional[int]) -> tuple:
+    def _query_vector(search: GallerySearch, images: list, tokens: list[str],
+                      query_id: Optional[int]) -> tuple:
         """The query embedding (pooled over several crops) and the upload tokens naming it."""
         if query_id is not None:
             try:
@@ -342,6 +386,7 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
 
     @app.get("/search/attributes", responses=errors)
     def search_attributes(params: AttributeQuery = Query()) -> dict[str, Any]:  # type: ignore
+        search = live.current().search
         values = params.model_dump()
         constraints = {t.name: values[t.name] for t in TASKS if values[t.name] is not None}
         cameras, frame_range = parse_cameras(values["camera"]), parse_frames(values["frames"])
@@ -359,6 +404,7 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                                     "1e-2, 1e-3 or 1e-4; default the service's"),
     ) -> dict[str, Any]:
         """Is this the same person? Distance, calibrated probability and decision."""
+        search = live.current().search
         crops = []
         for name, upload in (("first", first), ("second", second)):
             data = upload.file.read(max_upload_bytes + 1)
@@ -376,14 +422,27 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     @app.get("/images/{image_id}", response_class=FileResponse, responses={
         200: {"content": {"image/*": {}}, "description": "the image file"},
         **error_responses(404, 422)})
-    def image_file(image_id: int) -> FileResponse:
-        if not 0 <= image_id < len(search.index):
+    def image_file(image_id: int, request: Request) -> Response:
+        """The crop's file. Its ETag names the index build, the id and the file's mtime and
+        size; ``Cache-Control: no-cache``: a browser keeps the thumbnail but asks again (a
+        304 without a body while it is the same), so after ``index build --overwrite`` an id
+        shows the new build's crop, never a cached one of the old."""
+        held = live.current()
+        index = held.search.index
+        if not 0 <= image_id < len(index):
             raise HTTPException(404, f"no indexed image with id {image_id}")
-        path = Path(search.index.entries([image_id])[0].path)
-        if not path.is_file():
+        path = Path(index.entries([image_id])[0].path)
+        try:
+            stat = path.stat() if path.is_file() else None
+        except OSError:
+            stat = None
+        if stat is None:
             raise HTTPException(404, f"image {image_id} was indexed but its file is gone")
-        # Thumbnails are fetched again and again while browsing results: let the browser keep them.
-        return FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
+        etag = image_etag(held.token, image_id, stat.st_mtime_ns, stat.st_size)
+        headers = {"Cache-Control": "no-cache", "ETag": etag}
+        if etag_matches(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers=headers)
+        return FileResponse(path, headers=headers)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
