@@ -44,7 +44,7 @@ backend's reduction order."""
 MOVED = 1e-3
 """What a wrong decoding (sideways, or red and blue swapped) must move an embedding by at least,
 per component, on the tiny checkpoint; measured: 0.14 for the sideways crop (L2 0.58, norm 0.92),
-0.058 for the BGR crop taken as RGB (0.028 to 0.27 over 40 synthetic crops, median 0.09), so the
+0.058 for the BGR crop taken as RGB (at least 0.028 over 40 synthetic crops, median 0.09), so the
 guard cannot pass by luck."""
 
 SIZE = (37, 90)  # (width, height): not square, not the model's 64x128
