@@ -9,15 +9,17 @@ Layout of an index folder::
 Row ``id`` of ``images`` is the FAISS id of its vector (ids are positions in add order, so
 no id map is needed). The rows are described in :mod:`attreid.search.metadata`, the FAISS
 side in :mod:`attreid.search.vectors`; a new index is written (and crops are embedded and
-added) by :mod:`attreid.search.build`. The rows to index (``_Source``: from arrays or from a
-feature store, read :data:`WRITE_CHUNK` at a time) live here, as both
-:meth:`GalleryIndex.append_store` and that writer take them.
+added) by :mod:`attreid.search.build`. The rows to index (from arrays or from a feature store,
+read :data:`WRITE_CHUNK` at a time) are :mod:`attreid.search.sources`.
 
 Updates are atomic: :meth:`GalleryIndex.append_store` writes the next generation's vectors
 file first, then inserts the rows and switches ``info["vectors"]`` in one SQLite transaction,
 then deletes the previous file. A crash leaves the old index or the new one, never a mix; a
-stray file of an unfinished add is removed at the next open. A new index is built in a
-temporary folder and renamed into place.
+stray file of an unfinished add is removed at the next open (when no writer is at work). A
+new index is built in a temporary folder and renamed into place.
+
+Writers are serialised by the folder's writer lock (:mod:`attreid.search.storage`): an add
+re-reads the index from disk under it, so two adds at once both land, one after the other.
 """
 
 from __future__ import annotations
@@ -26,36 +28,41 @@ import json
 import os
 import sqlite3
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from attreid.errors import AttreidError
-from attreid.inference.features import EMBEDDINGS, PROBABILITIES, FeatureStore, FeatureStoreError
+from attreid.inference.features import FeatureStore
 from attreid.schema import trained_tasks_of
 from attreid.search.metadata import (
     Entry,
     _entry,
     _from_sql,
     _insert,
-    _probability_rows,
     _rows,
     _set_info,
     probability_columns,
+)
+from attreid.search.sources import WRITE_CHUNK, _Source, _store_source, _without
+from attreid.search.storage import (
+    READ_TIMEOUT_S,
+    GalleryIndexError,
+    busy_error,
+    disk_full,
+    is_locked,
+    remove_scratch,
+    space_needed,
+    try_writer_lock,
+    writer_lock,
 )
 from attreid.search.vectors import _faiss, faiss_to_distance, prepare_vectors
 from attreid.utils.files import file_sha256
 
 FORMAT_VERSION = 1
 DATABASE = "meta.sqlite"
-WRITE_CHUNK = 16_384
-"""Vectors added to FAISS, and rows inserted into SQLite, at a time when writing an index."""
 
-
-class GalleryIndexError(AttreidError, RuntimeError):
-    """An index folder is missing, corrupt or does not belong to the given checkpoint."""
+__all__ = ["DATABASE", "FORMAT_VERSION", "WRITE_CHUNK", "GalleryIndex", "GalleryIndexError"]
 
 
 class GalleryIndex:
@@ -80,33 +87,28 @@ class GalleryIndex:
     def open(cls, root: Path | str) -> "GalleryIndex":
         """Open an index folder made by :func:`build_index`.
 
+        A writer at work (another process adding crops) is no damage: the index is read as
+        its last committed generation, waiting up to :data:`READ_TIMEOUT_S` for a commit.
+        Stray files of killed writers (a vectors file never committed, scratch folders beside
+        the index) are removed when no writer is at work.
+
         Raises:
             GalleryIndexError: missing folder or files, unknown format, or vectors and
-                metadata that disagree; the message names the file.
+                metadata that disagree; the message names the file. A writer that holds the
+                database longer than :data:`READ_TIMEOUT_S`: a message saying so (try again).
         """
         root = Path(root)
         db_path = root / DATABASE
         if not db_path.is_file():
             raise GalleryIndexError(f"{root}: not an attreid index ({DATABASE} not found); "
                                     "make one with `attreid index build`")
+        db = _connect(db_path)
         try:
-            db = sqlite3.connect(db_path, check_same_thread=False)
-            info = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM info")}
-            count = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
-        except (sqlite3.Error, json.JSONDecodeError) as exc:
-            raise GalleryIndexError(f"{db_path}: corrupt index database ({exc})") from exc
-        if info.get("format") != FORMAT_VERSION:
-            raise GalleryIndexError(f"{db_path}: index format {info.get('format')!r}, "
-                                    f"this attreid reads {FORMAT_VERSION}; rebuild the index")
-        missing = [k for k in ("vectors", "dim", "metric", "kind") if k not in info]
-        if missing:
-            raise GalleryIndexError(f"{db_path}: damaged index, its info table lacks "
-                                    f"{', '.join(missing)}; rebuild it with `attreid index build`")
-        vectors = _read_vectors(root / info["vectors"], info)
-        if vectors.ntotal != count:
-            raise GalleryIndexError(f"{root}: {vectors.ntotal} vectors but {count} image rows; "
-                                    "the index is damaged, rebuild it")
-        _remove_strays(root, info["vectors"])
+            info, vectors = _read_state(root, db)
+            _remove_strays_unless_writing(root, db)
+        except BaseException:
+            db.close()
+            raise
         return cls(root, db, vectors, info)
 
     def close(self) -> None:
@@ -134,7 +136,12 @@ class GalleryIndex:
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         with self._lock:
-            return self._db.execute(sql, params).fetchall()
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                if is_locked(exc):  # a writer held the database past READ_TIMEOUT_S
+                    raise busy_error(self.root / DATABASE, exc) from exc
+                raise
 
     def entries(self, ids: Sequence[int]) -> list[Entry]:
         """Rows of ``ids``, in that order.
@@ -230,37 +237,159 @@ class GalleryIndex:
         """The exact paths of every indexed crop."""
         return {_from_sql(r[0]) for r in self._query("SELECT path FROM images")}
 
-    def append_store(self, store: FeatureStore) -> None:
+    def append_store(self, store: FeatureStore,
+                     on_wait: Callable[[str], None] | None = None) -> int:
         """Add the crops of a feature store (paths, embeddings, probabilities, as made by
         :func:`embed_files_to_store`) atomically (see the module docstring),
-        :data:`WRITE_CHUNK` rows at a time."""
+        :data:`WRITE_CHUNK` rows at a time, skipping crops already indexed.
+
+        Holds the index's writer lock throughout (waiting for another writer first;
+        ``on_wait`` gets one message about it) and re-reads the index from disk under it, so
+        the crops land after those another process added meanwhile, never over them.
+
+        Returns:
+            the number of crops added.
+
+        Raises:
+            GalleryIndexError: the store is of another checkpoint or dimension (the index may
+                have been rebuilt meanwhile), or the database refused the rows;
+                :class:`~attreid.search.storage.IndexDiskFullError` when the disk is full.
+                The index is then unchanged.
+        """
         source = _store_source(store)
+        with writer_lock(self.root, on_wait):
+            self._reload()
+            self._check_store(store)
+            known = self.indexed_paths()
+            source = _without(source, store, known)
+            if source.count:
+                needed = space_needed(source.count, len(self) + source.count, source.dim)
+                with disk_full(self.root, needed, "the index is unchanged"):
+                    self._append(source)
+        return source.count
+
+    def _reload(self) -> None:
+        """Read the index's current state from disk (under the writer lock): another process
+        may have added crops, or rebuilt the folder, since this object was opened."""
+        db = _connect(self.root / DATABASE)
+        try:
+            info, vectors = _read_state(self.root, db)
+        except BaseException:
+            db.close()
+            raise
+        with self._lock:
+            old, self._db = self._db, db
+            self.vectors, self.info = vectors, info
+            self.trained_tasks = _trained_tasks(info, self.root / DATABASE)
+        old.close()
+
+    def _check_store(self, store: FeatureStore) -> None:
+        digest = store.info.get("checkpoint_sha256")
+        if digest is not None and digest != self.info["checkpoint_sha256"]:
+            raise GalleryIndexError(f"{self.root}: the index was rebuilt with another "
+                                    "checkpoint while the crops were embedded; nothing added")
+        if store.dim != self.info["dim"]:
+            raise GalleryIndexError(f"{store.root}: embeddings of dimension {store.dim}, the "
+                                    f"index {self.root} holds {self.info['dim']}")
+
+    def _append(self, source: "_Source") -> None:
+        """The next generation: its vectors file, then the rows and the switch to it in one
+        SQLite transaction (so readers wait for SQLite only while rows are committed)."""
         faiss = _faiss()
         generation = int(self.info["generation"]) + 1
         name = f"vectors-{generation}.faiss"
         vectors = faiss.clone_index(self.vectors)
         old = self.info["vectors"]
-        with self._lock:
-            try:
-                with self._db:  # one transaction: the rows and the switch to the new vectors
-                    start = len(self)
-                    for paths, embeddings, probabilities in source.chunks():
-                        vectors.add(prepare_vectors(embeddings, self.metric))
-                        _insert(self._db, _rows(paths, probabilities, start))
-                        start += len(paths)
-                    _write_vectors(vectors, self.root / name)
-                    _set_info(self._db, {"vectors": name, "generation": generation})
-            except BaseException as exc:  # the transaction is rolled back; drop the new file
-                (self.root / name).unlink(missing_ok=True)
-                if isinstance(exc, sqlite3.Error):
-                    raise GalleryIndexError(f"{self.root / DATABASE}: cannot add rows ({exc}); "
-                                            "the index is unchanged") from exc
-                raise
+        for _, embeddings, _ in source.chunks():
+            vectors.add(prepare_vectors(embeddings, self.metric))
+        try:
+            _write_vectors(vectors, self.root / name)
+            with self._lock, self._db:  # one transaction: the rows and the switch
+                start = len(self)
+                for paths, _, probabilities in source.chunks():
+                    _insert(self._db, _rows(paths, probabilities, start))
+                    start += len(paths)
+                _set_info(self._db, {"vectors": name, "generation": generation})
+        except BaseException as exc:  # the transaction is rolled back; drop the new file
+            self._drop_unless_committed(name)
+            if isinstance(exc, sqlite3.Error) and "full" not in str(exc):
+                raise GalleryIndexError(f"{self.root / DATABASE}: cannot add rows ({exc}); "
+                                        "the index is unchanged") from exc
+            raise
         if self.info["kind"] == "ivf":
             vectors.make_direct_map()
         self.vectors = vectors
         self.info.update(vectors=name, generation=generation)
-        (self.root / old).unlink(missing_ok=True)
+        try:
+            (self.root / old).unlink(missing_ok=True)
+        except OSError:  # a stray, removed at a later open
+            pass
+
+    def _drop_unless_committed(self, name: str) -> None:
+        """Remove the vectors file ``name`` of a failed add, unless the database names it
+        (never delete a committed generation)."""
+        try:
+            self._db.rollback()
+            current = _read_info(self._db, self.root / DATABASE)[0].get("vectors")
+        except (sqlite3.Error, GalleryIndexError):
+            return  # cannot tell: leave it, a later open removes it if it is a stray
+        if current != name:
+            (self.root / name).unlink(missing_ok=True)
+
+
+def _connect(db_path: Path) -> sqlite3.Connection:
+    try:
+        return sqlite3.connect(db_path, timeout=READ_TIMEOUT_S, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise GalleryIndexError(f"{db_path}: cannot open the index database ({exc})") from exc
+
+
+def _read_info(db: sqlite3.Connection, db_path: Path) -> tuple[dict[str, Any], int]:
+    """``(info, number of image rows)``, read in one statement (one snapshot: a writer's
+    commit never falls between the two)."""
+    try:
+        rows = db.execute("SELECT key, value, (SELECT COUNT(*) FROM images) FROM info"
+                          ).fetchall()
+        info = {k: json.loads(v) for k, v, _ in rows}
+    except sqlite3.OperationalError as exc:
+        if is_locked(exc):
+            raise busy_error(db_path, exc) from exc
+        raise GalleryIndexError(f"{db_path}: corrupt index database ({exc})") from exc
+    except (sqlite3.Error, json.JSONDecodeError) as exc:
+        raise GalleryIndexError(f"{db_path}: corrupt index database ({exc})") from exc
+    return info, int(rows[0][2]) if rows else 0
+
+
+def _check_info(info: dict[str, Any], db_path: Path) -> None:
+    if info.get("format") != FORMAT_VERSION:
+        raise GalleryIndexError(f"{db_path}: index format {info.get('format')!r}, "
+                                f"this attreid reads {FORMAT_VERSION}; rebuild the index")
+    missing = [k for k in ("vectors", "dim", "metric", "kind") if k not in info]
+    if missing:
+        raise GalleryIndexError(f"{db_path}: damaged index, its info table lacks "
+                                f"{', '.join(missing)}; rebuild it with `attreid index build`")
+
+
+def _read_state(root: Path, db: sqlite3.Connection) -> tuple[dict[str, Any], Any]:
+    """``(info, FAISS vectors)`` of the index's last committed generation. A writer may
+    commit the next one and delete this one's vectors file between the two reads: then
+    read again."""
+    db_path = root / DATABASE
+    for _ in range(5):
+        info, count = _read_info(db, db_path)
+        _check_info(info, db_path)
+        try:
+            vectors = _read_vectors(root / info["vectors"], info)
+        except GalleryIndexError:
+            if _read_info(db, db_path)[0].get("vectors") == info["vectors"]:
+                raise
+            continue  # a newer generation was committed meanwhile
+        if vectors.ntotal != count:
+            raise GalleryIndexError(f"{root}: {vectors.ntotal} vectors but {count} image rows; "
+                                    "the index is damaged, rebuild it")
+        return info, vectors
+    raise GalleryIndexError(f"{root}: the index changed at every read (writers at work); "
+                            "try again")
 
 
 def _trained_tasks(info: dict[str, Any], where: Path) -> tuple[str, ...]:
@@ -289,12 +418,47 @@ def _read_vectors(path: Path, info: dict[str, Any]) -> Any:
 
 
 def _write_vectors(vectors: Any, path: Path) -> None:
+    """Write FAISS vectors to ``path`` atomically (a temporary file, fsync, rename). The bytes
+    go through a Python file, so a full disk raises ``OSError`` (ENOSPC) here, never a FAISS
+    ``RuntimeError`` nor (an error at FAISS's final ``fclose`` is only printed) a short file."""
     faiss = _faiss()
     tmp = path.with_name(f".{path.name}.tmp")
-    faiss.write_index(vectors, str(tmp))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    failed: list[OSError] = []
+    try:
+        with open(tmp, "wb") as f:
+            def write(data: bytes) -> None:
+                if not failed:
+                    try:
+                        f.write(data)
+                    except OSError as exc:  # kept: an exception cannot cross FAISS's C++
+                        failed.append(exc)
+
+            faiss.write_index(vectors, faiss.PyCallbackIOWriter(write))
+            if failed:
+                raise failed[0]
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _remove_strays_unless_writing(root: Path, db: sqlite3.Connection) -> None:
+    """Remove what killed writers left (a vectors file never committed, scratch folders),
+    only while holding the writer lock: a live writer's new file is not a stray."""
+    fd = try_writer_lock(root)
+    if fd is None:  # a writer is at work, or the folder is read-only to us
+        return
+    try:
+        current = _read_info(db, root / DATABASE)[0].get("vectors")  # under the lock: fresh
+        if current:
+            _remove_strays(root, current)
+        remove_scratch(root)
+    except GalleryIndexError:
+        pass  # busy or unreadable now: strays are harmless, removed another time
+    finally:
+        os.close(fd)
 
 
 def _remove_strays(root: Path, current: str) -> None:
@@ -304,43 +468,3 @@ def _remove_strays(root: Path, current: str) -> None:
                 path.unlink()
             except OSError:  # read-only index folder: strays are harmless
                 pass
-
-
-@dataclass(frozen=True)
-class _Source:
-    """Rows to index: how many, their dimension, chunks of (paths, embeddings (b, D),
-    probabilities (b, P)) in order, and a gather of embedding rows (K,) -> (K, D)."""
-
-    count: int
-    dim: int
-    chunks: Callable[[], Iterator[tuple[Sequence[Any], np.ndarray, np.ndarray]]]
-    take: Callable[[np.ndarray], np.ndarray]
-
-
-def _array_source(paths: Sequence[Path], embeddings: np.ndarray,
-                  probabilities: dict[str, np.ndarray]) -> _Source:
-    x = np.asarray(embeddings)
-    if x.ndim != 2 or len(x) != len(paths):
-        raise GalleryIndexError(f"embeddings: expected ({len(paths)}, D) for {len(paths)} "
-                                f"paths, got {x.shape}")
-    probs = _probability_rows(probabilities)  # (N, P)
-
-    def chunks() -> Iterator[tuple[Sequence[Any], np.ndarray, np.ndarray]]:
-        for lo in range(0, len(x), WRITE_CHUNK):
-            hi = lo + WRITE_CHUNK
-            yield paths[lo:hi], x[lo:hi], probs[lo:hi]
-
-    return _Source(len(x), x.shape[1], chunks, lambda rows: x[rows])
-
-
-def _store_source(store: FeatureStore) -> _Source:
-    if not store.has_paths or PROBABILITIES not in store.fields:
-        raise FeatureStoreError(f"{store.root}: an index needs the paths and probabilities "
-                                "of the crops; this store lacks them")
-
-    def chunks() -> Iterator[tuple[Sequence[Any], np.ndarray, np.ndarray]]:
-        for chunk in store.chunks([EMBEDDINGS, PROBABILITIES], WRITE_CHUNK, paths=True):
-            yield (chunk.paths or [], np.array(chunk.arrays[EMBEDDINGS]),
-                   np.array(chunk.arrays[PROBABILITIES]))
-
-    return _Source(len(store), store.dim, chunks, lambda rows: store.take(EMBEDDINGS, rows))
