@@ -61,6 +61,10 @@ def calibrate(
         return
     for line in summarize(run.calibration):
         console.print(line, markup=False, highlight=False)
+    if run.calibration.unsupported:
+        console.print("an unsupported operating point is kept in the file, but verify and "
+                      "search say so whenever they decide with it", markup=False,
+                      highlight=False)
     console.print(f"wrote {run.path} and {', '.join(f.name for f in run.files)}",
                   soft_wrap=True, markup=False)
 
@@ -110,6 +114,8 @@ def verify(
     if within and not result.same:
         why += f", but {result.note}"
     say(f"{answer} ({why})")
+    if result.unsupported:
+        say(f"warning: {result.unsupported}")
     if not within and result.probability > 0.5:
         say(f"(a P(same) above 50 % is not enough: at FAR {far:g} only distances that at most "
             f"1 in {round(1 / far):,} pairs of strangers reach are accepted)")

@@ -153,6 +153,7 @@ def describe(run: CalibrationRun) -> dict[str, Any]:
     c = run.calibration
     return {"calibration": str(run.path), "figures": [str(f) for f in run.files],
             "method": c.method, "thresholds": c.thresholds, "tar": c.tar, "eer": c.eer,
+            "unsupported": c.unsupported,
             "data": c.data, "person_check": None if c.person is None else {
                 k: c.person[k] for k in ("threshold", "refuses", "distractors_passing",
                                          "people", "distractors") if k in c.person}}

@@ -14,7 +14,10 @@ Methods (scikit-learn's):
   linearly; no shape assumed, flat beyond the fitted range.
 
 The operating points come from the pairs themselves, not from the mapping: the thresholds at
-FAR 1e-2 / 1e-3 / 1e-4 and the EER's (:mod:`attreid.metrics.verification`).
+FAR 1e-2 / 1e-3 / 1e-4 and the EER's (:mod:`attreid.metrics.verification`). A FAR the pairs
+cannot support (fewer than 10 / FAR impostor pairs, :func:`~attreid.metrics.verification.far_support`)
+is stored with its reason in :attr:`Calibration.unsupported`; a :class:`Verdict` made at it says
+so (``unsupported``), and ``calibrate``, ``verify`` and ``search`` print it.
 
 A distance says nothing about whether a crop shows a person at all: a plain red rectangle lies
 as near to the gallery's junk crops as a person to his other views. Where the labelled set has
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,10 +47,12 @@ from attreid.errors import AttreidError
 from attreid.metrics.distance import pairwise_distance
 from attreid.metrics.verification import (
     FARS,
+    SUPPORT_PAIRS,
     PairDistances,
     accept_rates,
     balanced_weights,
     equal_error_rate,
+    far_support,
     threshold_at_far,
 )
 from attreid.utils.files import atomic_write_text
@@ -92,6 +98,9 @@ class Calibration:
         data: where the pairs came from (dataset, split, crops, identities, pair counts).
         person: the person check, ``{"coef": [D floats], "intercept", "people",
             "distractors"}``, or None when the set had too few distractors to fit one.
+        unsupported: ``far_key(far)`` -> why the pairs cannot support that operating point
+            (one line, ``unsupported: ...``); its threshold is kept but every verdict at it
+            carries the reason.
     """
 
     method: str
@@ -106,6 +115,7 @@ class Calibration:
     created: str = ""
     attreid_version: str = __version__
     person: dict[str, Any] | None = None
+    unsupported: dict[str, str] = field(default_factory=dict)
 
     @property
     def person_threshold(self) -> float:
@@ -142,7 +152,7 @@ class Calibration:
         return np.log(p / (1 - p))
 
     def threshold(self, far: float = DEFAULT_FAR) -> float:
-        """The distance threshold at ``far``.
+        """The distance threshold at ``far`` (see :meth:`support`: it may be unsupported).
 
         Raises:
             CalibrationError: ``far`` is not one of the stored operating points.
@@ -152,6 +162,19 @@ class Calibration:
             raise CalibrationError(f"FAR {far:g} is not an operating point of this calibration;"
                                    f" it has {', '.join(sorted(self.thresholds))}")
         return self.thresholds[key]
+
+    def support(self, far: float = DEFAULT_FAR) -> str:
+        """"" when the calibration pairs support the operating point ``far``, else one line:
+        ``FAR 0.0001 is unsupported: 7,628 impostor pairs support FAR down to ~0.0013 (its
+        threshold is used anyway; FAR 0.01 is supported)``."""
+        why = self.unsupported.get(far_key(far))
+        if not why:
+            return ""
+        usable = [f"{float(k):g}" for k in sorted(self.thresholds, key=float, reverse=True)
+                  if k not in self.unsupported]
+        return (f"FAR {far:g} is {why} (its threshold is used anyway; " +
+                (f"FAR {' or '.join(usable)} is supported" if usable else
+                 "calibrate on more identities") + ")")
 
     def save(self, path: Path | str) -> Path:
         """Write the calibration as JSON (atomically)."""
@@ -186,6 +209,8 @@ class Calibration:
                 part for part in (f"missing {', '.join(missing)}" if missing else "",
                                   f"unknown {', '.join(unknown)}" if unknown else "")
                 if part) + "); make it again with attreid calibrate")
+        if "unsupported" not in record:  # a file from before the support check
+            record["unsupported"] = _support_from_counts(record)
         return cls(**record)
 
     def check(self, checkpoint_sha256: str, flip: bool, metric: str) -> str | None:
@@ -263,11 +288,25 @@ def fit_calibration(pairs: PairDistances, method: str, metric: str, flip: bool,
     params = _fit_platt(d, same, weights) if method == "platt" else _fit_isotonic(d, same, weights)
     thresholds = {far_key(f): threshold_at_far(pairs, f) for f in FARS}
     tar = {k: accept_rates(pairs, t)[0] for k, t in thresholds.items()}
+    unsupported = {far_key(f): why for f in FARS
+                   if (why := far_support(pairs, f, thresholds[far_key(f)])) is not None}
     rate, at = equal_error_rate(pairs)
     return Calibration(method, metric, flip, checkpoint_sha256, params, thresholds, tar,
                        {"rate": rate, "threshold": at}, data or {},
                        datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                       person=person)
+                       person=person, unsupported=unsupported)
+
+
+def _support_from_counts(record: dict[str, Any]) -> dict[str, str]:
+    """The unsupported operating points of a file written before they were stored, from its
+    impostor count (``data["pairs"]``: "G genuine + N impostor pairs"); {} when it has none."""
+    found = re.search(r"([\d,]+) impostor pairs", str(record.get("data", {}).get("pairs", "")))
+    if found is None:
+        return {}
+    n = int(found.group(1).replace(",", ""))
+    return {key: f"unsupported: {n:,} impostor pairs support FAR down to "
+                 f"~{SUPPORT_PAIRS / max(n, 1):.2g}"
+            for key in record.get("thresholds", {}) if float(key) * n < SUPPORT_PAIRS - 1e-9}
 
 
 def score_person(check: dict[str, Any], embeddings: Any, metric: str) -> np.ndarray:
@@ -331,6 +370,9 @@ class Verdict:
         far: the operating point; threshold: its distance (None when uncalibrated).
         person: P(person) of each crop, None without a person check.
         note: "" or why there is no probability, or which crop is not a person.
+        unsupported: "" or why the calibration pairs cannot support ``far``
+            (:meth:`Calibration.support`): ``same`` then rests on a threshold whose FAR is
+            not known.
     """
 
     distance: float
@@ -340,6 +382,7 @@ class Verdict:
     threshold: float | None
     note: str = ""
     person: tuple[float, float] | None = None
+    unsupported: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "calibrated": self.probability is not None}
@@ -361,7 +404,7 @@ def verdict(distance: float, calibration: Calibration | None, far: float = DEFAU
                 f"; the check passes {cut:.1%} and above)")
         same = False
     return Verdict(float(distance), float(calibration.probability(distance)), same, far,
-                   threshold, note, pair)
+                   threshold, note, pair, calibration.support(far))
 
 
 class Verifier:
@@ -439,8 +482,9 @@ def summarize(calibration: Calibration) -> list[str]:
     """Lines for a terminal: method, operating points, EER."""
     lines = [f"calibration: {calibration.method} on {calibration.data.get('pairs', '?')}"]
     for key, t in sorted(calibration.thresholds.items(), key=lambda kv: -float(kv[0])):
-        lines.append(f"  FAR {float(key):g}: threshold {t:.4g}, TAR "
-                     f"{calibration.tar[key]:.2%}")
+        why = calibration.unsupported.get(key)
+        lines.append(f"  FAR {float(key):g}: threshold {t:.4g}, TAR {calibration.tar[key]:.2%}"
+                     + (f"; {why}" if why else ""))
     lines.append(f"  EER {calibration.eer['rate']:.2%} at {calibration.eer['threshold']:.4g}")
     p = calibration.person
     lines.append("  person check: " + (f"fitted on {p['people']:,} people and {p['distractors']:,} "

@@ -107,8 +107,11 @@ def _safe_ratio(num: np.ndarray, den: np.ndarray, empty: np.ndarray) -> np.ndarr
 def _label_based_ma(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     """Per-attribute (TPR + TNR) / 2 of (N, A) bool arrays -> (A,) float64.
 
-    An attribute without positives (or negatives) in ``true`` uses the defined rate alone
-    (TNR, resp. TPR); with no rows at all it is NaN.
+    Guard: an attribute without positives (or negatives) in ``true`` has no TPR (TNR); it is
+    scored by the defined rate alone (TNR, resp. TPR), not by counting the undefined rate as 0
+    as the PETA/RAP code's ``TP / (P + eps)`` does (that caps a perfect prediction of an
+    absent attribute at 0.5). With no rows at all it is NaN. :attr:`AttributeResult.one_sided`
+    names the attributes scored so.
     """
     pos, neg = true.sum(0), (~true).sum(0)  # (A,)
     tpr = _safe_ratio((pred & true).sum(0), pos, np.full(pos.shape, np.nan))
@@ -116,6 +119,14 @@ def _label_based_ma(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     both = np.stack([tpr, tnr])  # (2, A)
     counts = (~np.isnan(both)).sum(0)
     return np.where(counts > 0, np.nansum(both, 0) / np.maximum(counts, 1), np.nan)
+
+
+def _one_sided(true: np.ndarray) -> tuple[str, ...]:
+    """Binary attributes of (n, 26) bool targets with no positive or no negative (n > 0)."""
+    if len(true) == 0:
+        return ()
+    pos = true.sum(0)
+    return tuple(a for a, p in zip(BINARY_RAW_ATTRIBUTES, pos) if p == 0 or p == len(true))
 
 
 def _example_based(pred: np.ndarray, true: np.ndarray) -> tuple[float, float, float, float]:
@@ -145,9 +156,15 @@ class AttributeResult:
 
     Binary view (26 raw binary attributes, code 2 = positive; rows with any MISSING target
     skipped; NaN when no row is complete):
-        mA: mean over attributes of (TPR + TNR) / 2 (label-based); an attribute without
-            positives or without negatives among the targets uses the defined rate alone.
-        per_attribute_mA: attribute -> its (TPR + TNR) / 2.
+        mA: mean over attributes of (TPR + TNR) / 2 (label-based). Guard: an attribute
+            without positives (or without negatives) among the targets has no TPR (TNR) and
+            is scored by the defined rate alone, TNR (TPR); the PETA/RAP code's eps instead
+            counts the missing rate as 0, which caps such an attribute at 0.5 however right
+            the predictions. Both agree when every attribute has positives and negatives
+            (Market-1501's test set); ``one_sided`` names the attributes where they differ.
+        per_attribute_mA: attribute -> its (TPR + TNR) / 2 (one rate for ``one_sided``).
+        one_sided: the binary attributes without positives or without negatives among the
+            targets, scored by one rate (empty when every attribute has both).
         instance_accuracy, instance_precision, instance_recall: mean over samples of
             |P∩T| / |P∪T|, |P∩T| / |P|, |P∩T| / |T| (P, T = predicted / true positive
             attributes). An empty denominator gives 1 when P and T are both empty, else 0.
@@ -168,6 +185,7 @@ class AttributeResult:
     instance_f1: float
     num_samples: int
     num_complete_rows: int
+    one_sided: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready copy (fractions, not percent); NaN becomes ``None``."""
@@ -225,6 +243,7 @@ def attribute_metrics(logits_or_preds: Mapping[str, ArrayLike] | ArrayLike,
         per_attribute_mA={a: float(v) for a, v in zip(BINARY_RAW_ATTRIBUTES, per_attr)},
         instance_accuracy=acc, instance_precision=prec, instance_recall=rec, instance_f1=f1,
         num_samples=int(len(true)), num_complete_rows=int(complete.sum()),
+        one_sided=_one_sided(t_raw),
     )
 
 

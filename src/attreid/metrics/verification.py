@@ -30,6 +30,10 @@ to 5 % have exact thresholds; the EER is found there too unless verification is 
 FARS: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
 """The operating points reported and stored."""
 
+SUPPORT_PAIRS = 10
+"""Impostor pairs an operating point must expect to accept: FAR ``f`` is supported by ``n``
+impostor pairs when ``f * n >= 10`` (see :func:`far_support`)."""
+
 
 @dataclass(frozen=True)
 class PairDistances:
@@ -133,6 +137,26 @@ def threshold_at_far(pairs: PairDistances, far: float) -> float:
     below = tail[:allowed][tail[:allowed] < first_refused]  # ties with it are refused too
     last = below[-1] if len(below) else first_refused - 1e-6 * max(1.0, abs(first_refused))
     return float((last + first_refused) / 2)
+
+
+def far_support(pairs: PairDistances, far: float, threshold: float) -> str | None:
+    """Why ``pairs`` cannot support the operating point ``far`` with that ``threshold`` (one
+    line starting ``unsupported:``), or None when they can.
+
+    Supported means: at least :data:`SUPPORT_PAIRS` (10) impostor pairs are expected at that
+    FAR (``far * num_impostor >= 10``) and at least one impostor pair lies at or below the
+    threshold. The threshold at FAR ``f`` is set by the ``f * n`` closest impostor pairs: with
+    10 of them the FAR is known to about 1 / sqrt(10) (~30 %, Poisson), with 1 or 2 it could be
+    several times off, and with none (``f * n < 1``: 7,628 pairs at 1e-4) the threshold only
+    says "below every impostor seen", which any FAR from 0 to ~1 / n fits.
+    """
+    n = pairs.num_impostor
+    lowest = f"{n:,} impostor pairs support FAR down to ~{SUPPORT_PAIRS / max(n, 1):.2g}"
+    if far * n < SUPPORT_PAIRS - 1e-9:
+        return f"unsupported: {lowest}"
+    if np.searchsorted(pairs.impostor_tail, threshold, side="right") == 0:
+        return f"unsupported: no impostor pair lies within the threshold ({lowest})"
+    return None
 
 
 def accept_rates(pairs: PairDistances, threshold: float) -> tuple[float, float]:
