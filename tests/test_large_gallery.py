@@ -293,6 +293,7 @@ from conftest import require
 faiss = require("faiss", "gallery search needs faiss (pip install 'attreid[search]')")
 from attreid.search import build as build_module
 from attreid.search import index as index_module
+from attreid.search import sources as sources_module
 from attreid.search import write_index, write_index_from_store
 
 
@@ -302,7 +303,7 @@ def _index_args(metric: str = "euclidean") -> dict:
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_streamed_flat_index_equals_the_in_memory_one(tmp_path, monkeypatch, metric):
-    monkeypatch.setattr(index_module, "WRITE_CHUNK", 6)  # many FAISS / SQLite chunks
+    monkeypatch.setattr(sources_module, "WRITE_CHUNK", 6)  # many FAISS / SQLite chunks
     g = _gallery(3, n=45, dim=8)
     store = _write(tmp_path / "s", g, shard_size=7)
     streamed = write_index_from_store(tmp_path / "a", store, **_index_args(metric))

@@ -228,8 +228,8 @@ def test_add_appends_new_crops_only(predictor, small_gallery, synth_market, tmp_
     assert (added, known, len(skipped)) == (5, 20, 1)
     reopened = GalleryIndex.open(tmp_path / "idx")
     assert len(reopened) == 25 and reopened.entries([0])[0] == first
-    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["meta.sqlite",
-                                                                    "vectors-1.faiss"]
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == [
+        ".writer.lock", "meta.sqlite", "vectors-1.faiss"]
     assert not list(tmp_path.glob(".idx.add.*"))  # the scratch feature store is gone
     new = reopened.entries([24])[0]
     search = GallerySearch(reopened, predictor)
@@ -252,8 +252,8 @@ def test_a_failed_add_leaves_the_index_unchanged(predictor, small_gallery, synth
         add_images(index, predictor, small_gallery)
     reopened = GalleryIndex.open(tmp_path / "idx")
     assert len(reopened) == 20
-    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["meta.sqlite",
-                                                                    "vectors-0.faiss"]
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == [
+        ".writer.lock", "meta.sqlite", "vectors-0.faiss"]
     assert not list(tmp_path.glob(".idx.add.*"))
 
 

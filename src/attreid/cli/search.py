@@ -74,7 +74,7 @@ def index_build(
             index = build_index(predictor, images, out, kind="ivf" if ivf else "flat",
                                 nlist=max(ivf, 0), nprobe=nprobe, batch_size=batch_size,
                                 overwrite=overwrite, progress=progress, features=features,
-                                shard_size=shard_size)
+                                shard_size=shard_size, on_wait=_show_backend_text)
     except _search_errors() as exc:
         _fail(str(exc))
     console.print(f"indexed {len(index)} crops ({index.info['kind']}, {index.info['metric']} "
@@ -98,7 +98,8 @@ def index_add(
         _show_backend(search.choice)
         with _reported_warnings(), _count_progress("embedding new crops") as progress:
             added, known, skipped = add_images(search.index, search.predictor, images,
-                                               batch_size, progress)
+                                               batch_size, progress,
+                                               on_wait=_show_backend_text)
     except _search_errors() as exc:
         _fail(str(exc))
     console.print(f"added {added} crops ({known} already indexed, {len(skipped)} undecodable); "

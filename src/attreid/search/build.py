@@ -5,11 +5,12 @@ bounded sample), and adding the new crops of a folder to an existing index.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sqlite3
-import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -30,14 +31,18 @@ from attreid.search.index import (
     FORMAT_VERSION,
     GalleryIndex,
     GalleryIndexError,
-    _array_source,
-    _Source,
-    _store_source,
     _write_vectors,
 )
 from attreid.search.metadata import _create_schema, _insert, _rows, _set_info
+from attreid.search.sources import _array_source, _Source, _store_source
+from attreid.search.storage import disk_full, remove_scratch, space_needed, writer_lock
 from attreid.search.vectors import INDEX_KINDS, _new_faiss_index, prepare_vectors
-from attreid.utils.files import file_sha256, printable_name
+from attreid.utils.files import (
+    file_sha256,
+    locked_temp_folder,
+    make_temp_folder,
+    printable_name,
+)
 
 IVF_SAMPLE_PER_LIST = 256
 """The IVF quantizer trains on a seeded random sample of at most this many vectors per list,"""
@@ -48,6 +53,8 @@ IVF_SAMPLE_MIN_PER_LIST = 40
 
 Progress = Callable[[int, int], None]
 """Callback ``(done, total)`` for long work."""
+Notice = Callable[[str], None]
+"""Callback for a message while waiting (another process is writing the index)."""
 
 
 def list_gallery(folder: Path | str) -> list[Path]:
@@ -156,8 +163,9 @@ def _train_ivf(vectors: Any, source: "_Source", nlist: int, metric: str, seed: i
     """Train the IVF quantizer on a seeded sample of the source (see :func:`ivf_sample_size`)."""
     if source.count < nlist:
         raise GalleryIndexError(f"IVF with {nlist} lists needs at least {nlist} images to "
-                                f"train on, the gallery has {source.count}; use a smaller "
-                                "--nlist or the exact (flat) index")
+                                f"train on, the gallery has {source.count}; use fewer lists "
+                                f"(`--ivf N` with N <= {source.count}, or -1 to choose) or the "
+                                "exact index (leave out --ivf)")
     size = ivf_sample_size(source.count, nlist)
     rows = np.arange(size) if size == source.count else \
         np.random.default_rng(seed).choice(source.count, size, replace=False)
@@ -175,7 +183,8 @@ def _check_target(out: Path, kind: str, overwrite: bool) -> None:
 def build_index(predictor: Any, images: Path | str, out: Path | str, kind: str = "flat",
                 nlist: int = 0, nprobe: int = 16, batch_size: int = 64, overwrite: bool = False,
                 progress: Progress | None = None, features: Path | str | None = None,
-                shard_size: int = DEFAULT_SHARD_SIZE) -> GalleryIndex:
+                shard_size: int = DEFAULT_SHARD_SIZE,
+                on_wait: Notice | None = None) -> GalleryIndex:
     """Embed every crop under ``images`` and write a new index folder ``out``.
 
     The crops are embedded batch by batch into a feature store (:mod:`attreid.inference.features`),
@@ -191,19 +200,25 @@ def build_index(predictor: Any, images: Path | str, out: Path | str, kind: str =
         overwrite: replace an existing ``out``.
         features: keep the feature store in this new folder (default: a temporary one,
             removed); shard_size: its rows per shard.
+        on_wait: gets a message when ``overwrite`` waits for another process writing ``out``.
+
+    Scratch folders that killed builds and adds of ``out`` left beside it are removed first.
+    The folder gets the mode of a new folder under the umask.
 
     Raises:
         GalleryIndexError: ``out`` exists (without ``overwrite``), bad IVF settings, or no
-            image decoded.
+            image decoded; :class:`~attreid.search.storage.IndexDiskFullError` when the disk
+            fills up (nothing is left behind, an existing ``out`` is unchanged).
         DataError: the image folder is missing or empty.
     """
     out = Path(out)
     _check_target(out, kind, overwrite)  # before the embedding, which takes long
     paths = list_gallery(images)
     out.parent.mkdir(parents=True, exist_ok=True)
-    store_dir = Path(features) if features is not None else Path(
-        tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.features.", suffix=".tmp"))
-    try:
+    remove_scratch(out)
+    count, dim = len(paths), int(getattr(predictor, "embedding_dim", 0))
+    with disk_full(out, space_needed(count, count, dim, store_rows=count), _unchanged(out)), \
+            _store_folder(out, features) as store_dir:
         store, skipped = embed_files_to_store(predictor, paths, store_dir, batch_size,
                                               shard_size, progress,
                                               overwrite=features is None)
@@ -215,10 +230,22 @@ def build_index(predictor: Any, images: Path | str, out: Path | str, kind: str =
             checkpoint_sha256=predictor.checkpoint_sha256, kind=kind, nlist=nlist,
             nprobe=nprobe, overwrite=overwrite,
             extra={"flip": bool(predictor.flip), "images_root": str(Path(images).resolve())},
-            trained_tasks=getattr(predictor, "trained_tasks", TASK_NAMES))
-    finally:
-        if features is None:
-            shutil.rmtree(store_dir, ignore_errors=True)
+            trained_tasks=getattr(predictor, "trained_tasks", TASK_NAMES), on_wait=on_wait)
+
+
+def _unchanged(out: Path) -> str:
+    return f"the index {out} is unchanged" if out.exists() else "no index was written"
+
+
+@contextmanager
+def _store_folder(out: Path, features: Path | str | None) -> Iterator[Path]:
+    """The feature store's folder: ``features``, or a locked scratch folder beside ``out``
+    (removed after the block; one of a killed build is removed by the next build or add)."""
+    if features is not None:
+        yield Path(features)
+        return
+    with locked_temp_folder(out.parent, f".{out.name}.features.") as scratch:
+        yield scratch / "store"
 
 
 def embed_files_to_store(predictor: Any, paths: Sequence[Path], out: Path | str,
@@ -262,7 +289,8 @@ def write_index(out: Path | str, paths: Sequence[Path], embeddings: np.ndarray,
                 kind: str = "flat", nlist: int = 0, nprobe: int = 16, overwrite: bool = False,
                 extra: dict[str, Any] | None = None,
                 checkpoint_sha256: str | None = None,
-                trained_tasks: Sequence[str] | None = None) -> GalleryIndex:
+                trained_tasks: Sequence[str] | None = None,
+                on_wait: Notice | None = None) -> GalleryIndex:
     """Write an index folder from embeddings already computed (by ``checkpoint``).
 
     Args:
@@ -277,7 +305,7 @@ def write_index(out: Path | str, paths: Sequence[Path], embeddings: np.ndarray,
     """
     return _write_index(out, _array_source(paths, embeddings, probabilities), checkpoint,
                         metric, kind, nlist, nprobe, overwrite, extra, checkpoint_sha256,
-                        trained_tasks)
+                        trained_tasks, on_wait)
 
 
 def write_index_from_store(out: Path | str, store: FeatureStore, checkpoint: Path,
@@ -285,7 +313,8 @@ def write_index_from_store(out: Path | str, store: FeatureStore, checkpoint: Pat
                            nprobe: int = 16, overwrite: bool = False,
                            extra: dict[str, Any] | None = None,
                            checkpoint_sha256: str | None = None,
-                           trained_tasks: Sequence[str] | None = None) -> GalleryIndex:
+                           trained_tasks: Sequence[str] | None = None,
+                           on_wait: Notice | None = None) -> GalleryIndex:
     """:func:`write_index` from a feature store with paths and probabilities (as made by
     :func:`embed_files_to_store`), read chunk by chunk: vectors are added to FAISS and rows
     inserted into SQLite :data:`WRITE_CHUNK` at a time, an IVF quantizer trains on a sample
@@ -293,18 +322,19 @@ def write_index_from_store(out: Path | str, store: FeatureStore, checkpoint: Pat
     Gives the same index as :func:`write_index` on the store's arrays.
     """
     return _write_index(out, _store_source(store), checkpoint, metric, kind, nlist, nprobe,
-                        overwrite, extra, checkpoint_sha256, trained_tasks)
+                        overwrite, extra, checkpoint_sha256, trained_tasks, on_wait)
 
 
 def _write_index(out: Path | str, source: _Source, checkpoint: Path, metric: str, kind: str,
                  nlist: int, nprobe: int, overwrite: bool, extra: dict[str, Any] | None,
                  checkpoint_sha256: str | None,
-                 trained_tasks: Sequence[str] | None = None) -> GalleryIndex:
+                 trained_tasks: Sequence[str] | None = None,
+                 on_wait: Notice | None = None) -> GalleryIndex:
     out = Path(out)
     _check_target(out, kind, overwrite)
     if trained_tasks is not None:
         extra = {**(extra or {}), "trained_tasks": list(trained_tasks_of(list(trained_tasks)))}
-    nlist = nlist or max(1, int(4 * np.sqrt(source.count)))
+    nlist = nlist or max(1, min(source.count, int(4 * np.sqrt(source.count))))
     info = {"format": FORMAT_VERSION, "checkpoint": str(Path(checkpoint).resolve()),
             "checkpoint_sha256": checkpoint_sha256 or file_sha256(Path(checkpoint)),
             "metric": metric,
@@ -312,12 +342,25 @@ def _write_index(out: Path | str, source: _Source, checkpoint: Path, metric: str
             "nprobe": nprobe, "flip": False, "images_root": None,
             "vectors": "vectors-0.faiss", "generation": 0, **(extra or {})}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    needed = space_needed(source.count, source.count, source.dim)
+    # the temporary folder holds the writer lock from birth: renamed into place, it is the
+    # new index's, held until the block ends
+    with disk_full(out, needed, _unchanged(out)), \
+            locked_temp_folder(out.parent, f".{out.name}.") as tmp:
+        _write_folder(tmp, source, info, nlist)
+        _install(tmp, out, overwrite, on_wait)
+    return GalleryIndex.open(out)
+
+
+def _write_folder(folder: Path, source: _Source, info: dict[str, Any], nlist: int) -> None:
+    """``meta.sqlite`` and the vectors file of a new index in ``folder``."""
+    metric, kind = info["metric"], info["kind"]
+    vectors = _new_faiss_index(source.dim, metric, kind, nlist)
+    if kind == "ivf":
+        _train_ivf(vectors, source, nlist, metric)
+    db = sqlite3.connect(folder / DATABASE)
     try:
-        vectors = _new_faiss_index(source.dim, metric, kind, nlist)
-        if kind == "ivf":
-            _train_ivf(vectors, source, nlist, metric)
-        with sqlite3.connect(tmp / DATABASE) as db:
+        with db:
             _create_schema(db)
             start = 0
             for paths, embeddings, probabilities in source.chunks():
@@ -325,42 +368,64 @@ def _write_index(out: Path | str, source: _Source, checkpoint: Path, metric: str
                 _insert(db, _rows(paths, probabilities, start))
                 start += len(paths)
             _set_info(db, info)
+    finally:
         db.close()
-        _write_vectors(vectors, tmp / info["vectors"])
-        del vectors  # GalleryIndex.open reads them back
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return GalleryIndex.open(out)
+    _write_vectors(vectors, folder / info["vectors"])
+
+
+def _install(tmp: Path, out: Path, overwrite: bool, on_wait: Notice | None) -> None:
+    """Rename the finished folder ``tmp`` to ``out``. An existing index ``out`` (overwrite) is
+    replaced under its writer lock: an add at work there finishes first (and one waiting
+    then finds the new index)."""
+    try:
+        os.rename(tmp, out)  # atomic; fails on a folder that is not empty
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not out.is_dir():
+            raise
+    if not overwrite:
+        raise GalleryIndexError(f"{out}: made by another process while this build ran; pass "
+                                "overwrite (--overwrite) to replace it")
+    with writer_lock(out, on_wait):
+        old = make_temp_folder(out.parent, f".{out.name}.old.")
+        os.rename(out, old)
+        os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def add_images(index: GalleryIndex, predictor: Any, images: Path | str, batch_size: int = 64,
-               progress: Progress | None = None) -> tuple[int, int, list[str]]:
+               progress: Progress | None = None,
+               on_wait: Notice | None = None) -> tuple[int, int, list[str]]:
     """Embed the crops under ``images`` not yet in ``index`` and append them (no rebuild).
+
+    The crops are embedded first (into a scratch feature store beside the index, locked while
+    in use; one left by a killed add is removed by the next add), then appended under the
+    index's writer lock (:meth:`GalleryIndex.append_store`: another add at work finishes
+    first, ``on_wait`` is told so once; crops it added meanwhile are not added twice).
 
     Returns:
         (added, already indexed, skipped undecodable files).
 
     Raises:
-        GalleryIndexError: ``predictor``'s checkpoint did not make the index.
+        GalleryIndexError: ``predictor``'s checkpoint did not make the index;
+            :class:`~attreid.search.storage.IndexDiskFullError` when the disk fills up (the
+            index is unchanged).
     """
     index.check_checkpoint(predictor.checkpoint, predictor.checkpoint_sha256)
-    known = index.indexed_paths()
+    known = index.indexed_paths()  # a first guess, checked again under the writer lock
     paths = list_gallery(images)
     new = [p for p in paths if str(p) not in known]
     if not new:
         return 0, len(paths), []
-    scratch = Path(tempfile.mkdtemp(dir=index.root.parent, prefix=f".{index.root.name}.add.",
-                                    suffix=".tmp"))
-    try:  # streamed through a scratch feature store: memory bounded whatever the number of crops
-        store, skipped = embed_files_to_store(predictor, new, scratch, batch_size,
-                                              progress=progress, overwrite=True)
+    remove_scratch(index.root)
+    needed = space_needed(len(new), len(index) + len(new), int(index.info["dim"]),
+                          store_rows=len(new))
+    with disk_full(index.root, needed, "the index is unchanged"), \
+            locked_temp_folder(index.root.parent, f".{index.root.name}.add.") as scratch:
+        # streamed through a scratch feature store: memory bounded whatever the number of crops
+        store, skipped = embed_files_to_store(predictor, new, scratch / "store", batch_size,
+                                              progress=progress)
         _warn_skipped(skipped)
-        if len(store):
-            index.append_store(store)
-        return len(store), len(paths) - len(new), skipped
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        added = index.append_store(store, on_wait) if len(store) else 0
+    indexed = index.indexed_paths()
+    return added, sum(str(p) in indexed for p in paths) - added, skipped

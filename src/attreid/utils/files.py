@@ -1,18 +1,35 @@
-"""Files that readers never see half-written, and names fit to print.
+"""Files that readers never see half-written, names fit to print, and folders that writers
+share.
 
 ``atomic_write_bytes`` writes to a temporary file in the same folder, fsyncs it and renames it
 over the target (POSIX ``rename`` is atomic), so checkpoints, plots, feature stores and reports
 are either the old file or the new one after a crash or a full disk.
+
+Folders several processes write (an index folder, the scratch folders of its writers) are
+guarded by an exclusive ``flock`` on a file :data:`FOLDER_LOCK` inside them
+(:func:`lock_file`): a writer holds it while it works, and a leftover of a killed writer is a
+folder whose lock anyone can take (:func:`remove_abandoned_folders`). The lock is released by
+the kernel when its holder dies, so a killed writer never leaves a stale lock.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
 import tempfile
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locking (one writer at a time is then the user's care)
+    fcntl = None  # type: ignore[assignment]
+
+FOLDER_LOCK = ".writer.lock"
+"""The lock file of a shared folder (see :func:`lock_file`)."""
 
 
 def current_umask() -> int:
@@ -101,3 +118,101 @@ def output_folder(path: Path | str) -> Iterator[Path]:
             with suppress(OSError):  # rmdir removes only an empty folder (and may race a rank)
                 path.rmdir()
         raise
+
+
+def make_temp_folder(parent: Path | str, prefix: str, suffix: str = ".tmp") -> Path:
+    """A new uniquely named folder in ``parent`` (``tempfile.mkdtemp``) with the mode any new
+    folder gets under the process's umask (``mkdtemp`` makes it 0700, which would keep other
+    accounts out of an index renamed from it)."""
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix, suffix=suffix))
+    os.chmod(path, 0o777 & ~current_umask())
+    return path
+
+
+def lock_file(path: Path | str, wait: bool = True,
+              on_wait: Callable[[], None] | None = None) -> int | None:
+    """Take an exclusive ``flock`` on ``path`` (created if missing, mode per the umask).
+
+    Returns the descriptor that holds it (``os.close`` releases it), or ``None`` when
+    ``wait`` is false and another process holds it. With ``wait``, ``on_wait`` is called once
+    before blocking. A lock file replaced or removed while waiting (its folder was renamed
+    away) is not the lock of ``path`` any more: the lock is then taken again on the current
+    file.
+
+    Raises:
+        OSError: the file cannot be created or opened (missing folder, no permission).
+    """
+    path = Path(path)
+    while True:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)  # flock needs no write access
+        if fcntl is None:
+            return fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                os.close(fd)
+                return None
+            if on_wait is not None:
+                on_wait()
+                on_wait = None
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        if _same_file(fd, path):
+            return fd
+        os.close(fd)  # the folder was replaced while we waited: lock the current file
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
+@contextmanager
+def locked_temp_folder(parent: Path | str, prefix: str) -> Iterator[Path]:
+    """A new folder ``parent/PREFIXxxxxxxxx.tmp`` (:func:`make_temp_folder`) whose
+    :data:`FOLDER_LOCK` this process holds for the block; the folder is removed after it
+    (unless the block renamed it away). :func:`remove_abandoned_folders` never removes it
+    while the block runs, and removes it once its process is killed."""
+    while True:
+        path = make_temp_folder(parent, prefix)
+        try:
+            fd = lock_file(path / FOLDER_LOCK, wait=False)
+        except FileNotFoundError:  # a cleaner took it for a leftover and removed it: again
+            continue
+        if fd is not None:
+            break
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)
+
+
+def remove_abandoned_folders(parent: Path | str, names: re.Pattern[str]) -> list[Path]:
+    """Remove the folders of ``parent`` whose name fully matches ``names`` and whose
+    :data:`FOLDER_LOCK` nobody holds (leftovers of killed writers; a folder without a lock
+    file, made by an older attreid, counts as abandoned too). Folders this process cannot
+    lock or remove are left alone. Returns the removed folders."""
+    removed = []
+    with suppress(OSError):
+        candidates = sorted(p for p in Path(parent).iterdir() if names.fullmatch(p.name))
+        for path in candidates:
+            if path.is_symlink() or not path.is_dir():
+                continue
+            try:
+                fd = lock_file(path / FOLDER_LOCK, wait=False)
+            except OSError:  # removed meanwhile, or not ours to lock
+                continue
+            if fd is None:  # a live writer's
+                continue
+            try:
+                shutil.rmtree(path, ignore_errors=True)
+            finally:
+                os.close(fd)
+            if not path.exists():
+                removed.append(path)
+    return removed
