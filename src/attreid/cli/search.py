@@ -181,6 +181,7 @@ def search(
             _warn_not_a_person(opened.query_person(opened.index.vector(query_id)), cut)
         else:
             hits = opened.by_attributes(**options, k=k)
+        short = getattr(hits, "unreached", 0)  # an image query the index fell short of
         hits = by_time(hits) if order == "time" else hits
     except _search_errors() as exc:
         _fail(str(exc))
@@ -202,6 +203,9 @@ def search(
     # a log or a pipe gets the table at full width (80 columns would fold every name)
     console.print(table, width=None if console.is_terminal else max(console.width, 150),
                   crop=console.is_terminal)
+    if short:
+        console.print(f"{short} more result(s) pass the filters but the index could not "
+                      "reach them", markup=False, highlight=False)
     if tracks:
         console.print(f"{len(hits)} results in {len(tracks)} track(s): a row per track, "
                       "'crops' counts the results it stands for", markup=False, highlight=False)
@@ -222,6 +226,9 @@ def search(
     if any(h.probability is not None for h in hits):
         console.print(f"✓: the same person at FAR {far:g} (P(same) assumes a prior of 0.5)",
                       markup=False, highlight=False)
+        if opened.calibration is not None and opened.calibration.support(far):
+            console.print(f"warning: {opened.calibration.support(far)}", markup=False,
+                          highlight=False, soft_wrap=True)
 
 
 def results_table(hits: list, trained: tuple[str, ...], rerank: bool, metric: str,

@@ -213,7 +213,10 @@ class GalleryIndex:
         Returns:
             distances (Q, k') float32 and ids (Q, k') int64, nearest first; k' = min(k, number
             of allowed images). Euclidean or cosine distance as in training. An IVF search
-            may find fewer than k' (its probed lists hold fewer): those slots have id -1.
+            that comes back short of k' (a filter whose rows lie outside the probed lists)
+            is repeated with twice the lists, up to every list (then exact over the allowed
+            ids), so it returns k' whenever k' exist; a slot it still cannot fill has id -1
+            (:func:`unreached` counts them).
         """
         faiss = _faiss()
         total = len(self) if allowed is None else len(allowed)
@@ -224,12 +227,25 @@ class GalleryIndex:
         selector = None if allowed is None else faiss.IDSelectorBatch(
             np.ascontiguousarray(allowed, dtype=np.int64))
         if self.info["kind"] == "ivf":
-            params = faiss.SearchParametersIVF(sel=selector,
-                                               nprobe=int(nprobe or self.info["nprobe"]))
+            scores, ids = self._search_ivf(q, k, selector, int(nprobe or self.info["nprobe"]))
         else:
-            params = faiss.SearchParameters(sel=selector)
-        scores, ids = self.vectors.search(q, k, params=params)
+            scores, ids = self.vectors.search(q, k, params=faiss.SearchParameters(sel=selector))
         return faiss_to_distance(scores, self.metric), ids
+
+    def _search_ivf(self, q: np.ndarray, k: int, selector: Any, nprobe: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS scores and ids (Q, k) of an IVF search, probing twice as many lists while a
+        row comes back short of ``k``, up to all ``nlist`` lists (a filtered search of a
+        camera whose crops lie in other lists than the query's used to return 10 of 50)."""
+        faiss = _faiss()
+        nlist = int(faiss.extract_index_ivf(self.vectors).nlist)
+        nprobe = max(1, min(nprobe, nlist))
+        while True:
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+            scores, ids = self.vectors.search(q, k, params=params)
+            if nprobe >= nlist or bool((ids >= 0).all()):
+                return scores, ids
+            nprobe = min(2 * nprobe, nlist)
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -390,6 +406,12 @@ def _read_state(root: Path, db: sqlite3.Connection) -> tuple[dict[str, Any], Any
         return info, vectors
     raise GalleryIndexError(f"{root}: the index changed at every read (writers at work); "
                             "try again")
+
+
+def unreached(ids: np.ndarray) -> int:
+    """Slots of a :meth:`GalleryIndex.search` result (Q, k') it could not fill (id -1): 0 unless
+    an allowed id is not in the index (every IVF list is probed before a slot stays empty)."""
+    return int((np.asarray(ids) < 0).sum())
 
 
 def _trained_tasks(info: dict[str, Any], where: Path) -> tuple[str, ...]:

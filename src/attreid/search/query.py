@@ -43,7 +43,7 @@ from attreid.search.constraints import (
     parse_attributes,
     pool_vectors,
 )
-from attreid.search.index import GalleryIndex, GalleryIndexError
+from attreid.search.index import GalleryIndex, GalleryIndexError, unreached
 from attreid.search.metadata import Entry
 from attreid.search.vectors import prepare_vectors
 
@@ -100,6 +100,15 @@ class Hit:
                 "person": self.person,
                 "camera": e.camera, "frame": e.frame, "identity": e.identity,
                 "attributes": e.attributes()}
+
+
+class Hits(list):
+    """The :class:`Hit` s of an image query, best first (a plain list otherwise), and
+    ``unreached``: candidate slots the index could not fill although that many crops pass the
+    filters (0 unless an allowed crop is out of every IVF list; a short IVF search is repeated
+    with more lists first, see :meth:`GalleryIndex.search`)."""
+
+    unreached: int = 0
 
 
 def _match(entry: Entry, constraints: Sequence[Constraint]) -> float | None:
@@ -367,6 +376,7 @@ class GallerySearch:
         want = k + offset
         depth = max(want, RERANK_DEPTH) if rerank else max(want, SOFT_DEPTH) if soft else want
         dist, ids = self.index.search(np.asarray(vector)[None], depth + extra, allowed)
+        short = unreached(ids)  # a filtered IVF search comes back whole, or says so here
         pairs = [(float(d), int(i)) for d, i in zip(dist[0], ids[0]) if i >= 0 and i != exclude]
         if rerank and len(pairs) > 1:
             pairs = self._rerank(np.asarray(vector), [i for _, i in pairs])
@@ -376,8 +386,10 @@ class GallerySearch:
         if soft:  # re-ranked distances are on another scale: their relative weight
             order = self._soft_order([d for d, _ in pairs], matches, calibrated=not rerank)
         query = self.query_person(vector)
-        return [self._hit(entries[j], pairs[j][0], matches[j], rerank, query)
-                for j in order[offset:want]]
+        hits = Hits(self._hit(entries[j], pairs[j][0], matches[j], rerank, query)
+                    for j in order[offset:want])
+        hits.unreached = short
+        return hits
 
     def _soft_order(self, distances: list[float], matches: list[float | None],
                     calibrated: bool = True) -> list[int]:
