@@ -31,11 +31,16 @@ from attreid.search.index import (
     FORMAT_VERSION,
     GalleryIndex,
     GalleryIndexError,
-    _write_vectors,
 )
 from attreid.search.metadata import _create_schema, _insert, _rows, _set_info
 from attreid.search.sources import _array_source, _Source, _store_source
-from attreid.search.storage import disk_full, remove_scratch, space_needed, writer_lock
+from attreid.search.storage import (
+    disk_full,
+    remove_scratch,
+    space_needed,
+    write_vectors,
+    writer_lock,
+)
 from attreid.search.vectors import INDEX_KINDS, _new_faiss_index, prepare_vectors
 from attreid.utils.files import (
     file_sha256,
@@ -370,7 +375,7 @@ def _write_folder(folder: Path, source: _Source, info: dict[str, Any], nlist: in
             _set_info(db, info)
     finally:
         db.close()
-    _write_vectors(vectors, folder / info["vectors"])
+    write_vectors(vectors, folder / info["vectors"])
 
 
 def _install(tmp: Path, out: Path, overwrite: bool, on_wait: Notice | None) -> None:

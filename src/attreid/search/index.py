@@ -54,6 +54,7 @@ from attreid.search.storage import (
     remove_scratch,
     space_needed,
     try_writer_lock,
+    write_vectors,
     writer_lock,
 )
 from attreid.search.vectors import _faiss, faiss_to_distance, prepare_vectors
@@ -319,7 +320,7 @@ class GalleryIndex:
         for _, embeddings, _ in source.chunks():
             vectors.add(prepare_vectors(embeddings, self.metric))
         try:
-            _write_vectors(vectors, self.root / name)
+            write_vectors(vectors, self.root / name)
             with self._lock, self._db:  # one transaction: the rows and the switch
                 start = len(self)
                 for paths, _, probabilities in source.chunks():
@@ -437,33 +438,6 @@ def _read_vectors(path: Path, info: dict[str, Any]) -> Any:
     if info["kind"] == "ivf":
         vectors.make_direct_map()  # for reconstruct(): search by an indexed image
     return vectors
-
-
-def _write_vectors(vectors: Any, path: Path) -> None:
-    """Write FAISS vectors to ``path`` atomically (a temporary file, fsync, rename). The bytes
-    go through a Python file, so a full disk raises ``OSError`` (ENOSPC) here, never a FAISS
-    ``RuntimeError`` nor (an error at FAISS's final ``fclose`` is only printed) a short file."""
-    faiss = _faiss()
-    tmp = path.with_name(f".{path.name}.tmp")
-    failed: list[OSError] = []
-    try:
-        with open(tmp, "wb") as f:
-            def write(data: bytes) -> None:
-                if not failed:
-                    try:
-                        f.write(data)
-                    except OSError as exc:  # kept: an exception cannot cross FAISS's C++
-                        failed.append(exc)
-
-            faiss.write_index(vectors, faiss.PyCallbackIOWriter(write))
-            if failed:
-                raise failed[0]
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _remove_strays_unless_writing(root: Path, db: sqlite3.Connection) -> None:

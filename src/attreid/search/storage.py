@@ -11,6 +11,8 @@ writers, a database another process is writing, and a full disk.
   writer is removed by the next build, add or open (:func:`remove_scratch`).
 * **A database being written.** A reader that meets SQLite's write lock waits up to
   :data:`READ_TIMEOUT_S`, then gets :func:`busy_error` (try again), not "corrupt".
+* **Vectors files** are written through a Python file (:func:`write_vectors`), so that a
+  full disk is an ``OSError`` there, never a FAISS ``RuntimeError`` or a short file.
 * **A full disk** (``ENOSPC``/``EDQUOT``, SQLite's "database or disk is full") while an index or
   its scratch is written becomes :class:`IndexDiskFullError`, naming the folder, the space the
   write needs (:func:`space_needed`) and the space free; what was written is rolled back.
@@ -25,9 +27,10 @@ import shutil
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from attreid.errors import AttreidError
+from attreid.search.vectors import _faiss
 from attreid.utils.files import FOLDER_LOCK, lock_file, remove_abandoned_folders
 
 WRITER_LOCK = FOLDER_LOCK
@@ -170,3 +173,30 @@ def disk_full(where: Path, needed: int, outcome: str) -> Iterator[None]:
             f"{where}: the disk is full ({reason}); this write needs about {_size(needed)} "
             f"free there{now}. Free some space (or write the index to another disk) and run it "
             f"again; {outcome}") from exc
+
+
+def write_vectors(vectors: Any, path: Path) -> None:
+    """Write FAISS vectors to ``path`` atomically (a temporary file, fsync, rename). The bytes
+    go through a Python file, so a full disk raises ``OSError`` (ENOSPC) here, never a FAISS
+    ``RuntimeError`` nor (an error at FAISS's final ``fclose`` is only printed) a short file."""
+    faiss = _faiss()
+    tmp = path.with_name(f".{path.name}.tmp")
+    failed: list[OSError] = []
+    try:
+        with open(tmp, "wb") as f:
+            def write(data: bytes) -> None:
+                if not failed:
+                    try:
+                        f.write(data)
+                    except OSError as exc:  # kept: an exception cannot cross FAISS's C++
+                        failed.append(exc)
+
+            faiss.write_index(vectors, faiss.PyCallbackIOWriter(write))
+            if failed:
+                raise failed[0]
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Callable, Iterator
@@ -129,13 +130,18 @@ def make_temp_folder(parent: Path | str, prefix: str, suffix: str = ".tmp") -> P
     return path
 
 
+LOCK_QUIET_S = 1.0
+"""A lock held longer than this is announced (``on_wait``): a reader that takes it for a moment
+(to clear strays) is no other writer worth a message."""
+
+
 def lock_file(path: Path | str, wait: bool = True,
               on_wait: Callable[[], None] | None = None) -> int | None:
     """Take an exclusive ``flock`` on ``path`` (created if missing, mode per the umask).
 
     Returns the descriptor that holds it (``os.close`` releases it), or ``None`` when
     ``wait`` is false and another process holds it. With ``wait``, ``on_wait`` is called once
-    before blocking. A lock file replaced or removed while waiting (its folder was renamed
+    when the lock is still held after :data:`LOCK_QUIET_S`. A lock file replaced or removed while waiting (its folder was renamed
     away) is not the lock of ``path`` any more: the lock is then taken again on the current
     file.
 
@@ -153,13 +159,26 @@ def lock_file(path: Path | str, wait: bool = True,
             if not wait:
                 os.close(fd)
                 return None
-            if on_wait is not None:
+            if on_wait is not None and not _lock_soon(fd, LOCK_QUIET_S):
                 on_wait()
                 on_wait = None
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX)  # at once if _lock_soon took it
         if _same_file(fd, path):
             return fd
         os.close(fd)  # the folder was replaced while we waited: lock the current file
+
+
+def _lock_soon(fd: int, seconds: float) -> bool:
+    """Try the lock of ``fd`` every 20 ms for ``seconds``; True once taken."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+    return False
 
 
 def _same_file(fd: int, path: Path) -> bool:
