@@ -6,17 +6,27 @@ training side that defines the majority baseline. Shared by training validation 
   attributes of the gallery images that carry them (Market-1501: identities > 0).
 * ``study``: the course layout's validation identities (first 225 CSV rows), all against all.
 * ``random``: ``val_ids`` identities drawn with ``split_seed``, all against all.
+
+A gallery file byte-identical to a query file is that query itself, not a view of its person
+(a custom layout that lists the queries in its gallery too, under other names):
+:func:`query_copies` finds them for split ``test``, and evaluation leaves each out of its own
+query's ranking, as the course layout drops its ``NAME(1).jpg`` copies and the all-against-all
+splits the query's own entry.
 """
 
 from __future__ import annotations
 
+import os
+from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from attreid.data.records import Dataset, ImageRecord, attribute_matrix
 from attreid.data.splits import random_id_split, split_by_ids
+from attreid.utils.files import file_sha256
 
 SPLITS: tuple[str, ...] = ("test", "study", "random")
 """Valid split names."""
@@ -121,3 +131,34 @@ def labels_and_cameras(data: EvaluationSet) -> tuple[np.ndarray, np.ndarray, np.
         return qids, gids, None, None
     return (qids, gids, np.array([r.camid for r in data.query], dtype=np.int64),
             np.array([r.camid for r in data.gallery], dtype=np.int64))
+
+
+def query_copies(data: EvaluationSet) -> np.ndarray:
+    """(Q, C) int64 gallery indices of the files byte-identical to each query (the same
+    resolved path, or the same size and SHA-256), -1 padded, C >= 1. Only files whose size
+    matches a query's are hashed. An all-against-all split (one set of training images, the
+    query's own entry excluded already) is not searched: all -1.
+
+    Raises:
+        OSError: a file cannot be read.
+    """
+    if data.all_vs_all:
+        return np.full((len(data.query), 1), -1, dtype=np.int64)
+    by_size: dict[int, list[int]] = defaultdict(list)
+    for j, rec in enumerate(data.gallery):
+        by_size[os.stat(rec.path).st_size].append(j)
+    digests: dict[Path, str] = {}
+
+    def digest(path: Path) -> str:
+        if path not in digests:
+            digests[path] = file_sha256(path)
+        return digests[path]
+
+    found: list[list[int]] = []
+    for rec in data.query:
+        here = Path(os.path.realpath(rec.path))
+        found.append([j for j in by_size.get(os.stat(rec.path).st_size, [])
+                      if Path(os.path.realpath(data.gallery[j].path)) == here
+                      or digest(data.gallery[j].path) == digest(rec.path)])
+    width = max([1] + [len(f) for f in found])
+    return np.array([f + [-1] * (width - len(f)) for f in found], dtype=np.int64)

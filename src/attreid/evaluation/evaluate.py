@@ -14,6 +14,15 @@ Which images are scored (``split``):
   split (the course layout's first 225 CSV rows, or ``val_ids`` identities drawn with
   ``split_seed``); every image ranked against all others (protocol ``seed``, itself excluded).
 
+With every split and protocol, a gallery file byte-identical to the query is the query itself
+and is left out of its ranking (:func:`attreid.data.evalset.query_copies`; without cameras the
+market protocol has nothing else to remove it by, and it would always rank first as a match);
+``metrics["setup"]["query_copies_excluded"]`` counts them and a warning says so.
+
+mA (:func:`attreid.metrics.attribute_metrics`): an attribute with no positive (or no negative)
+among the scored images is scored by its one defined rate; ``metrics["setup"]["mA_one_sided"]``
+names those attributes and a warning says so.
+
 The majority baseline predicts, for each task, the most frequent class among the identities of
 the training records (the dataset's train set for ``test``, the remaining train identities for
 ``study`` / ``random``). Embeddings are exactly those of
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -38,6 +48,7 @@ from attreid.data.evalset import (
     build_evaluation_set,
     identity_targets,
     labels_and_cameras,
+    query_copies,
 )
 from attreid.data.load import load_dataset
 from attreid.data.records import JUNK_ID, attribute_matrix
@@ -115,10 +126,22 @@ class EvaluationResult:
     files: list[Path] = field(default_factory=list)
 
 
-def _reid(dist: np.ndarray, data: EvaluationSet, protocol: str) -> ReidResult:
+def _reid(dist: np.ndarray, data: EvaluationSet, protocol: str, copies: np.ndarray
+          ) -> ReidResult:
     qids, gids, qcams, gcams = labels_and_cameras(data)
     return reid_metrics(dist, qids, gids, qcams, gcams, protocol=protocol, max_rank=CMC_RANKS,
-                        exclude_self=data.all_vs_all)
+                        exclude_self=data.all_vs_all, exclude=copies)
+
+
+def _copies(data: EvaluationSet) -> np.ndarray:
+    """:func:`query_copies`, with a warning naming how many were found."""
+    copies = query_copies(data)
+    found = int((copies >= 0).sum())
+    if found:
+        warnings.warn(f"{found} gallery file(s) byte-identical to a query (the query itself, "
+                      f"{int((copies >= 0).any(1).sum())} queries) left out of their query's "
+                      "ranking", stacklevel=3)
+    return copies
 
 
 def _reranked(query: torch.Tensor, gallery: torch.Tensor, distance: str) -> np.ndarray:
@@ -160,6 +183,12 @@ def _attribute_block(predictions: Any, data: EvaluationSet) -> dict[str, Any]:
     result = attribute_metrics(predictions, targets)
     majority = majority_baseline(identity_targets(data.train), targets)
     known = [v for v in majority.values() if not math.isnan(v)]
+    if result.one_sided:
+        warnings.warn(f"mA: {len(result.one_sided)} of 26 attribute(s) have no positive or no "
+                      f"negative among the {result.num_complete_rows} scored images (e.g. "
+                      f"{', '.join(result.one_sided[:3])}): each is scored by its one defined "
+                      "rate (TNR or TPR) alone; setup.mA_one_sided in metrics.json lists them",
+                      stacklevel=3)
     return {
         "mean_accuracy": result.mean_accuracy, "accuracy": result.accuracy,
         "majority": majority, "mean_majority": float(np.mean(known)) if known else math.nan,
@@ -168,12 +197,14 @@ def _attribute_block(predictions: Any, data: EvaluationSet) -> dict[str, Any]:
                      "precision": result.instance_precision,
                      "recall": result.instance_recall, "f1": result.instance_f1},
         "num_attribute_images": result.num_samples,
+        "mA_one_sided": list(result.one_sided),  # moved to metrics["setup"]
     }
 
 
-def _keep_mask(qi: int, data: EvaluationSet, labels: tuple[np.ndarray, ...], protocol: str
-               ) -> np.ndarray:
-    """(G,) bool: the gallery entries query ``qi`` is ranked against (as ``reid_metrics``)."""
+def _keep_mask(qi: int, data: EvaluationSet, labels: tuple[np.ndarray, ...], protocol: str,
+               copies: np.ndarray | None = None) -> np.ndarray:
+    """(G,) bool: the gallery entries query ``qi`` is ranked against (as ``reid_metrics``);
+    ``copies``: (Q, C) gallery files identical to each query (-1: none), left out."""
     qids, gids, qcams, gcams = labels
     keep = np.ones(len(gids), dtype=bool)
     if protocol == "market":
@@ -182,11 +213,13 @@ def _keep_mask(qi: int, data: EvaluationSet, labels: tuple[np.ndarray, ...], pro
             keep &= ~((gids == qids[qi]) & (gcams == qcams[qi]))
     if data.all_vs_all:
         keep[qi] = False
+    if copies is not None:
+        keep[copies[qi][copies[qi] >= 0]] = False
     return keep
 
 
 def rank_queries(dist: np.ndarray, data: EvaluationSet, protocol: str, num_queries: int = 8,
-                 top_k: int = TOP_K) -> RankedQueries:
+                 top_k: int = TOP_K, copies: np.ndarray | None = None) -> RankedQueries:
     """Top-k gallery of ``num_queries`` queries spread evenly over those with a match.
 
     Args:
@@ -194,6 +227,7 @@ def rank_queries(dist: np.ndarray, data: EvaluationSet, protocol: str, num_queri
             the query itself) are skipped, like :func:`attreid.metrics.reid_metrics`; ties
             go to the lower gallery index, as there.
         top_k: gallery images per query (fewer when a ranking is shorter).
+        copies: (Q, C) gallery files identical to each query (:func:`query_copies`), skipped.
 
     Raises:
         ValueError: no query has a match.
@@ -201,7 +235,7 @@ def rank_queries(dist: np.ndarray, data: EvaluationSet, protocol: str, num_queri
     labels = labels_and_cameras(data)
     qids, gids = labels[0], labels[1]
     valid = [i for i in range(len(qids))
-             if (_keep_mask(i, data, labels, protocol) & (gids == qids[i])).any()]
+             if (_keep_mask(i, data, labels, protocol, copies) & (gids == qids[i])).any()]
     if not valid:
         raise ValueError(f"no query has a match in the gallery under protocol {protocol!r}")
     chosen = sorted({valid[int(round(x))] for x in
@@ -209,7 +243,7 @@ def rank_queries(dist: np.ndarray, data: EvaluationSet, protocol: str, num_queri
     rankings = []
     for i in chosen:
         order = np.argsort(dist[i], kind="stable")  # (G,), ties -> lower index
-        rankings.append(order[_keep_mask(i, data, labels, protocol)[order]])
+        rankings.append(order[_keep_mask(i, data, labels, protocol, copies)[order]])
     k = min([top_k] + [len(r) for r in rankings])
     top = np.stack([r[:k] for r in rankings])  # (V, k)
     rows = np.array(chosen, dtype=np.int64)
@@ -317,19 +351,20 @@ def evaluate_checkpoint(
     if store is not None and attribute_queries:
         raise ValueError("attribute queries are measured on a gallery in memory, not with "
                          "--store")
+    copies = _copies(data)
+    setup = _setup(checkpoint, data_root, dataset.layout, split, protocol, data, distance, flip,
+                   rerank, choice.backend, copies)
     if store is not None:
         return _evaluate_streamed(predictor, data, protocol, distance, Path(store), out,
-                                  progress, _setup(checkpoint, data_root, dataset.layout,
-                                                   split, protocol, data, distance, flip,
-                                                   rerank, choice.backend))
+                                  progress, setup, copies)
     query, gallery = _features(predictor, data, batch_size, progress)
     dist = pairwise_distance(query.embeddings, gallery.embeddings, distance).numpy()  # (Q, G)
-    plain = _reid(dist, data, protocol)
+    plain = _reid(dist, data, protocol, copies)
     metrics: dict[str, Any] = dict(plain.as_dict())
     cmc = {"plain": np.array(plain.cmc)}
     if rerank:
         dist = _reranked(query.embeddings, gallery.embeddings, distance)  # (Q, G)
-        reranked = _reid(dist, data, protocol)
+        reranked = _reid(dist, data, protocol, copies)
         metrics["reranked"] = reranked.as_dict()
         cmc["re-ranked"] = np.array(reranked.cmc)
     index = torch.from_numpy(data.attribute_index)
@@ -337,10 +372,10 @@ def evaluate_checkpoint(
     if attribute_queries:
         metrics["attribute_queries"] = _description_block(gallery.logits, data,
                                                           predictor.trained_tasks)
-    metrics["setup"] = _setup(checkpoint, data_root, dataset.layout, split, protocol, data,
-                              distance, flip, rerank, choice.backend)
+    metrics["setup"] = {**setup, "mA_one_sided": metrics.pop("mA_one_sided", [])}
     result = EvaluationResult(_clean(metrics), cmc,
-                              rank_queries(dist, data, protocol, num_visual_queries))
+                              rank_queries(dist, data, protocol, num_visual_queries,
+                                           copies=copies))
     if out is not None:
         result.files = write_outputs(result, Path(out))
     return result
@@ -364,12 +399,13 @@ def _description_block(logits: dict[str, torch.Tensor], data: EvaluationSet,
 
 def _setup(checkpoint: Path | str, data_root: Path | str, layout: str, split: str,
            protocol: str, data: EvaluationSet, distance: str, flip: bool, rerank: bool,
-           backend: str) -> dict[str, Any]:
+           backend: str, copies: np.ndarray) -> dict[str, Any]:
     return {"checkpoint": str(checkpoint), "data": str(data_root), "layout": layout,
             "split": split, "protocol": protocol, "all_vs_all": data.all_vs_all,
             "distance": distance, "flip": flip, "backend": backend,
             "rerank": dict(RERANK_PARAMS) if rerank else None,
-            "num_query": len(data.query), "num_gallery": len(data.gallery)}
+            "num_query": len(data.query), "num_gallery": len(data.gallery),
+            "query_copies_excluded": int((copies >= 0).sum())}
 
 
 def _gallery_batches(data: EvaluationSet, batch_size: int) -> Iterator[ImageBatch]:
@@ -384,7 +420,7 @@ def _gallery_batches(data: EvaluationSet, batch_size: int) -> Iterator[ImageBatc
 def _evaluate_streamed(predictor: Any, data: EvaluationSet, protocol: str, distance: str,
                        store_dir: Path, out: Path | str | None,
                        progress: Callable[[int, int], None] | None,
-                       setup: dict[str, Any]) -> EvaluationResult:
+                       setup: dict[str, Any], copies: np.ndarray) -> EvaluationResult:
     """The re-ID and attribute metrics of :func:`evaluate_checkpoint` with the gallery streamed
     to a feature store and ranked block by block (see its ``store`` argument)."""
     if data.all_vs_all or setup["rerank"]:
@@ -402,12 +438,13 @@ def _evaluate_streamed(predictor: Any, data: EvaluationSet, protocol: str, dista
     use_cams = protocol == "market" and qcams is not None
     reid = reid_metrics_on_store(query.embeddings.numpy(), qids, gallery,
                                  qcams if use_cams else None, protocol=protocol,
-                                 metric=distance, max_rank=CMC_RANKS)
+                                 metric=distance, max_rank=CMC_RANKS, exclude=copies)
     metrics: dict[str, Any] = dict(reid.as_dict())
     if len(data.attribute_index):
         probabilities = gallery.take(PROBABILITIES, data.attribute_index)  # (A, 40)
         metrics.update(_attribute_block(_labels_of(probabilities), data))
-    metrics["setup"] = {**setup, "store": str(store_dir)}
+    metrics["setup"] = {**setup, "store": str(store_dir),
+                        "mA_one_sided": metrics.pop("mA_one_sided", [])}
     none = RankedQueries(np.empty(0, np.int64), np.empty((0, 0), np.int64), np.empty((0, 0)),
                          np.empty((0, 0), bool), [], [])
     result = EvaluationResult(_clean(metrics), {"plain": np.array(reid.cmc)}, none)

@@ -457,15 +457,17 @@ def reid_metrics_on_store(query_features: np.ndarray, query_ids: np.ndarray,
                           gallery: FeatureStore, query_cams: np.ndarray | None = None,
                           protocol: str = "market", metric: str = "euclidean",
                           max_rank: int = 50, chunk_size: int = 256,
-                          block_size: int | None = 4096) -> ReidResult:
+                          block_size: int | None = 4096,
+                          exclude: np.ndarray | None = None) -> ReidResult:
     """CMC / mAP / mINP of queries (Q, D) against a gallery store with fields ``ids`` (and
     ``cams`` when ``query_cams`` is given), equal to :func:`attreid.metrics.reid_metrics` on
     the (Q, G) distance matrix (computed block by block). Memory: O(chunk_size * block_size)
     (about 40 bytes per entry: ~40 MiB with the defaults), whatever G; the gallery is read
     2 * ceil(Q / chunk_size) times (from the page cache once it fits there). ``block_size``
-    ``None``: one shard per block."""
+    ``None``: one shard per block. ``exclude``: (Q, C) gallery rows left out of each query's
+    ranking, -1 for none (as :func:`~attreid.metrics.reid_metrics`)."""
     blocks = store_blocks(gallery, cams="cams" if query_cams is not None else None,
                           block_size=block_size)
     return reid_metrics_streamed(query_features, query_ids, blocks, query_cams,
                                  protocol=protocol, metric=metric, max_rank=max_rank,
-                                 chunk_size=chunk_size)
+                                 chunk_size=chunk_size, exclude=exclude)

@@ -24,7 +24,6 @@ JUNK_ID = -1
 _REPORTED_RANKS: tuple[int, ...] = (1, 5, 10, 20)
 
 
-
 @dataclass(frozen=True, eq=False)
 class ReidResult:
     """Ranking metrics over the valid queries (those with at least one match).
@@ -109,7 +108,8 @@ def _gallery_codes(qids: torch.Tensor, gids: torch.Tensor,
     """(B, G) int8 in gallery order: 0 = removed for this query, 1 = kept, 2 = kept match.
 
     ``gids`` (and the gallery cameras) may be a block of the gallery starting at ``offset``;
-    ``self_idx`` (B,) are then global gallery indices, removed where they fall in the block.
+    ``self_idx`` (B,) or (B, C) are then global gallery indices removed from each query's
+    ranking where they fall in the block (-1: none).
     """
     same_id = gids[None, :] == qids[:, None]  # (B, G)
     keep = torch.ones_like(same_id)
@@ -119,9 +119,9 @@ def _gallery_codes(qids: torch.Tensor, gids: torch.Tensor,
             qcams, gcams = cams
             keep &= ~(same_id & (gcams[None, :] == qcams[:, None]))
     if self_idx is not None:
-        local = self_idx - offset
+        local = self_idx.reshape(len(qids), -1).to(keep.device) - offset  # (B, C)
         inside = (local >= 0) & (local < len(gids))
-        rows = torch.arange(len(qids), device=keep.device)
+        rows = torch.arange(len(qids), device=keep.device)[:, None].expand_as(local)
         keep[rows[inside], local[inside]] = False
     return keep.to(torch.int8) + (same_id & keep).to(torch.int8)
 
@@ -255,6 +255,7 @@ def reid_metrics(
     chunk_size: int = 256,
     device: str | torch.device | None = None,
     exclude_self: bool = False,
+    exclude: ArrayLike | None = None,
 ) -> ReidResult:
     """CMC, mAP and mINP of a query x gallery distance matrix (smaller = more similar).
 
@@ -275,6 +276,9 @@ def reid_metrics(
         exclude_self: query and gallery are the same set (Q == G required): remove the
             diagonal entry (the query itself) from each query's ranking. Valid with both
             protocols.
+        exclude: (Q,) or (Q, C) int gallery indices removed from each query's ranking, -1
+            for none (e.g. byte-identical copies of the query: the query itself), with both
+            protocols.
 
     Returns:
         :class:`ReidResult`. A match is a kept gallery entry with the query's id. AP =
@@ -293,6 +297,7 @@ def reid_metrics(
     dist, qids, gids, cams = _reid_inputs(distmat, query_ids, gallery_ids, query_cams,
                                           gallery_cams, exclude_self)
     q, g = dist.shape
+    excluded = _exclusions(exclude, q, g)
     dev = torch.device(device) if device is not None else dist.device
     gids = gids.to(dev)
     cams = None if cams is None else (cams[0].to(dev), cams[1].to(dev))
@@ -300,7 +305,7 @@ def reid_metrics(
     totals = _Totals(len(ranks))
     for start in range(0, q, chunk_size):
         stop = min(start + chunk_size, q)
-        self_idx = torch.arange(start, stop, device=dev) if exclude_self else None
+        self_idx = _chunk_exclusions(start, stop, exclude_self, excluded)
         chunk_cams = None if cams is None else (cams[0][start:stop], cams[1])
         chunk = dist[start:stop].to(dev)  # (B, G)
         if torch.isnan(chunk).any():
@@ -309,6 +314,24 @@ def reid_metrics(
                                protocol == "market", self_idx)
         totals.add(*_rank_chunk(chunk, codes, ranks))
     return totals.result(q, protocol)
+
+
+def _exclusions(exclude: ArrayLike | None, q: int, g: int) -> torch.Tensor | None:
+    """``exclude`` as a (Q, C) int64 tensor of -1 (none) or indices below ``g``."""
+    ex = None if exclude is None else to_tensor(exclude, "exclude")
+    if ex is not None and (ex.is_floating_point() or ex.ndim not in (1, 2) or len(ex) != q
+                           or (ex.numel() and not -1 <= int(ex.min()) <= int(ex.max()) < g)):
+        raise ValueError(f"exclude: expected (Q = {q},) or (Q, C) gallery indices (-1: "
+                         f"none) below {g}, got {tuple(ex.shape)} {ex.dtype}")
+    return None if ex is None else ex.to(torch.int64).reshape(q, -1)
+
+
+def _chunk_exclusions(start: int, stop: int, exclude_self: bool,
+                      excluded: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, C) gallery indices removed from queries ``start..stop - 1`` (-1: none), or None."""
+    parts = ([torch.arange(start, stop)[:, None]] if exclude_self else []) + (
+        [excluded[start:stop]] if excluded is not None else [])
+    return torch.cat(parts, dim=1) if parts else None
 
 
 _NO_MATCH_HINT = {
@@ -363,6 +386,7 @@ def reid_metrics_streamed(
     max_rank: int = 50,
     chunk_size: int = 512,
     exclude_self: bool = False,
+    exclude: ArrayLike | None = None,
 ) -> ReidResult:
     """:func:`reid_metrics` of queries against a gallery read block by block (e.g. from a
     memory-mapped :class:`attreid.inference.features.FeatureStore`), never holding the whole
@@ -380,8 +404,9 @@ def reid_metrics_streamed(
             gallery blocks carry no cameras.
         gallery_blocks: called once per pass, returns an iterable of blocks (see
             :data:`GalleryBlock`) that cover the gallery in the same order every time.
-        protocol, max_rank, exclude_self: as in :func:`reid_metrics` (``exclude_self``:
-            the queries are the gallery itself, in the same order).
+        protocol, max_rank, exclude_self, exclude: as in :func:`reid_metrics`
+            (``exclude_self``: the queries are the gallery itself, in the same order;
+            ``exclude``: global gallery indices, -1 for none).
         metric: distance between embeddings, see :func:`pairwise_distance`.
         chunk_size: queries ranked at a time.
 
@@ -402,11 +427,14 @@ def reid_metrics_streamed(
     qids = ids_1d(query_ids, "query_ids", q, "query_features rows")
     qcams = None if query_cams is None else ids_1d(query_cams, "query_cams", q,
                                                    "query_features rows")
+    excluded = _exclusions(exclude, q, 2**62)  # the gallery size is known after a pass
     totals = None
     for start in range(0, q, chunk_size):
-        chunk = _QueryChunk(qf[start:start + chunk_size], qids[start:start + chunk_size],
-                            None if qcams is None else qcams[start:start + chunk_size],
-                            start if exclude_self else None, protocol, metric)
+        stop = min(start + chunk_size, q)
+        chunk = _QueryChunk(qf[start:stop], qids[start:stop],
+                            None if qcams is None else qcams[start:stop],
+                            _chunk_exclusions(start, stop, exclude_self, excluded), protocol,
+                            metric)
         mdist, mindex, num, g = chunk.match_table(gallery_blocks())
         if exclude_self and g != q:
             raise ValueError(f"exclude_self: requires Q == G (the same set), got {q} x {g}")
@@ -423,10 +451,9 @@ class _QueryChunk:
     """B queries scored against a gallery given block by block."""
 
     def __init__(self, features: torch.Tensor, ids: torch.Tensor, cams: torch.Tensor | None,
-                 first_self: int | None, protocol: str, metric: str) -> None:
+                 excluded: torch.Tensor | None, protocol: str, metric: str) -> None:
         self.features, self.ids, self.cams = features, ids, cams
-        self.self_idx = None if first_self is None else \
-            torch.arange(first_self, first_self + len(ids))
+        self.self_idx = excluded  # (B, C) global gallery indices left out, -1: none
         self.market, self.metric = protocol == "market", metric
 
     def scored(self, blocks: Iterable[GalleryBlock], expected: int | None = None
