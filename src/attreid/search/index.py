@@ -44,13 +44,21 @@ from attreid.search.metadata import (
     _set_info,
     probability_columns,
 )
-from attreid.search.sources import WRITE_CHUNK, _Source, _store_source, _without
+from attreid.search.sources import (
+    WRITE_CHUNK,
+    RowsHook,
+    _array_source,
+    _Source,
+    _store_source,
+    _without,
+)
 from attreid.search.storage import (
     READ_TIMEOUT_S,
     GalleryIndexError,
     busy_error,
     disk_full,
     is_locked,
+    read_vectors,
     remove_scratch,
     space_needed,
     try_writer_lock,
@@ -285,6 +293,36 @@ class GalleryIndex:
                     self._append(source)
         return source.count
 
+    def append_arrays(self, paths: Sequence[Path | str], embeddings: np.ndarray,
+                      probabilities: dict[str, np.ndarray],
+                      on_rows: RowsHook | None = None,
+                      on_wait: Callable[[str], None] | None = None) -> int:
+        """Add N crops already embedded (``paths``, none indexed yet; ``embeddings`` (N, D);
+        ``probabilities`` task -> (N, C)) atomically under the writer lock, as
+        :meth:`append_store`; returns N. ``on_rows(db, first_id)`` runs inside the transaction
+        (e.g. to insert rows of other tables with the same ids) and returns more ``info``
+        entries (or ``None``); an exception from it cancels the add.
+
+        Raises:
+            GalleryIndexError: a path already indexed, a dimension mismatch; IndexDiskFullError.
+        """
+        source = _array_source(paths, embeddings, probabilities)
+        with writer_lock(self.root, on_wait):
+            self._reload()
+            if source.dim != self.info["dim"]:
+                raise GalleryIndexError(f"embeddings of dimension {source.dim}, the index "
+                                        f"{self.root} holds {self.info['dim']}")
+            known = self.indexed_paths()
+            again = [str(p) for p in paths if str(p) in known]
+            if again:
+                raise GalleryIndexError(f"{self.root}: {len(again)} crop(s) already indexed "
+                                        f"(e.g. {again[0]}); nothing added")
+            if source.count:
+                needed = space_needed(source.count, len(self) + source.count, source.dim)
+                with disk_full(self.root, needed, "the index is unchanged"):
+                    self._append(source, on_rows)
+        return source.count
+
     def _reload(self) -> None:
         """Read the index's current state from disk (under the writer lock): another process
         may have added crops, or rebuilt the folder, since this object was opened."""
@@ -309,7 +347,7 @@ class GalleryIndex:
             raise GalleryIndexError(f"{store.root}: embeddings of dimension {store.dim}, the "
                                     f"index {self.root} holds {self.info['dim']}")
 
-    def _append(self, source: "_Source") -> None:
+    def _append(self, source: "_Source", on_rows: RowsHook | None = None) -> None:
         """The next generation: its vectors file, then the rows and the switch to it in one
         SQLite transaction (so readers wait for SQLite only while rows are committed)."""
         faiss = _faiss()
@@ -322,11 +360,12 @@ class GalleryIndex:
         try:
             write_vectors(vectors, self.root / name)
             with self._lock, self._db:  # one transaction: the rows and the switch
-                start = len(self)
+                first = start = len(self)
                 for paths, _, probabilities in source.chunks():
                     _insert(self._db, _rows(paths, probabilities, start))
                     start += len(paths)
-                _set_info(self._db, {"vectors": name, "generation": generation})
+                extra = (on_rows(self._db, first) if on_rows else None) or {}
+                _set_info(self._db, {**extra, "vectors": name, "generation": generation})
         except BaseException as exc:  # the transaction is rolled back; drop the new file
             self._drop_unless_committed(name)
             if isinstance(exc, sqlite3.Error) and "full" not in str(exc):
@@ -336,7 +375,7 @@ class GalleryIndex:
         if self.info["kind"] == "ivf":
             vectors.make_direct_map()
         self.vectors = vectors
-        self.info.update(vectors=name, generation=generation)
+        self.info.update(**extra, vectors=name, generation=generation)
         try:
             (self.root / old).unlink(missing_ok=True)
         except OSError:  # a stray, removed at a later open
@@ -396,7 +435,7 @@ def _read_state(root: Path, db: sqlite3.Connection) -> tuple[dict[str, Any], Any
         info, count = _read_info(db, db_path)
         _check_info(info, db_path)
         try:
-            vectors = _read_vectors(root / info["vectors"], info)
+            vectors = read_vectors(root / info["vectors"], info)
         except GalleryIndexError:
             if _read_info(db, db_path)[0].get("vectors") == info["vectors"]:
                 raise
@@ -422,22 +461,6 @@ def _trained_tasks(info: dict[str, Any], where: Path) -> tuple[str, ...]:
     except ValueError as exc:
         raise GalleryIndexError(f"{where}: damaged index info ({exc}); rebuild it with "
                                 "`attreid index build`") from None
-
-
-def _read_vectors(path: Path, info: dict[str, Any]) -> Any:
-    faiss = _faiss()
-    if not path.is_file():
-        raise GalleryIndexError(f"{path}: vectors file of the index not found; rebuild the index")
-    try:
-        vectors = faiss.read_index(str(path))
-    except RuntimeError as exc:
-        raise GalleryIndexError(f"{path}: cannot read FAISS vectors ({exc})") from exc
-    if vectors.d != info["dim"]:
-        raise GalleryIndexError(f"{path}: vectors of dimension {vectors.d}, "
-                                f"the index records {info['dim']}")
-    if info["kind"] == "ivf":
-        vectors.make_direct_map()  # for reconstruct(): search by an indexed image
-    return vectors
 
 
 def _remove_strays_unless_writing(root: Path, db: sqlite3.Connection) -> None:

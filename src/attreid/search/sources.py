@@ -19,6 +19,10 @@ from attreid.search.storage import GalleryIndexError
 WRITE_CHUNK = 16_384
 """Vectors added to FAISS, and rows inserted into SQLite, at a time when writing an index."""
 
+RowsHook = Callable[[Any, int], "dict[str, Any] | None"]
+"""``(sqlite3 connection, id of the first new row) -> more info entries``: run inside the
+transaction that adds rows (:meth:`attreid.search.index.GalleryIndex.append_arrays`)."""
+
 
 @dataclass(frozen=True)
 class _Source:

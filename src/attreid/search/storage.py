@@ -200,3 +200,25 @@ def write_vectors(vectors: Any, path: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def read_vectors(path: Path, info: dict[str, Any]) -> Any:
+    """The FAISS vectors of an index (``info``: its info table), checked against its dimension;
+    an IVF index gets its direct map (for ``reconstruct``).
+
+    Raises:
+        GalleryIndexError: the file is missing, unreadable or of another dimension.
+    """
+    faiss = _faiss()
+    if not path.is_file():
+        raise GalleryIndexError(f"{path}: vectors file of the index not found; rebuild the index")
+    try:
+        vectors = faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise GalleryIndexError(f"{path}: cannot read FAISS vectors ({exc})") from exc
+    if vectors.d != info["dim"]:
+        raise GalleryIndexError(f"{path}: vectors of dimension {vectors.d}, "
+                                f"the index records {info['dim']}")
+    if info["kind"] == "ivf":
+        vectors.make_direct_map()  # for reconstruct(): search by an indexed image
+    return vectors
