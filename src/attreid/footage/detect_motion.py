@@ -21,6 +21,8 @@ from attreid.footage.detections import Detections, FootageError
 from attreid.footage.sources import Frame, _cv2
 
 SUBTRACTORS = ("knn", "mog2")
+RNG_SEED = 12345
+"""Seed of OpenCV's random generator for each new background model."""
 
 
 class MotionDetector:
@@ -91,6 +93,10 @@ class MotionDetector:
 
     def _new_model(self) -> Any:
         cv2 = _cv2()
+        # the subtractors draw from OpenCV's global random generator: seed it per source, so a
+        # source gives the same boxes whatever was processed before it (an ingest resumed
+        # after a kill must give the index an uninterrupted run gives)
+        cv2.setRNGSeed(RNG_SEED)
         if self.subtractor == "knn":
             return cv2.createBackgroundSubtractorKNN(
                 self.history, 400.0 if self.threshold is None else self.threshold, True)
