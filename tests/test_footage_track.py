@@ -191,3 +191,18 @@ def test_tracklets_split_where_the_appearance_jumps_and_drop_short_tracks():
         crop = t.crops[0]
         x1, y1, x2, y2 = (int(v) for v in crop.box)
         np.testing.assert_array_equal(crop.image, image[y1:y2, x1:x2])
+
+
+def test_boxes_on_ignored_regions_are_neither_right_nor_wrong(tmp_path):
+    from attreid.footage.mot import drop_ignored, split_ignored
+
+    gt = tmp_path / "gt.txt"
+    gt.write_text("1,1,0,0,10,20,1,-1,-1,-1\n1,2,50,50,10,20,0,-1,-1,-1\n")
+    truth, ignored = split_ignored(read_mot(gt, keep_ignored=True))
+    assert len(truth[1]) == 1 and len(ignored[1]) == 1
+    found = {1: Detections([[0, 0, 10, 20], [50, 51, 60, 71], [200, 0, 210, 20]],
+                           [0.9, 0.9, 0.9])}
+    kept = drop_ignored(found, truth, ignored)
+    assert kept[1].boxes.tolist() == [[0, 0, 10, 20], [200, 0, 210, 20]]
+    scores = detection_scores(truth, kept)
+    assert (scores.true_positives, scores.false_positives, scores.missed) == (1, 1, 0)

@@ -51,7 +51,8 @@ def ingest(
     last: int | None = typer.Option(None, "--last", help="Last frame (0-based, inclusive)."),
     gt: Path | None = typer.Option(None, "--gt", help="MOTChallenge ground truth of the one "
                                    "source: print detection recall/precision and MOTA, IDF1, "
-                                   "id switches (py-motmetrics)."),
+                                   "id switches (py-motmetrics); boxes on its conf-0 rows "
+                                   "(ignored regions) count neither way."),
     gt_scale: float = typer.Option(1.0, "--gt-scale", help="Scale the ground truth's boxes "
                                    "(e.g. 0.625 for annotations of a larger frame)."),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
@@ -165,11 +166,18 @@ def _print_reports(reports: list[Any], as_json: bool) -> None:
 
 def _print_scores(gt: Path, scale: float, found: Path, first: int, last: int | None,
                   as_json: bool) -> None:
-    from attreid.footage.mot import detection_scores, read_mot, tracking_scores
+    from attreid.footage.mot import (
+        detection_scores,
+        drop_ignored,
+        read_mot,
+        split_ignored,
+        tracking_scores,
+    )
 
-    truth = read_mot(gt, scale=scale)
-    truth = {f: d for f, d in truth.items() if f - 1 >= first and (last is None or f - 1 <= last)}
-    tracked = read_mot(found)
+    every = read_mot(gt, scale=scale, keep_ignored=True)
+    every = {f: d for f, d in every.items() if f - 1 >= first and (last is None or f - 1 <= last)}
+    truth, ignored = split_ignored(every)  # conf 0: ignored regions, as MOTChallenge scores
+    tracked = drop_ignored(read_mot(found), truth, ignored)
     det = detection_scores(truth, tracked)
     scores = tracking_scores(truth, tracked)
     if as_json:

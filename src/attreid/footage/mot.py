@@ -77,6 +77,38 @@ def write_mot(path: Path | str, frames: Iterable[tuple[int, Detections]]) -> Non
     atomic_write_text(Path(path), "\n".join(lines) + ("\n" if lines else ""))
 
 
+def split_ignored(truth: dict[int, Detections]) -> tuple[dict[int, Detections],
+                                                         dict[int, Detections]]:
+    """Ground truth read with ``keep_ignored=True`` split into (boxes to find, ignored
+    regions: the ``conf == 0`` rows, whose scores are 0)."""
+    kept = {f: d.subset(d.scores > 0) for f, d in truth.items()}
+    return ({f: d for f, d in kept.items() if len(d)},
+            {f: d.subset(d.scores == 0) for f, d in truth.items() if (d.scores == 0).any()})
+
+
+def drop_ignored(found: dict[int, Detections], truth: dict[int, Detections],
+                 ignored: dict[int, Detections], iou: float = 0.5) -> dict[int, Detections]:
+    """``found`` without the boxes that match an ignored region, as the MOTChallenge
+    evaluation (TrackEval's preprocessing of MOT16 and later) removes them before scoring:
+    per frame, a one-to-one assignment of found boxes to every ground-truth box, ignored ones
+    included (IoU >= ``iou``, total IoU maximised); found boxes assigned to an ignored one are
+    neither right nor wrong."""
+    from scipy.optimize import linear_sum_assignment
+
+    out = dict(found)
+    for frame, skip in ignored.items():
+        hyp = found.get(frame)
+        if hyp is None or not len(hyp):
+            continue
+        both = Detections.concat([truth.get(frame, Detections()), skip])
+        overlap = box_iou(both.boxes, hyp.boxes)
+        rows, cols = linear_sum_assignment(np.where(overlap >= iou, -overlap, 1.0))
+        first_ignored = len(both) - len(skip)
+        drop = {c for r, c in zip(rows, cols) if r >= first_ignored and overlap[r, c] >= iou}
+        out[frame] = hyp.subset(np.array([i not in drop for i in range(len(hyp))], bool))
+    return out
+
+
 @dataclass(frozen=True)
 class DetectionScores:
     """Detection quality at an IoU threshold: one-to-one matches (Hungarian) per frame."""
