@@ -23,10 +23,20 @@ def synth(
     ids: int = typer.Option(100, help="Number of identities (half train, half test)."),
     seed: int = typer.Option(0, help="Random seed; the same seed writes the same files."),
     layout: str = typer.Option("market", help="market (standard release) or course."),
+    footage: bool = typer.Option(False, "--footage", help="Write multi-camera footage "
+                                 "instead: a video per camera with MOTChallenge ground truth, "
+                                 "manifest.csv and people.csv (for attreid ingest)."),
+    cameras: int = typer.Option(3, "--cameras", help="With --footage: cameras."),
+    people: int = typer.Option(6, "--people", help="With --footage: people walking past."),
+    seconds: float = typer.Option(20.0, "--seconds", help="With --footage: seconds a camera."),
 ) -> None:
-    """Write a synthetic pedestrian dataset in the Market-1501 or course layout."""
+    """Write a synthetic pedestrian dataset in the Market-1501 or course layout, or synthetic
+    multi-camera footage (--footage)."""
     from attreid.data.synth import generate
 
+    if footage:
+        _synth_footage(out, cameras, people, seconds, seed)
+        return
     try:
         info = generate(out, ids=ids, seed=seed, layout=layout, progress=True)
     except ValueError as exc:
@@ -34,6 +44,14 @@ def synth(
     counts = ", ".join(f"{k} {v}" for k, v in info.images.items())
     console.print(f"wrote a synthetic {info.layout} dataset to {info.out} ({counts})",
                   soft_wrap=True)
+
+
+def _synth_footage(out: Path, cameras: int, people: int, seconds: float, seed: int) -> None:
+    from attreid.data.footage_synth import make_footage
+
+    info = make_footage(out, cameras=cameras, people=people, seconds=seconds, seed=seed)
+    console.print(f"wrote {cameras} cameras x {info.frames} frames of synthetic footage with "
+                  f"{people} people to {info.out} (manifest: {info.manifest})", soft_wrap=True)
 
 
 def _summary_tables(summary: Summary) -> list[Table]:

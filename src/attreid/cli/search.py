@@ -30,6 +30,16 @@ CALIBRATION_HELP = ("A calibration file (default: the one beside the index's che
 FAR_HELP = "Operating point that marks results as the same person: FAR 1e-2, 1e-3 or 1e-4."
 
 
+def _clock(seconds: float | None) -> str:
+    """``2026-12-01 09:30:04.2`` (UTC) of a footage crop's time, blank without one."""
+    if seconds is None:
+        return ""
+    from datetime import datetime, timezone
+
+    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.") + str(moment.microsecond // 100_000)
+
+
 def _search_errors() -> tuple[type[Exception], ...]:
     from attreid.inference.features import FeatureStoreError
     from attreid.inference.onnx import ExportError
@@ -261,7 +271,9 @@ def results_table(hits: list, trained: tuple[str, ...], rerank: bool, metric: st
         ("P(same)", lambda h: h.probability,
          lambda h: value(h.probability, ".1%") + (" ✓" if h.same else "")),
         ("person", lambda h: h.person, lambda h: value(h.person, ".0%")),
-        ("match", lambda h: h.match, lambda h: value(h.match, ".3f"))]
+        ("match", lambda h: h.match, lambda h: value(h.match, ".3f")),
+        ("time (UTC)", lambda h: h.entry.time, lambda h: _clock(h.entry.time)),
+        ("track", lambda h: h.entry.track, lambda h: value(h.entry.track, "d"))]
     columns += [(name, show) for name, present, show in optional
                 if any(present(h) is not None for h in hits)]
     if tracks is not None:

@@ -44,6 +44,7 @@ from attreid.search.metadata import (
     _set_info,
     probability_columns,
 )
+from attreid.search.sightings import read_sightings
 from attreid.search.sources import (
     WRITE_CHUNK,
     RowsHook,
@@ -173,7 +174,9 @@ class GalleryIndex:
         missing = [i for i in ids if i not in rows]
         if missing:
             raise KeyError(f"image ids not in the index: {missing[:10]}")
-        return [_entry(rows[i], cols, self.trained_tasks) for i in ids]
+        with self._lock:
+            seen = read_sightings(self._db, ids)  # crops cut from footage: time and track
+        return [_entry(rows[i], cols, self.trained_tasks, seen.get(i)) for i in ids]
 
     def vector(self, image_id: int) -> np.ndarray:
         """The stored (prepared) vector of one image, shape (D,)."""

@@ -68,6 +68,8 @@ class Entry:
     identity: int | None
     probabilities: dict[str, list[float]]  # task -> class probabilities, trained tasks only
     trained_tasks: tuple[str, ...] = TASK_NAMES  # the index's (GalleryIndex.trained_tasks)
+    time: float | None = None  # crops cut from footage: seconds since the epoch (UTC)
+    track: int | None = None  # and the track id within their source
 
     @property
     def display_name(self) -> str:
@@ -88,12 +90,16 @@ class Entry:
         return out
 
 
-def _entry(row: tuple, cols: list[tuple[str, int, str]], trained: tuple[str, ...]) -> Entry:
+def _entry(row: tuple, cols: list[tuple[str, int, str]], trained: tuple[str, ...],
+           sighting: Any = None) -> Entry:
+    """An :class:`Entry` of an ``images`` row (and its footage sighting, when it has one)."""
     probs: dict[str, list[float]] = {name: [] for name in trained}
     for (task, _, _), value in zip(cols, row[5:]):
         probs[task].append(float(value))
     return Entry(id=int(row[0]), path=_from_sql(row[1]), camera=row[2], frame=row[3],
-                 identity=row[4], probabilities=probs, trained_tasks=trained)
+                 identity=row[4], probabilities=probs, trained_tasks=trained,
+                 time=None if sighting is None else sighting.time,
+                 track=None if sighting is None else sighting.track)
 
 
 def _to_sql(text: str) -> str | bytes:

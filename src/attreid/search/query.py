@@ -99,7 +99,16 @@ class Hit:
                 "match": self.match, "probability": self.probability, "same": self.same,
                 "person": self.person,
                 "camera": e.camera, "frame": e.frame, "identity": e.identity,
+                **({} if e.time is None else {"time": _iso(e.time), "track": e.track}),
                 "attributes": e.attributes()}
+
+
+def _iso(seconds: float) -> str:
+    """ISO 8601 UTC with milliseconds of a footage crop's time."""
+    from datetime import datetime, timezone
+
+    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 class Hits(list):
