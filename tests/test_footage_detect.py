@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-cv2 = pytest.importorskip("cv2")
+from conftest import require
+
+cv2 = require("cv2", "footage detectors (the footage extra)")
 
 from attreid.footage.detect import DETECTORS, MotFileDetector, build_detector  # noqa: E402
 from attreid.footage.detect_boxes import (body_fit, foreground_fraction, in_roi,  # noqa: E402
@@ -175,8 +177,8 @@ def test_mot_file_detector_round_trip(tmp_path):
 
 def _constant_model(path: Path, value: np.ndarray, size=(64, 64)) -> Path:
     """An ONNX graph taking (1, 3, h, w) and returning a constant tensor."""
-    onnx = pytest.importorskip("onnx")
-    pytest.importorskip("onnxruntime")
+    onnx = require("onnx", "ONNX detectors (the onnx extra)")
+    require("onnxruntime", "ONNX detectors (the onnx extra)")
     from onnx import TensorProto, helper, numpy_helper
 
     node = helper.make_node("Constant", [], ["output"],

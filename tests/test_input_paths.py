@@ -146,6 +146,23 @@ def test_uploads_decode_orientation_like_files(tmp_path):
         decode_upload(path.read_bytes(), max_pixels=100)
 
 
+def test_an_image_turned_upright_is_not_turned_again(tmp_path, predictor):
+    """The replay of issue 29 found uploads and indexed crops still sideways: the decoded image
+    kept its orientation tag and the next conversion (the predictor's) turned it once more."""
+    from attreid.data.io import to_rgb
+
+    upright = _upright()
+    for suffix in ("png", "jpg"):
+        path = _stored(upright, 6, tmp_path / f"phone.{suffix}")
+        once = read_image(path)
+        assert once.size == upright.size
+        assert np.array_equal(np.asarray(to_rgb(once)), np.asarray(once))  # never twice
+    path = _stored(upright, 6, tmp_path / "phone2.png")
+    a = predictor.predict([read_image(path)]).embeddings
+    b = predictor.predict([upright]).embeddings
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def test_decompression_bomb_check_still_comes_first(tmp_path, monkeypatch):
     path = _stored(_upright(), 6, tmp_path / "phone.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 37 x 90 = 3330 > 2 x 500
@@ -218,7 +235,9 @@ def test_a_crop_view_of_a_frame_is_taken_with_its_strides(predictor, crop):
 def test_opencv_imread_with_bgr_equals_the_path(predictor, tmp_path):
     """With OpenCV itself (an optional tool, not a dependency): cv2.imread of a PNG plus
     channels="bgr" is the path's embedding; cv2.imread applies EXIF orientation too."""
-    cv2 = pytest.importorskip("cv2")
+    from conftest import require
+
+    cv2 = require("cv2", "OpenCV (the footage extra)")
     upright = _upright()
     path = tmp_path / "crop.png"
     upright.save(path)

@@ -89,9 +89,16 @@ def exif_orientation(image: Image.Image) -> int:
 def upright(image: Image.Image) -> Image.Image:
     """``image`` turned as its EXIF orientation says (what a phone's viewer, a browser and
     ``cv2.imread`` show): the same pixels as ``PIL.ImageOps.exif_transpose``; ``image`` itself
-    when the orientation is 1 or absent. A W x H image with orientation 5 to 8 gives H x W."""
+    when the orientation is 1 or absent. A W x H image with orientation 5 to 8 gives H x W. The
+    result carries no orientation, so turning it again (a decoded upload read once more) leaves
+    it as it is."""
     method = _TRANSPOSE.get(exif_orientation(image))
-    return image if method is None else image.transpose(method)
+    if method is None:
+        return image
+    turned = image.transpose(method)
+    for key in ("exif", "xmp", "XML:com.adobe.xmp"):  # turned once: never again
+        turned.info.pop(key, None)
+    return turned
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

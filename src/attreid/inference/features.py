@@ -24,6 +24,7 @@ path per line, and are still read).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -84,11 +85,21 @@ def _path_line(path: str) -> str:
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
+    """``np.save`` to ``path`` atomically. numpy reports a full disk as a short write
+    ("N requested and M written", an ``OSError`` without errno): raised here as ENOSPC naming
+    the file, as every other write reports it."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno is None and "requested and" in str(exc):
+            raise OSError(errno.ENOSPC, f"No space left on device (a short write: {exc})",
+                          str(tmp)) from exc
+        raise
     os.replace(tmp, path)
 
 

@@ -154,10 +154,10 @@ def describe_calibration(search: GallerySearch, rerank: bool = False) -> str:
     if not status["calibrated"]:
         return f"same-person probability: {status['note']}"
     strangers = status["far"] * len(search.index)
+    advice = ": use --far 1e-4 for fewer" if status["far"] > 1e-4 else ""
     return (f"same-person probability: {status['method']} calibration, hits marked at FAR "
             f"{status['far']:g} (distance <= {status['threshold']:.4g}; in {len(search.index):,} "
-            f"crops about {strangers:,.0f} stranger(s) per query pass too: use --far 1e-4 for "
-            "fewer)")
+            f"crops about {strangers:,.0f} stranger(s) per query pass too{advice})")
 
 
 def _attribute_params_model(max_k: int, trained: tuple[str, ...]) -> Any:
