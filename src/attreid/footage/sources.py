@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from attreid.footage.detections import FootageError
+from attreid.search.sightings import iso_time
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".webm", ".wmv",
                   ".ts")
@@ -109,10 +110,8 @@ def parse_time(text: str | float | int | datetime, where: str = "start") -> floa
     return moment.timestamp()
 
 
-def format_time(seconds: float) -> str:
-    """ISO 8601 UTC with milliseconds, e.g. ``2026-12-01T09:30:00.400Z``."""
-    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+format_time = iso_time
+"""ISO 8601 UTC with milliseconds of seconds since the epoch, e.g. ``2026-12-01T09:30:00.400Z``."""
 
 
 def read_manifest(path: Path | str) -> list[SourceSpec]:

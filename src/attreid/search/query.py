@@ -44,6 +44,7 @@ from attreid.search.constraints import (
     pool_vectors,
 )
 from attreid.search.index import GalleryIndex, GalleryIndexError, unreached
+from attreid.search.sightings import iso_time
 from attreid.search.metadata import Entry
 from attreid.search.vectors import prepare_vectors
 
@@ -99,16 +100,8 @@ class Hit:
                 "match": self.match, "probability": self.probability, "same": self.same,
                 "person": self.person,
                 "camera": e.camera, "frame": e.frame, "identity": e.identity,
-                **({} if e.time is None else {"time": _iso(e.time), "track": e.track}),
+                **({} if e.time is None else {"time": iso_time(e.time), "track": e.track}),
                 "attributes": e.attributes()}
-
-
-def _iso(seconds: float) -> str:
-    """ISO 8601 UTC with milliseconds of a footage crop's time."""
-    from datetime import datetime, timezone
-
-    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 class Hits(list):
@@ -471,25 +464,28 @@ class GallerySearch:
         order = np.argsort(dist, kind="stable")
         return [(float(dist[j]), ids[j]) for j in order]
 
-    def embed(self, image: Any) -> np.ndarray:
-        """The embedding (D,) of one image (PIL image or path)."""
-        return self.embed_many([image])[0]
+    def embed(self, image: Any, channels: str | None = None) -> np.ndarray:
+        """The embedding (D,) of one image (PIL image, path, or array with ``channels``)."""
+        return self.embed_many([image], channels)[0]
 
-    def embed_many(self, images: Sequence[Any]) -> np.ndarray:
-        """The embeddings (N, D) of N images (PIL images or paths), in one batched pass."""
+    def embed_many(self, images: Sequence[Any], channels: str | None = None) -> np.ndarray:
+        """The embeddings (N, D) of N images in one batched pass (``channels``: ``"bgr"`` for
+        OpenCV arrays, ``"rgb"`` for RGB arrays; see :meth:`attreid.Predictor.predict`)."""
         if self.predictor is None:
             raise QueryError("searching by image needs the index's checkpoint; open the search "
                              "with GallerySearch.open(index)")
-        return self.predictor.predict(list(images)).embeddings
+        return self.predictor.predict(list(images), channels=channels).embeddings
 
-    def by_image(self, image: Any, k: int = 10, **options: Any) -> list[Hit]:
-        """Nearest crops to a query image (PIL image or path); options as :meth:`by_vector`."""
-        return self.by_vector(self.embed(image), k, **options)
+    def by_image(self, image: Any, k: int = 10, channels: str | None = None,
+                 **options: Any) -> list[Hit]:
+        """Nearest crops to a query image (as :meth:`embed`); options as :meth:`by_vector`."""
+        return self.by_vector(self.embed(image, channels), k, **options)
 
-    def by_images(self, images: Sequence[Any], k: int = 10, **options: Any) -> list[Hit]:
+    def by_images(self, images: Sequence[Any], k: int = 10, channels: str | None = None,
+                  **options: Any) -> list[Hit]:
         """Nearest crops to several crops of one person: the mean of their embeddings (one
         forward pass); options as :meth:`by_vector`."""
-        return self.by_vector(pool_vectors(self.embed_many(images)), k, **options)
+        return self.by_vector(pool_vectors(self.embed_many(images, channels)), k, **options)
 
     def by_id(self, image_id: int, k: int = 10, **options: Any) -> list[Hit]:
         """Nearest crops to an indexed crop, itself left out; options as :meth:`by_vector`."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Sequence
 
 _SCHEMA = (
@@ -47,6 +48,12 @@ class Sighting:
                 "track": self.track, "box": [round(v, 2) for v in self.box],
                 "score": round(self.score, 4), "quality": round(self.quality, 4),
                 "frame_image": self.frame_image}
+
+
+def iso_time(seconds: float) -> str:
+    """ISO 8601 UTC with milliseconds of a sighting's time, e.g. ``2026-12-01T09:30:00.400Z``."""
+    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def create_tables(db: sqlite3.Connection) -> None:
