@@ -196,6 +196,8 @@ x = torch.randn(2, 256, 4, 2).contiguous(memory_format=torch.channels_last)
 with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
     y = conv(x)
 print("LIMIT", os.environ.get("ONEDNN_MAX_CPU_ISA"), bool(torch.isfinite(y).all()))
+with torch.no_grad():  # a CPU without bf16 (AVX2 only) runs the bf16 one outside oneDNN:
+    conv(x)            # this float32 one makes oneDNN print the ISA it runs at
 """
 
 
