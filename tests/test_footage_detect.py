@@ -272,3 +272,13 @@ def test_default_detector_on_pets09_frames():
     # measured 2026-12-05: recall 0.757 / precision 0.953 on these 60 frames (the background
     # model is still learning in the first ones); floors about 0.05 below
     assert scores.recall >= 0.70 and scores.precision >= 0.90, scores
+
+
+def test_onnx_input_size_that_the_model_contradicts_is_named(tmp_path):
+    """From the replay of issue 27: a 64x64 model with the default 640x640 was a traceback."""
+    path = _constant_model(tmp_path / "small.onnx", np.zeros((1, 6, 1), np.float32),
+                           size=(96, 64))
+    with pytest.raises(FootageError, match=r"small.onnx: the model takes 96x64 images, not "
+                                           r"640x640; pass --onnx-size 96x64"):
+        OnnxDetector(path)
+    assert OnnxDetector(path, input_size=(96, 64)).input_size == (96, 64)

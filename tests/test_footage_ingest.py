@@ -254,3 +254,45 @@ def test_a_bad_source_is_reported_and_the_others_go_in(footage, tiny_checkpoint,
         cli.run(["ingest", str(tiny_checkpoint), "--manifest", str(twice), "--out", str(out)])
     assert exc.value.code == 1
     assert "camera '1' is used twice" in capsys.readouterr().out
+
+
+# ---- from the replay of issue 27 ------------------------------------------------------------
+
+
+def test_camera_numbers_never_collide():
+    from attreid.footage.detections import FootageError
+    from attreid.footage.gallery import camera_numbers
+
+    assert camera_numbers({}, ["gate", "1"]) == {"gate": 1000, "1": 1}
+    assert camera_numbers({}, ["1", "gate"]) == {"1": 1, "gate": 1000}
+    info = {"camera_names": {"gate": 1000, "1": 1}}
+    assert camera_numbers(info, ["lobby", "gate", "2"]) == {"lobby": 1001, "gate": 1000, "2": 2}
+    with pytest.raises(FootageError, match="number 1000 is camera 'gate'"):
+        camera_numbers(info, ["1000"])
+
+
+def test_default_camera_ids_count_one_by_one(tmp_path):
+    from attreid.cli.footage import _specs
+
+    videos = [tmp_path / f"v{i}.mp4" for i in range(4)]
+    assert [s.camera for s in _specs(videos, [], [], None, None)] == ["1", "2", "3", "4"]
+
+
+def test_a_missing_source_and_a_source_in_with_other_settings_are_refused(
+        footage, ingested, tiny_checkpoint, tmp_path):
+    from attreid.footage.detect import build_detector
+    from attreid.footage.ingest import ingest
+    from attreid.footage.pipeline import PipelineSettings
+    from attreid.footage.sources import SourceSpec
+    from attreid.inference.predictor import Predictor
+
+    out, _ = ingested
+    before = len(GalleryIndex.open(out))
+    specs = [SourceSpec(tmp_path / "gone.mp4", "7"), read_manifest(footage.manifest)[0]]
+    reports = ingest(specs, lambda s: build_detector("motion"),
+                     Predictor(tiny_checkpoint, device="cpu"), out, PipelineSettings(stride=2),
+                     "motion")
+    assert [r.status for r in reports] == ["failed", "failed"]
+    assert "gone.mp4: video or frame folder not found" in reports[0].error
+    assert "already in this index with other settings" in reports[1].error
+    assert len(GalleryIndex.open(out)) == before

@@ -101,8 +101,9 @@ def _specs(video: list[Path], camera: list[str], start: list[str], fps: float | 
         if values and len(values) != len(video):
             raise FootageError(f"{flag} was given {len(values)} time(s) for {len(video)} "
                                "--video; give one per --video, in the same order")
+    before = len(specs)
     for i, path in enumerate(video):
-        specs.append(SourceSpec(path, camera[i] if camera else str(i + 1 + len(specs)),
+        specs.append(SourceSpec(path, camera[i] if camera else str(before + i + 1),
                                 parse_time(start[i], f"--start {start[i]}") if start else 0.0,
                                 fps))
     check_cameras(specs)

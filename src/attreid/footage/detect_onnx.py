@@ -69,6 +69,7 @@ class OnnxDetector:
         self.letterbox, self.rgb, self.min_height = letterbox, rgb, min_height
         self._session = _open_session(self.path)
         self._input = self._session.get_inputs()[0].name
+        _check_input(self.path, self._session.get_inputs()[0].shape, self.input_size)
 
     def reset(self) -> None:
         """Nothing to forget: each frame is detected on its own."""
@@ -98,7 +99,11 @@ class OnnxDetector:
     def detect(self, frame: Frame) -> Detections:
         """People in one frame: boxes xyxy in frame pixels, scores in [0, 1]."""
         tensor, sx, sy, pad_x, pad_y = self._prepare(frame.image)
-        output = np.asarray(self._session.run(None, {self._input: tensor})[0])
+        try:
+            output = np.asarray(self._session.run(None, {self._input: tensor})[0])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise FootageError(f"{self.path}: ONNX Runtime could not run the detector on a "
+                               f"{tensor.shape} input ({exc}); check --onnx-size") from None
         boxes, scores = decode(output, self.layout, self.person_class, str(self.path))
         keep = scores >= self.score_threshold
         boxes, scores = boxes[keep], scores[keep]
@@ -146,6 +151,21 @@ def decode(output: np.ndarray, layout: str, person_class: int,
 def _from_centre(cxcywh: np.ndarray) -> np.ndarray:
     cx, cy, w, h = cxcywh.T
     return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1).astype(np.float32)
+
+
+def _check_input(path: Path, shape: Any, size: tuple[int, int]) -> None:
+    """Refuse an ``input_size`` that the model's declared input (N, 3, H, W) contradicts."""
+    if not isinstance(shape, (list, tuple)) or len(shape) != 4:
+        raise FootageError(f"{path}: the detector's input is shaped {shape}; expected an "
+                           "image batch (N, 3, H, W)")
+    height, width = shape[2], shape[3]
+    fixed = [(name, d, want) for name, d, want in (("height", height, size[1]),
+                                                   ("width", width, size[0]))
+             if isinstance(d, int) and d != want]
+    if fixed:
+        model = f"{width}x{height}"
+        raise FootageError(f"{path}: the model takes {model} images, not {size[0]}x{size[1]}; "
+                           f"pass --onnx-size {model} (input_size=({width}, {height}))")
 
 
 def _open_session(path: Path) -> Any:

@@ -36,37 +36,64 @@ FRAME_SIDE = 640
 JPEG_QUALITY = 92
 
 
-def source_key(spec: SourceSpec, settings: dict[str, Any]) -> str:
-    """The identity of a source in an index: sha256 of its camera, real path, size, modification
-    time (ns), start time and the crop-shaping ``settings`` (JSON)."""
+def source_identity(spec: SourceSpec) -> str:
+    """The source itself, whatever the settings: sha256 of its camera, real path, size and
+    modification time (ns)."""
     path = spec.path.resolve()
     stat = path.stat()
-    text = json.dumps([spec.camera, str(path), stat.st_size, stat.st_mtime_ns, spec.start,
-                       spec.fps, settings], sort_keys=True, default=str)
+    text = json.dumps([spec.camera, str(path), stat.st_size, stat.st_mtime_ns])
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def source_key(spec: SourceSpec, settings: dict[str, Any]) -> str:
+    """The identity of a source in an index: sha256 of :func:`source_identity`, its start time,
+    frame rate and the crop-shaping ``settings`` (JSON)."""
+    text = json.dumps([source_identity(spec), spec.start, spec.fps, settings], sort_keys=True,
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def ingested_sources(index: GalleryIndex) -> dict[str, dict[str, Any]]:
+    """key -> summary of every source in ``index``."""
+    with index._lock:
+        return ingested(index._db)
 
 
 def is_ingested(index: GalleryIndex, key: str) -> bool:
     """Whether the source ``key`` is already in ``index``."""
-    with index._lock:
-        return key in ingested(index._db)
+    return key in ingested_sources(index)
+
+
+NAMED_CAMERAS_FROM = 1000
+"""Cameras named by a word get numbers from here up, so they never take the number of a camera
+named by a number (in this run or a later one)."""
 
 
 def camera_numbers(info: dict[str, Any], names: list[str]) -> dict[str, int]:
-    """The index's camera number of each camera name: a name that is a number keeps it; others
-    get the numbers recorded in ``info["camera_names"]``, or new ones above every number used."""
+    """The index's camera number of each camera name: a name that is a number keeps it; other
+    names keep the number ``info["camera_names"]`` records, or get the next free one from
+    :data:`NAMED_CAMERAS_FROM` up.
+
+    Raises:
+        FootageError: a numeric name whose number another camera of the index already has.
+    """
     known = {str(k): int(v) for k, v in (info.get("camera_names") or {}).items()}
+    taken = {v: k for k, v in known.items()}
     out: dict[str, int] = {}
     for name in names:
         if name in known:
             out[name] = known[name]
         elif re.fullmatch(r"\d{1,9}", name):
+            if int(name) in taken:
+                raise FootageError(f"camera {name!r}: number {int(name)} is camera "
+                                   f"{taken[int(name)]!r} of this index; give another id")
             out[name] = int(name)
-    used = set(out.values()) | set(known.values())
+    used = set(known.values()) | set(out.values())
+    number = max([NAMED_CAMERAS_FROM - 1, *(u for u in used if u >= NAMED_CAMERAS_FROM)]) + 1
     for name in names:
         if name not in out:
-            out[name] = max(used | {0}) + 1
-            used.add(out[name])
+            out[name] = number
+            number += 1
     return out
 
 

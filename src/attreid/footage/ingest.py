@@ -18,7 +18,12 @@ from typing import Any, Callable
 import numpy as np
 
 from attreid.footage.detections import FootageError
-from attreid.footage.gallery import add_source, is_ingested, source_key
+from attreid.footage.gallery import (
+    add_source,
+    ingested_sources,
+    source_identity,
+    source_key,
+)
 from attreid.footage.mot import write_mot
 from attreid.footage.pipeline import (
     Detector,
@@ -107,11 +112,19 @@ def _one(spec: SourceSpec, make_detector: Callable[[SourceSpec], Detector], pred
          index: GalleryIndex | None, settings: PipelineSettings, detector_name: str,
          tracks_dir: Path | None, progress: Callable[[int, int], None] | None) -> SourceReport:
     report = SourceReport(spec.camera, str(spec.path), "failed")
+    if not spec.path.exists():
+        report.error = f"{spec.path}: video or frame folder not found; check the path"
+        return report
     try:
         key = source_key(spec, settings_summary(settings, detector_name))
-        if index is not None and is_ingested(index, key):
-            report.status = "already in the index"
-            return report
+        if index is not None:
+            refusal = _already_in(index, spec, key)
+            if refusal == "same":
+                report.status = "already in the index"
+                return report
+            if refusal:
+                report.error = refusal
+                return report
         embedder = predictor_embedder(predictor) if predictor is not None else None
         result = track_source(spec, make_detector(spec), embedder, settings, progress)
     except (FootageError, OSError) as exc:
@@ -125,10 +138,33 @@ def _one(spec: SourceSpec, make_detector: Callable[[SourceSpec], Detector], pred
         report.status = "tracked"
         return report
     summary = {"camera": spec.camera, "path": str(spec.path), "frames": result.frames,
-               "tracklets": len(result.tracklets), "start": format_time(spec.start)}
-    report.crops = add_source(index, predictor, result, key, summary)
+               "tracklets": len(result.tracklets), "start": format_time(spec.start),
+               "source_id": source_identity(spec),
+               "settings": settings_summary(settings, detector_name)}
+    try:
+        report.crops = add_source(index, predictor, result, key, summary)
+    except FootageError as exc:  # e.g. a camera number taken in the index
+        report.error = str(exc)
+        return report
     report.status = "ingested"
     return report
+
+
+def _already_in(index: GalleryIndex, spec: SourceSpec, key: str) -> str | None:
+    """``"same"`` when the source is in the index with these settings; a refusal when it is in
+    with other ones (its people would be in twice); ``None`` when it is not in."""
+    sources = ingested_sources(index)
+    if key in sources:
+        return "same"
+    identity = source_identity(spec)
+    for summary in sources.values():
+        if summary.get("source_id") == identity:
+            return (f"{spec.path}: already in this index with other settings (detector "
+                    f"{summary.get('settings', {}).get('detector')!r}, stride "
+                    f"{summary.get('settings', {}).get('stride')}); ingesting it again would "
+                    "put its people in twice: ingest it into a new index (--out) to compare "
+                    "settings")
+    return None
 
 
 def write_tracks(folder: Path, result: SourceTracks) -> list[str]:
