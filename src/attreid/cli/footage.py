@@ -69,6 +69,10 @@ def ingest(
     specs = _specs(video, camera, start, fps, manifest)
     if not specs:
         _fail("nothing to ingest: give --video (repeatable) or --manifest")
+    if video and not start:
+        console.print("[yellow]warning:[/] no --start: times count from 1970-01-01T00:00:00Z "
+                      "(give each --video the wall-clock time of its first frame)",
+                      soft_wrap=True)
     if out is None and not no_index:
         _fail("give --out INDEX (the gallery to create or extend), or --no-index")
     if not no_index and checkpoint is None:
