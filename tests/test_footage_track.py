@@ -4,6 +4,8 @@ values and brute force."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -206,3 +208,25 @@ def test_boxes_on_ignored_regions_are_neither_right_nor_wrong(tmp_path):
     assert kept[1].boxes.tolist() == [[0, 0, 10, 20], [200, 0, 210, 20]]
     scores = detection_scores(truth, kept)
     assert (scores.true_positives, scores.false_positives, scores.missed) == (1, 1, 0)
+
+
+def test_tracks_of_a_second_source_of_one_camera_do_not_overwrite_the_first(tmp_path):
+    """From the replay of issue 27: lobby_0900.mp4 then lobby_1000.mp4 as camera 'lobby'."""
+    import json
+
+    from attreid.footage.ingest import write_tracks
+    from attreid.footage.pipeline import SourceTracks
+    from attreid.footage.sources import SourceSpec
+
+    def result(source: str) -> SourceTracks:
+        spec = SourceSpec(tmp_path / source, "lobby")
+        tracks = {1: Detections([[0, 0, 10, 20]], [0.9], [1])}
+        return SourceTracks(spec, tracks, [], 1, 1.0, (320, 240), {1: 0.0})
+
+    first = write_tracks(tmp_path / "t", result("lobby_0900.mp4"))
+    second = write_tracks(tmp_path / "t", result("lobby_1000.mp4"))
+    again = write_tracks(tmp_path / "t", result("lobby_0900.mp4"))
+    assert [Path(p).name for p in first] == ["lobby.txt", "lobby.json"]
+    assert [Path(p).name for p in second] == ["lobby_2.txt", "lobby_2.json"]
+    assert again == first  # the same source writes its own file again
+    assert json.loads(Path(second[1]).read_text())["source"].endswith("lobby_1000.mp4")

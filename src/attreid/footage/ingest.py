@@ -167,12 +167,27 @@ def _already_in(index: GalleryIndex, spec: SourceSpec, key: str) -> str | None:
     return None
 
 
+def _tracks_name(folder: Path, camera: str, source: str) -> str:
+    """``camera``, or ``camera_2``, ``camera_3``, ... when the tracks of another source of the
+    same camera (an earlier hour's file) are there already: they are never overwritten."""
+    for n in range(1, 10_000):
+        name = camera if n == 1 else f"{camera}_{n}"
+        try:
+            owner = json.loads((folder / f"{name}.json").read_text()).get("source")
+        except (OSError, ValueError, AttributeError):
+            return name  # free (or not ours to keep: unreadable)
+        if owner == source:
+            return name
+    raise FootageError(f"{folder}: too many track files for camera {camera!r}")
+
+
 def write_tracks(folder: Path, result: SourceTracks) -> list[str]:
     """``<camera>.txt`` (MOTChallenge, 1-based frames, gaps interpolated) and ``<camera>.json``
-    (per tracklet: id, first and last frame and time, observations, crop frames)."""
+    (per tracklet: id, first and last frame and time, observations, crop frames);
+    ``<camera>_2.txt`` ... for a further source of a camera (:func:`_tracks_name`)."""
     from attreid.footage.gallery import _safe
 
-    name = _safe(result.spec.camera)
+    name = _tracks_name(folder, _safe(result.spec.camera), str(result.spec.path))
     mot = folder / f"{name}.txt"
     write_mot(mot, sorted(result.tracks.items()))
     rows = [{"track": t.track_id, "camera": t.camera, "source": t.source,
