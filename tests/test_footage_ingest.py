@@ -33,7 +33,6 @@ from attreid.footage.scores import (  # noqa: E402
 )
 from attreid.footage.sources import read_manifest  # noqa: E402
 from attreid.search.index import GalleryIndex  # noqa: E402
-from attreid.search.sightings import read_sightings  # noqa: E402
 
 FPS = 10.0
 SECONDS = 12.0
@@ -106,8 +105,7 @@ def test_indexed_crops_carry_camera_time_frame_box_and_track(footage, ingested):
     index = GalleryIndex.open(out)
     rows = index.entries([i for i, _ in index.select("1", [])])
     assert len(rows) == sum(r["crops"] for r in report) > 0
-    with index._lock:
-        sightings = read_sightings(index._db, [e.id for e in rows])
+    sightings = index.sightings([e.id for e in rows])
     assert set(sightings) == {e.id for e in rows}  # every crop has a sighting
     for entry in rows:
         s = sightings[entry.id]
@@ -185,8 +183,7 @@ def test_a_rerun_skips_every_source(footage, ingested, tiny_checkpoint, capsys):
 def _rows(out: Path) -> list[tuple]:
     index = GalleryIndex.open(out)
     ids = [i for i, _ in index.select("1", [])]
-    with index._lock:
-        sightings = read_sightings(index._db, ids)
+    sightings = index.sightings(ids)
     return [(str(Path(e.path).relative_to(out)), e.camera, e.frame,
              sightings[e.id].track, round(sightings[e.id].time, 3), sightings[e.id].box)
             for e in index.entries(ids)]

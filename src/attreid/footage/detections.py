@@ -100,3 +100,10 @@ def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)
     out[:, [1, 3]] = out[:, [1, 3]].clip(0, height)
     return out
+
+
+def cut_box(image: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The pixels (h, w, 3) of ``image`` inside ``box`` (xyxy, rounded, clipped to the frame; a
+    view, empty when the box lies outside)."""
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    return image[max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)]

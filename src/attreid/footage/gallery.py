@@ -25,10 +25,10 @@ import numpy as np
 
 from attreid.footage.detections import FootageError
 from attreid.footage.pipeline import SourceTracks
-from attreid.footage.sources import SourceSpec, read_frames
+from attreid.footage.sources import SourceSpec, _cv2, read_frames
 from attreid.schema import TASKS
 from attreid.search.index import GalleryIndex
-from attreid.search.sightings import Sighting, ingested, insert_sightings, mark_ingested
+from attreid.search.sightings import Sighting, insert_sightings, mark_ingested
 from attreid.utils.files import atomic_write_bytes
 
 FOOTAGE_DIR = "footage"
@@ -55,8 +55,7 @@ def source_key(spec: SourceSpec, settings: dict[str, Any]) -> str:
 
 def ingested_sources(index: GalleryIndex) -> dict[str, dict[str, Any]]:
     """key -> summary of every source in ``index``."""
-    with index._lock:
-        return ingested(index._db)
+    return index.ingested()
 
 
 def is_ingested(index: GalleryIndex, key: str) -> bool:
@@ -187,9 +186,3 @@ def _jpeg(cv2: Any, image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:64] or "camera"
-
-
-def _cv2() -> Any:
-    from attreid.footage.sources import _cv2 as load
-
-    return load()

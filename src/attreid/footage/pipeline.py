@@ -14,7 +14,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from attreid.footage.detections import Detections, clip_boxes
+from attreid.footage.detections import Detections, clip_boxes, cut_box
 from attreid.footage.sources import Frame, SourceSpec, read_frames
 from attreid.footage.track import Tracker, TrackerSettings, interpolate_gaps
 from attreid.footage.tracklets import Tracklet, TrackletBuilder, TrackletSettings
@@ -166,6 +166,5 @@ def _embed(found: Detections, frame: Frame, embedder: Embedder,
 
 
 def _cut(image: np.ndarray, box: np.ndarray) -> np.ndarray:
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
-    crop = image[max(y1, 0):max(y2, y1 + 1), max(x1, 0):max(x2, x1 + 1)]
+    crop = cut_box(image, box)
     return crop if crop.size else image[:1, :1]

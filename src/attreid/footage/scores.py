@@ -16,7 +16,6 @@ from attreid.footage.detections import Detections, box_iou
 from attreid.metrics.distance import pairwise_distance
 from attreid.metrics.reid import ReidResult, reid_metrics
 from attreid.search.index import GalleryIndex
-from attreid.search.sightings import read_sightings
 
 
 @dataclass(frozen=True)
@@ -37,8 +36,7 @@ def indexed_tracklets(index: GalleryIndex) -> list[IndexedTracklet]:
     """Every tracklet of an index made by ``attreid ingest`` (rows without a sighting are left
     out), ordered by camera, source and track."""
     ids = [i for i, _ in index.select("1", [], order="id")]
-    with index._lock:
-        sightings = read_sightings(index._db, ids)
+    sightings = index.sightings(ids)
     entries = {e.id: e for e in index.entries(list(sightings))}
     groups: dict[tuple[str, str, int], list[int]] = {}
     for i, s in sightings.items():

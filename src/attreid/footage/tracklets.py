@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from attreid.footage.detections import Detections, box_iou
+from attreid.footage.detections import Detections, box_iou, cut_box
 from attreid.footage.sources import Frame
 
 
@@ -137,8 +137,7 @@ class TrackletBuilder:
         limit = self.settings.candidates
         if len(track.candidates) >= limit and quality <= min(c.quality for c in track.candidates):
             return
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
-        image = frame.image[max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)].copy()
+        image = cut_box(frame.image, box).copy()
         if image.size == 0:
             return
         track.candidates.append(Crop(frame.index, frame.time, box.copy(), score, quality,

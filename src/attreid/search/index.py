@@ -7,10 +7,9 @@ Layout of an index folder::
       vectors-<N>.faiss  # the FAISS index named by info["vectors"]; N = its generation
 
 Row ``id`` of ``images`` is the FAISS id of its vector (ids are positions in add order, so
-no id map is needed). The rows are described in :mod:`attreid.search.metadata`, the FAISS
-side in :mod:`attreid.search.vectors`; a new index is written (and crops are embedded and
-added) by :mod:`attreid.search.build`. The rows to index (from arrays or from a feature store,
-read :data:`WRITE_CHUNK` at a time) are :mod:`attreid.search.sources`.
+no id map is needed). Rows: :mod:`attreid.search.metadata` (and, from footage,
+:mod:`attreid.search.sightings`); FAISS: :mod:`attreid.search.vectors`; writing:
+:mod:`attreid.search.build`; rows to index: :mod:`attreid.search.sources`.
 
 Updates are atomic: :meth:`GalleryIndex.append_store` writes the next generation's vectors
 file first, then inserts the rows and switches ``info["vectors"]`` in one SQLite transaction,
@@ -44,7 +43,7 @@ from attreid.search.metadata import (
     _set_info,
     probability_columns,
 )
-from attreid.search.sightings import read_sightings
+from attreid.search.sightings import Sighting, ingested, read_sightings
 from attreid.search.sources import (
     WRITE_CHUNK,
     RowsHook,
@@ -154,7 +153,7 @@ class GalleryIndex:
                 raise
 
     def entries(self, ids: Sequence[int]) -> list[Entry]:
-        """Rows of ``ids``, in that order.
+        """Rows of ``ids``, in that order (with time and track for crops cut from footage).
 
         Raises:
             KeyError: an id is not in the index.
@@ -174,9 +173,18 @@ class GalleryIndex:
         missing = [i for i in ids if i not in rows]
         if missing:
             raise KeyError(f"image ids not in the index: {missing[:10]}")
-        with self._lock:
-            seen = read_sightings(self._db, ids)  # crops cut from footage: time and track
+        seen = self.sightings(ids)
         return [_entry(rows[i], cols, self.trained_tasks, seen.get(i)) for i in ids]
+
+    def sightings(self, ids: Sequence[int]) -> dict[int, Sighting]:
+        """id -> footage :class:`~attreid.search.sightings.Sighting` of those ``ids`` with one."""
+        with self._lock:
+            return read_sightings(self._db, ids)
+
+    def ingested(self) -> dict[str, dict[str, Any]]:
+        """key -> summary of each footage source in the index (:mod:`attreid.search.sightings`)."""
+        with self._lock:
+            return ingested(self._db)
 
     def vector(self, image_id: int) -> np.ndarray:
         """The stored (prepared) vector of one image, shape (D,)."""
