@@ -19,6 +19,7 @@ MAX_LINES = 500
 
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
+    ("zoo",),
     ("schema", "utils"),
     ("config",),
     ("data",),

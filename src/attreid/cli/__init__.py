@@ -4,14 +4,24 @@ One module per command group: :mod:`~attreid.cli.data` (synth, data summary / ch
 :mod:`~attreid.cli.training` (train), :mod:`~attreid.cli.evaluation` (evaluate, compare),
 :mod:`~attreid.cli.verification` (calibrate, verify), :mod:`~attreid.cli.inference` (predict,
 export) and :mod:`~attreid.cli.search` (index build /
-add, search, serve), :mod:`~attreid.cli.footage` (ingest). :mod:`~attreid.cli.base` holds the typer app, the console and helpers they
-share, and :func:`run` / :func:`main`. The commands are registered below, in the order
+add, search, serve), :mod:`~attreid.cli.footage` (ingest), :mod:`~attreid.cli.models`
+(models: the shipped models). :mod:`~attreid.cli.base` holds the typer app, the console and
+helpers they share, and :func:`run` / :func:`main`. The commands are registered below, in the order
 ``attreid --help`` lists them; ``app``, ``run`` and ``main`` (the console script) are importable
 from here."""
 
 from __future__ import annotations
 
-from attreid.cli import data, evaluation, footage, inference, search, training, verification
+from attreid.cli import (
+    data,
+    evaluation,
+    footage,
+    inference,
+    models,
+    search,
+    training,
+    verification,
+)
 from attreid.cli.base import app, data_app, index_app, main, run
 
 __all__ = ["app", "main", "run"]
@@ -28,6 +38,7 @@ app.command()(inference.export)
 app.command()(search.search)
 app.command()(search.serve)
 app.command()(footage.ingest)
+app.command()(models.models)
 data_app.command("summary")(data.data_summary)
 data_app.command("check")(data.data_check)
 index_app.command("build")(search.index_build)

@@ -20,6 +20,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from attreid.errors import AttreidError
 from attreid.utils.files import printable_name
+from attreid.zoo import DEFAULT_MODEL
+
+CHECKPOINT_HELP = (f"A checkpoint (best.pt), or a shipped model's name (attreid models); "
+                   f"default: the shipped {DEFAULT_MODEL}.")
 
 app = typer.Typer(help="attreid: joint pedestrian attribute recognition and person re-ID.",
                   no_args_is_help=True, add_completion=False)

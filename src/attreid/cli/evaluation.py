@@ -10,6 +10,8 @@ from typing import Any
 import typer
 
 from attreid.cli.base import (
+    CHECKPOINT_HELP,
+    DEFAULT_MODEL,
     BACKEND_OPTION,
     LAYOUTS,
     _count_progress,
@@ -22,7 +24,7 @@ from attreid.data.records import DataError
 
 
 def evaluate(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint (best.pt or last.pt)."),
+    checkpoint: Path = typer.Argument(DEFAULT_MODEL, help=CHECKPOINT_HELP),
     data: Path = typer.Option(..., "--data", help="Dataset folder."),
     protocol: str | None = typer.Option(None, help="market or seed (default: by split)."),
     split: str = typer.Option("test", help="test (query vs gallery), study or random."),
@@ -61,7 +63,7 @@ def evaluate(
     except (DataError, CheckpointError, ValueError, FeatureStoreError, ExportError) as exc:
         _fail(str(exc))
     m = result.metrics
-    console.print(rich_table({checkpoint.parent.name or "model": m},
+    console.print(rich_table({checkpoint.parent.name or str(checkpoint): m},
                              f"{split} split, {m['setup']['protocol']} protocol (%)"))
     how = "given" if distance else "the checkpoint's"
     console.print(f"distance: {m['setup']['distance']} ({how})")

@@ -9,8 +9,8 @@ from typing import Any
 
 import typer
 
-from attreid.cli.base import BACKEND_OPTION, _count_progress, _fail, _reported_warnings, \
-    _show_backend, console
+from attreid.cli.base import BACKEND_OPTION, DEFAULT_MODEL, _count_progress, _fail, \
+    _reported_warnings, _show_backend, console
 
 DETECTORS_HELP = ("hog (OpenCV's HOG people detector, focused by motion; no weights), motion "
                   "(moving blobs of a static camera), mot (precomputed MOTChallenge det.txt: "
@@ -19,8 +19,10 @@ DETECTORS_HELP = ("hog (OpenCV's HOG people detector, focused by motion; no weig
 
 
 def ingest(
-    checkpoint: Path | None = typer.Argument(None, help="The checkpoint that embeds the people "
-                                             "(omit with --no-index: motion-only tracks)."),
+    checkpoint: Path | None = typer.Argument(None, help="The checkpoint (or shipped model's "
+                                             "name) that embeds the people; default: the "
+                                             f"shipped {DEFAULT_MODEL}, none with --no-index "
+                                             "(motion-only tracks)."),
     video: list[Path] = typer.Option([], "--video", help="A video file or frame folder; "
                                      "repeat for several cameras."),
     camera: list[str] = typer.Option([], "--camera", help="Camera id of each --video, in "
@@ -76,7 +78,7 @@ def ingest(
     if out is None and not no_index:
         _fail("give --out INDEX (the gallery to create or extend), or --no-index")
     if not no_index and checkpoint is None:
-        _fail("an index needs the CHECKPOINT that embeds the crops (or pass --no-index)")
+        checkpoint = Path(DEFAULT_MODEL)
     if gt is not None and len(specs) != 1:
         _fail("--gt scores one source; give one --video")
     predictor = _predictor(checkpoint, backend, device) if checkpoint is not None else None

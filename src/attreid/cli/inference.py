@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 
 from attreid.cli.base import (
+    CHECKPOINT_HELP,
+    DEFAULT_MODEL,
     BACKEND_OPTION,
     LAYOUTS,
     _count_progress,
@@ -20,9 +22,10 @@ from attreid.data.records import DataError
 
 
 def predict(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint (best.pt or last.pt)."),
+    checkpoint: Path = typer.Argument(DEFAULT_MODEL, help=CHECKPOINT_HELP),
     data: Path = typer.Option(..., "--data", help="Dataset folder."),
-    out: Path = typer.Option(..., "--out", help="Folder for the output files."),
+    out: Path = typer.Option(Path("predictions"), "--out", help="Folder for the output "
+                             "files."),
     top_k: int = typer.Option(300, help="Gallery images per query in reid_test.txt."),
     flip: bool = typer.Option(False, "--flip", help="Flip test-time augmentation."),
     layout: str = typer.Option("auto", help=LAYOUTS),
@@ -53,7 +56,7 @@ def predict(
 
 
 def export(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint (best.pt or last.pt)."),
+    checkpoint: Path = typer.Argument(DEFAULT_MODEL, help=CHECKPOINT_HELP),
     out: Path = typer.Option(..., "--out", help="The ONNX file to write."),
     opset: int = typer.Option(17, help="ONNX opset."),
 ) -> None:

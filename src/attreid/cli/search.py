@@ -14,6 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from attreid.cli.base import (
+    CHECKPOINT_HELP,
+    DEFAULT_MODEL,
     BACKEND_OPTION,
     _count_progress,
     _fail,
@@ -51,9 +53,9 @@ def _search_errors() -> tuple[type[Exception], ...]:
 
 
 def index_build(
-    checkpoint: Path = typer.Argument(..., help="The checkpoint that embeds the crops."),
+    checkpoint: Path = typer.Argument(DEFAULT_MODEL, help=CHECKPOINT_HELP),
     images: Path = typer.Option(..., "--images", help="Folder of crops (searched recursively)."),
-    out: Path = typer.Option(..., "--out", help="Index folder to create."),
+    out: Path = typer.Option(Path("index"), "--out", help="Index folder to create."),
     ivf: int = typer.Option(0, "--ivf", help="Approximate IVF index with this many lists "
                             "(-1: about 4 sqrt(N)); 0: exact search."),
     nprobe: int = typer.Option(16, help="IVF lists visited per query."),
@@ -95,7 +97,7 @@ def index_add(
     index: Path = typer.Argument(..., help="Index folder made by `attreid index build`."),
     images: Path = typer.Option(..., "--images", help="Folder of crops; known files are "
                                 "skipped."),
-    checkpoint: Path | None = typer.Option(None, help="The index's checkpoint, if it moved."),
+    checkpoint: Path | None = typer.Option(None, help="The index's checkpoint (or model name), if it moved."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
     backend: str = BACKEND_OPTION,
@@ -142,7 +144,7 @@ def search(
     csv_out: Path | None = typer.Option(None, "--csv", help="Also write the results to this "
                                         "CSV file (paths, cameras, frames, scores)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
-    checkpoint: Path | None = typer.Option(None, help="The index's checkpoint, if it moved."),
+    checkpoint: Path | None = typer.Option(None, help="The index's checkpoint (or model name), if it moved."),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
     backend: str = BACKEND_OPTION,
     calibration: Path | None = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
@@ -306,7 +308,7 @@ def serve(
     index: Path = typer.Argument(..., help="Index folder."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port."),
-    checkpoint: Path | None = typer.Option(None, help="The index's checkpoint, if it moved."),
+    checkpoint: Path | None = typer.Option(None, help="The index's checkpoint (or model name), if it moved."),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
     max_batch: int = typer.Option(16, "--max-batch", min=1, help="Crops of concurrent "
                                   "requests embedded together, at most this many per pass."),

@@ -10,6 +10,8 @@ from pathlib import Path
 import typer
 
 from attreid.cli.base import (
+    CHECKPOINT_HELP,
+    DEFAULT_MODEL,
     BACKEND_OPTION,
     LAYOUTS,
     _count_progress,
@@ -24,7 +26,7 @@ FAR_HELP = "Operating point: the false accept rate (1e-2, 1e-3 or 1e-4)."
 
 
 def calibrate(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint (best.pt or last.pt)."),
+    checkpoint: Path = typer.Argument(DEFAULT_MODEL, help=CHECKPOINT_HELP),
     data: Path = typer.Option(..., "--data", help="A labelled dataset folder."),
     split: str = typer.Option("test", help="test (query + gallery crops), study or random."),
     method: str = typer.Option("platt", help="platt (logistic on the distance) or isotonic."),
@@ -70,7 +72,8 @@ def calibrate(
 
 
 def verify(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint (or its ONNX export)."),
+    checkpoint: Path = typer.Argument(..., help="A checkpoint, its ONNX export, or a "
+                                      "shipped model's name (attreid models)."),
     first: Path = typer.Argument(..., help="A crop."),
     second: Path = typer.Argument(..., help="Another crop."),
     far: float = typer.Option(1e-3, "--far", help=FAR_HELP),

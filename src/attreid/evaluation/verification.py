@@ -32,6 +32,7 @@ from attreid.inference.calibration import (
 from attreid.inference.files import extract_files
 from attreid.metrics.verification import PairDistances, pair_distances
 from attreid.utils.checkpoint import require_checkpoint
+from attreid.zoo import is_model_name
 
 DISTRACTOR_ID = 0
 """Market-1501's distractor identity: crops that are no one in particular."""
@@ -112,6 +113,10 @@ def calibrate_checkpoint(checkpoint: Path | str, data_root: Path | str,
         CheckpointError, DataError: the checkpoint or the data cannot be read (named).
         ValueError: the crops make no genuine or no impostor pair, or an unknown method.
     """
+    if out is None and is_model_name(checkpoint):
+        raise ValueError(f"{checkpoint}: a shipped model's calibration is part of the package; "
+                         "pass --out for a calibration of your own (and verify/search "
+                         "--calibration to use it)")
     require_checkpoint(checkpoint)
     dataset = load_dataset(data_root, layout)
     data = build_evaluation_set(dataset, split)

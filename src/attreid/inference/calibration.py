@@ -56,6 +56,7 @@ from attreid.metrics.verification import (
     threshold_at_far,
 )
 from attreid.utils.files import atomic_write_text
+from attreid.zoo import resolve_checkpoint
 
 FORMAT = "attreid-calibration-v1"
 METHODS: tuple[str, ...] = ("platt", "isotonic")
@@ -235,8 +236,9 @@ def check_far(far: float) -> float:
 
 
 def calibration_path(checkpoint: Path | str) -> Path:
-    """Where a checkpoint's calibration lives: ``best.pt`` -> ``best.calibration.json``."""
-    checkpoint = Path(checkpoint)
+    """Where a checkpoint's calibration lives: ``best.pt`` -> ``best.calibration.json``; a
+    shipped model's (``market1501``) is shipped beside its file."""
+    checkpoint = resolve_checkpoint(checkpoint)
     return checkpoint.with_name(checkpoint.stem + ".calibration.json")
 
 

@@ -26,7 +26,12 @@ from attreid.models import build_model
 from attreid.models.output import ModelOutput, probabilities
 from attreid.schema import MISSING, TASK_NAMES, TASKS, trained_tasks_of
 from attreid.utils.backend import resolve_device
-from attreid.utils.checkpoint import CheckpointError, load_checkpoint, load_model_weights
+from attreid.utils.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_weights,
+    require_checkpoint,
+)
 from attreid.utils.files import file_sha256
 
 ImageInput = Union[Image.Image, str, Path, np.ndarray]
@@ -187,8 +192,9 @@ class Predictor:
 
     def __init__(self, checkpoint: str | Path, device: str | None = None, batch_size: int = 64,
                  flip: bool = False, amp: str = "none") -> None:
+        checkpoint = require_checkpoint(checkpoint)  # a shipped model's name -> its file
         state = load_checkpoint(checkpoint)
-        self.checkpoint = Path(checkpoint)
+        self.checkpoint = checkpoint
         self.config = from_dict(state["config"])
         self.device = resolve_device(device or "auto")
         self.model = build_model(**state["model_config"])

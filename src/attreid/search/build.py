@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from attreid.zoo import resolve_checkpoint
 from attreid.data.io import IMAGE_SUFFIXES, find_images, read_image
 from attreid.data.records import DataError
 from attreid.inference.features import (
@@ -340,8 +341,9 @@ def _write_index(out: Path | str, source: _Source, checkpoint: Path, metric: str
     if trained_tasks is not None:
         extra = {**(extra or {}), "trained_tasks": list(trained_tasks_of(list(trained_tasks)))}
     nlist = nlist or max(1, min(source.count, int(4 * np.sqrt(source.count))))
-    info = {"format": FORMAT_VERSION, "checkpoint": str(Path(checkpoint).resolve()),
-            "checkpoint_sha256": checkpoint_sha256 or file_sha256(Path(checkpoint)),
+    checkpoint = resolve_checkpoint(checkpoint)  # a shipped model's name -> its file
+    info = {"format": FORMAT_VERSION, "checkpoint": str(checkpoint.resolve()),
+            "checkpoint_sha256": checkpoint_sha256 or file_sha256(checkpoint),
             "metric": metric,
             "dim": int(source.dim), "kind": kind, "nlist": nlist if kind == "ivf" else 0,
             "nprobe": nprobe, "flip": False, "images_root": None,

@@ -47,6 +47,7 @@ from attreid.search.index import GalleryIndex, GalleryIndexError, unreached
 from attreid.search.sightings import iso_time
 from attreid.search.metadata import Entry
 from attreid.search.vectors import prepare_vectors
+from attreid.zoo import recorded_checkpoint, resolve_checkpoint
 
 DESCRIPTION_MIN_PROB = 0.0
 """Default ``min_prob`` of attribute-only queries: rank every crop, hide none."""
@@ -179,7 +180,8 @@ class GallerySearch:
         from attreid.utils.checkpoint import CheckpointError
 
         opened = GalleryIndex.open(index)
-        path = Path(checkpoint or opened.info["checkpoint"])
+        path = resolve_checkpoint(checkpoint) if checkpoint else recorded_checkpoint(
+            opened.info["checkpoint"], opened.info.get("checkpoint_sha256", ""))
         flip, metric = bool(opened.info.get("flip")), opened.metric
         if not model:
             found, note = find_calibration(path, opened.info["checkpoint_sha256"], flip, metric,

@@ -12,6 +12,7 @@ from torch import nn
 
 from attreid.errors import AttreidError
 from attreid.utils.files import atomic_write_bytes
+from attreid.zoo import resolve_checkpoint, shipped_models
 
 
 class CheckpointError(AttreidError, RuntimeError):
@@ -30,12 +31,25 @@ def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
 
 
 def require_checkpoint(path: Path | str) -> Path:
-    """``path`` as a Path; raises :class:`CheckpointError` when no such file exists (checked
-    first, before slower work that would fail later)."""
-    path = Path(path)
+    """The checkpoint file ``path`` stands for: a shipped model's file for its name
+    (``market1501``, SHA-256 checked: :func:`attreid.zoo.resolve_checkpoint`), else ``path``.
+    Checked first, before slower work that would fail later.
+
+    Raises:
+        ZooError: a shipped model's file is missing or altered.
+        CheckpointError: no such file (the message lists the shipped models' names).
+    """
+    path = resolve_checkpoint(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+        raise CheckpointError(f"{path}: checkpoint not found{_names_hint(path)}")
     return path
+
+
+def _names_hint(path: Path) -> str:
+    names = sorted(shipped_models())
+    if not names or len(path.parts) > 1:
+        return ""
+    return f" (nor a shipped model's name: {', '.join(names)})"
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
