@@ -110,7 +110,7 @@ def test_indexed_crops_carry_camera_time_frame_box_and_track(footage, ingested):
     for entry in rows:
         s = sightings[entry.id]
         spec = specs[s.camera_name]
-        assert entry.camera == int(s.camera_name)
+        assert entry.camera == int(s.camera_name) and entry.camera_name == s.camera_name
         assert s.time == pytest.approx(spec.start + entry.frame / FPS, abs=1e-3)
         truth = _gt(footage, s.camera_name).get(entry.frame + 1)
         assert truth is not None and len(truth)
@@ -120,6 +120,30 @@ def test_indexed_crops_carry_camera_time_frame_box_and_track(footage, ingested):
     hits = [true_identity((e.frame,), np.array([sightings[e.id].box]),
                           _gt(footage, sightings[e.id].camera_name)) for e in rows]
     assert np.mean(np.array(hits) > 0) >= 0.8
+
+
+def test_search_names_each_hit_by_camera_time_and_track(footage, ingested, capsys):
+    """What an investigator reads: the camera as ingest was given it, the wall-clock time and
+    the track, in the JSON and in the table."""
+    from attreid import cli
+
+    out, _ = ingested
+    index = GalleryIndex.open(out)
+    first = next(i for i, _ in index.select("1", []))
+    entry = index.entries([first])[0]
+    cameras = {s.camera for s in read_manifest(footage.manifest)}
+    for extra in (["--json"], []):
+        with pytest.raises(SystemExit) as done:
+            cli.run(["search", str(out), "--id", str(first), "-k", "3", "--backend", "torch",
+                     *extra])
+        assert done.value.code in (0, None)
+        said = capsys.readouterr().out
+        if extra:
+            hits = json.loads(said[said.index("["):])
+            assert all(h["camera_name"] in cameras and h["time"].endswith("Z") and
+                       isinstance(h["track"], int) for h in hits), hits
+        else:
+            assert "time (UTC)" in said and "track" in said and entry.camera_name in said
 
 
 def test_most_people_seen_long_enough_have_a_tracklet(footage, ingested):

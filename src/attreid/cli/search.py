@@ -265,7 +265,7 @@ def results_table(hits: list, trained: tuple[str, ...], rerank: bool, metric: st
     columns: list[tuple[str, Callable[[Any], str]]] = [
         ("rank", lambda h: ""), ("id", lambda h: str(h.entry.id)),
         ("identity", lambda h: value(h.entry.identity, "d")),
-        ("cam", lambda h: value(h.entry.camera, "d")),
+        ("cam", lambda h: h.entry.camera_name or value(h.entry.camera, "d")),
         ("frame", lambda h: value(h.entry.frame, "d"))]
     optional: list[tuple[str, Callable[[Any], Any], Callable[[Any], str]]] = [
         ("distance", lambda h: h.distance,

@@ -70,6 +70,7 @@ class Entry:
     trained_tasks: tuple[str, ...] = TASK_NAMES  # the index's (GalleryIndex.trained_tasks)
     time: float | None = None  # crops cut from footage: seconds since the epoch (UTC)
     track: int | None = None  # and the track id within their source
+    camera_name: str | None = None  # and the camera's name as ingest was given it
 
     @property
     def display_name(self) -> str:
@@ -99,7 +100,8 @@ def _entry(row: tuple, cols: list[tuple[str, int, str]], trained: tuple[str, ...
     return Entry(id=int(row[0]), path=_from_sql(row[1]), camera=row[2], frame=row[3],
                  identity=row[4], probabilities=probs, trained_tasks=trained,
                  time=None if sighting is None else sighting.time,
-                 track=None if sighting is None else sighting.track)
+                 track=None if sighting is None else sighting.track,
+                 camera_name=None if sighting is None else sighting.camera_name)
 
 
 def _to_sql(text: str) -> str | bytes:

@@ -101,7 +101,8 @@ class Hit:
                 "match": self.match, "probability": self.probability, "same": self.same,
                 "person": self.person,
                 "camera": e.camera, "frame": e.frame, "identity": e.identity,
-                **({} if e.time is None else {"time": iso_time(e.time), "track": e.track}),
+                **({} if e.time is None else {"time": iso_time(e.time), "track": e.track,
+                                               "camera_name": e.camera_name}),
                 "attributes": e.attributes()}
 
 
