@@ -10,9 +10,9 @@ from typing import Any
 import typer
 
 from attreid.cli.base import (
+    BACKEND_OPTION,
     CHECKPOINT_HELP,
     DEFAULT_MODEL,
-    BACKEND_OPTION,
     LAYOUTS,
     _count_progress,
     _fail,

@@ -8,9 +8,9 @@ from pathlib import Path
 import typer
 
 from attreid.cli.base import (
+    BACKEND_OPTION,
     CHECKPOINT_HELP,
     DEFAULT_MODEL,
-    BACKEND_OPTION,
     LAYOUTS,
     _count_progress,
     _fail,

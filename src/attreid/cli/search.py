@@ -14,9 +14,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from attreid.cli.base import (
+    BACKEND_OPTION,
     CHECKPOINT_HELP,
     DEFAULT_MODEL,
-    BACKEND_OPTION,
     _count_progress,
     _fail,
     _reported_warnings,
@@ -97,7 +97,8 @@ def index_add(
     index: Path = typer.Argument(..., help="Index folder made by `attreid index build`."),
     images: Path = typer.Option(..., "--images", help="Folder of crops; known files are "
                                 "skipped."),
-    checkpoint: Path | None = typer.Option(None, help="The index's checkpoint (or model name), if it moved."),
+    checkpoint: Path | None = typer.Option(None, help="The index's checkpoint (or shipped "
+                                           "model's name), if it moved."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
     backend: str = BACKEND_OPTION,
@@ -144,7 +145,8 @@ def search(
     csv_out: Path | None = typer.Option(None, "--csv", help="Also write the results to this "
                                         "CSV file (paths, cameras, frames, scores)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
-    checkpoint: Path | None = typer.Option(None, help="The index's checkpoint (or model name), if it moved."),
+    checkpoint: Path | None = typer.Option(None, help="The index's checkpoint (or shipped "
+                                           "model's name), if it moved."),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
     backend: str = BACKEND_OPTION,
     calibration: Path | None = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
@@ -308,7 +310,8 @@ def serve(
     index: Path = typer.Argument(..., help="Index folder."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port."),
-    checkpoint: Path | None = typer.Option(None, help="The index's checkpoint (or model name), if it moved."),
+    checkpoint: Path | None = typer.Option(None, help="The index's checkpoint (or shipped "
+                                           "model's name), if it moved."),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
     max_batch: int = typer.Option(16, "--max-batch", min=1, help="Crops of concurrent "
                                   "requests embedded together, at most this many per pass."),
