@@ -195,4 +195,10 @@ def test_commands_default_to_the_shipped_model(name, synth_market, tmp_path):
     query = sorted((synth_market / "query").glob("*.jpg"))[0]
     done = run("search", "index", "--image", str(query), "-k", "3", "--json")
     assert done.returncode == 0, done.stderr
-    assert "uncalibrated" not in done.stdout
+    hits = json.loads(done.stdout[done.stdout.index("["):])
+    assert len(hits) == 3 and all(h["probability"] is not None for h in hits)
+    other = sorted((synth_market / "query").glob("*.jpg"))[-1]
+    done = run("verify", str(query), str(other), "--json", "--backend", "torch-fp32")
+    assert done.returncode == 0, done.stderr
+    verdict = json.loads(done.stdout)
+    assert verdict["probability"] is not None and verdict["same"] in (True, False)

@@ -72,10 +72,10 @@ def calibrate(
 
 
 def verify(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint, its ONNX export, or a "
-                                      "shipped model's name (attreid models)."),
-    first: Path = typer.Argument(..., help="A crop."),
-    second: Path = typer.Argument(..., help="Another crop."),
+    paths: list[Path] = typer.Argument(..., metavar="[CHECKPOINT] FIRST SECOND",
+                                       help="Two crops, after a checkpoint, its ONNX export or a "
+                                       "shipped model's name (default: the shipped "
+                                       f"{DEFAULT_MODEL})."),
     far: float = typer.Option(1e-3, "--far", help=FAR_HELP),
     calibration: Path | None = typer.Option(None, "--calibration", help="A calibration "
                                             "file (default: the one beside the checkpoint)."),
@@ -92,6 +92,10 @@ def verify(
     from attreid.inference.onnx import ExportError
     from attreid.utils.checkpoint import CheckpointError
 
+    if len(paths) not in (2, 3):
+        _fail(f"verify takes two crops, optionally after a checkpoint: got {len(paths)} "
+              "path(s)")
+    checkpoint, first, second = ([Path(DEFAULT_MODEL)] + paths)[-3:]
     try:
         verifier = Verifier.open(checkpoint, calibration, far, backend, device, flip)
         _show_backend(verifier.choice)
