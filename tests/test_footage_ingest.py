@@ -20,7 +20,7 @@ import pytest
 
 from conftest import require
 
-require("cv2", "footage ingest (the footage extra)")
+cv2 = require("cv2", "footage ingest (the footage extra)")
 require("motmetrics", "tracking scores (the footage extra)")
 require("faiss", "the gallery index (the search extra)")
 
@@ -146,6 +146,30 @@ def test_search_names_each_hit_by_camera_time_and_track(footage, ingested, capsy
             assert "time (UTC)" in said and "track" in said and entry.camera_name in said
 
 
+def test_grouped_results_follow_the_stored_tracks(ingested, capsys):
+    """--group: one row per (camera, track) of the hits, however far apart their frames or
+    embeddings; every hit in exactly one row."""
+    from attreid import cli
+
+    out, _ = ingested
+    index = GalleryIndex.open(out)
+    first = next(i for i, _ in index.select("1", []))
+    args = ["search", str(out), "--id", str(first), "-k", "40", "--backend", "torch", "--json"]
+    with pytest.raises(SystemExit):
+        cli.run(args)
+    said = capsys.readouterr().out
+    flat = json.loads(said[said.index("["):])
+    with pytest.raises(SystemExit):
+        cli.run([*args, "--group"])
+    said = capsys.readouterr().out
+    rows = json.loads(said[said.index("["):])
+    key = lambda h: (h["camera_name"], h["track"])  # noqa: E731  (one source per camera here)
+    assert sorted(key(r) for r in rows) == sorted({key(h) for h in flat})
+    for row in rows:
+        assert all(key(m) == key(row) for m in row["group"]["members"])
+    assert sum(r["group"]["size"] for r in rows) == len(flat)
+
+
 def test_most_people_seen_long_enough_have_a_tracklet(footage, ingested):
     """The (camera, person) pairs in view for at least 1.5 s that a tracklet of the index
     covers. Measured 10 of 11 on an AMD EPYC (the tiny test model hardly tells people apart,
@@ -258,8 +282,12 @@ def test_a_bad_source_is_reported_and_the_others_go_in(footage, tiny_checkpoint,
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(np.random.default_rng(0).bytes(4000))
     manifest = tmp_path / "m.csv"
+    frames = tmp_path / "frames"  # a frame folder without fps: warned at once, then skipped
+    frames.mkdir()
+    cv2.imwrite(str(frames / "000001.jpg"), np.zeros((48, 64, 3), np.uint8))
     manifest.write_text(f"path,camera,start,fps\n{junk},9,2026-01-05T09:00:00,\n"
-                        f"{footage.out / 'cam2.mp4'},2,2026-01-05T09:00:06,\n")
+                        f"{footage.out / 'cam2.mp4'},2,2026-01-05T09:00:06,\n"
+                        f"{frames},8,2026-01-05T09:00:06,\n")
     out = tmp_path / "index"
     with pytest.raises(SystemExit) as exc:
         cli.run(["ingest", str(tiny_checkpoint), "--manifest", str(manifest), "--out",
@@ -268,6 +296,8 @@ def test_a_bad_source_is_reported_and_the_others_go_in(footage, tiny_checkpoint,
     text = capsys.readouterr().out
     assert "camera 9: failed" in text and "junk.mp4" in text
     assert "camera 2: ingested" in text
+    warned = text.index("frame folder without a frame rate: it will be skipped")
+    assert warned < text.index("camera 2: ingested") and "camera 8: failed" in text
     assert len(GalleryIndex.open(out)) > 0
     twice = tmp_path / "twice.csv"
     twice.write_text(f"path,camera\n{junk},1\n{footage.out / 'cam2.mp4'},1\n")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from attreid.cli.base import BACKEND_OPTION, DEFAULT_MODEL, _count_progress, _fail, \
     _reported_warnings, _show_backend, console
@@ -71,6 +72,11 @@ def ingest(
     specs = _specs(video, camera, start, fps, manifest)
     if not specs:
         _fail("nothing to ingest: give --video (repeatable) or --manifest")
+    for spec in specs:
+        if spec.path.is_dir() and not spec.fps:
+            console.print(f"[yellow]warning:[/] {escape(str(spec.path))} is a frame folder "
+                          "without a frame rate: it will be skipped (give --fps, or an fps "
+                          "column in the manifest)", soft_wrap=True)
     if video and not start:
         console.print("[yellow]warning:[/] no --start: times count from 1970-01-01T00:00:00Z "
                       "(give each --video the wall-clock time of its first frame)",

@@ -71,6 +71,7 @@ class Entry:
     time: float | None = None  # crops cut from footage: seconds since the epoch (UTC)
     track: int | None = None  # and the track id within their source
     camera_name: str | None = None  # and the camera's name as ingest was given it
+    source: str | None = None  # and the video file or frame folder it was cut from
 
     @property
     def display_name(self) -> str:
@@ -101,7 +102,8 @@ def _entry(row: tuple, cols: list[tuple[str, int, str]], trained: tuple[str, ...
                  identity=row[4], probabilities=probs, trained_tasks=trained,
                  time=None if sighting is None else sighting.time,
                  track=None if sighting is None else sighting.track,
-                 camera_name=None if sighting is None else sighting.camera_name)
+                 camera_name=None if sighting is None else sighting.camera_name,
+                 source=None if sighting is None else sighting.source)
 
 
 def _to_sql(text: str) -> str | bytes:

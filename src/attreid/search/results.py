@@ -35,10 +35,12 @@ class Group:
 
 def group_tracks(hits: Sequence[Hit], vector: Callable[[int], np.ndarray], distance: float,
                  gap: int = TRACK_GAP_FRAMES) -> list[Group]:
-    """Group hits of one track: same camera, frames at most ``gap`` apart (chained) and
-    embeddings at most ``distance`` apart (Euclidean on the index's vectors), so that one
-    person standing in front of one camera fills one row, not twenty. Hits without camera or
-    frame stay alone. Groups keep the order of their best hit.
+    """Group hits of one track, so that one person standing in front of one camera fills one
+    row, not twenty: crops cut from footage (``attreid ingest``) by their stored track (same
+    camera, source and track id); other crops when of the same camera, frames at most ``gap``
+    apart (chained) and embeddings at most ``distance`` apart (Euclidean on the index's
+    vectors). Hits without camera or frame stay alone. Groups keep the order of their best
+    hit.
 
     Args:
         vector: the index's vector (D,) of an id.
@@ -63,6 +65,10 @@ def _joins(group: Group, hit: Hit, vector: Callable[[int], np.ndarray], distance
     e = hit.entry
     for member in (group.best, *group.members):
         m = member.entry
+        if e.track is not None and m.track is not None:  # cut from footage: the tracker's word
+            if (m.camera_name, m.source, m.track) == (e.camera_name, e.source, e.track):
+                return True
+            continue
         if m.camera != e.camera or m.frame is None or abs(m.frame - e.frame) > gap:
             continue
         if float(np.linalg.norm(vector(m.id) - vector(e.id))) <= distance:
