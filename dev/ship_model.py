@@ -2,7 +2,8 @@
 (issue 28; docs/MODEL_CARD.md).
 
 1. **Pack**: keep what inference needs (weights, config, model config, trained tasks; no
-   optimizer state) and store the floating-point weights in float16 (``--precision``).
+   optimizer state); ``--precision float16`` stores the floating-point weights in float16
+   (batch-norm statistics in float32), float32 (the default) keeps them as trained.
 2. **Parity**: the float32 checkpoint and the packed one embed the same crops (every
    Market-1501 query crop by default); the largest embedding difference relative to the
    embedding's norm and the 12 tasks' label agreement; with ``--float32-scores`` the float32
@@ -20,7 +21,7 @@ All inference here is torch float32 on the CPU (``backend torch-fp32``), so the 
 depend on the backend a machine picks.
 
     python dev/ship_model.py runs/market1501/best.pt --data ../shared/data/market1501 \\
-        --wall-clock "115 min" --command "attreid train --config market1501 ..."
+        --wall-clock "1:57:12" --command "attreid train --config market1501 ..."
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ from attreid.utils.backend import cpu_model  # noqa: E402
 from attreid.utils.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from attreid.utils.files import atomic_write_text, file_sha256  # noqa: E402
 
+FLOAT32_KEYS = ("running_mean", "running_var")
+"""Batch-norm statistics stay float32 in a float16 pack (variances near 1e-5 sit below
+float16's smallest normal number, 6.1e-5). Measured on ``market1501`` (192x96 MobileNetV2): a
+float16 pack still moved the embeddings by 1.6-2.0 % of their norm on average (3.4-4.2 % at
+most) on Market-1501 query crops, and 0.2-0.5 % of labels; that model ships in float32."""
+
 KEEP = ("model", "config", "model_config", "trained_tasks", "epoch")
 """The checkpoint keys a shipped model keeps (inference needs the first four)."""
 
@@ -56,7 +63,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("checkpoint", type=Path, help="the trained checkpoint (best.pt)")
     parser.add_argument("--data", type=Path, required=True, help="Market-1501 folder")
     parser.add_argument("--name", default="market1501")
-    parser.add_argument("--precision", default="float16", choices=["float16", "float32"])
+    parser.add_argument("--precision", default="float32", choices=["float16", "float32"],
+                        help="float16 halves the file; measure its parity first")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "ship")
     parser.add_argument("--parity-crops", type=int, default=0, help="0: every query crop")
     parser.add_argument("--footage-gap", type=int, default=50, help="frames (7 per second)")
@@ -91,7 +99,8 @@ def pack(source: Path, out: Path, precision: str) -> Path:
     """``source`` with only :data:`KEEP` and its floating weights in ``precision``."""
     state = load_checkpoint(source)
     dtype = getattr(torch, precision)
-    weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state["model"].items()}
+    weights = {k: v.to(dtype) if v.is_floating_point() and not k.endswith(FLOAT32_KEYS) else v
+               for k, v in state["model"].items()}
     save_checkpoint(out, {**{k: state[k] for k in KEEP if k in state}, "model": weights})
     return out
 

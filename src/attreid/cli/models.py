@@ -40,14 +40,15 @@ def models(
         console.print("no model is shipped with this installation")
         return
     table = Table(title="shipped models (Market-1501 test, standard protocol, %)")
-    table.add_column("name")
+    table.add_column("name", no_wrap=True, min_width=max(len(n) for n in found))
     for _, title in HEADLINE:
-        table.add_column(title, justify="right")
-    table.add_column("what")
+        table.add_column(title, justify="right", no_wrap=True)
     for name, model in found.items():
         scores = model.card.get("scores", {})
-        table.add_row(name, *[_number(scores.get(key)) for key, _ in HEADLINE], model.summary)
+        table.add_row(name, *[_number(scores.get(key)) for key, _ in HEADLINE])
     console.print(table)
+    for name, model in found.items():
+        console.print(f"{name}: {model.summary}", markup=False, highlight=False)
     console.print("attreid models --info NAME: the model card (data, licence, command, "
                   "machine, sha256, all scores)", markup=False, highlight=False)
 
