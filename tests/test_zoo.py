@@ -77,8 +77,11 @@ def test_an_altered_file_is_refused_by_name(tiny_zoo):
     data = bytearray(path.read_bytes())
     data[-100] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(zoo.ZooError, match="tiny: .*sha256.*reinstall"):
+    with pytest.raises(zoo.ZooError, match="tiny: .*sha256.*reinstall.*git checkout"):
         zoo.resolve_checkpoint("tiny")
+    digest = zoo.shipped_model("tiny").sha256  # an index recorded this file: named the same way
+    with pytest.raises(zoo.ZooError, match="damaged or was replaced"):
+        zoo.recorded_checkpoint(path, digest)
 
 
 def test_a_missing_file_and_an_unknown_name_are_named(tiny_zoo):

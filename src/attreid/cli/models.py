@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from attreid.cli.base import _fail, console
-from attreid.zoo import ZooError, shipped_model, shipped_models
+from attreid.zoo import ZooError, resolve_checkpoint, shipped_model, shipped_models
 
 HEADLINE = (("mAP", "mAP"), ("rank-1", "R1"), ("mINP", "mINP"),
             ("mAP re-ranked", "mAP rr"), ("12-task accuracy", "acc"), ("mA", "mA"),
@@ -34,6 +34,10 @@ def models(
                           for name, m in found.items()}, indent=1))
         return
     if info is not None:
+        try:
+            resolve_checkpoint(info)  # the file on disk is the one the card describes
+        except ZooError as exc:
+            _fail(str(exc))
         _print_card(found[info])
         return
     if not found:
@@ -62,7 +66,7 @@ def _print_card(model: Any) -> None:
                                      soft_wrap=True)
     say(f"{model.name}: {model.summary}")
     say(f"file    {model.path}")
-    say(f"sha256  {model.sha256} (checked at every load)")
+    say(f"sha256  {model.sha256} (the file matches; checked at every load)")
     if model.calibration_path:
         say(f"calibration  {model.calibration_path}")
     for line in _lines(model.card):

@@ -114,20 +114,23 @@ def recorded_checkpoint(path: Path | str, digest: str) -> Path:
     gone (a reinstalled package moves a shipped model) the shipped model with SHA-256
     ``digest``."""
     path = Path(path)
-    shipped = None if path.is_file() else find_by_sha256(digest)
-    return shipped.path if shipped else path
+    shipped = find_by_sha256(digest)
+    if shipped is None or (path.is_file() and path.resolve() != shipped.path.resolve()):
+        return path
+    _check_file(shipped.path, shipped.sha256, shipped.name)  # a damaged file is named so
+    return shipped.path
 
 
 @lru_cache(maxsize=8)
 def _check_file(path: Path, expected: str, name: str) -> None:
     if not path.is_file():
         raise ZooError(f"{name}: the shipped model's file {path} is missing; reinstall attreid "
-                       "(a clone needs its files as committed)")
+                       f"(in a git clone: git checkout -- {path})")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != expected:
         raise ZooError(f"{name}: {path} has sha256 {digest[:16]}..., not the registry's "
                        f"{expected[:16]}...: the file is damaged or was replaced; reinstall "
-                       "attreid")
+                       f"attreid (in a git clone: git checkout -- {path})")
 
 
 __all__ = ["DEFAULT_MODEL", "ShippedModel", "ZooError", "find_by_sha256", "is_model_name",
