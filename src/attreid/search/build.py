@@ -17,7 +17,6 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from attreid.zoo import resolve_checkpoint
 from attreid.data.io import IMAGE_SUFFIXES, find_images, read_image
 from attreid.data.records import DataError
 from attreid.inference.features import (
@@ -49,6 +48,7 @@ from attreid.utils.files import (
     make_temp_folder,
     printable_name,
 )
+from attreid.zoo import resolve_checkpoint
 
 IVF_SAMPLE_PER_LIST = 256
 """The IVF quantizer trains on a seeded random sample of at most this many vectors per list,"""
