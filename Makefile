@@ -7,10 +7,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test install weights browser clean
 
-$(STAMP): pyproject.toml constraints.txt
+# TrackEval (HOTA) without its dependencies: it asks for opencv-python, which would clash with
+# the headless OpenCV of the footage extra; its HOTA needs only numpy and scipy.
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch torchvision
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps trackeval==1.3.0
 	touch $(STAMP)
 
 install: $(STAMP)

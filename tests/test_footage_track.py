@@ -16,6 +16,7 @@ require("motmetrics", "tracking scores (the footage extra)")
 from attreid.footage.detections import Detections, FootageError, box_iou  # noqa: E402
 from attreid.footage.mot import (  # noqa: E402
     detection_scores,
+    hota_scores,
     read_mot,
     tracking_scores,
     write_mot,
@@ -105,6 +106,38 @@ def _run(people: dict[int, dict[int, np.ndarray]], looks: dict[int, np.ndarray] 
         truth[f + 1] = Detections(boxes, np.ones(len(ids)), ids)
         found[f + 1] = tracker.update(dets, _frame(f))
     return truth, found
+
+
+def _one_person(ids: list[int]) -> dict[int, Detections]:
+    box = np.array([[10, 10, 30, 60]], np.float32)
+    return {f + 1: Detections(box, np.ones(1), np.array([t])) for f, t in enumerate(ids)}
+
+
+def test_hota_of_an_id_switch_halfway_is_the_hand_computed_value():
+    """One person over 4 frames, the tracker switches ids after frame 2 with perfect boxes:
+    DetA 1; each matched pair shares 2 of 4 frames, so AssA = 2 / (2 + 2 + 0) = 0.5 and
+    HOTA = sqrt(1 * 0.5) at every IoU threshold (Luiten et al. 2021, eq. 6-10)."""
+    require("trackeval", "HOTA (TrackEval, installed by make install)")
+    truth = _one_person([7, 7, 7, 7])
+    assert hota_scores(truth, truth) == pytest.approx(
+        {"HOTA": 100.0, "DetA": 100.0, "AssA": 100.0, "LocA": 100.0})
+    scores = hota_scores(truth, _one_person([1, 1, 2, 2]))
+    assert scores["DetA"] == pytest.approx(100.0)
+    assert scores["AssA"] == pytest.approx(50.0)
+    assert scores["HOTA"] == pytest.approx(100.0 * np.sqrt(0.5))
+    assert tracking_scores(truth, _one_person([1, 1, 2, 2]))["hota"] == pytest.approx(
+        scores["HOTA"])
+
+
+def test_a_box_found_in_a_frame_without_ground_truth_is_a_false_positive():
+    """MOTChallenge scores every frame of the sequence: 4 right boxes and 1 box in a fifth
+    frame nobody is in give MOTA 1 - 1/4 = 75 and DetA 4/5 at every threshold."""
+    truth = _one_person([7, 7, 7, 7])
+    found = {**truth, 5: Detections(np.array([[100, 10, 120, 60]], np.float32), np.ones(1),
+                                    np.array([7]))}
+    assert tracking_scores(truth, found)["mota"] == pytest.approx(75.0)
+    if hota_scores(truth, found) is not None:
+        assert hota_scores(truth, found)["DetA"] == pytest.approx(80.0)
 
 
 def test_two_walkers_crossing_keep_their_ids():

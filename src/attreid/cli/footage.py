@@ -177,6 +177,12 @@ def _print_reports(reports: list[Any], as_json: bool) -> None:
             console.print(f"  tracks: {path}", soft_wrap=True, highlight=False)
 
 
+def _hota_text(scores: dict) -> str:
+    if scores.get("hota") is None:
+        return "HOTA n/a (pip install --no-deps trackeval), "
+    return f"HOTA {scores['hota']:.1f} (DetA {scores['deta']:.1f}, AssA {scores['assa']:.1f}), "
+
+
 def _print_scores(gt: Path, scale: float, found: Path, first: int, last: int | None,
                   as_json: bool) -> None:
     from attreid.footage.mot import (
@@ -198,5 +204,6 @@ def _print_scores(gt: Path, scale: float, found: Path, first: int, last: int | N
         return
     console.print(f"against {gt}: detection recall {det.recall:.3f}, precision "
                   f"{det.precision:.3f}; MOTA {scores['mota']:.1f}, IDF1 {scores['idf1']:.1f}, "
+                  f"{_hota_text(scores)}"
                   f"{scores['id_switches']} id switches, {scores['tracks']} tracks for "
                   f"{scores['people']} people", soft_wrap=True, highlight=False)

@@ -4,11 +4,17 @@ A MOTChallenge line is ``frame, id, left, top, width, height, conf, x, y, z`` wi
 frames (MOT15 and later; ``det.txt`` has id -1). Ground truth rows with ``conf == 0`` are
 ignored regions, as the MOTChallenge evaluation treats them. Scores come from py-motmetrics
 (Milan et al., "MOT16: A Benchmark for Multi-Object Tracking", 2016; IDF1 from Ristani et al.,
-ECCV 2016 workshops), not from code of ours.
+ECCV 2016 workshops) and HOTA from TrackEval (Luiten et al., "HOTA: A Higher Order Metric for
+Evaluating Multi-Object Tracking", IJCV 2021; the ``trackeval`` package, installed without its
+dependencies by ``make install``), not from code of ours. Every frame that either side has
+counts: a box found in a frame without ground truth is a false positive, as MOTChallenge
+scores a whole sequence.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -144,7 +150,8 @@ def tracking_scores(truth: dict[int, Detections], found: dict[int, Detections],
                     iou: float = 0.5) -> dict[str, Any]:
     """CLEAR-MOT and identity scores through py-motmetrics: ``mota``, ``motp`` (1 - mean IoU
     distance), ``idf1``, ``id_switches``, ``tracks`` (distinct hypothesis ids), ``people``
-    (distinct truth ids), ``mostly_tracked``, ``fragmentations``; MOTA and IDF1 in percent.
+    (distinct truth ids), ``mostly_tracked``, ``fragmentations``; and ``hota``, ``deta``,
+    ``assa`` from :func:`hota_scores` (``None`` without TrackEval); all scores in percent.
 
     Raises:
         FootageError: py-motmetrics is not installed (the ``footage`` extra).
@@ -155,8 +162,8 @@ def tracking_scores(truth: dict[int, Detections], found: dict[int, Detections],
         raise FootageError("tracking scores need py-motmetrics: pip install "
                            "'attreid[footage]'") from exc
     acc = motmetrics.MOTAccumulator(auto_id=False)
-    for frame in sorted(truth):
-        gt = truth[frame]
+    for frame in sorted(set(truth) | set(found)):
+        gt = truth.get(frame, Detections())
         hyp = found.get(frame, Detections())
         distance = 1.0 - box_iou(gt.boxes, hyp.boxes)
         distance[distance > 1.0 - iou] = np.nan
@@ -165,9 +172,48 @@ def tracking_scores(truth: dict[int, Detections], found: dict[int, Detections],
              "num_unique_objects"]
     summary = motmetrics.metrics.create().compute(acc, metrics=names, name="all")
     row = summary.loc["all"]
-    tracks = {int(t) for f in truth for t in found.get(f, Detections()).track_ids}
+    tracks = {int(t) for d in found.values() for t in d.track_ids}
+    hota = hota_scores(truth, found) or {}
     return {"mota": 100.0 * float(row["mota"]), "motp": 1.0 - float(row["motp"]),
+            "hota": hota.get("HOTA"), "deta": hota.get("DetA"), "assa": hota.get("AssA"),
             "idf1": 100.0 * float(row["idf1"]), "id_switches": int(row["num_switches"]),
             "mostly_tracked": int(row["mostly_tracked"]),
             "fragmentations": int(row["num_fragmentations"]), "tracks": len(tracks),
             "people": int(row["num_unique_objects"])}
+
+
+def hota_scores(truth: dict[int, Detections], found: dict[int, Detections]
+                ) -> dict[str, float] | None:
+    """HOTA, DetA, AssA, LocA (percent, averaged over the IoU thresholds 0.05..0.95 as TrackEval
+    reports them) through TrackEval's ``HOTA`` metric on box IoU; every frame of either side
+    counts. ``None`` when TrackEval is not installed (``pip install --no-deps trackeval``)."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # it reports its optional datasets
+            from trackeval.metrics import HOTA
+    except ImportError:
+        return None
+    frames = sorted(set(truth) | set(found))
+    empty = Detections()
+    gts = [truth.get(f, empty) for f in frames]
+    hyps = [found.get(f, empty) for f in frames]
+    gt_index = _dense_ids(gts)
+    hyp_index = _dense_ids(hyps)
+    data = {"num_gt_dets": sum(len(d) for d in gts),
+            "num_tracker_dets": sum(len(d) for d in hyps),
+            "num_gt_ids": len(gt_index), "num_tracker_ids": len(hyp_index),
+            "gt_ids": [np.array([gt_index[int(t)] for t in d.track_ids], int) for d in gts],
+            "tracker_ids": [np.array([hyp_index[int(t)] for t in d.track_ids], int)
+                            for d in hyps],
+            "similarity_scores": [box_iou(g.boxes, h.boxes) for g, h in zip(gts, hyps)]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        res = HOTA().eval_sequence(data)
+    return {name: 100.0 * float(np.mean(res[name])) for name in ("HOTA", "DetA", "AssA", "LocA")}
+
+
+def _dense_ids(frames: list[Detections]) -> dict[int, int]:
+    """Track id -> 0..n-1 in order of first appearance (TrackEval wants dense ids)."""
+    index: dict[int, int] = {}
+    for d in frames:
+        for t in d.track_ids:
+            index.setdefault(int(t), len(index))
+    return index
