@@ -32,10 +32,13 @@ def test_image_hits_carry_the_calibrated_probability(calibrated, synth_market):
     calibration = Calibration.load(calibration_path(checkpoint))
     assert search.calibration == calibration
     hits = search.by_image(_query(synth_market), k=15)
-    threshold = calibration.threshold(1e-3)
+    point = calibration.search_point(len(search.index))  # a search's operating point
+    assert search.point == point
+    threshold = point.threshold
     query = search.query_person(search.embed(_query(synth_market)))
     for hit in hits:
-        assert hit.probability == pytest.approx(float(calibration.probability(hit.distance)))
+        assert hit.probability == pytest.approx(float(calibration.search_probability(
+            hit.distance, point)))
         cut = calibration.person_threshold
         people = query >= cut and hit.person >= cut  # both crops pass the person check
         assert hit.same == (hit.distance <= threshold and people)
@@ -70,12 +73,12 @@ def test_cli_table_shows_p_same_and_marks_the_operating_point(calibrated, synth_
     index, _ = calibrated
     with pytest.raises(SystemExit) as exit_:
         cli.run(["search", str(index), "--image", str(_query(synth_market)), "-k", "5",
-                 "--far", "1e-2", "--backend", "torch-fp32"])
+                 "--fpir", "0.1", "--backend", "torch-fp32"])
     assert exit_.value.code in (0, None)
     shown = capsys.readouterr()
     assert "P(same)" in shown.out and "%" in shown.out
-    assert "the same person at FAR 0.01" in shown.out
-    assert "hits marked at FAR 0.01" in shown.err
+    assert "about 0.1 stranger(s) marked per query" in shown.out
+    assert "same-person probability: platt calibration; ✓ = P(same) >=" in shown.err
     with pytest.raises(SystemExit):
         cli.run(["search", str(index), "--image", str(_query(synth_market)), "-k", "3",
                  "--json", "--backend", "torch-fp32"])
@@ -96,8 +99,10 @@ def test_service_search_and_verify(calibrated, synth_market, search_index):
     body = client.post("/search", files={"image": ("q.jpg", query, "image/jpeg")},
                        data={"k": "4"}).json()
     assert body["calibration"]["calibrated"] and body["calibration"]["far"] == 1e-3
-    assert all(r["probability"] == pytest.approx(float(calibration.probability(r["distance"])))
-               for r in body["results"])
+    point = calibration.search_point(body["calibration"]["gallery_size"])
+    assert body["calibration"]["rule"] == point.rule()
+    assert all(r["probability"] == pytest.approx(float(calibration.search_probability(
+        r["distance"], point))) for r in body["results"])
     other = sorted((synth_market / "query").glob("*.jpg"))[1].read_bytes()
     answer = client.post("/verify", files={"first": ("a.jpg", query, "image/jpeg"),
                                            "second": ("b.jpg", other, "image/jpeg")},

@@ -29,7 +29,9 @@ from attreid.utils.files import atomic_write_text
 
 CALIBRATION_HELP = ("A calibration file (default: the one beside the index's checkpoint, made "
                     "by attreid calibrate).")
-FAR_HELP = "Operating point that marks results as the same person: FAR 1e-2, 1e-3 or 1e-4."
+FAR_HELP = "One-to-one operating point of POST /verify (two crops): FAR 1e-2, 1e-3 or 1e-4."
+FPIR_HELP = ("Operating point that marks results as the same person: strangers marked per "
+             "query (false-positive identification rate) in this gallery, whatever its size.")
 
 
 def _clock(seconds: float | None) -> str:
@@ -150,11 +152,12 @@ def search(
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
     backend: str = BACKEND_OPTION,
     calibration: Path | None = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
-    far: float = typer.Option(1e-3, "--far", help=FAR_HELP),
+    fpir: float = typer.Option(0.01, "--fpir", min=1e-6, help=FPIR_HELP),
 ) -> None:
     """Search an index by image, by indexed crop and/or by attributes. Image queries show
     P(same person) when the checkpoint has a calibration (attreid calibrate), and mark the
-    results that pass the operating point (--far)."""
+    results that pass the operating point (--fpir: about that many strangers marked per
+    query)."""
     try:
         from attreid.search import QueryError
         from attreid.search.http import parse_frames
@@ -171,8 +174,8 @@ def search(
             raise QueryError("give --image or --id, not both")
         if order not in ("rank", "time"):
             raise QueryError(f"--order {order!r}: expected rank or time")
-        opened = open_search(index, checkpoint, device, backend, calibration, far,
-                             model=bool(image))  # only a query image needs the model
+        opened = open_search(index, checkpoint, device, backend, calibration,
+                             model=bool(image), fpir=fpir)  # only a query image needs the model
         if image:
             _show_backend(opened.choice)
         if (image or query_id is not None) and not as_json:
@@ -238,11 +241,9 @@ def search(
     if csv_out is not None:
         console.print(f"wrote {csv_out}", markup=False, highlight=False, soft_wrap=True)
     if any(h.probability is not None for h in hits):
-        console.print(f"✓: the same person at FAR {far:g} (P(same) assumes a prior of 0.5)",
-                      markup=False, highlight=False)
-        if opened.calibration is not None and opened.calibration.support(far):
-            console.print(f"warning: {opened.calibration.support(far)}", markup=False,
-                          highlight=False, soft_wrap=True)
+        point = opened.point
+        if point is not None:
+            console.print(point.rule(), markup=False, highlight=False, soft_wrap=True)
 
 
 def results_table(hits: list, trained: tuple[str, ...], rerank: bool, metric: str,
@@ -273,7 +274,8 @@ def results_table(hits: list, trained: tuple[str, ...], rerank: bool, metric: st
         ("distance", lambda h: h.distance,
          lambda h: value(h.distance, ".4f")),
         ("P(same)", lambda h: h.probability,
-         lambda h: value(h.probability, ".1%") + (" ✓" if h.same else "")),
+         lambda h: "not a person" if h.note else value(h.probability, ".1%") +
+         (" ✓" if h.same else "")),
         ("person", lambda h: h.person, lambda h: value(h.person, ".0%")),
         ("match", lambda h: h.match, lambda h: value(h.match, ".3f")),
         ("time (UTC)", lambda h: h.entry.time, lambda h: _clock(h.entry.time)),
@@ -317,6 +319,7 @@ def serve(
                                   "requests embedded together, at most this many per pass."),
     backend: str = BACKEND_OPTION,
     calibration: Path | None = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
+    fpir: float = typer.Option(0.01, "--fpir", min=1e-6, help=FPIR_HELP),
     far: float = typer.Option(1e-3, "--far", help=FAR_HELP),
 ) -> None:
     """Serve the search API (OpenAPI docs at /docs) and its web page (/)."""
@@ -325,6 +328,7 @@ def serve(
 
         run_server(index, host=host, port=port, checkpoint=checkpoint, device=device,
                    max_batch=max_batch, backend=backend,
-                   log=_show_backend_text, calibration=calibration, far=far)
+                   log=_show_backend_text, calibration=calibration, far=far,
+                   fpir=fpir)
     except _search_errors() as exc:
         _fail(str(exc))

@@ -111,18 +111,12 @@ def verify(
     if result.probability is None:
         say(result.note)
         return
-    say(f"P(same person) {result.probability:.1%} (from the distance alone)")
+    say(f"P(same person) {result.probability:.1%} (from the distance alone, for a pair as "
+        "likely the same person as not)")
     if result.person is not None:
         say(f"P(person): first {result.person[0]:.1%}, second {result.person[1]:.1%}")
-    within = result.distance <= result.threshold
-    answer = "same person" if result.same else "not the same person"
-    why = (f"distance {'<=' if within else '>'} {result.threshold:.3f}, the threshold at FAR "
-           f"{far:g}")
-    if within and not result.same:
-        why += f", but {result.note}"
-    say(f"{answer} ({why})")
+    say(result.rule())
     if result.unsupported:
         say(f"warning: {result.unsupported}")
-    if not within and result.probability > 0.5:
-        say(f"(a P(same) above 50 % is not enough: at FAR {far:g} only distances that at most "
-            f"1 in {round(1 / far):,} pairs of strangers reach are accepted)")
+    for line in result.drift:
+        say(f"warning: {line}")

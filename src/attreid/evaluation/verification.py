@@ -28,6 +28,7 @@ from attreid.inference.calibration import (
     calibration_path,
     fit_calibration,
     fit_person,
+    fit_search,
 )
 from attreid.inference.files import extract_files
 from attreid.metrics.verification import PairDistances, pair_distances
@@ -131,6 +132,13 @@ def calibrate_checkpoint(checkpoint: Path | str, data_root: Path | str,
                           (lambda done: progress(done, total)) if progress else None)
     pairs = pair_distances(feats.embeddings, crops.identities, crops.cameras, predictor.distance,
                            seed=seed)
+    people = crops.identities >= 0
+    search_pairs = pair_distances(feats.embeddings, crops.identities, crops.cameras,
+                                  predictor.distance, seed=seed, people=people)
+    query_paths = {r.path for r in ([] if data.all_vs_all else data.query)}
+    queries = np.array([p in query_paths for p in crops.paths]) if query_paths else None
+    search = fit_search(feats.embeddings.numpy(), crops.identities, predictor.distance,
+                        queries)
     about = {"data": str(data_root), "split": split, "crops": pairs.num_images,
              "identities": pairs.num_identities, "max_ids": max_ids, "seed": seed,
              "pairs": f"{len(pairs.genuine):,} genuine + {pairs.num_impostor:,} impostor pairs",
@@ -138,7 +146,8 @@ def calibrate_checkpoint(checkpoint: Path | str, data_root: Path | str,
              "distractors": "one identity each"}
     person = fit_person(feats.embeddings.numpy(), crops.identities >= 0, predictor.distance)
     calibration = fit_calibration(pairs, method, predictor.distance, flip,
-                                  predictor.checkpoint_sha256, about, seed, person)
+                                  predictor.checkpoint_sha256, about, seed, person, search,
+                                  search_pairs)
     path = calibration.save(Path(out) if out else calibration_path(checkpoint))
     return CalibrationRun(calibration, pairs, path, write_figures(calibration, pairs, path))
 

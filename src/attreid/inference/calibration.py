@@ -13,6 +13,21 @@ Methods (scikit-learn's):
 * ``isotonic``: the best monotone step function (pool-adjacent-violators), interpolated
   linearly; no shape assumed, flat beyond the fitted range.
 
+**One pair against a search.** ``verify`` asks about one pair (one-to-one): P(same) at the
+prior 0.5 and "same" at a FAR of 1e-3, the two linked by one rule (:meth:`Verdict.rule`: "same"
+exactly when P(same) reaches its value at the FAR's threshold). A search compares one query
+with N crops (one-to-many, as NIST's face identification tests count it): at a per-pair FAR
+of 1e-3 a 20,000-crop gallery lets about 20 strangers per query through, and against a prior of
+0.5 each near stranger reads "99 %". A search therefore marks hits at a stated number of
+strangers per query (the false-positive identification rate, :data:`DEFAULT_FPIR`), whose
+per-pair FAR is that over N (from :attr:`Calibration.far_curve`), and gives P(same) under the
+prior ``matches / N`` (:data:`DEFAULT_MATCHES`): :meth:`Calibration.search_point`.
+
+**Where it holds.** A calibration records the distributions it was fitted on (impostor and
+genuine distances, P(person) of its people: :attr:`Calibration.fitted`); :meth:`Calibration.drift`
+compares a gallery's with them and :meth:`Calibration.unlike_people` single crops, and both say
+so, with the fix (a calibration fitted on the new camera network).
+
 The operating points come from the pairs themselves, not from the mapping: the thresholds at
 FAR 1e-2 / 1e-3 / 1e-4 and the EER's (:mod:`attreid.metrics.verification`). A FAR the pairs
 cannot support (fewer than 10 / FAR impostor pairs, :func:`~attreid.metrics.verification.far_support`)
@@ -36,7 +51,7 @@ import datetime
 import json
 import re
 from dataclasses import MISSING as MISSING_FIELD
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -48,10 +63,13 @@ from attreid.metrics.distance import pairwise_distance
 from attreid.metrics.verification import (
     FARS,
     SUPPORT_PAIRS,
+    TAIL_FAR,
     PairDistances,
     accept_rates,
     balanced_weights,
+    distribution_shift,
     equal_error_rate,
+    far_curve,
     far_support,
     threshold_at_far,
 )
@@ -72,6 +90,23 @@ PERSON_REFUSES = 0.01
 PERSON_C = 0.01
 """Inverse L2 strength of the person check's logistic regression (0.01-1 measured alike on
 Market-1501: held-out AUC 0.960 / 0.959 / 0.955)."""
+DEFAULT_FPIR = 0.01
+"""A search's default operating point: strangers marked "same person" per query (the
+false-positive identification rate of NIST's 1:N face tests, as an expected count): one in
+100 queries, whatever the gallery's size."""
+DEFAULT_MATCHES = 10.0
+"""True matches a search expects in a gallery (its prior is this over the gallery's size);
+see :meth:`Calibration.search_point` and docs/RESULTS.md part 4 for the measurement."""
+UNLIKE_PEOPLE = 0.05
+"""A crop whose P(person) is below this quantile of the calibration's people is called unlike
+them (:meth:`Calibration.unlike_people`); the person check itself refuses below 0.01."""
+SEARCH_TOP = 10
+"""Hits per query the search P(same) is fitted on (:func:`fit_search`)."""
+QUANTILES = 101
+"""Quantiles stored of each fitted distribution (the drift check's reference)."""
+DRIFT_KS = 0.2
+"""Kolmogorov-Smirnov distance above which data is called unlike the calibration's (see
+:meth:`Calibration.drift`; measured in docs/RESULTS.md part 4)."""
 
 
 class CalibrationError(AttreidError, ValueError):
@@ -102,6 +137,18 @@ class Calibration:
         unsupported: ``far_key(far)`` -> why the pairs cannot support that operating point
             (one line, ``unsupported: ...``); its threshold is kept but every verdict at it
             carries the reason.
+        far_curve: ``{"far": [...], "distance": [...]}``, thresholds of FARs from 5e-2 down
+            to the smallest the pairs support (:func:`~attreid.metrics.verification.far_curve`),
+            for a search's operating point; {} in files from before it.
+        fitted: what the calibration was fitted on, for the drift check:
+            ``impostor_quantiles`` (distances of impostor pairs), ``genuine_quantiles`` and,
+            with a person check, ``person_quantiles`` (P(person) of its people's crops) and
+            ``crop_person_quantiles`` (of all its crops), each :data:`QUANTILES` values; {} in
+            files from before it.
+        search: P(same) of a search hit (:func:`fit_search`): ``{"a", "b", "queries",
+            "gallery", "matches", "top"}``, or None (files from before it, sets without
+            queries): a search then uses the pair mapping under the prior
+            ``DEFAULT_MATCHES / N``.
     """
 
     method: str
@@ -117,6 +164,9 @@ class Calibration:
     attreid_version: str = __version__
     person: dict[str, Any] | None = None
     unsupported: dict[str, str] = field(default_factory=dict)
+    far_curve: dict[str, list[float]] = field(default_factory=dict)
+    fitted: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Any] | None = None
 
     @property
     def person_threshold(self) -> float:
@@ -177,6 +227,110 @@ class Calibration:
                 (f"FAR {' or '.join(usable)} is supported" if usable else
                  "calibrate on more identities") + ")")
 
+    def threshold_at(self, far: float) -> tuple[float, str]:
+        """The distance threshold of any FAR (per pair), interpolated in log FAR on
+        :attr:`far_curve` (on the three stored operating points in older files), and "" or
+        why the pairs cannot support it (one line; the threshold is then the one of the
+        smallest FAR they support)."""
+        if self.far_curve:
+            fars = np.asarray(self.far_curve["far"], dtype=np.float64)
+            dist = np.asarray(self.far_curve["distance"], dtype=np.float64)
+            lowest = float(fars[-1])
+        else:
+            keys = sorted(self.thresholds, key=float, reverse=True)
+            fars = np.array([float(k) for k in keys])
+            dist = np.array([self.thresholds[k] for k in keys])
+            kept = [float(k) for k in keys if k not in self.unsupported]
+            lowest = kept[-1] if kept else float(fars[0])
+        why = ""
+        if far < lowest * (1 - 1e-9):
+            why = (f"FAR {far:.1g} per pair is below the {lowest:.1g} its pairs support; the "
+                   f"threshold of {lowest:.1g} is used (calibrate on more crops)")
+            far = lowest
+        # log FAR ascending for np.interp
+        order = np.argsort(fars)
+        t = float(np.interp(np.log10(far), np.log10(fars[order]), dist[order]))
+        return t, why
+
+    def search_point(self, gallery_size: int, fpir: float = DEFAULT_FPIR,
+                     matches: float = DEFAULT_MATCHES) -> "SearchPoint":
+        """The operating point of a search in a gallery of ``gallery_size`` crops: its "same
+        person" mark lets about ``fpir`` strangers per query through (the threshold at a
+        per-pair FAR of ``fpir / gallery_size``: each query meets ``gallery_size``
+        strangers), and the rule of its P(same) (:meth:`search_probability`).
+
+        Raises:
+            CalibrationError: ``fpir`` or ``matches`` not positive, or an empty gallery.
+        """
+        if not fpir > 0 or not matches > 0 or gallery_size < 1:
+            raise CalibrationError(f"a search's operating point needs fpir > 0, matches > 0 "
+                                   f"and a gallery: got {fpir}, {matches}, {gallery_size} "
+                                   "crops")
+        far = min(fpir / gallery_size, TAIL_FAR)
+        threshold, why = self.threshold_at(far)
+        if self.search:
+            prior = float(self.search["matches"]) / float(self.search["gallery"])
+        else:
+            prior = min(0.5, matches / gallery_size)
+        point = SearchPoint(fpir, gallery_size, far, threshold, prior, 0.0, why,
+                            "hits" if self.search else "prior")
+        return replace(point, p_cut=float(self.search_probability(threshold, point)))
+
+    def search_probability(self, distances: Any, point: "SearchPoint") -> np.ndarray:
+        """P(same person) of search hits at ``distances``: with :attr:`search`, the logistic
+        fitted on the hits of the calibration set's own searches (:func:`fit_search`); else
+        the pair mapping under ``point.prior``."""
+        d = np.asarray(distances, dtype=np.float64)
+        if point.kind == "hits" and self.search:
+            return 1.0 / (1.0 + np.exp(-(self.search["a"] * d + self.search["b"])))
+        return self.probability(d, point.prior)
+
+    def drift(self, impostor_like: Any = None, person: Any = None) -> list[str]:
+        """Whether data looks like what this calibration was fitted on: one line per sign of
+        drift, [] when none (or the file predates the record).
+
+        Args:
+            impostor_like: distances of pairs that are mostly different people (random pairs
+                of a large gallery's crops), compared with the fitted impostor distances.
+            person: P(person) of a gallery's crops, compared with that of the calibration
+                set's crops (people and distractors).
+        Compared by the Kolmogorov-Smirnov distance; above :data:`DRIFT_KS` it is drift.
+        """
+        lines = []
+        checks = (("impostor_quantiles", impostor_like, "distances between different people"),
+                  ("crop_person_quantiles", person, "P(person) of its crops"))
+        for key, sample, what in checks:
+            reference = self.fitted.get(key)
+            if sample is None or not reference or not np.size(sample):
+                continue
+            ks = distribution_shift(reference, sample)
+            if ks > DRIFT_KS:
+                data = Path(str(self.data.get("data", "its labelled set"))).name
+                lines.append(f"drift: the {what} differ from those the calibration was fitted "
+                             f"on ({data}; Kolmogorov-Smirnov {ks:.2f} > {DRIFT_KS}): its "
+                             f"P(same) and thresholds may not hold here; fit one on this "
+                             f"camera network (attreid calibrate with labels, or "
+                             f"attreid calibrate --footage INDEX without)")
+        return lines
+
+    def unlike_people(self, person: Sequence[float]) -> list[str]:
+        """Drift seen in single crops: one line when any of ``person`` (P(person) of crops)
+        is below what :data:`UNLIKE_PEOPLE` of the calibration's people had (crops unlike
+        those it was fitted on: another camera network, another look); [] otherwise or in
+        files from before the record."""
+        q = self.fitted.get("person_quantiles") or (self.person or {}).get("quantiles")
+        if not q:
+            return []
+        low = float(np.interp(UNLIKE_PEOPLE, np.linspace(0, 1, len(q)), q))
+        odd = [f"{p:.1%}" for p in person if p < low]
+        if not odd:
+            return []
+        data = Path(str(self.data.get("data", "its labelled set"))).name
+        return [f"drift: P(person) {', '.join(odd)} is below what {1 - UNLIKE_PEOPLE:.0%} of "
+                f"the people the calibration was fitted on had ({data}; {low:.1%}): these "
+                "crops look unlike them and its P(same) may not hold; on a new camera network "
+                "fit a calibration there (attreid calibrate)"]
+
     def save(self, path: Path | str) -> Path:
         """Write the calibration as JSON (atomically)."""
         record = {"format": FORMAT, **asdict(self)}
@@ -227,6 +381,41 @@ class Calibration:
         return None
 
 
+@dataclass(frozen=True)
+class SearchPoint:
+    """A search's operating point (:meth:`Calibration.search_point`).
+
+    Attributes:
+        fpir: strangers marked per query (expected); gallery_size: crops searched.
+        far: the per-pair FAR, ``fpir / gallery_size``; threshold: its distance.
+        prior: P(same) of a hit before its distance is seen: the calibration's searches'
+            (matches over gallery) with ``kind`` "hits", else ``matches / gallery_size``.
+        p_cut: P(same) at the threshold: a hit is marked exactly when its P(same) is at
+            least this (the mapping is monotone) and both crops pass the person check.
+        unsupported: "" or why the calibration's pairs cannot support ``far``.
+        kind: "hits" (P(same) fitted on search hits) or "prior" (the pair mapping under
+            ``prior``).
+    """
+
+    fpir: float
+    gallery_size: int
+    far: float
+    threshold: float
+    prior: float
+    p_cut: float
+    unsupported: str = ""
+    kind: str = "prior"
+
+    def rule(self) -> str:
+        """One line linking the mark and the probability."""
+        where = ("P(same) as fitted on the calibration's own searches" if self.kind == "hits"
+                 else f"P(same) for {self.prior * self.gallery_size:g} true match(es) in the "
+                      "gallery")
+        return (f"✓ = P(same) >= {self.p_cut:.1%} (distance <= {self.threshold:.4g}): about "
+                f"{self.fpir:g} stranger(s) marked per query in {self.gallery_size:,} crops "
+                f"(FAR {self.far:.1e} per pair); {where}")
+
+
 def check_far(far: float) -> float:
     """``far`` when it is one of :data:`FARS`, else a CalibrationError naming them."""
     if far_key(far) not in {far_key(f) for f in FARS}:
@@ -270,9 +459,14 @@ def find_calibration(checkpoint: Path | str, checkpoint_sha256: str, flip: bool,
 
 def fit_calibration(pairs: PairDistances, method: str, metric: str, flip: bool,
                     checkpoint_sha256: str, data: dict[str, Any] | None = None,
-                    seed: int = 0, person: dict[str, Any] | None = None) -> Calibration:
+                    seed: int = 0, person: dict[str, Any] | None = None,
+                    search: dict[str, Any] | None = None,
+                    search_pairs: PairDistances | None = None) -> Calibration:
     """Fit the mapping on ``pairs`` (every genuine pair and up to :data:`FIT_IMPOSTORS` of the
-    impostor sample, weighted to half each) and record the operating points.
+    impostor sample, weighted to half each) and record the operating points; ``search``
+    (:func:`fit_search`) and ``search_pairs`` (the pairs without distractor-distractor
+    ones, ``pair_distances(..., people=...)``, whose impostor tail sets a search's
+    thresholds; default ``pairs``) for searches.
 
     Raises:
         ValueError: an unknown method.
@@ -293,10 +487,25 @@ def fit_calibration(pairs: PairDistances, method: str, metric: str, flip: bool,
     unsupported = {far_key(f): why for f in FARS
                    if (why := far_support(pairs, f, thresholds[far_key(f)])) is not None}
     rate, at = equal_error_rate(pairs)
+    fars, distances = far_curve(search_pairs or pairs)
+    fitted = {"impostor_quantiles": _quantiles(pairs.impostor_sample),
+              "genuine_quantiles": _quantiles(pairs.genuine),
+              "impostors": int(pairs.num_impostor), "genuine": int(len(pairs.genuine))}
+    if person is not None and "quantiles" in person:
+        fitted["person_quantiles"] = list(person["quantiles"])
+        fitted["crop_person_quantiles"] = list(person["all_quantiles"])
     return Calibration(method, metric, flip, checkpoint_sha256, params, thresholds, tar,
                        {"rate": rate, "threshold": at}, data or {},
                        datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                       person=person, unsupported=unsupported)
+                       person=person, unsupported=unsupported,
+                       far_curve={"far": fars.tolist(), "distance": distances.tolist()},
+                       fitted=fitted, search=search)
+
+
+def _quantiles(values: np.ndarray) -> list[float]:
+    """:data:`QUANTILES` evenly spaced quantiles (levels 0..1) of ``values``."""
+    return np.quantile(np.asarray(values, dtype=np.float64),
+                       np.linspace(0.0, 1.0, QUANTILES)).tolist()
 
 
 def _support_from_counts(record: dict[str, Any]) -> dict[str, str]:
@@ -309,6 +518,61 @@ def _support_from_counts(record: dict[str, Any]) -> dict[str, str]:
     return {key: f"unsupported: {n:,} impostor pairs support FAR down to "
                  f"~{SUPPORT_PAIRS / max(n, 1):.2g}"
             for key in record.get("thresholds", {}) if float(key) * n < SUPPORT_PAIRS - 1e-9}
+
+
+def fit_search(embeddings: Any, identities: np.ndarray, metric: str,
+               queries: np.ndarray | None = None, top: int = SEARCH_TOP,
+               block: int = 512) -> dict[str, Any] | None:
+    """P(same person) of a search hit, fitted on the hits of the set's own searches: each
+    query crop (``queries``; without them every person's crop, against all the others) is
+    searched in the gallery (the crops that are not queries), and a logistic regression on the
+    distance of its ``top`` hits learns whether a hit is the query's person (any camera).
+
+    A hit's P(same) depends on how many crops of the person the gallery holds and of what
+    strangers it is made; fitted on searches, it carries the prior of searches like the
+    calibration's (Market-1501 half A: 18.7 crops of the person among 7,948). Measured on
+    held-out identities (benchmarks/search_verdicts.py) it beat the pair mapping under a
+    prior ``m / N`` for every ``m`` tried.
+
+    Args:
+        embeddings: (N, D); identities: (N,) int, people >= 0 (distractors < 0 are only
+            ever strangers); queries: (N,) bool or None.
+    Returns:
+        ``{"a", "b", "queries", "gallery", "matches", "top"}`` or None when no query has a
+        match in the gallery, or every hit does.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.asarray(embeddings, dtype=np.float32)
+    ids = np.asarray(identities, dtype=np.int64)
+    if queries is None:
+        rows, cols = np.flatnonzero(ids >= 0), np.arange(len(ids))
+    else:
+        rows, cols = np.flatnonzero(np.asarray(queries) & (ids >= 0)), np.flatnonzero(
+            ~np.asarray(queries))
+    if not len(rows) or len(cols) <= top:
+        return None
+    d_hits, same = [], []
+    for start in range(0, len(rows), block):
+        part = rows[start:start + block]
+        d = pairwise_distance(x[part], x[cols], metric).double().numpy()
+        d[part[:, None] == cols[None, :]] = np.inf  # a crop is not its own hit
+        order = np.argsort(d, axis=1, kind="stable")[:, :top]
+        d_hits.append(np.take_along_axis(d, order, 1).ravel())
+        same.append((ids[cols][order] == ids[part][:, None]).ravel())
+    dist, label = np.concatenate(d_hits), np.concatenate(same)
+    if label.all() or not label.any():
+        return None
+    model = LogisticRegression(C=np.inf).fit(dist[:, None], label)
+    in_gallery = np.zeros(len(ids), bool)
+    in_gallery[cols] = True
+    people, counts = np.unique(ids[cols], return_counts=True)
+    per_person = dict(zip(people.tolist(), counts.tolist()))
+    matches = float(np.mean([per_person.get(int(ids[r]), 0) - int(in_gallery[r])
+                             for r in rows]))
+    return {"a": float(model.coef_[0, 0]), "b": float(model.intercept_[0]),
+            "queries": int(len(rows)), "gallery": int(len(cols)), "matches": matches,
+            "top": int(top)}
 
 
 def score_person(check: dict[str, Any], embeddings: Any, metric: str) -> np.ndarray:
@@ -341,6 +605,7 @@ def fit_person(embeddings: np.ndarray, is_person: np.ndarray, metric: str
     threshold = float(np.quantile(p[is_person], PERSON_REFUSES))
     return {"coef": model.coef_[0].tolist(), "intercept": float(model.intercept_[0]),
             "threshold": threshold, "refuses": PERSON_REFUSES,
+            "quantiles": _quantiles(p[is_person]), "all_quantiles": _quantiles(p),
             "distractors_passing": float(np.mean(p[~is_person] >= threshold)),
             "people": int(is_person.sum()), "distractors": distractors}
 
@@ -375,6 +640,13 @@ class Verdict:
         unsupported: "" or why the calibration pairs cannot support ``far``
             (:meth:`Calibration.support`): ``same`` then rests on a threshold whose FAR is
             not known.
+        prior: the P(same) a pair had before its distance was seen (0.5 for one pair; a
+            search's is far smaller, :meth:`Calibration.search_point`).
+        p_threshold: P(same) at the threshold under that prior: ``same`` is
+            ``probability >= p_threshold`` (the mapping is monotone) unless a crop fails the
+            person check; None when uncalibrated.
+        drift: lines saying the crops look unlike the calibration's data
+            (:meth:`Calibration.unlike_people`).
     """
 
     distance: float
@@ -385,9 +657,26 @@ class Verdict:
     note: str = ""
     person: tuple[float, float] | None = None
     unsupported: str = ""
+    prior: float = 0.5
+    p_threshold: float | None = None
+    drift: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "calibrated": self.probability is not None}
+        return {**asdict(self), "calibrated": self.probability is not None,
+                "rule": self.rule()}
+
+    def rule(self) -> str:
+        """One line that links the probability and the decision (or says why there is
+        none): ``not the same person: P(same) 97.9 % < 99.6 %, the P(same) at FAR 0.001's
+        distance threshold 0.412``."""
+        if self.probability is None or self.p_threshold is None or self.threshold is None:
+            return self.note or "uncalibrated"
+        answer = "the same person" if self.same else "not the same person"
+        if self.note and not self.same and self.distance <= self.threshold:
+            return f"{answer}: {self.note}"
+        sign = ">=" if self.distance <= self.threshold else "<"
+        return (f"{answer}: P(same) {self.probability:.1%} {sign} {self.p_threshold:.1%}, the "
+                f"P(same) at the threshold of FAR {self.far:.1g} (distance {self.threshold:.4g})")
 
 
 def verdict(distance: float, calibration: Calibration | None, far: float = DEFAULT_FAR,
@@ -405,8 +694,25 @@ def verdict(distance: float, calibration: Calibration | None, far: float = DEFAU
         note = (f"{what} like a person (P(person) " + ", ".join(f"{p:.1%}" for p in pair) +
                 f"; the check passes {cut:.1%} and above)")
         same = False
+    drift = tuple(calibration.unlike_people(pair)) if pair is not None else ()
     return Verdict(float(distance), float(calibration.probability(distance)), same, far,
-                   threshold, note, pair, calibration.support(far))
+                   threshold, note, pair, calibration.support(far), 0.5,
+                   float(calibration.probability(threshold)), drift)
+
+
+def search_verdict(distance: float, calibration: Calibration, point: SearchPoint,
+                   person: Sequence[float] | None = None) -> Verdict:
+    """The :class:`Verdict` of a search hit at a search's operating point: P(same) under the
+    search's prior, "same" at its threshold (and both crops passing the person check)."""
+    pair = None if person is None else (float(person[0]), float(person[1]))
+    same = bool(distance <= point.threshold)
+    note = ""
+    if pair is not None and min(pair) < calibration.person_threshold:
+        note, same = "not a person (P(person) below the check's " \
+                     f"{calibration.person_threshold:.1%})", False
+    return Verdict(float(distance), float(calibration.search_probability(distance, point)),
+                   same, point.far, point.threshold, note, pair, point.unsupported, point.prior,
+                   point.p_cut)
 
 
 class Verifier:

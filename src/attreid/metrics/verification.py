@@ -58,7 +58,7 @@ class PairDistances:
 
 def pair_distances(embeddings: ArrayLike, identities: ArrayLike, cameras: ArrayLike,
                    metric: str = "euclidean", sample: int = 1_000_000, seed: int = 0,
-                   block: int = 1024) -> PairDistances:
+                   block: int = 1024, people: ArrayLike | None = None) -> PairDistances:
     """Every pair (i < j) of ``embeddings`` (N, D), split into genuine and impostor.
 
     Args:
@@ -67,6 +67,10 @@ def pair_distances(embeddings: ArrayLike, identities: ArrayLike, cameras: ArrayL
         metric: as :func:`attreid.metrics.distance.pairwise_distance`.
         sample: impostor distances kept at random (all of them when there are fewer).
         block: rows scored at once (memory ~ ``block * N * 8`` bytes).
+        people: (N,) bool, whether each crop shows a person; when given, a pair of two crops
+            that do not (distractors) is left out: nobody searches with one, and such pairs
+            (background patches alike) crowd the smallest impostor distances. A search's
+            impostors are a person against anything.
 
     Raises:
         ValueError: shapes disagree, or no genuine or no impostor pair exists.
@@ -78,7 +82,10 @@ def pair_distances(embeddings: ArrayLike, identities: ArrayLike, cameras: ArrayL
     if x.ndim != 2 or x.shape[0] != n or cams.shape != (n,):
         raise ValueError(f"embeddings (N, D), identities (N,) and cameras (N,) must agree, got "
                          f"{tuple(x.shape)}, {ids.shape}, {cams.shape}")
-    num_impostor = _count_impostors(ids)
+    person = np.ones(n, bool) if people is None else np.asarray(people, bool)
+    if person.shape != (n,):
+        raise ValueError(f"people must be (N,) = ({n},), got {person.shape}")
+    num_impostor = _count_impostors(ids) - _count_impostors(ids[~person])
     keep_tail = max(1, math.ceil(TAIL_FAR * num_impostor))
     rate = min(1.0, sample / max(1, num_impostor))
     rng = np.random.default_rng(seed)
@@ -92,7 +99,8 @@ def pair_distances(embeddings: ArrayLike, identities: ArrayLike, cameras: ArrayL
         cross = ((cams[rows, None] != cams[None, start:]) | (cams[rows, None] < 0)
                  | (cams[None, start:] < 0))
         genuine.append(d[upper & same & cross])
-        impostor = d[upper & ~same]
+        either = person[rows, None] | person[None, start:]
+        impostor = d[upper & ~same & either]
         tail = _smallest(np.concatenate([tail, impostor]), keep_tail)
         drawn.append(impostor[rng.random(len(impostor)) < rate])
     pairs = PairDistances(np.sort(np.concatenate(genuine)), tail, np.concatenate(drawn),
@@ -229,3 +237,37 @@ def reliability(probabilities: ArrayLike, same: ArrayLike, weights: ArrayLike | 
         observed = np.bincount(which, w * y, bins) / mass
     gaps = np.where(mass > 0, np.abs(observed - predicted), 0.0)
     return float((mass * gaps).sum()), predicted, observed, mass
+
+
+def far_curve(pairs: PairDistances, per_decade: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """The FAR -> threshold curve for operating points between the ones stored: FARs spaced
+    ``per_decade`` to a decade in log10 from :data:`TAIL_FAR` down to the smallest the pairs
+    support (``SUPPORT_PAIRS / num_impostor``, :func:`far_support`), descending, and the
+    threshold of each (:func:`threshold_at_far`, non-increasing). A search's operating point
+    for a gallery of N crops needs FARs near ``rate / N`` (e.g. 5e-7 for one stranger per
+    100 queries in 20,000 crops), below the stored 1e-2..1e-4."""
+    low = SUPPORT_PAIRS / max(pairs.num_impostor, 1)
+    if low >= TAIL_FAR:
+        fars = np.array([TAIL_FAR])
+    else:
+        count = max(2, int(math.ceil(per_decade * math.log10(TAIL_FAR / low))) + 1)
+        fars = np.logspace(math.log10(TAIL_FAR), math.log10(low), count)
+    thresholds = np.array([threshold_at_far(pairs, float(f)) for f in fars])
+    return fars, np.minimum.accumulate(thresholds)
+
+
+def distribution_shift(reference_quantiles: ArrayLike, sample: ArrayLike) -> float:
+    """Kolmogorov-Smirnov distance (0..1) between a distribution stored as its quantiles at
+    evenly spaced levels 0..1 (``Q`` values, ascending) and a sample: the largest gap between
+    the two cumulative distributions, the reference's interpolated linearly between its
+    quantiles (exact to ``1 / (Q - 1)``)."""
+    q = np.asarray(reference_quantiles, dtype=np.float64)
+    x = np.sort(np.asarray(sample, dtype=np.float64).ravel())
+    if len(q) < 2 or not len(x):
+        return 0.0
+    levels = np.linspace(0.0, 1.0, len(q))
+    points = np.unique(np.concatenate([q, x]))
+    reference = np.interp(points, q, levels, left=0.0, right=1.0)
+    observed = np.searchsorted(x, points, side="right") / len(x)
+    before = np.searchsorted(x, points, side="left") / len(x)
+    return float(max(np.max(np.abs(reference - observed)), np.max(np.abs(reference - before))))

@@ -32,7 +32,15 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from attreid.inference.calibration import DEFAULT_FAR, Calibration, find_calibration, verdict
+from attreid.inference.calibration import (
+    DEFAULT_FAR,
+    DEFAULT_FPIR,
+    DEFAULT_MATCHES,
+    Calibration,
+    SearchPoint,
+    find_calibration,
+    search_verdict,
+)
 from attreid.schema import TASKS
 from attreid.search.constraints import (
     Constraint,
@@ -77,9 +85,11 @@ class Hit:
     """One result: the crop, its distance to the query image (``None`` for attribute-only
     queries; after re-ranking, ``reranked`` and a re-ranked distance on another scale), how
     well it matches the attribute constraints (``None`` without any), and with a calibration
-    the probability that it shows the query's person and whether that passes the operating
-    point (``None`` when uncalibrated, re-ranked or not an image query); ``person``: P(person)
-    of the crop when the calibration has a person check."""
+    the probability that it shows the query's person (under the search's prior) and whether
+    that passes the search's operating point (``None`` when uncalibrated, re-ranked or not an
+    image query; :attr:`GallerySearch.point`); ``person``: P(person) of the crop when the
+    calibration has a person check; ``note``: why a hit within the threshold is not marked
+    (the query or the crop fails the person check), else ""."""
 
     entry: Entry
     distance: float | None
@@ -88,6 +98,7 @@ class Hit:
     same: bool | None = None
     reranked: bool = False
     person: float | None = None  # P(person) of the crop, with a calibration's person check
+    note: str = ""  # why a hit near enough is not marked (a crop fails the person check)
 
     def as_dict(self) -> dict[str, Any]:
         """The hit as JSON-ready values; ``name`` is :attr:`Entry.display_name` (valid UTF-8:
@@ -99,7 +110,7 @@ class Hit:
             "re-ranked distance" if self.reranked else "distance")
         return {"id": e.id, "name": e.display_name, "distance": self.distance, "score": score,
                 "match": self.match, "probability": self.probability, "same": self.same,
-                "person": self.person,
+                "person": self.person, "note": self.note,
                 "camera": e.camera, "frame": e.frame, "identity": e.identity,
                 **({} if e.time is None else {"time": iso_time(e.time), "track": e.track,
                                                "camera_name": e.camera_name}),
@@ -135,39 +146,83 @@ class GallerySearch:
 
     def __init__(self, index: GalleryIndex, predictor: Any | None = None,
                  choice: Any | None = None, calibration: Calibration | None = None,
-                 calibration_note: str = "uncalibrated", far: float = DEFAULT_FAR) -> None:
+                 calibration_note: str = "uncalibrated", far: float = DEFAULT_FAR,
+                 fpir: float = DEFAULT_FPIR, matches: float = DEFAULT_MATCHES) -> None:
         if calibration is not None:
             calibration.threshold(far)  # a stored operating point, or a CalibrationError
+            calibration.search_point(max(len(index), 1), fpir, matches)  # or its error
         self.index = index
         self.predictor = predictor
         self.choice = choice  # the backend's Choice (attreid.inference.backends), when opened
         self.calibration, self.calibration_note, self.far = calibration, calibration_note, far
+        self.fpir, self.matches = fpir, matches
         self._person: np.ndarray | None = None  # P(person) of every crop, when computed
+        self._drift: list[str] | None = None
+
+    @property
+    def point(self) -> SearchPoint | None:
+        """The operating point hits are marked at (:meth:`Calibration.search_point` for this
+        gallery's size), None when uncalibrated."""
+        if self.calibration is None:
+            return None
+        return self.calibration.search_point(max(len(self.index), 1), self.fpir, self.matches)
 
     def calibration_status(self) -> dict[str, Any]:
-        """Whether hits carry P(same person), and at which operating point they are marked."""
-        c = self.calibration
-        if c is None:
+        """Whether hits carry P(same person), the operating point they are marked at (a
+        search's: ``fpir`` strangers per query in this gallery, ``rule`` linking the mark and
+        P(same)), ``far`` for comparing two crops (POST /verify), and ``drift``: lines saying
+        where this gallery looks unlike the calibration's data."""
+        c, point = self.calibration, self.point
+        if c is None or point is None:
             return {"calibrated": False, "note": self.calibration_note}
         return {"calibrated": True, "method": c.method, "far": self.far,
-                "threshold": c.threshold(self.far), "eer": c.eer["rate"], "prior": 0.5,
-                "strangers_per_query": self.far * len(self.index),
+                "fpir": point.fpir, "gallery_size": point.gallery_size,
+                "pair_far": point.far, "threshold": point.threshold,
+                "prior": point.prior, "p_cut": point.p_cut, "rule": point.rule(),
+                "unsupported": point.unsupported, "eer": c.eer["rate"],
                 "person_check": c.person is not None,
                 "person_threshold": c.person_threshold if c.person else None,
-                "data": Path(str(c.data.get("data", ""))).name}
+                "data": Path(str(c.data.get("data", ""))).name, "drift": self.drift()}
+
+    def drift(self, sample: int = 2000, seed: int = 0) -> list[str]:
+        """:meth:`Calibration.drift` of this gallery (computed once): the distances of
+        ``sample`` random pairs of its crops (in a gallery of many people nearly all are
+        strangers) and the P(person) of ``sample`` crops. [] when uncalibrated or under 50
+        crops (too few to tell)."""
+        if self._drift is None:
+            self._drift = []
+            n = len(self.index)
+            if self.calibration is not None and n >= 50:
+                from attreid.metrics.distance import pairwise_distance
+
+                rng = np.random.default_rng(seed)
+                a, b = rng.integers(0, n, sample), rng.integers(0, n, sample)
+                keep = a != b
+                x = np.stack([self.index.vector(int(i)) for i in a[keep]])
+                y = np.stack([self.index.vector(int(i)) for i in b[keep]])
+                d = np.array([float(pairwise_distance(x[i:i + 1], y[i:i + 1],
+                                                      self.index.metric)[0, 0])
+                              for i in range(len(x))])
+                rows = rng.choice(n, min(n, sample), replace=False)
+                person = self.calibration.person_probability(
+                    np.stack([self.index.vector(int(i)) for i in rows]))
+                self._drift = self.calibration.drift(d, person)
+        return self._drift
 
     @classmethod
     def open(cls, index: Path | str, checkpoint: Path | str | None = None,
              device: str | None = None, backend: str = "auto",
              calibration: Path | str | None = None, far: float = DEFAULT_FAR,
-             model: bool = True) -> "GallerySearch":
+             model: bool = True, fpir: float = DEFAULT_FPIR) -> "GallerySearch":
         """Open an index and the checkpoint that made it (``checkpoint`` overrides the recorded
         path; either way its sha256 must match). An ONNX export (``.onnx``) of that checkpoint
         works too and runs with ONNX Runtime. ``backend``: how query crops are embedded
         (:mod:`attreid.inference.backends`; ``auto``: the fastest verified here).
         ``calibration``: the file mapping distance to P(same person) (default: the one beside
         the checkpoint, when it was made for it and the index's flip and distance; else hits
-        carry no probability); ``far``: the operating point that marks hits as the same person.
+        carry no probability); ``fpir``: the operating point that marks hits as the same
+        person, in strangers marked per query (:meth:`Calibration.search_point`); ``far``: the
+        one-to-one operating point of comparing two crops (:meth:`verify_pair`, POST /verify).
         ``model=False`` opens the index alone (descriptions and indexed crops need no model;
         a query image then raises QueryError); the calibration is checked against the sha256
         the index recorded.
@@ -187,7 +242,7 @@ class GallerySearch:
         if not model:
             found, note = find_calibration(path, opened.info["checkpoint_sha256"], flip, metric,
                                            calibration)
-            return cls(opened, None, None, found, note, far)
+            return cls(opened, None, None, found, note, far, fpir)
         if not path.is_file():
             raise GalleryIndexError(f"{path}: the checkpoint of index {opened.root} is not "
                                     "there; pass the checkpoint (--checkpoint) that made it")
@@ -199,7 +254,7 @@ class GallerySearch:
         opened.check_checkpoint(path, predictor.checkpoint_sha256)
         found, note = find_calibration(path, predictor.checkpoint_sha256, flip, metric,
                                        calibration)
-        return cls(opened, predictor, choice, found, note, far)
+        return cls(opened, predictor, choice, found, note, far, fpir)
 
     def reopened(self, index: GalleryIndex) -> "GallerySearch":
         """This search over ``index``, a newer generation of its folder (crops added, or the
@@ -221,7 +276,7 @@ class GallerySearch:
                 f"{index.root}: the index was rebuilt with another {', '.join(changed)} than "
                 "the one this search opened; open it anew (restart `attreid serve`)")
         return GallerySearch(index, self.predictor, self.choice, self.calibration,
-                             self.calibration_note, self.far)
+                             self.calibration_note, self.far, self.fpir, self.matches)
 
     # ---- filters -------------------------------------------------------------------------
 
@@ -453,8 +508,10 @@ class GallerySearch:
         if reranked:
             return Hit(entry, distance, match, reranked=True, person=mine)
         pair = None if mine is None or query is None else (query, mine)
-        v = verdict(distance, self.calibration, self.far, person=pair)
-        return Hit(entry, distance, match, v.probability, v.same, person=mine)
+        point = self.point
+        assert point is not None
+        v = search_verdict(distance, self.calibration, point, person=pair)
+        return Hit(entry, distance, match, v.probability, v.same, person=mine, note=v.note)
 
     def _rerank(self, vector: np.ndarray, ids: list[int]) -> list[tuple[float, int]]:
         from attreid.metrics.reranking import rerank

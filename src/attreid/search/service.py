@@ -53,7 +53,12 @@ from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 
-from attreid.inference.calibration import DEFAULT_FAR, CalibrationError, compare_embeddings
+from attreid.inference.calibration import (
+    DEFAULT_FAR,
+    DEFAULT_FPIR,
+    CalibrationError,
+    compare_embeddings,
+)
 from attreid.schema import TASKS
 from attreid.search.batching import EmbeddingBatcher
 from attreid.search.http import (
@@ -98,7 +103,7 @@ def _fastapi() -> Any:
 def open_search(index: Path | str, checkpoint: Path | str | None = None,
                 device: str | None = None, backend: str = "auto",
                 calibration: Path | str | None = None, far: float = DEFAULT_FAR,
-                model: bool = True) -> GallerySearch:
+                model: bool = True, fpir: float = DEFAULT_FPIR) -> GallerySearch:
     """:meth:`GallerySearch.open`, with any damage of the index folder reported as a
     :class:`GalleryIndexError` naming it (e.g. a metadata table that lacks a key).
 
@@ -106,7 +111,8 @@ def open_search(index: Path | str, checkpoint: Path | str | None = None,
         GalleryIndexError: the index is missing, damaged, or not made by the checkpoint.
     """
     try:
-        return GallerySearch.open(index, checkpoint, device, backend, calibration, far, model)
+        return GallerySearch.open(index, checkpoint, device, backend, calibration, far, model,
+                                  fpir)
     except (GalleryIndexError, CalibrationError):
         raise
     except (LookupError, TypeError, ValueError, OSError, RuntimeError, sqlite3.Error) as exc:
@@ -153,11 +159,10 @@ def describe_calibration(search: GallerySearch, rerank: bool = False) -> str:
                 "another scale)")
     if not status["calibrated"]:
         return f"same-person probability: {status['note']}"
-    strangers = status["far"] * len(search.index)
-    advice = ": use --far 1e-4 for fewer" if status["far"] > 1e-4 else ""
-    return (f"same-person probability: {status['method']} calibration, hits marked at FAR "
-            f"{status['far']:g} (distance <= {status['threshold']:.4g}; in {len(search.index):,} "
-            f"crops about {strangers:,.0f} stranger(s) per query pass too{advice})")
+    lines = [f"same-person probability: {status['method']} calibration; {status['rule']}"]
+    lines += [f"warning: {why}" for why in ([status["unsupported"]] if status["unsupported"]
+                                            else []) + status["drift"]]
+    return "\n".join(lines)
 
 
 def _attribute_params_model(max_k: int, trained: tuple[str, ...]) -> Any:
@@ -456,12 +461,12 @@ def serve(index: Path | str, host: str = "127.0.0.1", port: int = 8000,
           checkpoint: Path | str | None = None, device: str | None = None,
           max_batch: int = 16, backend: str = "auto",
           log: Callable[[str], None] = print, calibration: Path | str | None = None,
-          far: float = DEFAULT_FAR) -> None:
+          far: float = DEFAULT_FAR, fpir: float = DEFAULT_FPIR) -> None:
     """Open the index and run the app with uvicorn until interrupted; ``log`` gets the
     backend chosen (:mod:`attreid.inference.backends`) and the calibration's state."""
     import uvicorn
 
-    search = open_search(index, checkpoint, device, backend, calibration, far)
+    search = open_search(index, checkpoint, device, backend, calibration, far, fpir=fpir)
     if search.choice is not None:
         log(search.choice.describe())
     log(describe_calibration(search))

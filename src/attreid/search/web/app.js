@@ -557,9 +557,8 @@
       return ` \u00b7 the query does not look like a person (P(person) ${percent(person)}):` +
         " no result is marked the same person";
     }
-    const strangers = Math.round(c.strangers_per_query || 0);
-    return ` \u00b7 \u2713 = same person at FAR ${c.far}` + (strangers ?
-      ` (in this gallery about ${strangers} stranger${strangers === 1 ? "" : "s"} per query pass too)` : "");
+    const warnings = [c.unsupported].concat(c.drift || []).filter(Boolean);
+    return ` \u00b7 ${c.rule}` + (warnings.length ? ` \u00b7 warning: ${warnings.join("; ")}` : "");
   }
 
   async function runVerify() {
@@ -581,10 +580,10 @@
       if (!response.ok) throw new Error(errorText(body && body.detail, response.status));
       const parts = [`distance ${body.distance.toFixed(3)}`];
       if (body.calibrated) {
-        parts.push(`P(same) ${percent(body.probability)}`);
-        parts.push(body.same ? `same person at FAR ${body.far}` :
-          `not the same person at FAR ${body.far}`);
-        if (body.note) parts.push(body.note);
+        parts.push(`P(same) ${percent(body.probability)} (a pair as likely the same as not)`);
+        parts.push(body.rule);
+        if (body.person) parts.push(`P(person) ${percent(body.person[0])}, ${percent(body.person[1])}`);
+        (body.drift || []).forEach((line) => parts.push(`warning: ${line}`));
       } else {
         parts.push(body.note || "uncalibrated");
       }
@@ -651,7 +650,8 @@
     }
     if (hit.match !== null && hit.match !== undefined) score.push(`match ${percent(hit.match)}`);
     const calibrated = hit.probability !== null && hit.probability !== undefined;
-    const sameText = calibrated ? `P(same) ${percent(hit.probability)}` : "";
+    const sameText = !calibrated ? "" : hit.note ? "not a person" :
+      `P(same) ${percent(hit.probability)}`;
 
     const who = [attrs.gender && attrs.gender.value, attrs.age && attrs.age.value].filter(Boolean).join(", ");
     const card = make("button", {
@@ -674,8 +674,8 @@
       make("span", { class: "score", text: score.join(" \u00b7 ") || "\u00a0" }),
       junkNote(hit),
       calibrated ? make("span", { class: "prob" + (hit.same ? " pass" : ""), text: sameText,
-        title: "calibrated probability that this is the query's person (prior 0.5); " +
-          "\u2713: passes the operating point" }) : null,
+        title: hit.note ? hit.note : "calibrated probability that this is the query's " +
+          "person in this gallery; \u2713: at least the operating point's P(same)" }) : null,
       make("span", { class: "who", text: who || "\u00a0" }),
       make("span", { class: "colours" }, colourItem(attrs, "upcolor", "upper"),
         colourItem(attrs, "downcolor", "lower")),
