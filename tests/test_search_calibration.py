@@ -169,6 +169,8 @@ def test_descriptions_sink_junk_by_p_person(calibrated):
     hits = search.by_attributes("gender=female", k=15)
     assert [h.entry.id for h in hits] == expected
     assert [h.person for h in hits] == pytest.approx([float(person[i]) for i in expected])
+    # the number shown is the sort key (issue 30: a 99 % ranked below a 98 % misled)
+    assert [h.match for h in hits] == pytest.approx([float(score[i]) for i in expected])
     assert [h.entry.id for h in search.by_attributes("gender=female", k=5, offset=5)] == \
         expected[5:10]
 

@@ -27,7 +27,7 @@ FAR_HELP = "Operating point: the false accept rate (1e-2, 1e-3 or 1e-4)."
 
 def calibrate(
     checkpoint: Path = typer.Argument(DEFAULT_MODEL, help=CHECKPOINT_HELP),
-    data: Path = typer.Option(..., "--data", help="A labelled dataset folder."),
+    data: Path | None = typer.Option(None, "--data", help="A labelled dataset folder."),
     split: str = typer.Option("test", help="test (query + gallery crops), study or random."),
     method: str = typer.Option("platt", help="platt (logistic on the distance) or isotonic."),
     out: Path | None = typer.Option(None, help="The calibration file (default: "
@@ -41,15 +41,29 @@ def calibrate(
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
     backend: str = BACKEND_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    footage: list[Path] = typer.Option([], "--footage", help="Without labels: a video or "
+                                       "frame folder of the site (repeatable, with --tracks)."),
+    tracks: list[Path] = typer.Option([], "--tracks", help="The MOTChallenge tracks of each "
+                                      "--footage, as attreid ingest wrote them."),
+    fps: float | None = typer.Option(None, "--fps", help="Frame rate of frame folders."),
 ) -> None:
     """Fit P(same person) from embedding distance on a labelled set: genuine pairs (one
     identity, two cameras) against impostor pairs; thresholds at FAR 1e-2 / 1e-3 / 1e-4 and
-    the EER; an ROC and the distance histograms beside the file."""
+    the EER; an ROC and the distance histograms beside the file. Without labels (--footage
+    and --tracks): two tracks in view together are two people, one track is one person."""
     from attreid.evaluation.verification import calibrate_checkpoint, describe
     from attreid.inference.calibration import summarize
     from attreid.inference.onnx import ExportError
     from attreid.utils.checkpoint import CheckpointError
 
+    if (data is None) == (not footage):
+        _fail("give --data (a labelled set) or --footage with --tracks (a site's video and "
+              "its tracks), one of the two")
+    if footage:
+        _calibrate_footage(checkpoint, footage, tracks, fps, out, flip, backend, device, seed,
+                           as_json)
+        return
+    assert data is not None
     try:
         with _reported_warnings(), _count_progress(
                 "embedding crops", sys.stderr if as_json else None) as progress:
@@ -69,6 +83,41 @@ def calibrate(
                       highlight=False)
     console.print(f"wrote {run.path} and {', '.join(f.name for f in run.files)}",
                   soft_wrap=True, markup=False)
+
+
+def _calibrate_footage(checkpoint: Path, footage: list[Path], tracks: list[Path],
+                       fps: float | None, out: Path | None, flip: bool, backend: str,
+                       device: str | None, seed: int, as_json: bool) -> None:
+    """``calibrate --footage``: :func:`attreid.footage.selfcal.calibrate_footage`."""
+    from attreid.footage.selfcal import calibrate_footage
+    from attreid.footage.sources import SourceSpec
+    from attreid.inference.backends import load_predictor
+    from attreid.inference.calibration import calibration_path, summarize
+    from attreid.inference.onnx import ExportError
+    from attreid.utils.checkpoint import CheckpointError
+    from attreid.zoo import is_model_name
+
+    if len(footage) != len(tracks):
+        _fail(f"--footage and --tracks pair up: got {len(footage)} and {len(tracks)}")
+    if out is None and is_model_name(checkpoint):
+        _fail(f"{checkpoint}: a shipped model's calibration is part of the package; pass --out "
+              "for a calibration of your own (and verify/search --calibration to use it)")
+    try:
+        predictor, choice = load_predictor(checkpoint, backend, device, flip=flip)
+        _show_backend(choice)
+        specs = [SourceSpec(path, str(i), 0.0, fps) for i, path in enumerate(footage)]
+        calibration, _ = calibrate_footage(predictor, list(zip(specs, tracks)), seed=seed)
+        path = calibration.save(out or calibration_path(checkpoint))
+    except (DataError, CheckpointError, ExportError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps({"path": str(path), **calibration.data,
+                          "thresholds": calibration.thresholds, "tar": calibration.tar}))
+        return
+    for line in summarize(calibration):
+        console.print(line, markup=False, highlight=False)
+    console.print(f"wrote {path} (label-free: {calibration.data['genuine']}; "
+                  f"{calibration.data['impostors']})", soft_wrap=True, markup=False)
 
 
 def verify(

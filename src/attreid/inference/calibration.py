@@ -309,8 +309,8 @@ class Calibration:
                 lines.append(f"drift: the {what} differ from those the calibration was fitted "
                              f"on ({data}; Kolmogorov-Smirnov {ks:.2f} > {DRIFT_KS}): its "
                              f"P(same) and thresholds may not hold here; fit one on this "
-                             f"camera network (attreid calibrate with labels, or "
-                             f"attreid calibrate --footage INDEX without)")
+                             f"camera network (attreid calibrate CHECKPOINT --data "
+                             f"<labelled crops of it> --out FILE, then --calibration FILE)")
         return lines
 
     def unlike_people(self, person: Sequence[float]) -> list[str]:

@@ -200,9 +200,9 @@ class GallerySearch:
                 keep = a != b
                 x = np.stack([self.index.vector(int(i)) for i in a[keep]])
                 y = np.stack([self.index.vector(int(i)) for i in b[keep]])
-                d = np.array([float(pairwise_distance(x[i:i + 1], y[i:i + 1],
-                                                      self.index.metric)[0, 0])
-                              for i in range(len(x))])
+                d = np.concatenate([np.diagonal(pairwise_distance(
+                    x[i:i + 500], y[i:i + 500], self.index.metric).double().numpy())
+                    for i in range(0, len(x), 500)])
                 rows = rng.choice(n, min(n, sample), replace=False)
                 person = self.calibration.person_probability(
                     np.stack([self.index.vector(int(i)) for i in rows]))
@@ -369,9 +369,11 @@ class GallerySearch:
                       cameras: Sequence[int] | None = None,
                       min_prob: float = DESCRIPTION_MIN_PROB,
                       frames: tuple[int, int] | None = None, offset: int = 0) -> list[Hit]:
-        """Crops by how well they match the constraints (the product of the probabilities),
-        best first (ties: lower id), from rank ``offset`` on (paging); ``min_prob`` > 0 hides
-        crops with a probability below it; ``frames`` keeps crops of that frame range."""
+        """Crops by how well they match the constraints, best first (ties: lower id), from
+        rank ``offset`` on (paging); ``min_prob`` > 0 hides crops with a probability below it;
+        ``frames`` keeps crops of that frame range. A hit's ``match`` is its sort key: the
+        product of the probabilities of the values asked for, times the crop's P(person) with
+        a person check (the probability that it is a person who looks so; junk sinks)."""
         constraints = parse_attributes(attributes)
         k, min_prob = check_k(k), check_min_prob(min_prob)
         if not constraints:
@@ -395,8 +397,10 @@ class GallerySearch:
             order = np.lexsort((ids_all, -combined))
             ids = ids_all[order][check_offset(offset):offset + k].tolist()
         entries = self.index.entries(ids)
-        return [Hit(e, None, _match(e, constraints),
-                    person=None if person is None else float(person[e.id])) for e in entries]
+        if person is None:
+            return [Hit(e, None, _match(e, constraints)) for e in entries]
+        return [Hit(e, None, _match(e, constraints) * float(person[e.id]),
+                    person=float(person[e.id])) for e in entries]
 
     def person_scores(self) -> np.ndarray | None:
         """P(person) of every indexed crop (N,) by the calibration's person check, computed
