@@ -23,7 +23,7 @@ import numpy as np
 from attreid.data.load import load_dataset
 from attreid.data.records import attribute_matrix
 from attreid.evaluation.description import query_set, ranking_metrics, relevant, scores
-from attreid.inference.calibration import fit_person, score_person
+from attreid.inference.fits import fit_person, score_person
 from attreid.schema import MISSING, NUM_TASKS, TASKS
 from attreid.search import GallerySearch
 

@@ -51,12 +51,11 @@ from attreid.evaluation.verification import (  # noqa: E402
 from attreid.inference.calibration import (  # noqa: E402
     DEFAULT_FPIR,
     DEFAULT_MATCHES,
-    DRIFT_KS,
     Calibration,
     fit_calibration,
-    fit_person,
-    fit_search,
 )
+from attreid.inference.fits import fit_person, fit_search  # noqa: E402
+from attreid.inference.verdicts import DRIFT_KS  # noqa: E402
 from attreid.metrics.distance import pairwise_distance  # noqa: E402
 from attreid.metrics.verification import (  # noqa: E402
     distribution_shift,

@@ -28,14 +28,8 @@ from attreid.data.load import load_dataset
 from attreid.evaluation.verification import LabelledCrops, labelled_crops, split_identities
 from attreid.evaluation.verification_plots import plot_reliability
 from attreid.inference.backends import load_predictor
-from attreid.inference.calibration import (
-    METHODS,
-    Calibration,
-    far_key,
-    fit_calibration,
-    fit_person,
-    score_person,
-)
+from attreid.inference.calibration import METHODS, Calibration, far_key, fit_calibration
+from attreid.inference.fits import fit_person, score_person
 from attreid.inference.files import extract_files
 from attreid.metrics.verification import (
     FARS,

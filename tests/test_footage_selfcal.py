@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,14 +69,14 @@ def test_calibrate_footage_writes_a_calibration_verify_can_use(scene, tiny_check
     calibration = Calibration.load(out)
     assert calibration.data["split"] == "label-free (tracks)"
     assert calibration.person is None and calibration.far_curve
-    crop = sorted(Path(scene.out).glob("cam1*"))[0]
-    assert crop.exists()
     with pytest.raises(SystemExit) as exit_:
         cli.run(["calibrate", str(tiny_checkpoint), "--out", str(out), "--footage",
                  str(specs[0].path)])
     assert exit_.value.code == 1
-    assert "pair up" in capsys.readouterr().err
+    shown = capsys.readouterr()
+    assert "pair up" in shown.out + shown.err
     with pytest.raises(SystemExit) as exit_:
         cli.run(["calibrate", str(tiny_checkpoint), "--out", str(out)])
-    assert exit_.value.code == 1 and "--data" in capsys.readouterr().err
+    shown = capsys.readouterr()
+    assert exit_.value.code == 1 and "--data" in shown.out + shown.err
     assert json.loads(out.read_text())["format"] == "attreid-calibration-v1"

@@ -63,7 +63,7 @@ def test_small_distances_match_float64(metric: str) -> None:
 
 
 def test_verify_path_gives_zero_for_the_same_crop() -> None:
-    from attreid.inference.calibration import compare_embeddings
+    from attreid.inference.verdicts import compare_embeddings
 
     rng = np.random.default_rng(2)
     a = rng.normal(size=128).astype(np.float32)
@@ -130,7 +130,8 @@ def _calibration(tmp_path, num_impostor: int):
 
 
 def test_calibration_marks_unsupported_points(tmp_path) -> None:
-    from attreid.inference.calibration import Calibration, summarize
+    from attreid.inference.calibration import Calibration
+    from attreid.inference.verdicts import summarize
 
     cal, path = _calibration(tmp_path, 7_628)
     assert sorted(cal.unsupported) == ["1e-03", "1e-04"]
@@ -155,7 +156,7 @@ def test_calibration_marks_unsupported_points(tmp_path) -> None:
 
 
 def test_verdicts_at_an_unsupported_far_say_so(tmp_path) -> None:
-    from attreid.inference.calibration import verdict
+    from attreid.inference.verdicts import verdict
 
     cal, _ = _calibration(tmp_path, 7_628)
     low = verdict(0.1, cal, 1e-4)

@@ -11,14 +11,13 @@ import math
 import numpy as np
 import pytest
 
-from attreid.inference.calibration import (
-    DEFAULT_FPIR,
+from attreid.inference.calibration import DEFAULT_FPIR, Calibration, fit_calibration
+from attreid.inference.fits import fit_person, fit_search
+from attreid.inference.verdicts import (
     DRIFT_KS,
-    Calibration,
-    fit_calibration,
-    fit_person,
-    fit_search,
+    gallery_drift,
     search_verdict,
+    unlike_people,
     verdict,
 )
 from attreid.metrics.verification import (
@@ -162,8 +161,8 @@ def test_crops_unlike_the_calibrations_people_are_flagged(fitted):
     c, _, _ = fitted
     q = c.fitted["person_quantiles"]
     low = float(np.interp(0.05, np.linspace(0, 1, len(q)), q))
-    assert c.unlike_people([q[50], q[90]]) == []
-    lines = c.unlike_people([q[50], low * 0.5])
+    assert unlike_people(c, [q[50], q[90]]) == []
+    lines = unlike_people(c, [q[50], low * 0.5])
     assert len(lines) == 1 and lines[0].startswith("drift:") and "attreid calibrate" in lines[0]
     assert verdict(0.1, c, 1e-2, person=(q[50], low * 0.5)).drift == tuple(lines)
 
@@ -180,7 +179,7 @@ def test_an_old_calibration_file_still_works_without_the_new_records(fitted, tmp
     old = Calibration.load(path)
     point = old.search_point(1000, fpir=1.0)
     assert point.kind == "prior" and point.prior == pytest.approx(10 / 1000)
-    assert old.drift(np.ones(10), np.ones(10)) == []
+    assert gallery_drift(old, np.ones(10), np.ones(10)) == []
     assert search_verdict(point.threshold, old, point).same is True
 
 

@@ -17,11 +17,11 @@ from attreid.evaluation.verification import labelled_crops, split_identities
 from attreid.inference.calibration import (
     Calibration,
     CalibrationError,
-    Verifier,
     calibration_path,
     find_calibration,
     fit_calibration,
 )
+from attreid.inference.verdicts import Verifier
 from attreid.metrics.verification import (
     TAIL_FAR,
     PairDistances,
@@ -248,7 +248,8 @@ def test_verify_names_a_calibration_that_does_not_apply(checkpoint, synth_market
 
 
 def test_person_check_separates_people_from_distractors_and_vetoes_a_match(tmp_path):
-    from attreid.inference.calibration import fit_person, verdict
+    from attreid.inference.fits import fit_person
+    from attreid.inference.verdicts import verdict
 
     rng = np.random.default_rng(0)
     people, junk = rng.normal(1.0, 1.0, (300, 8)), rng.normal(-1.0, 1.0, (60, 8))

@@ -52,7 +52,7 @@ def calibrate(
     the EER; an ROC and the distance histograms beside the file. Without labels (--footage
     and --tracks): two tracks in view together are two people, one track is one person."""
     from attreid.evaluation.verification import calibrate_checkpoint, describe
-    from attreid.inference.calibration import summarize
+    from attreid.inference.verdicts import summarize
     from attreid.inference.onnx import ExportError
     from attreid.utils.checkpoint import CheckpointError
 
@@ -92,7 +92,8 @@ def _calibrate_footage(checkpoint: Path, footage: list[Path], tracks: list[Path]
     from attreid.footage.selfcal import calibrate_footage
     from attreid.footage.sources import SourceSpec
     from attreid.inference.backends import load_predictor
-    from attreid.inference.calibration import calibration_path, summarize
+    from attreid.inference.calibration import calibration_path
+    from attreid.inference.verdicts import summarize
     from attreid.inference.onnx import ExportError
     from attreid.utils.checkpoint import CheckpointError
     from attreid.zoo import is_model_name
@@ -137,7 +138,8 @@ def verify(
 ) -> None:
     """Is this the same person? The distance of two crops, the calibrated probability and the
     decision at the operating point (without a calibration: the distance, "uncalibrated")."""
-    from attreid.inference.calibration import CalibrationError, Verifier
+    from attreid.inference.calibration import CalibrationError
+    from attreid.inference.verdicts import Verifier
     from attreid.inference.onnx import ExportError
     from attreid.utils.checkpoint import CheckpointError
 

@@ -23,13 +23,8 @@ from attreid.data.load import load_dataset
 from attreid.data.records import JUNK_ID, DataError, ImageRecord
 from attreid.evaluation import verification_plots as figures
 from attreid.inference.backends import load_predictor
-from attreid.inference.calibration import (
-    Calibration,
-    calibration_path,
-    fit_calibration,
-    fit_person,
-    fit_search,
-)
+from attreid.inference.calibration import Calibration, calibration_path, fit_calibration
+from attreid.inference.fits import fit_person, fit_search
 from attreid.inference.files import extract_files
 from attreid.metrics.verification import PairDistances, pair_distances
 from attreid.utils.checkpoint import require_checkpoint

@@ -24,8 +24,8 @@ per-pair FAR is that over N (from :attr:`Calibration.far_curve`), and gives P(sa
 prior ``matches / N`` (:data:`DEFAULT_MATCHES`): :meth:`Calibration.search_point`.
 
 **Where it holds.** A calibration records the distributions it was fitted on (impostor and
-genuine distances, P(person) of its people: :attr:`Calibration.fitted`); :meth:`Calibration.drift`
-compares a gallery's with them and :meth:`Calibration.unlike_people` single crops, and both say
+genuine distances, P(person) of its people: :attr:`Calibration.fitted`); :func:`attreid.inference.verdicts.gallery_drift`
+compares a gallery's with them and :func:`~attreid.inference.verdicts.unlike_people` single crops, and both say
 so, with the fix (a calibration fitted on the new camera network).
 
 The operating points come from the pairs themselves, not from the mapping: the thresholds at
@@ -53,13 +53,13 @@ import re
 from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from attreid import __version__
 from attreid.errors import AttreidError
-from attreid.metrics.distance import pairwise_distance
+from attreid.inference.fits import quantiles, score_person
 from attreid.metrics.verification import (
     FARS,
     SUPPORT_PAIRS,
@@ -67,7 +67,6 @@ from attreid.metrics.verification import (
     PairDistances,
     accept_rates,
     balanced_weights,
-    distribution_shift,
     equal_error_rate,
     far_curve,
     far_support,
@@ -82,14 +81,6 @@ DEFAULT_FAR = 1e-3
 """The operating point used when none is named (verify, search marks)."""
 FIT_IMPOSTORS = 200_000
 """Impostor pairs (drawn from the sample) the mapping is fitted on, with every genuine pair."""
-PERSON_MIN_DISTRACTORS = 10
-"""Distractor crops needed to fit the person check (fewer: no check). A floor, not a quality
-bar: benchmarks/verification.py measures the check on held-out identities (AUC)."""
-PERSON_REFUSES = 0.01
-"""Share of the calibration set's people the person check may refuse (sets its threshold)."""
-PERSON_C = 0.01
-"""Inverse L2 strength of the person check's logistic regression (0.01-1 measured alike on
-Market-1501: held-out AUC 0.960 / 0.959 / 0.955)."""
 DEFAULT_FPIR = 0.01
 """A search's default operating point: strangers marked "same person" per query (the
 false-positive identification rate of NIST's 1:N face tests, as an expected count): one in
@@ -97,16 +88,6 @@ false-positive identification rate of NIST's 1:N face tests, as an expected coun
 DEFAULT_MATCHES = 10.0
 """True matches a search expects in a gallery (its prior is this over the gallery's size);
 see :meth:`Calibration.search_point` and docs/RESULTS.md part 4 for the measurement."""
-UNLIKE_PEOPLE = 0.05
-"""A crop whose P(person) is below this quantile of the calibration's people is called unlike
-them (:meth:`Calibration.unlike_people`); the person check itself refuses below 0.01."""
-SEARCH_TOP = 10
-"""Hits per query the search P(same) is fitted on (:func:`fit_search`)."""
-QUANTILES = 101
-"""Quantiles stored of each fitted distribution (the drift check's reference)."""
-DRIFT_KS = 0.2
-"""Kolmogorov-Smirnov distance above which data is called unlike the calibration's (see
-:meth:`Calibration.drift`; measured in docs/RESULTS.md part 4)."""
 
 
 class CalibrationError(AttreidError, ValueError):
@@ -143,7 +124,7 @@ class Calibration:
         fitted: what the calibration was fitted on, for the drift check:
             ``impostor_quantiles`` (distances of impostor pairs), ``genuine_quantiles`` and,
             with a person check, ``person_quantiles`` (P(person) of its people's crops) and
-            ``crop_person_quantiles`` (of all its crops), each :data:`QUANTILES` values; {} in
+            ``crop_person_quantiles`` (of all its crops), each :data:`~attreid.inference.fits.QUANTILES` values; {} in
             files from before it.
         search: P(same) of a search hit (:func:`fit_search`): ``{"a", "b", "queries",
             "gallery", "matches", "top"}``, or None (files from before it, sets without
@@ -284,52 +265,6 @@ class Calibration:
         if point.kind == "hits" and self.search:
             return 1.0 / (1.0 + np.exp(-(self.search["a"] * d + self.search["b"])))
         return self.probability(d, point.prior)
-
-    def drift(self, impostor_like: Any = None, person: Any = None) -> list[str]:
-        """Whether data looks like what this calibration was fitted on: one line per sign of
-        drift, [] when none (or the file predates the record).
-
-        Args:
-            impostor_like: distances of pairs that are mostly different people (random pairs
-                of a large gallery's crops), compared with the fitted impostor distances.
-            person: P(person) of a gallery's crops, compared with that of the calibration
-                set's crops (people and distractors).
-        Compared by the Kolmogorov-Smirnov distance; above :data:`DRIFT_KS` it is drift.
-        """
-        lines = []
-        checks = (("impostor_quantiles", impostor_like, "distances between different people"),
-                  ("crop_person_quantiles", person, "P(person) of its crops"))
-        for key, sample, what in checks:
-            reference = self.fitted.get(key)
-            if sample is None or not reference or not np.size(sample):
-                continue
-            ks = distribution_shift(reference, sample)
-            if ks > DRIFT_KS:
-                data = Path(str(self.data.get("data", "its labelled set"))).name
-                lines.append(f"drift: the {what} differ from those the calibration was fitted "
-                             f"on ({data}; Kolmogorov-Smirnov {ks:.2f} > {DRIFT_KS}): its "
-                             f"P(same) and thresholds may not hold here; fit one on this "
-                             f"camera network (attreid calibrate CHECKPOINT --data "
-                             f"<labelled crops of it> --out FILE, then --calibration FILE)")
-        return lines
-
-    def unlike_people(self, person: Sequence[float]) -> list[str]:
-        """Drift seen in single crops: one line when any of ``person`` (P(person) of crops)
-        is below what :data:`UNLIKE_PEOPLE` of the calibration's people had (crops unlike
-        those it was fitted on: another camera network, another look); [] otherwise or in
-        files from before the record."""
-        q = self.fitted.get("person_quantiles") or (self.person or {}).get("quantiles")
-        if not q:
-            return []
-        low = float(np.interp(UNLIKE_PEOPLE, np.linspace(0, 1, len(q)), q))
-        odd = [f"{p:.1%}" for p in person if p < low]
-        if not odd:
-            return []
-        data = Path(str(self.data.get("data", "its labelled set"))).name
-        return [f"drift: P(person) {', '.join(odd)} is below what {1 - UNLIKE_PEOPLE:.0%} of "
-                f"the people the calibration was fitted on had ({data}; {low:.1%}): these "
-                "crops look unlike them and its P(same) may not hold; on a new camera network "
-                "fit a calibration there (attreid calibrate)"]
 
     def save(self, path: Path | str) -> Path:
         """Write the calibration as JSON (atomically)."""
@@ -488,8 +423,8 @@ def fit_calibration(pairs: PairDistances, method: str, metric: str, flip: bool,
                    if (why := far_support(pairs, f, thresholds[far_key(f)])) is not None}
     rate, at = equal_error_rate(pairs)
     fars, distances = far_curve(search_pairs or pairs)
-    fitted = {"impostor_quantiles": _quantiles(pairs.impostor_sample),
-              "genuine_quantiles": _quantiles(pairs.genuine),
+    fitted = {"impostor_quantiles": quantiles(pairs.impostor_sample),
+              "genuine_quantiles": quantiles(pairs.genuine),
               "impostors": int(pairs.num_impostor), "genuine": int(len(pairs.genuine))}
     if person is not None and "quantiles" in person:
         fitted["person_quantiles"] = list(person["quantiles"])
@@ -502,12 +437,6 @@ def fit_calibration(pairs: PairDistances, method: str, metric: str, flip: bool,
                        fitted=fitted, search=search)
 
 
-def _quantiles(values: np.ndarray) -> list[float]:
-    """:data:`QUANTILES` evenly spaced quantiles (levels 0..1) of ``values``."""
-    return np.quantile(np.asarray(values, dtype=np.float64),
-                       np.linspace(0.0, 1.0, QUANTILES)).tolist()
-
-
 def _support_from_counts(record: dict[str, Any]) -> dict[str, str]:
     """The unsupported operating points of a file written before they were stored, from its
     impostor count (``data["pairs"]``: "G genuine + N impostor pairs"); {} when it has none."""
@@ -518,96 +447,6 @@ def _support_from_counts(record: dict[str, Any]) -> dict[str, str]:
     return {key: f"unsupported: {n:,} impostor pairs support FAR down to "
                  f"~{SUPPORT_PAIRS / max(n, 1):.2g}"
             for key in record.get("thresholds", {}) if float(key) * n < SUPPORT_PAIRS - 1e-9}
-
-
-def fit_search(embeddings: Any, identities: np.ndarray, metric: str,
-               queries: np.ndarray | None = None, top: int = SEARCH_TOP,
-               block: int = 512) -> dict[str, Any] | None:
-    """P(same person) of a search hit, fitted on the hits of the set's own searches: each
-    query crop (``queries``; without them every person's crop, against all the others) is
-    searched in the gallery (the crops that are not queries), and a logistic regression on the
-    distance of its ``top`` hits learns whether a hit is the query's person (any camera).
-
-    A hit's P(same) depends on how many crops of the person the gallery holds and of what
-    strangers it is made; fitted on searches, it carries the prior of searches like the
-    calibration's (Market-1501 half A: 18.7 crops of the person among 7,948). Measured on
-    held-out identities (benchmarks/search_verdicts.py) it beat the pair mapping under a
-    prior ``m / N`` for every ``m`` tried.
-
-    Args:
-        embeddings: (N, D); identities: (N,) int, people >= 0 (distractors < 0 are only
-            ever strangers); queries: (N,) bool or None.
-    Returns:
-        ``{"a", "b", "queries", "gallery", "matches", "top"}`` or None when no query has a
-        match in the gallery, or every hit does.
-    """
-    from sklearn.linear_model import LogisticRegression
-
-    x = np.asarray(embeddings, dtype=np.float32)
-    ids = np.asarray(identities, dtype=np.int64)
-    if queries is None:
-        rows, cols = np.flatnonzero(ids >= 0), np.arange(len(ids))
-    else:
-        rows, cols = np.flatnonzero(np.asarray(queries) & (ids >= 0)), np.flatnonzero(
-            ~np.asarray(queries))
-    if not len(rows) or len(cols) <= top:
-        return None
-    d_hits, same = [], []
-    for start in range(0, len(rows), block):
-        part = rows[start:start + block]
-        d = pairwise_distance(x[part], x[cols], metric).double().numpy()
-        d[part[:, None] == cols[None, :]] = np.inf  # a crop is not its own hit
-        order = np.argsort(d, axis=1, kind="stable")[:, :top]
-        d_hits.append(np.take_along_axis(d, order, 1).ravel())
-        same.append((ids[cols][order] == ids[part][:, None]).ravel())
-    dist, label = np.concatenate(d_hits), np.concatenate(same)
-    if label.all() or not label.any():
-        return None
-    model = LogisticRegression(C=np.inf).fit(dist[:, None], label)
-    in_gallery = np.zeros(len(ids), bool)
-    in_gallery[cols] = True
-    people, counts = np.unique(ids[cols], return_counts=True)
-    per_person = dict(zip(people.tolist(), counts.tolist()))
-    matches = float(np.mean([per_person.get(int(ids[r]), 0) - int(in_gallery[r])
-                             for r in rows]))
-    return {"a": float(model.coef_[0, 0]), "b": float(model.intercept_[0]),
-            "queries": int(len(rows)), "gallery": int(len(cols)), "matches": matches,
-            "top": int(top)}
-
-
-def score_person(check: dict[str, Any], embeddings: Any, metric: str) -> np.ndarray:
-    """P(person) of each embedding (N, D) by a person check of :func:`fit_person`."""
-    x = _for_metric(np.atleast_2d(np.asarray(embeddings, dtype=np.float64)), metric)
-    z = x @ np.asarray(check["coef"]) + check["intercept"]
-    return 1.0 / (1.0 + np.exp(-z))
-
-
-def _for_metric(x: np.ndarray, metric: str) -> np.ndarray:
-    """The rows the person check sees: unit vectors for a cosine checkpoint."""
-    if metric != "cosine":
-        return x
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def fit_person(embeddings: np.ndarray, is_person: np.ndarray, metric: str
-               ) -> dict[str, Any] | None:
-    """The person check (see the module docstring) from embeddings (N, D) and whether each crop
-    shows a person (N,) bool; None with fewer than :data:`PERSON_MIN_DISTRACTORS` distractors."""
-    from sklearn.linear_model import LogisticRegression
-
-    distractors = int((~is_person).sum())
-    if distractors < PERSON_MIN_DISTRACTORS or not is_person.any():
-        return None
-    x = _for_metric(np.asarray(embeddings, dtype=np.float64), metric)
-    model = LogisticRegression(C=PERSON_C, class_weight="balanced", max_iter=5000)
-    model.fit(x, is_person)
-    p = model.predict_proba(x)[:, 1]
-    threshold = float(np.quantile(p[is_person], PERSON_REFUSES))
-    return {"coef": model.coef_[0].tolist(), "intercept": float(model.intercept_[0]),
-            "threshold": threshold, "refuses": PERSON_REFUSES,
-            "quantiles": _quantiles(p[is_person]), "all_quantiles": _quantiles(p),
-            "distractors_passing": float(np.mean(p[~is_person] >= threshold)),
-            "people": int(is_person.sum()), "distractors": distractors}
 
 
 def _fit_platt(d: np.ndarray, same: np.ndarray, weights: np.ndarray) -> dict[str, float]:
@@ -623,179 +462,3 @@ def _fit_isotonic(d: np.ndarray, same: np.ndarray, weights: np.ndarray) -> dict[
     model = IsotonicRegression(increasing=False, y_min=0.0, y_max=1.0, out_of_bounds="clip")
     model.fit(d, same, sample_weight=weights)
     return {"x": model.X_thresholds_.tolist(), "y": model.y_thresholds_.tolist()}
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The answer for one pair of crops.
-
-    Attributes:
-        distance: their embedding distance (the checkpoint's metric).
-        probability: calibrated P(same person) (prior 0.5), None when uncalibrated.
-        same: distance <= threshold and both crops pass the person check; None when
-            uncalibrated.
-        far: the operating point; threshold: its distance (None when uncalibrated).
-        person: P(person) of each crop, None without a person check.
-        note: "" or why there is no probability, or which crop is not a person.
-        unsupported: "" or why the calibration pairs cannot support ``far``
-            (:meth:`Calibration.support`): ``same`` then rests on a threshold whose FAR is
-            not known.
-        prior: the P(same) a pair had before its distance was seen (0.5 for one pair; a
-            search's is far smaller, :meth:`Calibration.search_point`).
-        p_threshold: P(same) at the threshold under that prior: ``same`` is
-            ``probability >= p_threshold`` (the mapping is monotone) unless a crop fails the
-            person check; None when uncalibrated.
-        drift: lines saying the crops look unlike the calibration's data
-            (:meth:`Calibration.unlike_people`).
-    """
-
-    distance: float
-    probability: float | None
-    same: bool | None
-    far: float
-    threshold: float | None
-    note: str = ""
-    person: tuple[float, float] | None = None
-    unsupported: str = ""
-    prior: float = 0.5
-    p_threshold: float | None = None
-    drift: tuple[str, ...] = ()
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "calibrated": self.probability is not None,
-                "rule": self.rule()}
-
-    def rule(self) -> str:
-        """One line that links the probability and the decision (or says why there is
-        none): ``not the same person: P(same) 97.9 % < 99.6 %, the P(same) at FAR 0.001's
-        distance threshold 0.412``."""
-        if self.probability is None or self.p_threshold is None or self.threshold is None:
-            return self.note or "uncalibrated"
-        answer = "the same person" if self.same else "not the same person"
-        if self.note and not self.same and self.distance <= self.threshold:
-            return f"{answer}: {self.note}"
-        sign = ">=" if self.distance <= self.threshold else "<"
-        return (f"{answer}: P(same) {self.probability:.1%} {sign} {self.p_threshold:.1%}, the "
-                f"P(same) at the threshold of FAR {self.far:.1g} (distance {self.threshold:.4g})")
-
-
-def verdict(distance: float, calibration: Calibration | None, far: float = DEFAULT_FAR,
-            note: str = "", person: Sequence[float] | None = None) -> Verdict:
-    """A :class:`Verdict` for one distance (and the two crops' P(person), when checked)."""
-    if calibration is None:
-        return Verdict(float(distance), None, None, far, None, note or "uncalibrated")
-    threshold = calibration.threshold(far)
-    same = bool(distance <= threshold)
-    pair = None if person is None else (float(person[0]), float(person[1]))
-    cut = calibration.person_threshold
-    if pair is not None and min(pair) < cut:
-        failed = [name for name, p in zip(("first", "second"), pair) if p < cut]
-        what = "neither crop looks" if len(failed) == 2 else f"the {failed[0]} crop does not look"
-        note = (f"{what} like a person (P(person) " + ", ".join(f"{p:.1%}" for p in pair) +
-                f"; the check passes {cut:.1%} and above)")
-        same = False
-    drift = tuple(calibration.unlike_people(pair)) if pair is not None else ()
-    return Verdict(float(distance), float(calibration.probability(distance)), same, far,
-                   threshold, note, pair, calibration.support(far), 0.5,
-                   float(calibration.probability(threshold)), drift)
-
-
-def search_verdict(distance: float, calibration: Calibration, point: SearchPoint,
-                   person: Sequence[float] | None = None) -> Verdict:
-    """The :class:`Verdict` of a search hit at a search's operating point: P(same) under the
-    search's prior, "same" at its threshold (and both crops passing the person check)."""
-    pair = None if person is None else (float(person[0]), float(person[1]))
-    same = bool(distance <= point.threshold)
-    note = ""
-    if pair is not None and min(pair) < calibration.person_threshold:
-        note, same = "not a person (P(person) below the check's " \
-                     f"{calibration.person_threshold:.1%})", False
-    return Verdict(float(distance), float(calibration.search_probability(distance, point)),
-                   same, point.far, point.threshold, note, pair, point.unsupported, point.prior,
-                   point.p_cut)
-
-
-class Verifier:
-    """Is this the same person? Two crops in, a :class:`Verdict` out.
-
-    Example::
-
-        verifier = Verifier.open("runs/cpu/best.pt")      # finds best.calibration.json
-        verifier.verify("a.jpg", "b.jpg").probability
-    """
-
-    def __init__(self, predictor: Any, calibration: Calibration | None, note: str = "",
-                 far: float = DEFAULT_FAR) -> None:
-        check_far(far)
-        if calibration is not None:
-            calibration.threshold(far)  # a stored operating point, or a CalibrationError
-        self.predictor, self.calibration, self.note, self.far = predictor, calibration, note, far
-        self.choice: Any = None  # the backend chosen (attreid.inference.backends.Choice)
-
-    @classmethod
-    def open(cls, checkpoint: Path | str, calibration: Path | str | None = None,
-             far: float = DEFAULT_FAR, backend: str = "auto", device: str | None = None,
-             flip: bool | None = None) -> "Verifier":
-        """The checkpoint's predictor and its calibration (``calibration``, else the file
-        beside the checkpoint, else none: verdicts then carry only the distance). ``flip``:
-        embed each crop with its mirror image; default the calibration's setting (False
-        without one); a calibration made with the other setting does not apply.
-
-        Raises:
-            CalibrationError: an explicit calibration file that is missing or does not apply.
-            CheckpointError: the checkpoint cannot be read.
-        """
-        from attreid.inference.backends import load_predictor
-
-        if flip is None:
-            flip = Calibration.load(calibration).flip if calibration else \
-                _flip_beside(checkpoint)
-        predictor, choice = load_predictor(checkpoint, backend, device=device, flip=flip)
-        found, note = find_calibration(checkpoint, predictor.checkpoint_sha256, flip,
-                                       predictor.distance, calibration)
-        verifier = cls(predictor, found, note, far)
-        verifier.choice = choice
-        return verifier
-
-    def verify(self, a: Any, b: Any, far: float | None = None) -> Verdict:
-        """Compare two crops (paths or PIL images)."""
-        embeddings = self.predictor.predict([a, b]).embeddings  # (2, D)
-        return self.compare(embeddings[0], embeddings[1], far)
-
-    def compare(self, a: Any, b: Any, far: float | None = None) -> Verdict:
-        """Compare two embeddings (D,) made by this verifier's predictor."""
-        return compare_embeddings(a, b, self.predictor.distance, self.calibration,
-                                  self.far if far is None else far, self.note)
-
-
-def compare_embeddings(a: Any, b: Any, metric: str, calibration: Calibration | None,
-                       far: float = DEFAULT_FAR, note: str = "") -> Verdict:
-    """The :class:`Verdict` for two embeddings (D,): their ``metric`` distance, and with a
-    calibration P(same), both crops' P(person) and the decision at ``far``."""
-    a, b = np.asarray(a), np.asarray(b)
-    distance = float(pairwise_distance(a[None], b[None], metric)[0, 0])
-    person = None if calibration is None else calibration.person_probability(np.stack([a, b]))
-    return verdict(distance, calibration, far, note, person)
-
-
-def _flip_beside(checkpoint: Path | str) -> bool:
-    """The flip setting of the calibration beside ``checkpoint`` (False without one)."""
-    try:
-        return Calibration.load(calibration_path(checkpoint)).flip
-    except CalibrationError:
-        return False
-
-
-def summarize(calibration: Calibration) -> list[str]:
-    """Lines for a terminal: method, operating points, EER."""
-    lines = [f"calibration: {calibration.method} on {calibration.data.get('pairs', '?')}"]
-    for key, t in sorted(calibration.thresholds.items(), key=lambda kv: -float(kv[0])):
-        why = calibration.unsupported.get(key)
-        lines.append(f"  FAR {float(key):g}: threshold {t:.4g}, TAR {calibration.tar[key]:.2%}"
-                     + (f"; {why}" if why else ""))
-    lines.append(f"  EER {calibration.eer['rate']:.2%} at {calibration.eer['threshold']:.4g}")
-    p = calibration.person
-    lines.append("  person check: " + (f"fitted on {p['people']:,} people and {p['distractors']:,} "
-                                       "distractor crops" if p else "none (too few distractors)"))
-    return lines
-

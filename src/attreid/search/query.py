@@ -26,7 +26,6 @@ by image only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -39,9 +38,8 @@ from attreid.inference.calibration import (
     Calibration,
     SearchPoint,
     find_calibration,
-    search_verdict,
 )
-from attreid.schema import TASKS
+from attreid.inference.verdicts import gallery_drift, search_verdict
 from attreid.search.constraints import (
     Constraint,
     QueryError,
@@ -51,8 +49,8 @@ from attreid.search.constraints import (
     parse_attributes,
     pool_vectors,
 )
+from attreid.search.hits import Hit, Hits, match_of
 from attreid.search.index import GalleryIndex, GalleryIndexError, unreached
-from attreid.search.sightings import iso_time
 from attreid.search.metadata import Entry
 from attreid.search.vectors import prepare_vectors
 from attreid.zoo import recorded_checkpoint, resolve_checkpoint
@@ -76,62 +74,6 @@ SOFT_DEPTH = 200
 
 RERANK_DEPTH = 100
 """Candidates re-ranked by k-reciprocal re-ranking (the first ``max(k, RERANK_DEPTH)``)."""
-
-_TASKS = {t.name: t for t in TASKS}
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One result: the crop, its distance to the query image (``None`` for attribute-only
-    queries; after re-ranking, ``reranked`` and a re-ranked distance on another scale), how
-    well it matches the attribute constraints (``None`` without any), and with a calibration
-    the probability that it shows the query's person (under the search's prior) and whether
-    that passes the search's operating point (``None`` when uncalibrated, re-ranked or not an
-    image query; :attr:`GallerySearch.point`); ``person``: P(person) of the crop when the
-    calibration has a person check; ``note``: why a hit within the threshold is not marked
-    (the query or the crop fails the person check), else ""."""
-
-    entry: Entry
-    distance: float | None
-    match: float | None
-    probability: float | None = None
-    same: bool | None = None
-    reranked: bool = False
-    person: float | None = None  # P(person) of the crop, with a calibration's person check
-    note: str = ""  # why a hit near enough is not marked (a crop fails the person check)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The hit as JSON-ready values; ``name`` is :attr:`Entry.display_name` (valid UTF-8:
-        the bytes of a file name that are not UTF-8 as ``\\xNN``, which no JSON encoder
-        writing UTF-8 would take as they are). ``score`` names what ``distance`` is:
-        ``"distance"``, ``"re-ranked distance"`` or ``None``."""
-        e = self.entry
-        score = None if self.distance is None else (
-            "re-ranked distance" if self.reranked else "distance")
-        return {"id": e.id, "name": e.display_name, "distance": self.distance, "score": score,
-                "match": self.match, "probability": self.probability, "same": self.same,
-                "person": self.person, "note": self.note,
-                "camera": e.camera, "frame": e.frame, "identity": e.identity,
-                **({} if e.time is None else {"time": iso_time(e.time), "track": e.track,
-                                               "camera_name": e.camera_name}),
-                "attributes": e.attributes()}
-
-
-class Hits(list):
-    """The :class:`Hit` s of an image query, best first (a plain list otherwise), and
-    ``unreached``: candidate slots the index could not fill although that many crops pass the
-    filters (0 unless an allowed crop is out of every IVF list; a short IVF search is repeated
-    with more lists first, see :meth:`GalleryIndex.search`)."""
-
-    unreached: int = 0
-
-
-def _match(entry: Entry, constraints: Sequence[Constraint]) -> float | None:
-    if not constraints:
-        return None
-    probs = [entry.probabilities[c.task][_TASKS[c.task].classes.index(c.value)]
-             for c in constraints]
-    return float(np.prod(probs))
 
 
 class GallerySearch:
@@ -185,28 +127,23 @@ class GallerySearch:
                 "data": Path(str(c.data.get("data", ""))).name, "drift": self.drift()}
 
     def drift(self, sample: int = 2000, seed: int = 0) -> list[str]:
-        """:meth:`Calibration.drift` of this gallery (computed once): the distances of
-        ``sample`` random pairs of its crops (in a gallery of many people nearly all are
-        strangers) and the P(person) of ``sample`` crops. [] when uncalibrated or under 50
-        crops (too few to tell)."""
+        """:func:`~attreid.inference.verdicts.gallery_drift` of this gallery (computed once):
+        the distances of ``sample`` random pairs of its crops (in a gallery of many people
+        nearly all are strangers) and their P(person). [] when uncalibrated or under 50 crops."""
         if self._drift is None:
             self._drift = []
             n = len(self.index)
             if self.calibration is not None and n >= 50:
                 from attreid.metrics.distance import pairwise_distance
 
-                rng = np.random.default_rng(seed)
-                a, b = rng.integers(0, n, sample), rng.integers(0, n, sample)
-                keep = a != b
-                x = np.stack([self.index.vector(int(i)) for i in a[keep]])
-                y = np.stack([self.index.vector(int(i)) for i in b[keep]])
+                pairs = np.random.default_rng(seed).integers(0, n, (2, sample))
+                a, b = pairs[:, pairs[0] != pairs[1]]
+                x, y = (np.stack([self.index.vector(int(i)) for i in rows]) for rows in (a, b))
                 d = np.concatenate([np.diagonal(pairwise_distance(
                     x[i:i + 500], y[i:i + 500], self.index.metric).double().numpy())
                     for i in range(0, len(x), 500)])
-                rows = rng.choice(n, min(n, sample), replace=False)
-                person = self.calibration.person_probability(
-                    np.stack([self.index.vector(int(i)) for i in rows]))
-                self._drift = self.calibration.drift(d, person)
+                person = self.calibration.person_probability(x)
+                self._drift = gallery_drift(self.calibration, d, person)
         return self._drift
 
     @classmethod
@@ -398,8 +335,8 @@ class GallerySearch:
             ids = ids_all[order][check_offset(offset):offset + k].tolist()
         entries = self.index.entries(ids)
         if person is None:
-            return [Hit(e, None, _match(e, constraints)) for e in entries]
-        return [Hit(e, None, _match(e, constraints) * float(person[e.id]),
+            return [Hit(e, None, match_of(e, constraints)) for e in entries]
+        return [Hit(e, None, match_of(e, constraints) * float(person[e.id]),
                     person=float(person[e.id])) for e in entries]
 
     def person_scores(self) -> np.ndarray | None:
@@ -445,7 +382,7 @@ class GallerySearch:
         if rerank and len(pairs) > 1:
             pairs = self._rerank(np.asarray(vector), [i for _, i in pairs])
         entries = self.index.entries([i for _, i in pairs])
-        matches = [_match(e, constraints) for e in entries]
+        matches = [match_of(e, constraints) for e in entries]
         order = list(range(len(pairs)))
         if soft:  # re-ranked distances are on another scale: their relative weight
             order = self._soft_order([d for d, _ in pairs], matches, calibrated=not rerank)

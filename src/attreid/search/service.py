@@ -53,12 +53,8 @@ from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 
-from attreid.inference.calibration import (
-    DEFAULT_FAR,
-    DEFAULT_FPIR,
-    CalibrationError,
-    compare_embeddings,
-)
+from attreid.inference.calibration import DEFAULT_FAR, DEFAULT_FPIR, CalibrationError
+from attreid.inference.verdicts import compare_embeddings
 from attreid.schema import TASKS
 from attreid.search.batching import EmbeddingBatcher
 from attreid.search.http import (
