@@ -1,5 +1,5 @@
 """From a distance to P(same person): a calibration fitted on labelled pairs, stored beside the
-checkpoint, and a :class:`Verifier` that answers "is this the same person?" for two crops.
+checkpoint; :mod:`attreid.inference.verdicts` answers "is this the same person?" with it.
 
 The mapping is monotone (a larger distance never means a more likely match) and fitted with the
 genuine and impostor pairs weighted to half each, so it gives P(same) for a pair that, before
@@ -20,19 +20,22 @@ with N crops (one-to-many, as NIST's face identification tests count it): at a p
 of 1e-3 a 20,000-crop gallery lets about 20 strangers per query through, and against a prior of
 0.5 each near stranger reads "99 %". A search therefore marks hits at a stated number of
 strangers per query (the false-positive identification rate, :data:`DEFAULT_FPIR`), whose
-per-pair FAR is that over N (from :attr:`Calibration.far_curve`), and gives P(same) under the
-prior ``matches / N`` (:data:`DEFAULT_MATCHES`): :meth:`Calibration.search_point`.
+per-pair FAR is that over N (from :attr:`Calibration.far_curve`), and gives P(same) as fitted on
+the hits of the calibration set's own searches (:attr:`Calibration.search`; files without it:
+under the prior ``matches / N``, :data:`DEFAULT_MATCHES`): :meth:`Calibration.search_point`.
+The answers themselves are in :mod:`attreid.inference.verdicts`.
 
 **Where it holds.** A calibration records the distributions it was fitted on (impostor and
-genuine distances, P(person) of its people: :attr:`Calibration.fitted`); :func:`attreid.inference.verdicts.gallery_drift`
-compares a gallery's with them and :func:`~attreid.inference.verdicts.unlike_people` single crops, and both say
-so, with the fix (a calibration fitted on the new camera network).
+genuine distances, P(person) of its crops: :attr:`Calibration.fitted`); the drift checks of
+:mod:`attreid.inference.verdicts` compare a gallery or single crops with them and say so, with
+the fix (a calibration fitted on the new camera network).
 
 The operating points come from the pairs themselves, not from the mapping: the thresholds at
 FAR 1e-2 / 1e-3 / 1e-4 and the EER's (:mod:`attreid.metrics.verification`). A FAR the pairs
-cannot support (fewer than 10 / FAR impostor pairs, :func:`~attreid.metrics.verification.far_support`)
-is stored with its reason in :attr:`Calibration.unsupported`; a :class:`Verdict` made at it says
-so (``unsupported``), and ``calibrate``, ``verify`` and ``search`` print it.
+cannot support (fewer than 10 / FAR impostor pairs,
+:func:`~attreid.metrics.verification.far_support`) is stored with its reason in
+:attr:`Calibration.unsupported`; a verdict made at it says so (``unsupported``), and
+``calibrate``, ``verify`` and ``search`` print it.
 
 A distance says nothing about whether a crop shows a person at all: a plain red rectangle lies
 as near to the gallery's junk crops as a person to his other views. Where the labelled set has
@@ -124,11 +127,11 @@ class Calibration:
         fitted: what the calibration was fitted on, for the drift check:
             ``impostor_quantiles`` (distances of impostor pairs), ``genuine_quantiles`` and,
             with a person check, ``person_quantiles`` (P(person) of its people's crops) and
-            ``crop_person_quantiles`` (of all its crops), each :data:`~attreid.inference.fits.QUANTILES` values; {} in
-            files from before it.
-        search: P(same) of a search hit (:func:`fit_search`): ``{"a", "b", "queries",
-            "gallery", "matches", "top"}``, or None (files from before it, sets without
-            queries): a search then uses the pair mapping under the prior
+            ``crop_person_quantiles`` (of all its crops), each
+            :data:`~attreid.inference.fits.QUANTILES` values; {} in files from before it.
+        search: P(same) of a search hit (:func:`~attreid.inference.fits.fit_search`):
+            ``{"a", "b", "queries", "gallery", "matches", "top"}``, or None (files from
+            before it): a search then uses the pair mapping under the prior
             ``DEFAULT_MATCHES / N``.
     """
 

@@ -34,7 +34,7 @@ DRIFT_KS = 0.2
 
 
 def gallery_drift(calibration: Calibration, impostor_like: Any = None,
-              person: Any = None) -> list[str]:
+                  person: Any = None) -> list[str]:
     """Whether data looks like what this calibration was fitted on: one line per sign of
     drift, [] when none (or the file predates the record).
 
@@ -57,10 +57,12 @@ def gallery_drift(calibration: Calibration, impostor_like: Any = None,
             data = Path(str(calibration.data.get("data", "its labelled set"))).name
             lines.append(f"drift: the {what} differ from those the calibration was fitted "
                          f"on ({data}; Kolmogorov-Smirnov {ks:.2f} > {DRIFT_KS}): its "
-                         f"P(same) and thresholds may not hold here; fit one on this "
-                         f"camera network (attreid calibrate CHECKPOINT --data "
-                         f"<labelled crops of it> --out FILE, then --calibration FILE)")
+                         "P(same) and thresholds may not hold here; fit one on this camera "
+                         "network (attreid calibrate --out FILE with --data <labelled crops> "
+                         "or, without labels, --footage VIDEO --tracks TRACKS.txt; then "
+                         "--calibration FILE)")
     return lines
+
 
 def unlike_people(calibration: Calibration, person: Sequence[float]) -> list[str]:
     """Drift seen in single crops: one line when any of ``person`` (P(person) of crops)
@@ -78,7 +80,7 @@ def unlike_people(calibration: Calibration, person: Sequence[float]) -> list[str
     return [f"drift: P(person) {', '.join(odd)} is below what {1 - UNLIKE_PEOPLE:.0%} of "
             f"the people the calibration was fitted on had ({data}; {low:.1%}): these "
             "crops look unlike them and its P(same) may not hold; on a new camera network "
-            "fit a calibration there (attreid calibrate)"]
+            "fit a calibration there (attreid calibrate --data or --footage)"]
 
 
 @dataclass(frozen=True)
