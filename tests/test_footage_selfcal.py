@@ -80,3 +80,14 @@ def test_calibrate_footage_writes_a_calibration_verify_can_use(scene, tiny_check
     shown = capsys.readouterr()
     assert exit_.value.code == 1 and "--data" in shown.out + shown.err
     assert json.loads(out.read_text())["format"] == "attreid-calibration-v1"
+
+
+def test_tracks_of_another_frame_size_are_named(scene):
+    """From the replay: ground truth of full-size frames against a smaller video failed with a
+    message about an empty pixel array; it now names the frame size."""
+    from attreid.footage.detections import FootageError
+
+    spec = read_manifest(scene.manifest)[0]
+    big = read_mot(scene.out / f"cam{spec.camera}_gt.txt", scale=4.0)
+    with pytest.raises(FootageError, match=r"outside its \d+x\d+ frames"):
+        track_crops([(spec, big)], _colour, every=1, min_height=30)

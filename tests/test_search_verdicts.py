@@ -124,7 +124,7 @@ def test_a_search_marks_exactly_the_hits_whose_p_same_reaches_the_cut(fitted):
         v = search_verdict(float(d), c, point)
         assert v.same == (v.probability >= point.p_cut - 1e-12)
         assert v.p_threshold == pytest.approx(point.p_cut)
-    assert point.rule().startswith(f"✓ = P(same) >= {point.p_cut:.1%}")
+    assert point.rule().startswith(f"✓ = P(same) >= {point.p_cut:.2%}")
 
 
 def test_search_p_same_is_calibrated_on_its_own_hits(fitted):
@@ -231,3 +231,25 @@ def test_cli_search_states_its_operating_point_and_verify_links_both(calibrated,
     shown = capsys.readouterr().out
     assert "P(same person)" in shown
     assert ("the same person: P(same)" in shown) or ("not the same person" in shown)
+
+
+def test_the_rule_tells_near_probabilities_apart():
+    """From the replay: 99.959 % and 99.972 % both printed as 100.0 % read as a contradiction."""
+    from attreid.inference.verdicts import percents
+
+    assert percents(0.99959, 0.99972) == ("99.96%", "99.97%")
+    assert percents(0.5, 0.7) == ("50.0%", "70.0%")
+    assert percents(0.9, 0.9) == ("90.0%", "90.0%")
+
+
+def test_an_unsupported_search_point_states_the_strangers_it_really_lets_through(fitted):
+    c, _, _ = fitted
+    size = 10**7  # fpir / size lies far below what the pairs support
+    point = c.search_point(size, DEFAULT_FPIR)
+    assert point.unsupported and point.far == pytest.approx(c.lowest_far())
+    strangers = point.far * size
+    assert strangers > DEFAULT_FPIR
+    assert f"about {strangers:.2g} stranger(s)" in point.rule()
+    assert "its pairs support no fewer" in point.rule()
+    fine = c.search_point(400, 0.5)
+    assert "support no fewer" not in fine.rule() and "about 0.5 stranger(s)" in fine.rule()

@@ -178,7 +178,7 @@ def search(
                              model=bool(image), fpir=fpir)  # only a query image needs the model
         if image:
             _show_backend(opened.choice)
-        if (image or query_id is not None) and not as_json:
+        if image or query_id is not None:  # on stderr: with --json too
             _show_backend_text(describe_calibration(opened, rerank))
         described = not image and query_id is None
         cut = opened.calibration.person_threshold if opened.calibration else 0.5

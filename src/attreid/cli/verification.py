@@ -139,7 +139,7 @@ def verify(
     """Is this the same person? The distance of two crops, the calibrated probability and the
     decision at the operating point (without a calibration: the distance, "uncalibrated")."""
     from attreid.inference.calibration import CalibrationError
-    from attreid.inference.verdicts import Verifier
+    from attreid.inference.verdicts import Verifier, percents
     from attreid.inference.onnx import ExportError
     from attreid.utils.checkpoint import CheckpointError
 
@@ -162,8 +162,9 @@ def verify(
     if result.probability is None:
         say(result.note)
         return
-    say(f"P(same person) {result.probability:.1%} (from the distance alone, for a pair as "
-        "likely the same person as not)")
+    shown, _ = percents(result.probability, result.p_threshold or result.probability)
+    say(f"P(same person) {shown} (from the distance alone, for a pair as likely the same "
+        "person as not)")
     if result.person is not None:
         say(f"P(person): first {result.person[0]:.1%}, second {result.person[1]:.1%}")
     say(result.rule())

@@ -89,9 +89,18 @@ def track_crops(sources: list[tuple[SourceSpec, dict[int, Detections]]],
             if (frame.index - offset) % every:
                 continue
             keep = [i for i in range(len(found)) if found.heights[i] >= min_height]
+            crops = [cut_box(frame.image, found.boxes[i]) for i in keep]
+            inside = [k for k, c in enumerate(crops) if c.shape[0] >= 8 and c.shape[1] >= 4]
+            if len(inside) < len(crops) / 2:
+                width, height = frame.size
+                raise FootageError(
+                    f"{spec.path}: frame {frame.index}: {len(crops) - len(inside)} of "
+                    f"{len(crops)} tracked boxes lie outside its {width}x{height} frames: were "
+                    "the tracks made for this video (another frame size, e.g. ground truth "
+                    "of the full-size frames)?")
+            keep, crops = [keep[k] for k in inside], [crops[k] for k in inside]
             if not keep:
                 continue
-            crops = [cut_box(frame.image, found.boxes[i]) for i in keep]
             rows["emb"].append(np.asarray(embed(crops), np.float32))
             rows["track"] += [int(found.track_ids[i]) + (0 if shared_ids else number * 1_000_000)
                               for i in keep]

@@ -215,17 +215,9 @@ class Calibration:
         """The distance threshold of any FAR (per pair), interpolated in log FAR on
         :attr:`far_curve` (on the three stored operating points in older files), and "" or
         why the pairs cannot support it (one line; the threshold is then the one of the
-        smallest FAR they support)."""
-        if self.far_curve:
-            fars = np.asarray(self.far_curve["far"], dtype=np.float64)
-            dist = np.asarray(self.far_curve["distance"], dtype=np.float64)
-            lowest = float(fars[-1])
-        else:
-            keys = sorted(self.thresholds, key=float, reverse=True)
-            fars = np.array([float(k) for k in keys])
-            dist = np.array([self.thresholds[k] for k in keys])
-            kept = [float(k) for k in keys if k not in self.unsupported]
-            lowest = kept[-1] if kept else float(fars[0])
+        smallest FAR they support, :meth:`lowest_far`)."""
+        fars, dist = self._curve()
+        lowest = self.lowest_far()
         why = ""
         if far < lowest * (1 - 1e-9):
             why = (f"FAR {far:.1g} per pair is below the {lowest:.1g} its pairs support; the "
@@ -235,6 +227,23 @@ class Calibration:
         order = np.argsort(fars)
         t = float(np.interp(np.log10(far), np.log10(fars[order]), dist[order]))
         return t, why
+
+    def _curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """(FARs, thresholds) of :attr:`far_curve`, or of the stored operating points."""
+        if self.far_curve:
+            return (np.asarray(self.far_curve["far"], dtype=np.float64),
+                    np.asarray(self.far_curve["distance"], dtype=np.float64))
+        keys = sorted(self.thresholds, key=float, reverse=True)
+        return (np.array([float(k) for k in keys]),
+                np.array([self.thresholds[k] for k in keys]))
+
+    def lowest_far(self) -> float:
+        """The smallest per-pair FAR the calibration's pairs support."""
+        if self.far_curve:
+            return float(self.far_curve["far"][-1])
+        keys = sorted(self.thresholds, key=float, reverse=True)
+        kept = [float(k) for k in keys if k not in self.unsupported]
+        return kept[-1] if kept else float(keys[0])
 
     def search_point(self, gallery_size: int, fpir: float = DEFAULT_FPIR,
                      matches: float = DEFAULT_MATCHES) -> "SearchPoint":
@@ -250,8 +259,8 @@ class Calibration:
             raise CalibrationError(f"a search's operating point needs fpir > 0, matches > 0 "
                                    f"and a gallery: got {fpir}, {matches}, {gallery_size} "
                                    "crops")
-        far = min(fpir / gallery_size, TAIL_FAR)
-        threshold, why = self.threshold_at(far)
+        far = max(min(fpir / gallery_size, TAIL_FAR), self.lowest_far())
+        threshold, why = self.threshold_at(min(fpir / gallery_size, TAIL_FAR))
         if self.search:
             prior = float(self.search["matches"]) / float(self.search["gallery"])
         else:
@@ -325,7 +334,8 @@ class SearchPoint:
 
     Attributes:
         fpir: strangers marked per query (expected); gallery_size: crops searched.
-        far: the per-pair FAR, ``fpir / gallery_size``; threshold: its distance.
+        far: the per-pair FAR used, ``fpir / gallery_size`` or, below what the calibration
+            supports, the smallest it supports; threshold: its distance.
         prior: P(same) of a hit before its distance is seen: the calibration's searches'
             (matches over gallery) with ``kind`` "hits", else ``matches / gallery_size``.
         p_cut: P(same) at the threshold: a hit is marked exactly when its P(same) is at
@@ -345,13 +355,17 @@ class SearchPoint:
     kind: str = "prior"
 
     def rule(self) -> str:
-        """One line linking the mark and the probability."""
+        """One line linking the mark and the probability; the strangers per query are those
+        of the FAR used (more than ``fpir`` when the calibration cannot support it)."""
         where = ("P(same) as fitted on the calibration's own searches" if self.kind == "hits"
                  else f"P(same) for {self.prior * self.gallery_size:g} true match(es) in the "
                       "gallery")
-        return (f"✓ = P(same) >= {self.p_cut:.1%} (distance <= {self.threshold:.4g}): about "
-                f"{self.fpir:g} stranger(s) marked per query in {self.gallery_size:,} crops "
-                f"(FAR {self.far:.1e} per pair); {where}")
+        strangers = self.far * self.gallery_size
+        asked = (f" (asked for {self.fpir:g}: its pairs support no fewer)"
+                 if strangers > self.fpir * (1 + 1e-6) else "")
+        return (f"✓ = P(same) >= {self.p_cut:.2%} (distance <= {self.threshold:.4g}): about "
+                f"{strangers:.2g} stranger(s) marked per query in {self.gallery_size:,} crops"
+                f"{asked} (FAR {self.far:.1e} per pair); {where}")
 
 
 def check_far(far: float) -> float:

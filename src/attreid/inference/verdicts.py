@@ -83,6 +83,16 @@ def unlike_people(calibration: Calibration, person: Sequence[float]) -> list[str
             "fit a calibration there (attreid calibrate --data or --footage)"]
 
 
+def percents(a: float, b: float) -> tuple[str, str]:
+    """Two probabilities as percentages with the fewest decimals (1 to 6) that tell them apart
+    (99.959 % and 99.972 % rather than 100.0 % and 100.0 %)."""
+    for places in range(1, 7):
+        left, right = f"{a:.{places}%}", f"{b:.{places}%}"
+        if left != right or a == b:
+            return left, right
+    return left, right
+
+
 @dataclass(frozen=True)
 class Verdict:
     """The answer for one pair of crops.
@@ -133,8 +143,9 @@ class Verdict:
         if self.note and not self.same and self.distance <= self.threshold:
             return f"{answer}: {self.note}"
         sign = ">=" if self.distance <= self.threshold else "<"
-        return (f"{answer}: P(same) {self.probability:.1%} {sign} {self.p_threshold:.1%}, the "
-                f"P(same) at the threshold of FAR {self.far:.1g} (distance {self.threshold:.4g})")
+        mine, cut = percents(self.probability, self.p_threshold)
+        return (f"{answer}: P(same) {mine} {sign} {cut}, the P(same) at the threshold of FAR "
+                f"{self.far:.1g} (distance {self.threshold:.4g})")
 
 
 def verdict(distance: float, calibration: Calibration | None, far: float = DEFAULT_FAR,

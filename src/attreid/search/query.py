@@ -72,6 +72,9 @@ MATCH_FLOOR = 1e-6
 SOFT_DEPTH = 200
 """Nearest crops an image query with soft attribute constraints ranks (see ``by_vector``)."""
 
+DRIFT_MIN_CROPS = 20
+"""Crops a gallery needs for its drift check (190 distinct pairs)."""
+
 RERANK_DEPTH = 100
 """Candidates re-ranked by k-reciprocal re-ranking (the first ``max(k, RERANK_DEPTH)``)."""
 
@@ -128,23 +131,23 @@ class GallerySearch:
 
     def drift(self, sample: int = 2000, seed: int = 0) -> list[str]:
         """:func:`~attreid.inference.verdicts.gallery_drift` of this gallery (computed once):
-        the distances of ``sample`` random pairs of its crops (in a gallery of many people
-        nearly all are strangers) and their P(person). [] when uncalibrated or under 50 crops."""
-        if self._drift is None:
-            self._drift = []
-            n = len(self.index)
-            if self.calibration is not None and n >= 50:
-                from attreid.metrics.distance import pairwise_distance
+        the distances of ``sample`` random pairs of its crops (nearly all strangers in a
+        gallery of many people) and their P(person); [] when uncalibrated."""
+        n, c = len(self.index), self.calibration
+        if self._drift is None and c is not None and n < DRIFT_MIN_CROPS:
+            self._drift = [f"drift not checked: {n} crop(s), fewer than {DRIFT_MIN_CROPS}; the "
+                           "calibration may not hold for crops of another camera network"]
+        elif self._drift is None and c is not None:
+            from attreid.metrics.distance import pairwise_distance
 
-                pairs = np.random.default_rng(seed).integers(0, n, (2, sample))
-                a, b = pairs[:, pairs[0] != pairs[1]]
-                x, y = (np.stack([self.index.vector(int(i)) for i in rows]) for rows in (a, b))
-                d = np.concatenate([np.diagonal(pairwise_distance(
-                    x[i:i + 500], y[i:i + 500], self.index.metric).double().numpy())
-                    for i in range(0, len(x), 500)])
-                person = self.calibration.person_probability(x)
-                self._drift = gallery_drift(self.calibration, d, person)
-        return self._drift
+            pairs = np.random.default_rng(seed).integers(0, n, (2, sample))
+            a, b = pairs[:, pairs[0] != pairs[1]]
+            x, y = (np.stack([self.index.vector(int(i)) for i in rows]) for rows in (a, b))
+            d = np.concatenate([np.diagonal(pairwise_distance(
+                x[i:i + 500], y[i:i + 500], self.index.metric).double().numpy())
+                for i in range(0, len(x), 500)])
+            self._drift = gallery_drift(c, d, c.person_probability(x))
+        return self._drift or []
 
     @classmethod
     def open(cls, index: Path | str, checkpoint: Path | str | None = None,
