@@ -77,7 +77,9 @@ def test_cli_table_shows_p_same_and_marks_the_operating_point(calibrated, synth_
     assert exit_.value.code in (0, None)
     shown = capsys.readouterr()
     assert "P(same)" in shown.out and "%" in shown.out
-    assert "about 0.1 stranger(s) marked per query" in shown.out
+    point = GallerySearch.open(index, model=False, fpir=0.1).point
+    assert point.rule() in shown.out  # the strangers of the FAR used (the small set's floor)
+    assert f"about {point.far * point.gallery_size:.2g} stranger(s) marked per query" in shown.out
     assert "same-person probability: platt calibration; ✓ = P(same) >=" in shown.err
     with pytest.raises(SystemExit):
         cli.run(["search", str(index), "--image", str(_query(synth_market)), "-k", "3",
