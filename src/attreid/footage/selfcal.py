@@ -77,13 +77,14 @@ def track_crops(sources: list[tuple[SourceSpec, dict[int, Detections]]],
     rows: dict[str, list[Any]] = {k: [] for k in ("emb", "track", "frame", "time", "source")}
     spans: dict[int, tuple[float, float]] = {}
     for number, (spec, tracks) in enumerate(sources):
+        base = 0 if shared_ids else number * 1_000_000  # track ids unique over the sources
         wanted = {f - 1 for f in tracks}
         for frame in read_frames(spec):
             if frame.index not in wanted:
                 continue
             found = tracks[frame.index + 1]
             for tid in found.track_ids:
-                key = int(tid) if shared_ids else number * 1_000_000 + int(tid)
+                key = base + int(tid)
                 lo, hi = spans.get(key, (frame.time, frame.time))
                 spans[key] = (min(lo, frame.time), max(hi, frame.time))
             if (frame.index - offset) % every:
@@ -102,8 +103,7 @@ def track_crops(sources: list[tuple[SourceSpec, dict[int, Detections]]],
             if not keep:
                 continue
             rows["emb"].append(np.asarray(embed(crops), np.float32))
-            rows["track"] += [int(found.track_ids[i]) + (0 if shared_ids else number * 1_000_000)
-                              for i in keep]
+            rows["track"] += [base + int(found.track_ids[i]) for i in keep]
             rows["frame"] += [frame.index] * len(keep)
             rows["time"] += [frame.time] * len(keep)
             rows["source"] += [number] * len(keep)
