@@ -72,8 +72,7 @@ MATCH_FLOOR = 1e-6
 SOFT_DEPTH = 200
 """Nearest crops an image query with soft attribute constraints ranks (see ``by_vector``)."""
 
-DRIFT_MIN_CROPS = 20
-"""Crops a gallery needs for its drift check (190 distinct pairs)."""
+DRIFT_MIN_CROPS = 20  # crops a gallery needs for its drift check (190 distinct pairs)
 
 RERANK_DEPTH = 100
 """Candidates re-ranked by k-reciprocal re-ranking (the first ``max(k, RERANK_DEPTH)``)."""
@@ -103,14 +102,16 @@ class GallerySearch:
         self.fpir, self.matches = fpir, matches
         self._person: np.ndarray | None = None  # P(person) of every crop, when computed
         self._drift: list[str] | None = None
+        self._point: tuple[int, SearchPoint] | None = None  # (gallery size, its point)
 
     @property
     def point(self) -> SearchPoint | None:
-        """The operating point hits are marked at (:meth:`Calibration.search_point` for this
-        gallery's size), None when uncalibrated."""
-        if self.calibration is None:
-            return None
-        return self.calibration.search_point(max(len(self.index), 1), self.fpir, self.matches)
+        """The operating point hits are marked at (:meth:`Calibration.search_point` of this
+        gallery's size, kept per size: every hit asks), None when uncalibrated."""
+        size = max(len(self.index), 1)
+        if self.calibration is not None and (self._point is None or self._point[0] != size):
+            self._point = (size, self.calibration.search_point(size, self.fpir, self.matches))
+        return None if self._point is None else self._point[1]
 
     def calibration_status(self) -> dict[str, Any]:
         """Whether hits carry P(same person), the operating point they are marked at (a
@@ -130,9 +131,8 @@ class GallerySearch:
                 "data": Path(str(c.data.get("data", ""))).name, "drift": self.drift()}
 
     def drift(self, sample: int = 2000, seed: int = 0) -> list[str]:
-        """:func:`~attreid.inference.verdicts.gallery_drift` of this gallery (computed once):
-        the distances of ``sample`` random pairs of its crops (nearly all strangers in a
-        gallery of many people) and their P(person); [] when uncalibrated."""
+        """:func:`~attreid.inference.verdicts.gallery_drift` (once) of ``sample`` random pairs'
+        distances (mostly strangers in a large gallery) and P(person); [] when uncalibrated."""
         n, c = len(self.index), self.calibration
         if self._drift is None and c is not None and n < DRIFT_MIN_CROPS:
             self._drift = [f"drift not checked: {n} crop(s), fewer than {DRIFT_MIN_CROPS}; the "
