@@ -580,8 +580,7 @@
       if (!response.ok) throw new Error(errorText(body && body.detail, response.status));
       const parts = [`distance ${body.distance.toFixed(3)}`];
       if (body.calibrated) {
-        parts.push(`P(same) ${percent(body.probability)} (a pair as likely the same as not)`);
-        parts.push(body.rule);
+        parts.push(`${body.rule} (P(same) of a pair as likely the same person as not)`);
         if (body.person) parts.push(`P(person) ${percent(body.person[0])}, ${percent(body.person[1])}`);
         (body.drift || []).forEach((line) => parts.push(`warning: ${line}`));
       } else {
