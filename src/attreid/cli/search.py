@@ -162,6 +162,7 @@ def search(
         from attreid.search import QueryError
         from attreid.search.http import parse_frames
         from attreid.search.query import DESCRIPTION_MIN_PROB, IMAGE_MIN_PROB, pool_vectors
+        from attreid.search.hits import confidence_of
         from attreid.search.results import by_time, group_tracks, hits_csv, tracks_json
         from attreid.search.service import (
             describe_calibration,
@@ -204,22 +205,28 @@ def search(
         _fail(str(exc))
     if csv_out is not None:
         try:
-            atomic_write_text(csv_out, hits_csv(hits, offset + 1))
+            atomic_write_text(csv_out, hits_csv(hits, offset + 1,
+                                                confidence_of(opened.calibration)))
         except OSError as exc:
             _fail(f"{csv_out}: cannot write ({exc.strerror or exc})")
     tracks = group_tracks(hits, opened.index.vector, track_distance(opened, hits)) \
         if group else None
     if as_json:
-        as_dicts = lambda found: [h.as_dict() for h in found]  # noqa: E731
+        confidence = confidence_of(opened.calibration)
+        as_dicts = lambda found: [h.as_dict(confidence) for h in found]  # noqa: E731
         rows = tracks_json(tracks, as_dicts) if tracks else as_dicts(hits)
         print(json.dumps(rows, indent=1))
         return
     shown = [g.best for g in tracks] if tracks else hits
+    confidence = confidence_of(opened.calibration)
     table = results_table(shown, opened.index.trained_tasks, rerank, opened.index.metric,
-                          [g.size for g in tracks] if tracks else None, offset + 1)
+                          [g.size for g in tracks] if tracks else None, offset + 1, confidence)
     # a log or a pipe gets the table at full width (80 columns would fold every name)
     console.print(table, width=None if console.is_terminal else max(console.width, 150),
                   crop=console.is_terminal)
+    if confidence and shown:
+        console.print(attribute_legend(confidence), markup=False, highlight=False,
+                      soft_wrap=True)
     if short:
         console.print(f"{short} more result(s) pass the filters but the index could not "
                       "reach them", markup=False, highlight=False)
@@ -247,20 +254,25 @@ def search(
 
 
 def results_table(hits: list, trained: tuple[str, ...], rerank: bool, metric: str,
-                  tracks: list[int] | None = None, first_rank: int = 1) -> Table:
+                  tracks: list[int] | None = None, first_rank: int = 1,
+                  confidence: dict | None = None) -> Table:
     """The hits as a table with only the columns that say something: distance (image queries),
     P(same) (calibrated), person (with a person check), match (with constraints), track (the
-    results a grouped row stands for)."""
+    results a grouped row stands for); an uncertain attribute value by ``confidence`` (a
+    calibration's ``attributes``) ends in "?"."""
+    from attreid.inference.attribute_confidence import judge_attributes, shown_value
+
     headline = [t for t in ("gender", "age", "upcolor", "downcolor") if t in trained]
     heading = "attributes (up/down)" if len(headline) == 4 else (
         "attributes" if trained else "attributes (none: re-ID only model)")
 
     def summary(attrs: dict) -> str:
+        attrs = judge_attributes(attrs, confidence)
+        v = {t: shown_value(a["value"], a) for t, a in attrs.items()}
         if len(headline) == 4:
-            return (f"{attrs['gender']['value']} {attrs['age']['value']}, "
-                    f"{attrs['upcolor']['value']}/{attrs['downcolor']['value']}")
+            return f"{v['gender']} {v['age']}, {v['upcolor']}/{v['downcolor']}"
         shown = headline or list(trained)  # only tasks the model was trained on
-        return ", ".join(f"{t}={attrs[t]['value']}" for t in shown if t in attrs)
+        return ", ".join(f"{t}={v[t]}" for t in shown if t in v)
 
     def value(x: float | None, form: str) -> str:
         return "" if x is None else format(x, form)
@@ -298,6 +310,17 @@ def results_table(hits: list, trained: tuple[str, ...], rerank: bool, metric: st
     for cells, hit in zip(rows, hits):
         table.add_row(*cells, escape(hit.entry.display_name), summary(hit.entry.attributes()))
     return table
+
+
+def attribute_legend(confidence: dict) -> str:
+    """One line: what "?" after an attribute value means, and the heads that are never sure."""
+    from attreid.inference.attribute_confidence import PRECISION
+
+    weak = [t for t, fit in confidence.items() if not fit["better_than_majority"]]
+    return ("attributes: a value ending in ? is uncertain (less probable than the values that "
+            f"were right {PRECISION:.0%} of the time on the calibration's crops)" +
+            (f"; no better than their majority class, so always uncertain: {', '.join(weak)}"
+             if weak else ""))
 
 
 def _warn_not_a_person(person: float | None, cut: float) -> None:

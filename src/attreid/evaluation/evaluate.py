@@ -46,12 +46,12 @@ from attreid.data.evalset import (
     SPLITS,
     EvaluationSet,
     build_evaluation_set,
-    identity_targets,
     labels_and_cameras,
     query_copies,
 )
 from attreid.data.load import load_dataset
 from attreid.data.records import JUNK_ID, attribute_matrix
+from attreid.evaluation.attribute_scores import attribute_block
 from attreid.inference.backends import Choice, load_predictor
 from attreid.inference.extraction import Features
 from attreid.inference.features import (
@@ -66,8 +66,6 @@ from attreid.metrics import (
     DISTANCE_METRICS,
     PROTOCOLS,
     ReidResult,
-    attribute_metrics,
-    majority_baseline,
     pairwise_distance,
     reid_metrics,
 )
@@ -114,7 +112,11 @@ class EvaluationResult:
             ``rank10``, ``rank20``, ``mINP``, ``mean_accuracy``, ``accuracy``, ``majority``,
             ``mA``), so :mod:`attreid.evaluation.report` can tabulate it; plus ``reranked`` (with
             ``rerank``), ``instance``, ``per_attribute_mA``, ``mean_majority``, counts and
-            ``setup``. The attribute keys are absent when no scored image has attributes.
+            ``setup``; ``majority_gap`` (task -> accuracy, majority, the 95 % interval
+            ``low``/``high`` of their difference over identities, ``better``: whether the head
+            beats its majority class) and ``majority_of`` (``train``, or ``evaluated`` where
+            the train set has no labels). The attribute keys are absent when no scored image
+            has attributes.
         cmc: ``"plain"`` (and ``"re-ranked"``) -> (L,) CMC, L = min(50, G).
         ranked: the top-k gallery of the visualised queries.
         files: files written under ``out`` (empty without ``out``).
@@ -171,34 +173,6 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
     return value
-
-
-def _attribute_block(predictions: Any, data: EvaluationSet) -> dict[str, Any]:
-    """Accuracy per task, mA, instance metrics and the train-majority baseline of the
-    predictions for the gallery images ``data.attribute_index``: task -> (A, ...) logits, or
-    (A, 12) predicted labels."""
-    if len(data.attribute_index) == 0:
-        return {}
-    targets = attribute_matrix([data.gallery[i] for i in data.attribute_index])  # (A, 12)
-    result = attribute_metrics(predictions, targets)
-    majority = majority_baseline(identity_targets(data.train), targets)
-    known = [v for v in majority.values() if not math.isnan(v)]
-    if result.one_sided:
-        warnings.warn(f"mA: {len(result.one_sided)} of 26 attribute(s) have no positive or no "
-                      f"negative among the {result.num_complete_rows} scored images (e.g. "
-                      f"{', '.join(result.one_sided[:3])}): each is scored by its one defined "
-                      "rate (TNR or TPR) alone; setup.mA_one_sided in metrics.json lists them",
-                      stacklevel=3)
-    return {
-        "mean_accuracy": result.mean_accuracy, "accuracy": result.accuracy,
-        "majority": majority, "mean_majority": float(np.mean(known)) if known else math.nan,
-        "mA": result.mA, "per_attribute_mA": result.per_attribute_mA,
-        "instance": {"accuracy": result.instance_accuracy,
-                     "precision": result.instance_precision,
-                     "recall": result.instance_recall, "f1": result.instance_f1},
-        "num_attribute_images": result.num_samples,
-        "mA_one_sided": list(result.one_sided),  # moved to metrics["setup"]
-    }
 
 
 def _keep_mask(qi: int, data: EvaluationSet, labels: tuple[np.ndarray, ...], protocol: str,
@@ -368,7 +342,7 @@ def evaluate_checkpoint(
         metrics["reranked"] = reranked.as_dict()
         cmc["re-ranked"] = np.array(reranked.cmc)
     index = torch.from_numpy(data.attribute_index)
-    metrics.update(_attribute_block({k: v[index] for k, v in gallery.logits.items()}, data))
+    metrics.update(attribute_block({k: v[index] for k, v in gallery.logits.items()}, data))
     if attribute_queries:
         metrics["attribute_queries"] = _description_block(gallery.logits, data,
                                                           predictor.trained_tasks)
@@ -442,7 +416,7 @@ def _evaluate_streamed(predictor: Any, data: EvaluationSet, protocol: str, dista
     metrics: dict[str, Any] = dict(reid.as_dict())
     if len(data.attribute_index):
         probabilities = gallery.take(PROBABILITIES, data.attribute_index)  # (A, 40)
-        metrics.update(_attribute_block(_labels_of(probabilities), data))
+        metrics.update(attribute_block(_labels_of(probabilities), data))
     metrics["setup"] = {**setup, "store": str(store_dir),
                         "mA_one_sided": metrics.pop("mA_one_sided", [])}
     none = RankedQueries(np.empty(0, np.int64), np.empty((0, 0), np.int64), np.empty((0, 0)),

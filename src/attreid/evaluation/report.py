@@ -21,17 +21,45 @@ def table_rows(results: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], lis
     """
     variants = list(results)
     majority = next((r["majority"] for r in results.values() if r.get("majority")), {})
-    header = ["task", *variants, "majority"]
+    gaps = (results[variants[0]].get("majority_gap") or {}) if len(variants) == 1 else {}
+    header = ["task", *variants, "majority"] + (["vs majority (95 % CI)"] if gaps else [])
     rows = []
     for task in TASK_NAMES:
         rows.append([task, *(_pct((results[v].get("accuracy") or {}).get(task))
-                             for v in variants), _pct(majority.get(task))])
+                             for v in variants), _pct(majority.get(task))]
+                    + ([_gap(gaps.get(task))] if gaps else []))
     known = [majority[t] for t in TASK_NAMES if majority.get(t) is not None]
     rows.append(["mean", *(_pct(results[v].get("mean_accuracy")) for v in variants),
                  _pct(sum(known) / len(known) if known else None)])
-    rows.append(["mAP", *(_pct(results[v]["mAP"]) for v in variants), "-"])
-    rows.append(["rank-1", *(_pct(results[v]["rank1"]) for v in variants), "-"])
+    rows[-1] += [""] if gaps else []
+    rows.append(["mAP", *(_pct(results[v]["mAP"]) for v in variants), "-"] + [""] * bool(gaps))
+    rows.append(["rank-1", *(_pct(results[v]["rank1"]) for v in variants), "-"]
+                + [""] * bool(gaps))
     return header, rows
+
+
+def _gap(gap: Mapping[str, Any] | None) -> str:
+    """Accuracy minus majority and its interval, in points; ✗ when the head is no better."""
+    if gap is None:
+        return "-"
+    return (f"{100 * (gap['accuracy'] - gap['majority']):+.2f} [{100 * gap['low']:+.1f}, "
+            f"{100 * gap['high']:+.1f}]" + ("" if gap["better"] else " ✗"))
+
+
+def flag_caption(results: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """What ✗ means when a head of a single result is no better than its majority class, and
+    where the majority came from when the train set had no labels; None when nothing to say."""
+    if len(results) != 1:
+        return None
+    only = next(iter(results.values()))
+    weak = [t for t, g in (only.get("majority_gap") or {}).items() if not g["better"]]
+    notes = ([f"✗ no better than the majority class (the 95 % bootstrap interval over "
+              f"identities reaches 0): {', '.join(weak)}; search shows their values as "
+              "uncertain"] if weak else [])
+    if only.get("majority_of", "train") != "train":
+        notes.append(f"majority: of the evaluated labels ({only['majority_of']}: the train set "
+                     "has none), the best any constant answer could do")
+    return "\n".join(notes) or None
 
 
 def _pct(value: float | None) -> str:
@@ -63,7 +91,7 @@ def rich_table(results: Mapping[str, Mapping[str, Any]], title: str) -> Table:
     """The study-style table of ``results`` for the terminal; its caption says when no task
     had attribute labels (a re-ID-only dataset)."""
     labelled = any(r.get("accuracy") for r in results.values())
-    caption = None if labelled else "no attribute labels in this data: re-ID only"
+    caption = flag_caption(results) if labelled else "no attribute labels in this data: re-ID only"
     return rows_to_rich(*table_rows(results), title=title, caption=caption)
 
 

@@ -12,7 +12,7 @@ the small labelled set a new camera network would calibrate on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -20,13 +20,16 @@ import numpy as np
 
 from attreid.data.evalset import build_evaluation_set
 from attreid.data.load import load_dataset
-from attreid.data.records import JUNK_ID, DataError, ImageRecord
+from attreid.data.records import JUNK_ID, DataError, ImageRecord, attribute_matrix
 from attreid.evaluation import verification_plots as figures
+from attreid.inference.attribute_confidence import fit_attribute_confidence
 from attreid.inference.backends import load_predictor
 from attreid.inference.calibration import Calibration, calibration_path, fit_calibration
 from attreid.inference.fits import fit_person, fit_search
 from attreid.inference.files import extract_files
 from attreid.metrics.verification import PairDistances, pair_distances
+from attreid.models.output import probabilities
+from attreid.schema import MISSING
 from attreid.utils.checkpoint import require_checkpoint
 from attreid.zoo import is_model_name
 
@@ -36,12 +39,13 @@ DISTRACTOR_ID = 0
 
 @dataclass(frozen=True)
 class LabelledCrops:
-    """Crops with an identity each (distractors renumbered to unique negative ids below -1)
-    and a camera (-1 unknown)."""
+    """Crops with an identity each (distractors renumbered to unique negative ids below -1),
+    a camera (-1 unknown) and their attribute labels (``MISSING`` where unknown)."""
 
     paths: list[Path]
     identities: np.ndarray  # (N,) int64
     cameras: np.ndarray  # (N,) int64
+    targets: np.ndarray | None = None  # (N, 12) int64
 
 
 def labelled_crops(records: Sequence[ImageRecord], max_ids: int = 0, seed: int = 0
@@ -65,7 +69,7 @@ def labelled_crops(records: Sequence[ImageRecord], max_ids: int = 0, seed: int =
     distractors = ids == DISTRACTOR_ID
     ids[distractors] = -2 - np.arange(int(distractors.sum()))  # each its own identity
     cams = np.array([-1 if r.camid is None else r.camid for r in kept], dtype=np.int64)
-    return LabelledCrops([r.path for r in kept], ids, cams)
+    return LabelledCrops([r.path for r in kept], ids, cams, attribute_matrix(kept))
 
 
 def split_identities(crops: LabelledCrops, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -143,8 +147,22 @@ def calibrate_checkpoint(checkpoint: Path | str, data_root: Path | str,
     calibration = fit_calibration(pairs, method, predictor.distance, flip,
                                   predictor.checkpoint_sha256, about, seed, person, search,
                                   search_pairs)
+    calibration = replace(calibration, attributes=_attributes(feats.logits, crops, predictor))
     path = calibration.save(Path(out) if out else calibration_path(checkpoint))
     return CalibrationRun(calibration, pairs, path, write_figures(calibration, pairs, path))
+
+
+def _attributes(logits: Any, crops: LabelledCrops, predictor: Any
+                ) -> dict[str, dict[str, Any]] | None:
+    """The attribute confidence of the trained tasks on crops with attribute labels, or None
+    (no labels, or a re-ID-only model)."""
+    trained = getattr(predictor, "trained_tasks", ())
+    if crops.targets is None or not trained or not (crops.targets != MISSING).any():
+        return None
+    probs = probabilities(logits)
+    fits = fit_attribute_confidence({t: probs[t] for t in trained if t in probs},
+                                    crops.targets, crops.identities)
+    return fits or None
 
 
 def write_figures(calibration: Calibration, pairs: PairDistances, path: Path) -> list[Path]:

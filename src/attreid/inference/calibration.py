@@ -133,6 +133,9 @@ class Calibration:
             ``{"a", "b", "queries", "gallery", "matches", "top"}``, or None (files from
             before it): a search then uses the pair mapping under the prior
             ``DEFAULT_MATCHES / N``.
+        attributes: task -> when its values are sure and whether its head beats the majority
+            class (:func:`~attreid.inference.attribute_confidence.fit_attribute_confidence`),
+            or None (no attribute labels, or a file from before it).
     """
 
     method: str
@@ -151,6 +154,7 @@ class Calibration:
     far_curve: dict[str, list[float]] = field(default_factory=dict)
     fitted: dict[str, Any] = field(default_factory=dict)
     search: dict[str, Any] | None = None
+    attributes: dict[str, dict[str, Any]] | None = None
 
     @property
     def person_threshold(self) -> float:

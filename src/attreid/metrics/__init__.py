@@ -29,8 +29,11 @@ Modules: ``distance``, ``reid``, ``attributes``, ``reranking`` (k-reciprocal, Zh
 from attreid.metrics.attributes import (
     BINARY_RAW_ATTRIBUTES,
     AttributeResult,
+    MajorityGap,
     attribute_metrics,
     majority_baseline,
+    majority_classes,
+    majority_gaps,
     predict_labels,
 )
 from attreid.metrics.distance import DISTANCE_METRICS, pairwise_distance
@@ -49,6 +52,7 @@ from attreid.metrics.selection import selection_score
 __all__ = [
     "BINARY_RAW_ATTRIBUTES", "DISTANCE_METRICS", "JUNK_ID", "PROTOCOLS", "ArrayLike",
     "AttributeResult", "GalleryBlock", "ReidResult", "attribute_metrics", "majority_baseline",
+    "MajorityGap", "majority_classes", "majority_gaps",
     "pairwise_distance", "predict_labels", "reid_metrics", "reid_metrics_streamed", "rerank",
     "rerank_dense", "selection_score",
 ]

@@ -4,10 +4,11 @@ P(same person) and decision) and :class:`Hits`, the list of an image query."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from attreid.inference.attribute_confidence import judge_attributes
 from attreid.schema import TASKS
 from attreid.search.constraints import Constraint
 from attreid.search.metadata import Entry
@@ -36,11 +37,13 @@ class Hit:
     person: float | None = None  # P(person) of the crop, with a calibration's person check
     note: str = ""  # why a hit near enough is not marked (a crop fails the person check)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, confidence: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The hit as JSON-ready values; ``name`` is :attr:`Entry.display_name` (valid UTF-8:
         the bytes of a file name that are not UTF-8 as ``\\xNN``, which no JSON encoder
         writing UTF-8 would take as they are). ``score`` names what ``distance`` is:
-        ``"distance"``, ``"re-ranked distance"`` or ``None``."""
+        ``"distance"``, ``"re-ranked distance"`` or ``None``. Each attribute carries ``sure``
+        and ``reliable`` by ``confidence`` (a calibration's ``attributes``; None: unknown,
+        :func:`~attreid.inference.attribute_confidence.judge_attributes`)."""
         e = self.entry
         score = None if self.distance is None else (
             "re-ranked distance" if self.reranked else "distance")
@@ -50,7 +53,7 @@ class Hit:
                 "camera": e.camera, "frame": e.frame, "identity": e.identity,
                 **({} if e.time is None else {"time": iso_time(e.time), "track": e.track,
                                                "camera_name": e.camera_name}),
-                "attributes": e.attributes()}
+                "attributes": judge_attributes(e.attributes(), confidence)}
 
 
 class Hits(list):
@@ -68,3 +71,9 @@ def match_of(entry: Entry, constraints: Sequence[Constraint]) -> float | None:
     probs = [entry.probabilities[c.task][_TASKS[c.task].classes.index(c.value)]
              for c in constraints]
     return float(np.prod(probs))
+
+
+def confidence_of(calibration: Any) -> Mapping[str, Any] | None:
+    """The attribute confidence of a :class:`~attreid.inference.calibration.Calibration`
+    (None without a calibration or one fitted without attribute labels)."""
+    return None if calibration is None else calibration.attributes

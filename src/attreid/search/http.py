@@ -5,7 +5,7 @@ documented error responses, and parsing and shaping of request and response valu
 import hashlib
 import io
 import json
-from typing import Any, Union
+from typing import Any, Mapping, Union
 
 from attreid.search.query import Hit, QueryError
 
@@ -209,7 +209,9 @@ def etag_matches(header: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-def hits_json(hits: list[Hit]) -> list[dict[str, Any]]:
-    return [dict(h.as_dict(), url=f"/images/{h.entry.id}") for h in hits]
+def hits_json(hits: list[Hit], confidence: Mapping[str, Any] | None = None
+              ) -> list[dict[str, Any]]:
+    """The hits as JSON with their image's URL (``confidence``: see :meth:`Hit.as_dict`)."""
+    return [dict(h.as_dict(confidence), url=f"/images/{h.entry.id}") for h in hits]
 
 

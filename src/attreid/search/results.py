@@ -7,10 +7,11 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from attreid.inference.attribute_confidence import shown_value
 from attreid.search.query import Hit
 
 TRACK_GAP_FRAMES = 50
@@ -97,18 +98,20 @@ def by_time(hits: Sequence[Hit]) -> list[Hit]:
     return [h for _, h in sorted(enumerate(hits), key=key)]
 
 
-def hits_csv(hits: Sequence[Hit], first_rank: int = 1) -> str:
-    """The hits as CSV (header :data:`CSV_COLUMNS`; ``attributes`` as ``task=value`` pairs)."""
+def hits_csv(hits: Sequence[Hit], first_rank: int = 1,
+             confidence: Mapping[str, Any] | None = None) -> str:
+    """The hits as CSV (header :data:`CSV_COLUMNS`; ``attributes`` as ``task=value`` pairs,
+    an uncertain value by ``confidence`` as ``task=value?``)."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
     for rank, hit in enumerate(hits, start=first_rank):
-        writer.writerow(_row(rank, hit.as_dict(), hit.entry.path))
+        writer.writerow(_row(rank, hit.as_dict(confidence), hit.entry.path))
     return out.getvalue()
 
 
 def _row(rank: int, h: dict[str, Any], path: str) -> list[Any]:
-    attrs = " ".join(f"{t}={a['value']}" for t, a in h["attributes"].items())
+    attrs = " ".join(f"{t}={shown_value(a['value'], a)}" for t, a in h["attributes"].items())
     return [rank, h["id"], path, _blank(h["identity"]), _blank(h["camera"]), _blank(h["frame"]),
             _blank(h["score"]), _blank(h["distance"]), _blank(h["probability"]),
             _blank(h["same"]), _blank(h["person"]), _blank(h["match"]), attrs]

@@ -53,10 +53,12 @@ from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 
+from attreid.inference.attribute_confidence import attribute_summary
 from attreid.inference.calibration import DEFAULT_FAR, DEFAULT_FPIR, CalibrationError
 from attreid.inference.verdicts import compare_embeddings
 from attreid.schema import TASKS
 from attreid.search.batching import EmbeddingBatcher
+from attreid.search.hits import confidence_of
 from attreid.search.http import (
     MAX_K,
     MAX_PIXELS,
@@ -119,7 +121,8 @@ def open_search(index: Path | str, checkpoint: Path | str | None = None,
 def _respond(search: GallerySearch, mode: str, hits: list, order: str, group: bool,
              offset: int, vector: Any, **counts: int) -> dict[str, Any]:
     """The JSON of a search: its hits (by time, grouped into tracks when asked), what the
-    probabilities mean, the query's P(person), the counts (``total``: crops passing the
+    probabilities mean (``attribute_confidence``: when an attribute value is sure), the
+    query's P(person), the counts (``total``: crops passing the
     filters of a description, ``hidden``: crops a hard filter took away) and the index
     ``generation`` that answered."""
     if order == "time":
@@ -127,12 +130,14 @@ def _respond(search: GallerySearch, mode: str, hits: list, order: str, group: bo
     body: dict[str, Any] = {"mode": mode, "count": len(hits), "offset": offset, **counts,
                             "generation": int(search.index.info.get("generation", 0)),
                             "calibration": search.calibration_status()}
+    confidence = confidence_of(search.calibration)
+    body["attribute_confidence"] = attribute_summary(confidence)
     if group:
         tracks = group_tracks(hits, search.index.vector, track_distance(search, hits))
-        body["results"] = tracks_json(tracks, hits_json)
+        body["results"] = tracks_json(tracks, lambda found: hits_json(found, confidence))
         body["count"] = len(tracks)
     else:
-        body["results"] = hits_json(hits)
+        body["results"] = hits_json(hits, confidence)
     if vector is not None:
         body["query"] = {"person": search.query_person(vector)}
     return body

@@ -54,6 +54,7 @@
     results: $("#results"),
     empty: $("#empty-state"),
     legend: $("#legend"),
+    attrLegend: $("#attr-legend"),
     verifyFirst: $("#verify-first"),
     verifySecond: $("#verify-second"),
     verifyButton: $("#verify-button"),
@@ -521,6 +522,9 @@
     state.hits = append ? state.hits.concat(body.results) : body.results;
     state.mode = body.mode;
     showResults(state.hits, body.mode);
+    const attrLegend = attributeLegend(state.hits, body.attribute_confidence);
+    el.attrLegend.textContent = attrLegend;
+    el.attrLegend.hidden = !attrLegend;
     el.more.hidden = body.results.length < Number(el.k.value || DEFAULT_K) ||
       (body.total !== undefined && state.hits.length >= body.total);
     el.download.hidden = state.hits.length === 0;
@@ -609,17 +613,36 @@
 
   // ---- results ---------------------------------------------------------------------------
 
+  // An attribute value as a person reads it: "female?" when the calibration says the value
+  // is uncertain (sure === false), the value alone when sure or when nothing is known.
+  function shown(a, text) {
+    return (text === undefined ? a.value : text) + (a.sure === false ? "?" : "");
+  }
+
   // Only the tasks in attrs are known (the model was trained on them): "no bag" only when
-  // every bag task is known and says no.
+  // every bag task is known and says no ("no bag?" when one of them is uncertain).
   function bagInfo(attrs) {
     const items = [];
     const bags = ["backpack", "bag", "handbag"];
     for (const task of bags) {
-      if (attrs[task] && attrs[task].value === "yes") items.push(task);
+      if (attrs[task] && attrs[task].value === "yes") items.push(shown(attrs[task], task));
     }
-    if (attrs.hat && attrs.hat.value === "yes") items.push("hat");
+    if (attrs.hat && attrs.hat.value === "yes") items.push(shown(attrs.hat, "hat"));
     if (items.length) return items.join(", ");
-    return bags.every((task) => attrs[task]) ? "no bag" : "";
+    if (!bags.every((task) => attrs[task])) return "";
+    return bags.some((task) => attrs[task].sure === false) ? "no bag?" : "no bag";
+  }
+
+  // What "?" means, and the heads that are never sure (body.attribute_confidence).
+  function attributeLegend(hits, summary) {
+    if (!summary) return "";
+    const uncertain = hits.some((h) => Object.values(h.attributes || {})
+      .some((a) => a.sure === false));
+    if (!uncertain) return "";
+    return `value? = uncertain: less probable than the values that were right ` +
+      `${percent(summary.precision)} of the time on the calibration's crops` +
+      (summary.unreliable.length ? ` \u00b7 never sure (no better than their majority ` +
+        `class): ${summary.unreliable.join(", ")}` : "");
   }
 
   function percent(p) {
@@ -628,14 +651,17 @@
 
   function attrTitle(attrs) {
     return Object.entries(attrs)
-      .map(([task, a]) => `${task}: ${a.value} (${percent(a.probability)})`).join("\n");
+      .map(([task, a]) => `${task}: ${shown(a)} (${percent(a.probability)}` +
+        (a.reliable === false ? ", head no better than its majority class" :
+          a.sure === false ? ", uncertain" : "") + ")").join("\n");
   }
 
   function colourItem(attrs, task, label) {
     const a = attrs[task];
     if (!a) return null;
-    return make("span", { class: "colour-item", title: `${label}: ${a.value} (${percent(a.probability)})` },
-      swatch(a.value), a.value === "multicolour" ? "multi" : a.value);
+    return make("span", { class: "colour-item" + (a.sure === false ? " uncertain" : ""),
+      title: `${label}: ${shown(a)} (${percent(a.probability)})` },
+    swatch(a.value), shown(a, a.value === "multicolour" ? "multi" : a.value));
   }
 
   function resultCard(hit, rank) {
@@ -652,7 +678,8 @@
     const sameText = !calibrated ? "" : hit.note ? "not a person" :
       `P(same) ${percent(hit.probability)}`;
 
-    const who = [attrs.gender && attrs.gender.value, attrs.age && attrs.age.value].filter(Boolean).join(", ");
+    const who = [attrs.gender && shown(attrs.gender), attrs.age && shown(attrs.age)]
+      .filter(Boolean).join(", ");
     const card = make("button", {
       type: "button", class: "result" + (same ? " same" : "") + (hit.same ? " passes" : ""),
       "data-id": hit.id, "data-rank": rank,
@@ -738,6 +765,7 @@
     el.results.dataset.seq = String(state.seq);
     el.empty.hidden = hits.length > 0 || mode !== null;
     el.legend.hidden = !el.results.querySelector(".result.same");
+    if (!hits.length) el.attrLegend.hidden = true;
   }
 
   // ---- wiring ----------------------------------------------------------------------------
