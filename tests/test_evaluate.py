@@ -25,7 +25,7 @@ def _fractions(metrics: dict) -> list[float]:
     """Every metric value that is a fraction (counts and setup excluded), flattened."""
     values = []
     for key, value in metrics.items():
-        if key in ("setup",) or key.startswith("num_"):
+        if key in ("setup", "majority_gap", "majority_of") or key.startswith("num_"):
             continue
         if isinstance(value, dict):
             values += _fractions(value)
@@ -48,9 +48,11 @@ def test_market_keys_and_ranges(market_result):
     assert m["setup"]["protocol"] == "market" and not m["setup"]["all_vs_all"]
     assert "reranked" not in m
     assert all(0.0 <= v <= 1.0 for v in _fractions(m))
+    assert all(-1.0 <= g["low"] <= g["high"] <= 1.0 for g in m["majority_gap"].values())
     json.dumps(m)  # JSON-ready
     header, rows = table_rows({"model": m})  # the study-style table reads it
-    assert header == ["task", "model", "majority"] and rows[-2][0] == "mAP"
+    assert header == ["task", "model", "majority", "vs majority (95 % CI)"]
+    assert rows[-2][0] == "mAP"
 
 
 def test_market_equals_predictor_and_metrics(market_result, synth_market, tiny_checkpoint):
@@ -163,7 +165,10 @@ def test_course_study_split(tmp_path, tiny_checkpoint):
                                  out=tmp_path / "out")
     m = result.metrics
     assert m["setup"]["num_query"] == 8 and m["setup"]["protocol"] == "seed"
-    assert m["mean_majority"] is None  # every identity validates: no train identity left
+    # every identity validates, no train identity is left: the evaluated labels' own majority
+    assert m["majority_of"] == "evaluated"
+    assert m["mean_majority"] == pytest.approx(np.mean([g["majority"] for g in
+                                                        m["majority_gap"].values()]))
     assert (tmp_path / "out" / "ranked.png").read_bytes()[:8] == PNG_MAGIC
 
 
