@@ -241,6 +241,12 @@ def test_cards_show_the_calibrated_probability_and_mark_the_operating_point(
         assert card["badge"] == hit.same
         assert card["junk"] == (hit.person < search.calibration.person_threshold)
     assert search.point.rule() in pg.text_content("#status")  # the mark and P(same) linked
+    # uncertain attribute values end in "?", and the legend names the heads never sure
+    weak = [t for t, f in search.calibration.attributes.items() if not f["better_than_majority"]]
+    legend = pg.text_content("#attr-legend")
+    assert weak and "uncertain" in legend and all(t in legend for t in weak)
+    who = pg.eval_on_selector_all("#results .result .who", "els => els.map(e => e.textContent)")
+    assert "gender" in weak and all(w.split(",")[0].endswith("?") for w in who)
     # a crop that fails the person check: the page says so and marks nothing
     junk = min(sorted((synth_market / "bounding_box_test").glob("0000_*.jpg")),
                key=lambda p: search.query_person(search.embed(p)))
