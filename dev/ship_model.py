@@ -33,7 +33,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -211,26 +211,47 @@ def main() -> int:
                               "source_sha256": file_sha256(args.checkpoint),
                               "sha256": file_sha256(packed),
                               "bytes": packed.stat().st_size, "machine": machine(),
-                              "torch": torch.__version__, "python": platform.python_version()}
+                              "torch": torch.__version__, "python": platform.python_version(),
+                              "input": input_size(packed)}
     print(f"packed {packed} ({report['bytes'] / 2**20:.1f} MiB, sha256 {report['sha256']})")
-    report["parity"] = parity(args.checkpoint, packed, query_crops(args.data, args.parity_crops))
-    print("parity", report["parity"], flush=True)
-    if args.float32_scores:
-        report["float32"] = evaluate(args.checkpoint, args.data, rerank=False)
-        print("float32", {k: v for k, v in report["float32"].items()
-                          if k != "per task accuracy"}, flush=True)
-    report["packed"] = evaluate(packed, args.data, rerank=True)
-    print("packed", {k: v for k, v in report["packed"].items() if k != "per task accuracy"},
-          flush=True)
+    report = resumed(args.work / "report.json", report)
     calibration = args.work / f"{args.name}.calibration.json"
-    report["calibration"] = calibrate(packed, args.data, calibration, args.max_ids)
-    print("calibration", report["calibration"]["tar"], flush=True)
-    report["footage"] = footage(packed, args.footage_gap)
-    print("footage", report["footage"], flush=True)
-    atomic_write_text(args.work / "report.json", json.dumps(report, indent=1))
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("parity", lambda: parity(args.checkpoint, packed,
+                                  query_crops(args.data, args.parity_crops))),
+        ("float32", lambda: evaluate(args.checkpoint, args.data, rerank=False)),
+        ("packed", lambda: evaluate(packed, args.data, rerank=True)),
+        ("calibration", lambda: calibrate(packed, args.data, calibration, args.max_ids)),
+        ("footage", lambda: footage(packed, args.footage_gap))]
+    for key, step in steps:
+        if key in report or (key == "float32" and not args.float32_scores):
+            continue
+        report[key] = step()
+        print(key, {k: v for k, v in (report[key] or {}).items()
+                    if k != "per task accuracy"}, flush=True)
+        atomic_write_text(args.work / "report.json", json.dumps(report, indent=1))
     if not args.no_install:
         install(args, packed, calibration, report)
     return 0
+
+
+def input_size(packed: Path) -> str:
+    """The crop size the model takes, ``HxW`` (its config's ``data.height`` x ``data.width``)."""
+    data = load_checkpoint(packed)["config"]["data"]
+    return f"{data['height']}x{data['width']}"
+
+
+def resumed(path: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` with the steps an earlier run of the same packed file finished (its
+    report.json is written after every step, so a crash or a kill loses one step at most)."""
+    if not path.is_file():
+        return report
+    earlier = json.loads(path.read_text())
+    if earlier.get("sha256") != report["sha256"]:
+        return report
+    done = [k for k in earlier if k not in report]
+    print(f"resumed: {', '.join(done) or 'nothing'} from {path}", flush=True)
+    return {**earlier, **report}
 
 
 def install(args: argparse.Namespace, packed: Path, calibration: Path,
@@ -340,7 +361,7 @@ def card_markdown(name: str, entry: dict[str, Any], report: dict[str, Any]) -> s
                      f"**{percent(f['rank-1'])}**, mAP {percent(f['mAP'])} over {f['queries']} "
                      "queries: how often a tracked person's crop finds the same person first.")
     lines += ["", "Known limits: trained on Market-1501's six campus cameras at 128x64-sized "
-              "crops scaled to 192x96; other cameras, night footage, heavy occlusion and "
+              f"crops scaled to {report.get('input', '?')}; other cameras, night footage, heavy occlusion and "
               "crops much smaller than 64 px tall are outside what it was measured on. "
               "Refit the calibration on your own labelled crops before you act on verdicts "
               "(`attreid calibrate " + name + " --data yours --out cal.json`).", ""]

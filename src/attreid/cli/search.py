@@ -160,9 +160,9 @@ def search(
     query)."""
     try:
         from attreid.search import QueryError
+        from attreid.search.hits import confidence_of
         from attreid.search.http import parse_frames
         from attreid.search.query import DESCRIPTION_MIN_PROB, IMAGE_MIN_PROB, pool_vectors
-        from attreid.search.hits import confidence_of
         from attreid.search.results import by_time, group_tracks, hits_csv, tracks_json
         from attreid.search.service import (
             describe_calibration,
@@ -203,22 +203,20 @@ def search(
         hits = by_time(hits) if order == "time" else hits
     except _search_errors() as exc:
         _fail(str(exc))
+    confidence = confidence_of(opened.calibration)  # when attribute values are sure
     if csv_out is not None:
         try:
-            atomic_write_text(csv_out, hits_csv(hits, offset + 1,
-                                                confidence_of(opened.calibration)))
+            atomic_write_text(csv_out, hits_csv(hits, offset + 1, confidence))
         except OSError as exc:
             _fail(f"{csv_out}: cannot write ({exc.strerror or exc})")
     tracks = group_tracks(hits, opened.index.vector, track_distance(opened, hits)) \
         if group else None
     if as_json:
-        confidence = confidence_of(opened.calibration)
         as_dicts = lambda found: [h.as_dict(confidence) for h in found]  # noqa: E731
         rows = tracks_json(tracks, as_dicts) if tracks else as_dicts(hits)
         print(json.dumps(rows, indent=1))
         return
     shown = [g.best for g in tracks] if tracks else hits
-    confidence = confidence_of(opened.calibration)
     table = results_table(shown, opened.index.trained_tasks, rerank, opened.index.metric,
                           [g.size for g in tracks] if tracks else None, offset + 1, confidence)
     # a log or a pipe gets the table at full width (80 columns would fold every name)
@@ -314,11 +312,12 @@ def results_table(hits: list, trained: tuple[str, ...], rerank: bool, metric: st
 
 def attribute_legend(confidence: dict) -> str:
     """One line: what "?" after an attribute value means, and the heads that are never sure."""
-    from attreid.inference.attribute_confidence import PRECISION
+    from attreid.inference.attribute_confidence import attribute_summary
 
-    weak = [t for t, fit in confidence.items() if not fit["better_than_majority"]]
+    summary = attribute_summary(confidence) or {"precision": 0.0, "unreliable": []}
+    weak = summary["unreliable"]
     return ("attributes: a value ending in ? is uncertain (less probable than the values that "
-            f"were right {PRECISION:.0%} of the time on the calibration's crops)" +
+            f"were right {summary['precision']:.0%} of the time on the calibration's crops)" +
             (f"; no better than their majority class, so always uncertain: {', '.join(weak)}"
              if weak else ""))
 
