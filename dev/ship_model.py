@@ -349,7 +349,8 @@ def card_markdown(name: str, entry: dict[str, Any], report: dict[str, Any]) -> s
         f"**{s['12-task accuracy']}**, mA (binary view) {s['mA']}. Per task: {tasks}.",
         f"- Verification: TAR at FAR 1e-3 **{s['TAR@FAR=1e-3']}** (genuine pairs: one "
         "identity, two cameras; on the calibration's own pairs, without flip).",
-        f"- Float16 storage: on {p['crops']} query crops the largest embedding difference is "
+        f"- Storage ({card['storage'].split()[0]}) against the trained float32 checkpoint: "
+        f"on {p['crops']} query crops the largest embedding difference is "
         f"{p['embedding_relative_difference_max']:.1e} of the embedding's norm (mean "
         f"{p['embedding_relative_difference_mean']:.1e}); predicted labels agree on "
         f"{100 * p['label_agreement_mean']:.2f} % (worst task "
