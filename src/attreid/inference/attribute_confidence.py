@@ -5,8 +5,8 @@ A head's most probable class is right more often the more probable it is. On lab
 each task gets the smallest probability at which values that probable were right
 :data:`PRECISION` of the time or more (the isotonic regression of right on probability, so
 the rate holds at the threshold itself, not only on average above it); a value below it is
-*uncertain* and shown so ("female?" with its probability), a value at or above it is *sure*. A head no better than always
-predicting its majority class (:func:`attreid.metrics.attributes.majority_gaps`: the 95 %
+*uncertain* and shown so ("female?" with its probability), a value at or above it is *sure*.
+A head no better than always predicting its majority class (:func:`attreid.metrics.attributes.majority_gaps`: the 95 %
 bootstrap interval of the accuracy gap, identities resampled, does not lie above 0) is
 *unreliable*: every value it gives is uncertain.
 
