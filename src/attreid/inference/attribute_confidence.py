@@ -6,9 +6,10 @@ each task gets the smallest probability at which values that probable were right
 :data:`PRECISION` of the time or more (the isotonic regression of right on probability, so
 the rate holds at the threshold itself, not only on average above it); a value below it is
 *uncertain* and shown so ("female?" with its probability), a value at or above it is *sure*.
-A head no better than always predicting its majority class (:func:`attreid.metrics.attributes.majority_gaps`: the 95 %
-bootstrap interval of the accuracy gap, identities resampled, does not lie above 0) is
-*unreliable*: every value it gives is uncertain.
+A head no better than always predicting its majority class
+(:func:`attreid.metrics.attributes.majority_gaps`: the 95 % bootstrap interval of the accuracy
+gap, identities resampled, does not lie above 0) is *unreliable*: every value it gives is
+uncertain.
 
 The thresholds hold for crops like the calibration's; on another camera network the heads can
 be confidently wrong (a model trained on Market-1501 alone), which the distance drift check of
