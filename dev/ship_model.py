@@ -363,7 +363,8 @@ def card_markdown(name: str, entry: dict[str, Any], report: dict[str, Any]) -> s
                      "queries: how often a tracked person's crop finds the same person first.")
     lines += ["", "Known limits: trained on Market-1501's six campus cameras at 128x64-sized "
               f"crops scaled to {report.get('input', '?')}; other cameras, night footage, "
-              "heavy occlusion and crops much smaller than 64 px tall are outside what it was measured on. "
+              "heavy occlusion and crops much smaller than 64 px tall are outside what it was "
+              "measured on. "
               "Refit the calibration on your own labelled crops before you act on verdicts "
               "(`attreid calibrate " + name + " --data yours --out cal.json`).", ""]
     return "\n".join(lines)
