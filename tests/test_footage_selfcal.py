@@ -69,6 +69,7 @@ def test_calibrate_footage_writes_a_calibration_verify_can_use(scene, tiny_check
     calibration = Calibration.load(out)
     assert calibration.data["split"] == "label-free (tracks)"
     assert calibration.person is None and calibration.far_curve
+    assert calibration.attributes is None  # no calibration beside the checkpoint to carry over
     with pytest.raises(SystemExit) as exit_:
         cli.run(["calibrate", str(tiny_checkpoint), "--out", str(out), "--footage",
                  str(specs[0].path)])
@@ -80,6 +81,22 @@ def test_calibrate_footage_writes_a_calibration_verify_can_use(scene, tiny_check
     shown = capsys.readouterr()
     assert exit_.value.code == 1 and "--data" in shown.out + shown.err
     assert json.loads(out.read_text())["format"] == "attreid-calibration-v1"
+
+
+def test_a_site_calibration_carries_the_models_attribute_confidence(scene, calibrated_index):
+    """No attribute labels on a site: which attribute values are sure comes from the
+    calibration beside the checkpoint (the model's heads), and the file says so."""
+    from attreid.footage.selfcal import calibrate_footage
+    from attreid.inference.calibration import calibration_path
+    from attreid.inference.predictor import Predictor
+
+    _, checkpoint = calibrated_index
+    base = Calibration.load(calibration_path(checkpoint))
+    specs = read_manifest(scene.manifest)
+    site, _ = calibrate_footage(Predictor(checkpoint, device="cpu"),
+                                [(s, scene.out / f"cam{s.camera}_gt.txt") for s in specs])
+    assert base.attributes and site.attributes == base.attributes
+    assert "carried over from" in site.data["attributes"]
 
 
 def test_tracks_of_another_frame_size_are_named(scene):

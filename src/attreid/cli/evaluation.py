@@ -33,7 +33,8 @@ def evaluate(
                                         "the distance the checkpoint was trained with)."),
     flip: bool = typer.Option(False, "--flip", help="Flip test-time augmentation."),
     out: Path | None = typer.Option(None, help="Folder for metrics.json and plots "
-                                    "(default: eval/ beside the checkpoint)."),
+                                    "(default: eval/ beside the checkpoint; for a "
+                                    "shipped model's name, eval/ here)."),
     layout: str = typer.Option("auto", help=LAYOUTS),
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
     store: Path | None = typer.Option(None, "--store", help="Galleries beyond memory: embed "

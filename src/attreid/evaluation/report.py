@@ -54,7 +54,7 @@ def flag_caption(results: Mapping[str, Mapping[str, Any]]) -> str | None:
     only = next(iter(results.values()))
     weak = [t for t, g in (only.get("majority_gap") or {}).items() if not g["better"]]
     notes = ([f"✗ no better than the majority class (the 95 % bootstrap interval over "
-              f"identities reaches 0): {', '.join(weak)}; with a calibration (attreid "
+              f"identities does not lie above 0): {', '.join(weak)}; with a calibration (attreid "
               "calibrate) search shows their values as uncertain"] if weak else [])
     if only.get("majority_of", "train") != "train":
         notes.append(f"majority: of the evaluated labels ({only['majority_of']}: the train set "

@@ -13,7 +13,10 @@ tracks of ``attreid ingest`` (MOTChallenge text) and their video:
 Those pairs are fitted like labelled ones (:func:`attreid.inference.calibration.fit_calibration`:
 the mapping, the thresholds at FAR 1e-2 / 1e-3 / 1e-4, the FAR curve, the fitted
 distributions); there is no person check (no distractor labels) and no search fit (no
-identities across tracks). The thresholds rest on the impostor pairs, which are exact; the
+identities across tracks). Attribute labels are not known either: the attribute confidence
+(which values are sure, which heads beat their majority class: a property of the model's heads)
+is carried over from the calibration beside the checkpoint when there is one (a shipped
+model's), and says where it was fitted. The thresholds rest on the impostor pairs, which are exact; the
 genuine pairs are same-camera and so easier than a search's, which moves P(same), not the
 thresholds. ``benchmarks/label_free_calibration.py`` compares the result with labelled
 calibrations of the same footage.
@@ -22,7 +25,7 @@ calibrations of the same footage.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,7 +34,7 @@ import numpy as np
 from attreid.footage.detections import Detections, FootageError, cut_box
 from attreid.footage.mot import read_mot
 from attreid.footage.sources import SourceSpec, read_frames
-from attreid.inference.calibration import Calibration, fit_calibration
+from attreid.inference.calibration import Calibration, find_calibration, fit_calibration
 from attreid.metrics.distance import pairwise_distance
 from attreid.metrics.verification import TAIL_FAR, PairDistances
 
@@ -172,4 +175,19 @@ def calibrate_footage(predictor: Any, sources: list[tuple[SourceSpec, Path]], ev
              "every": every}
     calibration = fit_calibration(pairs, "platt", predictor.distance, bool(predictor.flip),
                                   predictor.checkpoint_sha256, about, seed)
+    attributes, source = model_attributes(predictor)
+    if attributes:
+        about["attributes"] = f"attribute confidence carried over from {source}"
+        calibration = replace(calibration, attributes=attributes, data=about)
     return calibration, pairs
+
+
+def model_attributes(predictor: Any) -> tuple[dict[str, Any] | None, str]:
+    """The attribute confidence of the calibration beside ``predictor``'s checkpoint (when it
+    applies to it) and where that was fitted, or (None, "")."""
+    found, _ = find_calibration(predictor.checkpoint, predictor.checkpoint_sha256,
+                                bool(predictor.flip), predictor.distance)
+    if found is None or not found.attributes:
+        return None, ""
+    return found.attributes, f"{Path(str(found.data.get('data', ''))).name or 'its data'} " \
+        f"({found.data.get('split', '?')} split)"

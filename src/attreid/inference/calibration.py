@@ -224,8 +224,8 @@ class Calibration:
         lowest = self.lowest_far()
         why = ""
         if far < lowest * (1 - 1e-9):
-            why = (f"FAR {far:.1g} per pair is below the {lowest:.1g} its pairs support; the "
-                   f"threshold of {lowest:.1g} is used (calibrate on more crops)")
+            why = (f"FAR {far:.3g} per pair is below the {lowest:.3g} its pairs support; the "
+                   f"threshold of {lowest:.3g} is used (calibrate on more crops)")
             far = lowest
         # log FAR ascending for np.interp
         order = np.argsort(fars)
