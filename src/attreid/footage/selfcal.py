@@ -16,9 +16,9 @@ distributions); there is no person check (no distractor labels) and no search fi
 identities across tracks). Attribute labels are not known either: the attribute confidence
 (which values are sure, which heads beat their majority class: a property of the model's heads)
 is carried over from the calibration beside the checkpoint when there is one (a shipped
-model's), and says where it was fitted. The thresholds rest on the impostor pairs, which are exact; the
-genuine pairs are same-camera and so easier than a search's, which moves P(same), not the
-thresholds. ``benchmarks/label_free_calibration.py`` compares the result with labelled
+model's), and says where it was fitted. The thresholds rest on the impostor pairs, which are
+exact; the genuine pairs are same-camera and so easier than a search's, which moves P(same),
+not the thresholds. ``benchmarks/label_free_calibration.py`` compares the result with labelled
 calibrations of the same footage.
 """
 

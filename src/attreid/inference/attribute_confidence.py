@@ -27,7 +27,8 @@ from attreid.metrics.attributes import majority_gaps
 from attreid.schema import MISSING, TASKS
 
 PRECISION = 0.9
-"""Share of sure values that must be right on the calibration crops (sets each threshold)."""
+"""How often values as probable as a threshold were right on the calibration crops (where the
+isotonic fit reaches it; the sure values above it are right at least this often)."""
 MIN_SURE = 50
 """Labelled crops a threshold rests on at least; fewer right-enough values: no value is sure."""
 
@@ -127,9 +128,9 @@ def shown_value(value: str, attribute: Mapping[str, Any]) -> str:
 
 def attribute_summary(confidence: Mapping[str, Mapping[str, Any]] | None
                       ) -> dict[str, Any] | None:
-    """What a client shows beside judged attributes: ``{"precision"`` (the share of sure values
-    that were right), ``"unreliable"`` (the tasks no better than their majority class)``}``,
-    or None without a confidence fit."""
+    """What a client shows beside judged attributes: ``{"precision"`` (:data:`PRECISION`: how
+    often values at a threshold were right), ``"unreliable"`` (the tasks no better than their
+    majority class)``}``, or None without a confidence fit."""
     if not confidence:
         return None
     return {"precision": PRECISION,
