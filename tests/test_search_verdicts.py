@@ -16,6 +16,7 @@ from attreid.inference.fits import fit_person, fit_search
 from attreid.inference.verdicts import (
     DRIFT_KS,
     gallery_drift,
+    percents,
     search_verdict,
     unlike_people,
     verdict,
@@ -155,6 +156,11 @@ def test_one_pair_keeps_the_one_to_one_rule_and_never_disagrees(fitted):
     assert f"{far.probability:.1%} < {far.p_threshold:.1%}" in far.rule()
     refused = verdict(0.0, c, 1e-2, person=(0.99, 0.0))
     assert refused.same is False and "does not look like a person" in refused.rule()
+    # the veto keeps the probability's side of the rule in the same line (it read "P(same)
+    # 100 %" above "not the same person" with nothing linking the two)
+    shown, cut = percents(refused.probability, refused.p_threshold)
+    assert f"not the same person: P(same) {shown} >= {cut} would pass at FAR 0.01, but " \
+        "the second crop does not look like a person" in refused.rule()
 
 
 def test_crops_unlike_the_calibrations_people_are_flagged(fitted):

@@ -140,10 +140,11 @@ class Verdict:
         if self.probability is None or self.p_threshold is None or self.threshold is None:
             return self.note or "uncalibrated"
         answer = "the same person" if self.same else "not the same person"
-        if self.note and not self.same and self.distance <= self.threshold:
-            return f"{answer}: {self.note}"
-        sign = ">=" if self.distance <= self.threshold else "<"
         mine, cut = percents(self.probability, self.p_threshold)
+        if self.note and not self.same and self.distance <= self.threshold:
+            return (f"{answer}: P(same) {mine} >= {cut} would pass at FAR {self.far:.1g}, but "
+                    f"{self.note}")
+        sign = ">=" if self.distance <= self.threshold else "<"
         return (f"{answer}: P(same) {mine} {sign} {cut}, the P(same) at the threshold of FAR "
                 f"{self.far:.1g} (distance {self.threshold:.4g})")
 
