@@ -160,6 +160,7 @@ def search(
     query)."""
     try:
         from attreid.search import QueryError
+        from attreid.inference.attribute_confidence import attribute_summary
         from attreid.search.hits import confidence_of
         from attreid.search.http import parse_frames
         from attreid.search.query import DESCRIPTION_MIN_PROB, IMAGE_MIN_PROB, pool_vectors
@@ -222,9 +223,9 @@ def search(
     # a log or a pipe gets the table at full width (80 columns would fold every name)
     console.print(table, width=None if console.is_terminal else max(console.width, 150),
                   crop=console.is_terminal)
-    if confidence and shown:
-        console.print(attribute_legend(confidence), markup=False, highlight=False,
-                      soft_wrap=True)
+    summary = attribute_summary(confidence)
+    if summary and shown:
+        console.print(attribute_legend(summary), markup=False, highlight=False, soft_wrap=True)
     if short:
         console.print(f"{short} more result(s) pass the filters but the index could not "
                       "reach them", markup=False, highlight=False)
@@ -310,11 +311,9 @@ def results_table(hits: list, trained: tuple[str, ...], rerank: bool, metric: st
     return table
 
 
-def attribute_legend(confidence: dict) -> str:
-    """One line: what "?" after an attribute value means, and the heads that are never sure."""
-    from attreid.inference.attribute_confidence import attribute_summary
-
-    summary = attribute_summary(confidence) or {"precision": 0.0, "unreliable": []}
+def attribute_legend(summary: dict) -> str:
+    """One line: what "?" after an attribute value means, and the heads that are never sure
+    (``summary``: :func:`~attreid.inference.attribute_confidence.attribute_summary`)."""
     weak = summary["unreliable"]
     return ("attributes: a value ending in ? is uncertain (less probable than the values that "
             f"were right {summary['precision']:.0%} of the time on the calibration's crops)" +
