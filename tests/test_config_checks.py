@@ -70,6 +70,7 @@ def test_an_id_weight_without_an_id_head_warns():
     ("train.eval_every=0", "train.eval_every=0: at least 1 epoch between validations"),
     ("optim.scheduler=linear", "optim.scheduler='linear': expected one of none, cosine, step"),
     ("optim.name=lamb", "optim.name='lamb': expected one of adam, adamw, sgd"),
+    ("model.pooling=max", "model.pooling='max': expected one of avg, gem"),
     ("loss.triplet=semi_hard", "loss.triplet='semi_hard': expected one of batch_all, "
                                "batch_hard"),
     ("data.p=1", "data.p=1: at least 2 identities per batch"),

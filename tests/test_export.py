@@ -62,10 +62,11 @@ def test_onnx_matches_pytorch_and_ranks_the_same(exported, tiny_checkpoint, synt
         assert_nearest_within(top.tolist(), torch_row.numpy(), tol=tol)
 
 
-@pytest.mark.parametrize("variant", ["resnet", "convhead", "attention"])
-def test_every_variant_exports_with_a_dynamic_batch(tiny_checkpoint, tmp_path, variant):
+@pytest.mark.parametrize("variant,pooling", [("resnet", "avg"), ("convhead", "avg"),
+                                             ("attention", "avg"), ("resnet", "gem")])
+def test_every_variant_exports_with_a_dynamic_batch(tiny_checkpoint, tmp_path, variant, pooling):
     state = load_checkpoint(tiny_checkpoint)
-    config = dict(state["model_config"], name=variant)
+    config = dict(state["model_config"], name=variant, pooling=pooling)
     torch.manual_seed(0)
     state["model"], state["model_config"] = build_model(**config).state_dict(), config
     checkpoint = tmp_path / f"{variant}.pt"

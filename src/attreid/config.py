@@ -64,6 +64,7 @@ class ModelConfig:
     bnneck: bool = False
     id_head: bool = False
     dropout: float = 0.0
+    pooling: str = "avg"
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from torch import nn
 
 from attreid.models.backbones import Backbone, build_backbone
 from attreid.models.output import ModelOutput
+from attreid.models.pooling import POOLINGS, build_pool
 from attreid.schema import TASK_NAMES, TASKS
 
 BRANCH_CHANNELS = 16
@@ -46,11 +47,6 @@ BRANCH_CHANNELS = 16
 
 GLOBAL_TOKEN = "global"
 """Name of the re-ID token, the last of the attention variant's 13 tokens."""
-
-
-def _pool(last: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C) global average pooling."""
-    return torch.flatten(F.adaptive_avg_pool2d(last, 1), 1)
 
 
 def _linear_head(in_features: int, out_features: int, dropout: float) -> nn.Sequential:
@@ -61,8 +57,9 @@ class BaselineHead(nn.Module):
     """The study's baseline: pooled last map -> hidden -> (attribute heads, re-ID embedding)."""
 
     def __init__(self, in_channels: int, hidden_dim: int, embedding_dim: int,
-                 dropout: float) -> None:
+                 dropout: float, pooling: str = "avg") -> None:
         super().__init__()
+        self.pool = build_pool(pooling)
         self.fc = nn.Linear(in_channels, hidden_dim)
         self.reid = nn.Sequential(nn.BatchNorm1d(hidden_dim), nn.LeakyReLU(),
                                   _linear_head(hidden_dim, embedding_dim, dropout))
@@ -74,7 +71,7 @@ class BaselineHead(nn.Module):
     def forward(self, mid: torch.Tensor, last: torch.Tensor
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``last`` (B, C, H, W) -> attribute logits {task: (B, n)}, features (B, D)."""
-        h = self.fc(_pool(last))  # (B, hidden)
+        h = self.fc(self.pool(last))  # (B, hidden)
         a = self.act(h)
         logits = {name: head(a) for name, head in self.attributes.items()}
         return logits, self.reid(h)
@@ -108,8 +105,10 @@ class ConvHead(nn.Module):
     """The study's ConvHead: one conv branch per task on ``mid``; re-ID from pooled ``last``."""
 
     def __init__(self, mid_channels: int, out_channels: int, mid_size: tuple[int, int],
-                 input_size: tuple[int, int], embedding_dim: int, dropout: float) -> None:
+                 input_size: tuple[int, int], embedding_dim: int, dropout: float,
+                 pooling: str = "avg") -> None:
         super().__init__()
+        self.pool = build_pool(pooling)
         self.mid_size = mid_size
         self.input_size = input_size
         self.attributes = nn.ModuleDict(
@@ -122,7 +121,7 @@ class ConvHead(nn.Module):
         """``mid`` (B, Cm, Hm, Wm), ``last`` (B, C, H, W) -> {task: (B, n)}, features (B, D)."""
         _check_mid_size(mid, self.mid_size, self.input_size)
         logits = {name: branch(mid) for name, branch in self.attributes.items()}
-        return logits, self.reid(_pool(last))
+        return logits, self.reid(self.pool(last))
 
 
 class AttentionHead(nn.Module):
@@ -140,8 +139,9 @@ class AttentionHead(nn.Module):
 
     def __init__(self, mid_channels: int, out_channels: int, mid_size: tuple[int, int],
                  input_size: tuple[int, int], embedding_dim: int, token_dim: int,
-                 attention_heads: int, dropout: float) -> None:
+                 attention_heads: int, dropout: float, pooling: str = "avg") -> None:
         super().__init__()
+        self.pool = build_pool(pooling)
         self.mid_size = mid_size
         self.input_size = input_size
         self.token_names: tuple[str, ...] = TASK_NAMES + (GLOBAL_TOKEN,)
@@ -163,7 +163,7 @@ class AttentionHead(nn.Module):
         """``mid`` (B, Cm, Hm, Wm), ``last`` (B, C, H, W) -> {task: (B, n)}, features (B, D)."""
         _check_mid_size(mid, self.mid_size, self.input_size)
         tokens = [self.branches[name](mid) for name in TASK_NAMES]  # 12 x (B, T)
-        tokens.append(self.global_proj(_pool(last)))  # (B, T)
+        tokens.append(self.global_proj(self.pool(last)))  # (B, T)
         x = torch.stack(tokens, dim=1)  # (B, 13, T)
         mixed, _ = self.attention(x, x, x, need_weights=False)  # (B, 13, T)
         x = x + mixed
@@ -235,6 +235,7 @@ class HeadOptions:
     attention_heads: int
     token_dim: int
     input_size: tuple[int, int]
+    pooling: str = "avg"
 
 
 def _mid_size(backbone: Backbone, input_size: tuple[int, int]) -> tuple[int, int]:
@@ -248,13 +249,14 @@ def _mid_size(backbone: Backbone, input_size: tuple[int, int]) -> tuple[int, int
 
 
 def _build_baseline(backbone: Backbone, opts: HeadOptions) -> nn.Module:
-    return BaselineHead(backbone.out_channels, opts.hidden_dim, opts.embedding_dim, opts.dropout)
+    return BaselineHead(backbone.out_channels, opts.hidden_dim, opts.embedding_dim, opts.dropout,
+                        opts.pooling)
 
 
 def _build_convhead(backbone: Backbone, opts: HeadOptions) -> nn.Module:
     return ConvHead(backbone.mid_channels, backbone.out_channels,
                     _mid_size(backbone, opts.input_size), opts.input_size,
-                    opts.embedding_dim, opts.dropout)
+                    opts.embedding_dim, opts.dropout, opts.pooling)
 
 
 def _build_attention(backbone: Backbone, opts: HeadOptions) -> nn.Module:
@@ -263,7 +265,8 @@ def _build_attention(backbone: Backbone, opts: HeadOptions) -> nn.Module:
                          f"attention_heads={opts.attention_heads}")
     return AttentionHead(backbone.mid_channels, backbone.out_channels,
                          _mid_size(backbone, opts.input_size), opts.input_size,
-                         opts.embedding_dim, opts.token_dim, opts.attention_heads, opts.dropout)
+                         opts.embedding_dim, opts.token_dim, opts.attention_heads, opts.dropout,
+                         opts.pooling)
 
 
 MODELS: dict[str, Callable[[Backbone, HeadOptions], nn.Module]] = {
@@ -289,6 +292,7 @@ def build_model(
     dropout: float = 0.0,
     attention_heads: int = 2,
     token_dim: int = 512,
+    pooling: str = "avg",
 ) -> JointModel:
     """Build a joint attribute + re-ID model.
 
@@ -308,6 +312,8 @@ def build_model(
         dropout: dropout probability before every final Linear.
         attention_heads: heads of the ``attention`` variant's self-attention.
         token_dim: token size of the ``attention`` variant.
+        pooling: global pooling of ``last`` for the re-ID features (and the ``resnet``
+            attributes): ``"avg"`` or ``"gem"`` (:mod:`attreid.models.pooling`).
 
     Returns:
         A :class:`JointModel` with ``.config`` (these arguments without ``weights``).
@@ -324,13 +330,17 @@ def build_model(
         raise ValueError(f"num_identities must be >= 0 (0 = no ID head), got {num_identities}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; valid poolings: {list(POOLINGS)}")
     net = build_backbone(backbone, weights=weights, study_strides=study_strides,
                          last_stride=last_stride)
-    opts = HeadOptions(embedding_dim, hidden_dim, dropout, attention_heads, token_dim, size)
+    opts = HeadOptions(embedding_dim, hidden_dim, dropout, attention_heads, token_dim, size,
+                       pooling)
     config = dict(name=name, backbone=backbone, study_strides=study_strides,
                   last_stride=last_stride, input_size=size, embedding_dim=embedding_dim,
                   hidden_dim=hidden_dim, bnneck=bnneck, num_identities=num_identities,
-                  dropout=dropout, attention_heads=attention_heads, token_dim=token_dim)
+                  dropout=dropout, attention_heads=attention_heads, token_dim=token_dim,
+                  pooling=pooling)
     init = None if weights is None else str(weights)
     return JointModel(net, MODELS[name](net, opts), embedding_dim, bnneck, num_identities,
                       config, init)

@@ -84,6 +84,7 @@ def model_kwargs(cfg: Config, num_identities: int) -> dict[str, Any]:
                 study_strides=m.study_strides, last_stride=m.last_stride,
                 embedding_dim=m.embedding_dim, hidden_dim=m.hidden_dim, bnneck=m.bnneck,
                 num_identities=num_identities if m.id_head else 0, dropout=m.dropout,
+                pooling=m.pooling,
                 input_size=(cfg.data.height, cfg.data.width))
 
 

@@ -21,6 +21,7 @@ from attreid.data.evalset import SPLITS
 from attreid.data.records import DataError, ImageRecord
 from attreid.data.transforms import RECIPES
 from attreid.models import BACKBONES, MODELS
+from attreid.models.pooling import POOLINGS
 from attreid.schema import labelled_tasks
 from attreid.training.losses import DISTANCES, MININGS, WEIGHTINGS
 
@@ -33,6 +34,7 @@ COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune",
 def _choices(cfg: Config) -> list[str]:
     wanted = [("model.name", cfg.model.name, tuple(MODELS)),
               ("model.backbone", cfg.model.backbone, tuple(BACKBONES)),
+              ("model.pooling", cfg.model.pooling, POOLINGS),
               ("loss.triplet", cfg.loss.triplet, MININGS),
               ("loss.distance", cfg.loss.distance, DISTANCES),
               ("loss.weighting", cfg.loss.weighting, WEIGHTINGS),
