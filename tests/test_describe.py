@@ -80,3 +80,15 @@ def test_the_vocabulary_maps_only_to_searchable_values_and_is_documented():
     documented = set(re.findall(r"[a-z]+(?:-[a-z]+)*", doc.lower()))
     missing = sorted((set(NOUNS) | set(COLOURS)) - documented)
     assert not missing, f"docs/DESCRIPTIONS.md does not list {missing}"
+
+
+def test_a_description_joins_the_chips_and_a_clash_is_named():
+    from attreid.search.constraints import QueryError
+    from attreid.search.describe import with_description
+
+    assert with_description("hat=no", "") == ("hat=no", None)
+    joined, read = with_description("hat=no", "woman with a backpack")
+    assert joined == "hat=no,gender=female,backpack=yes" and read is not None
+    with pytest.raises(QueryError, match="gender=male \\(attributes\\) against gender=female"):
+        with_description("gender=male", "woman")
+    assert issubclass(DescriptionError, QueryError)  # the service answers 422, the CLI a line

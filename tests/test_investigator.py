@@ -282,3 +282,18 @@ def test_training_progress_lines_start_again_each_epoch(monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and "/s" not in lines[2] and lines[3].startswith(
         "epoch 1/2 steps: 2/2 (100%), 2/s")
+
+
+def test_cli_searches_a_description_in_words(search_index, capsys):
+    """Issue 31: people type 'woman without a backpack', not chips; the reading goes to stderr
+    (JSON stays JSON), words it cannot map fail with a message naming them."""
+    args = ["search", str(search_index), "-k", "30", "--min-prob", "0.5", "--json"]
+    code, words, err = _run([*args, "--describe", "woman without a backpack"], capsys)
+    assert code == 0 and "read the description as: woman -> gender=female; backpack -> " \
+        "backpack=no" in err
+    code, chips, _ = _run([*args, "-a", "gender=female,backpack=no"], capsys)
+    ids = [r["id"] for r in json.loads(words)]
+    assert ids and ids == [r["id"] for r in json.loads(chips)]
+    code, out, err = _run([*args, "-d", "tall woman"], capsys)
+    assert code == 1 and "'tall' (height is not an attribute)" in out + err
+    assert "Traceback" not in out + err

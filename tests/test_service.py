@@ -101,6 +101,24 @@ def test_attribute_queries_return_crops_with_those_attributes(client, api):
     assert [r["id"] for r in posted["results"]] == [r["id"] for r in body["results"]]
 
 
+def test_a_description_in_words_searches_as_its_attributes(client, api):
+    words = client.post("/search", data={"description": "woman without a backpack",
+                                         "k": "50", "min_prob": "0.5"}).json()
+    chips = client.post("/search", data={"attributes": "gender=female,backpack=no",
+                                         "k": "50", "min_prob": "0.5"}).json()
+    assert words["results"] and [r["id"] for r in words["results"]] == \
+        [r["id"] for r in chips["results"]]
+    assert words["description"] == {
+        "text": "woman without a backpack", "attributes": {"gender": "female", "backpack": "no"},
+        "reading": [{"words": "woman", "as": "gender=female"},
+                    {"words": "backpack", "as": "backpack=no"}]}
+    refused = client.post("/search", data={"description": "tall woman with a red backpack"})
+    assert refused.status_code == 422
+    assert "'tall'" in refused.json()["detail"] and "'red'" in refused.json()["detail"]
+    clash = client.post("/search", data={"description": "man", "attributes": "gender=female"})
+    assert clash.status_code == 422 and "disagree" in clash.json()["detail"]
+
+
 def test_image_with_attributes_and_camera(client, api, held_out):
     # (gender=male at 0.6 matched nothing with the tiny model: the loop below was vacuous)
     body = _post_image(client, held_out, k=100, attributes="backpack=no", camera="1,3",

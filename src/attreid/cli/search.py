@@ -128,6 +128,9 @@ def search(
     query_id: int | None = typer.Option(None, "--id", help="Query by an indexed crop's id."),
     attributes: str = typer.Option("", "--attributes", "-a",
                                    help="Constraints, e.g. gender=female,backpack=yes."),
+    description: str = typer.Option("", "--describe", "-d", help="The person in words, e.g. "
+                                    "'woman with a backpack and a red top' (docs/"
+                                    "DESCRIPTIONS.md); joined with --attributes."),
     k: int = typer.Option(10, "-k", help="Number of results."),
     camera: str = typer.Option("", help="Cameras to search in, e.g. 1,3."),
     min_prob: float | None = typer.Option(
@@ -160,6 +163,7 @@ def search(
     query)."""
     try:
         from attreid.search import QueryError
+        from attreid.search.describe import with_description
         from attreid.inference.attribute_confidence import attribute_summary
         from attreid.search.hits import confidence_of
         from attreid.search.http import parse_frames
@@ -176,6 +180,9 @@ def search(
             raise QueryError("give --image or --id, not both")
         if order not in ("rank", "time"):
             raise QueryError(f"--order {order!r}: expected rank or time")
+        attributes, read = with_description(attributes, description)
+        if read is not None:  # on stderr: with --json too
+            _show_backend_text(f"read the description as: {read.explain()}")
         opened = open_search(index, checkpoint, device, backend, calibration,
                              model=bool(image), fpir=fpir)  # only a query image needs the model
         if image:

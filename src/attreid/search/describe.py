@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 from attreid.schema import TASKS
+from attreid.search.constraints import QueryError, parse_attributes
 
 _CLASSES = {t.name: t.classes for t in TASKS}
 
@@ -102,8 +103,9 @@ _HINTS = {
 }
 
 
-class DescriptionError(ValueError):
-    """A description that cannot be read; the message names the words and why."""
+class DescriptionError(QueryError):
+    """A description that cannot be read; the message names the words and why (a
+    :class:`~attreid.search.constraints.QueryError`: the service answers 422)."""
 
 
 @dataclass
@@ -223,3 +225,25 @@ def describe(text: str) -> Description:
         raise DescriptionError(f"description {text!r}: no attribute in it (try e.g. 'woman with "
                                "a backpack and a red top')")
     return reader.out
+
+
+def with_description(attributes: str, text: str) -> tuple[str, Description | None]:
+    """``attributes`` (``task=value`` pairs) joined with the constraints read from ``text``.
+
+    Returns:
+        The joined pairs and the :class:`Description` (None for an empty ``text``).
+
+    Raises:
+        DescriptionError: ``text`` cannot be read (see :func:`describe`).
+        QueryError: bad ``attributes``, or a task both give with different values.
+    """
+    if not text.strip():
+        return attributes, None
+    read = describe(text)
+    given = {c.task: c.value for c in parse_attributes(attributes)}
+    clash = [f"{t}={given[t]} (attributes) against {t}={v} (description)"
+             for t, v in read.constraints.items() if t in given and given[t] != v]
+    if clash:
+        raise QueryError("the attributes and the description disagree: " + "; ".join(clash))
+    joined = {**given, **read.constraints}
+    return ",".join(f"{t}={v}" for t, v in joined.items()), read

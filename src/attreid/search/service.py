@@ -7,7 +7,9 @@ package's files: no CDN):
   out of its own results), ``attributes`` (``gender=female,backpack=yes`` or a JSON object),
   ``k``, ``camera`` (comma-separated camera numbers to search in), ``min_prob`` (default 0 for
   an attribute query: every crop ranked by the product of its probabilities; 0.5 with an image),
-  ``rerank``. With neither image nor query_id it is an attribute query.
+  ``rerank``, ``description`` (the person in words, read by :mod:`attreid.search.describe`
+  and joined with ``attributes``; the response's ``description`` shows the reading, words it
+  cannot map are a 422 naming them). With neither image nor query_id it is an attribute query.
 * ``GET /search/attributes`` — one query parameter per attribute task (``?gender=female``),
   plus ``k``, ``camera``, ``min_prob``; unknown parameters or values are a 422.
 * ``POST /verify`` — multipart form: ``first`` and ``second`` (two crops), ``far`` (the operating
@@ -58,6 +60,7 @@ from attreid.inference.calibration import DEFAULT_FAR, DEFAULT_FPIR, Calibration
 from attreid.inference.verdicts import compare_embeddings
 from attreid.schema import TASKS
 from attreid.search.batching import EmbeddingBatcher
+from attreid.search.describe import Description, with_description
 from attreid.search.hits import confidence_of
 from attreid.search.http import (
     MAX_K,
@@ -140,6 +143,14 @@ def _respond(search: GallerySearch, mode: str, hits: list, order: str, group: bo
         body["results"] = hits_json(hits, confidence)
     if vector is not None:
         body["query"] = {"person": search.query_person(vector)}
+    return body
+
+
+def _read_as(body: dict[str, Any], read: Description | None) -> dict[str, Any]:
+    """``body`` with ``description``: how the text was read (absent without one)."""
+    if read is not None:
+        body["description"] = {"text": read.text, "attributes": read.constraints,
+                               "reading": [{"words": w, "as": a} for w, a in read.reading]}
     return body
 
 
@@ -291,6 +302,8 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         upload: Optional[str] = Form(None, description="token(s) of crops uploaded before "
                                      "(the ``upload`` of a response; comma-separated)"),
         attributes: str = Form("", description="task=value pairs, e.g. gender=female"),
+        description: str = Form("", description="the person in words, e.g. 'woman with a "
+                                "backpack' (joined with attributes; the reading is returned)"),
         k: int = Form(10, ge=1, le=max_k),
         offset: int = Form(0, ge=0, description="skip this many results (paging)"),
         camera: str = Form("", description="cameras to search in, e.g. 1,3"),
@@ -315,6 +328,7 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         token together: more is a 422 naming the limit, before any is decoded (each costs a
         decode and a forward pass; 16 crops of one person are more than a mean needs)."""
         search = live.current().search
+        attributes, read = with_description(attributes, description)
         cameras, frame_range = parse_cameras(camera), parse_frames(frames)
         tokens = [t.strip() for t in (upload or "").split(",") if t.strip()]
         if len(image) + len(tokens) > MAX_QUERY_CROPS:
@@ -331,8 +345,8 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         if described:
             hits = search.by_attributes(attributes, k, cameras, min_prob, frame_range, offset)
             total, hidden = search.count(attributes, cameras, min_prob, frame_range)
-            return _respond(search, "attributes", hits, order, group, offset, None,
-                            total=total, hidden=hidden)
+            return _read_as(_respond(search, "attributes", hits, order, group, offset, None,
+                                     total=total, hidden=hidden), read)
         vector, tokens = _query_vector(search, image, tokens, query_id)
         marked = parse_ids(right), parse_ids(wrong)
         vector = search.refine(vector, *marked) if any(marked) else vector
@@ -354,7 +368,7 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                                  camera=e.camera, frame=e.frame)
         if tokens:
             body["upload"] = ",".join(tokens)
-        return body
+        return _read_as(body, read)
 
     def _query_vector(search: GallerySearch, images: list, tokens: list[str],
                       query_id: Optional[int]) -> tuple:
