@@ -6,7 +6,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import Iterator, NoReturn
+from typing import Any, Iterator, NoReturn
 
 import pytest
 
@@ -252,3 +252,25 @@ def search_server(search_index) -> Iterator[str]:
 
     with served(create_app(GallerySearch.open(search_index))) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def footage_index(calibrated_index, tmp_path_factory) -> tuple[Path, Path, Any]:
+    """(index folder, checkpoint, FootageInfo): synthetic footage of 3 cameras x 12 s at
+    10 fps with 5 people, ingested (motion detector) with the calibrated tiny checkpoint, so
+    searches of it carry P(same) and crops have times, tracks, boxes and frames (issue 31)."""
+    require("cv2", "footage ingest (the footage extra)")
+    require("faiss", "the gallery index (the search extra)")
+    from attreid import cli
+    from attreid.data.footage_synth import make_footage
+
+    _, checkpoint = calibrated_index
+    root = tmp_path_factory.mktemp("case_footage")
+    info = make_footage(root / "scene", cameras=3, people=5, seconds=12.0, fps=10.0, seed=2)
+    index = root / "index"
+    try:
+        cli.run(["ingest", str(checkpoint), "--manifest", str(info.manifest), "--out",
+                 str(index), "--detector", "motion", "--backend", "torch", "--device", "cpu"])
+    except SystemExit as exc:
+        assert exc.code in (0, None), f"ingest failed: exit {exc.code}"
+    return index, checkpoint, info

@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("data",),
     ("models", "metrics"),
     ("inference",),
-    ("training", "evaluation"),
+    ("training", "evaluation", "case"),
     ("search",),
     ("footage",),
     ("cli",),

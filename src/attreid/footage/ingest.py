@@ -139,7 +139,7 @@ def _one(spec: SourceSpec, make_detector: Callable[[SourceSpec], Detector], pred
         return report
     summary = {"camera": spec.camera, "path": str(spec.path), "frames": result.frames,
                "tracklets": len(result.tracklets), "start": format_time(spec.start),
-               "source_id": source_identity(spec),
+               "source_id": source_identity(spec), "size": list(result.size),
                "settings": settings_summary(settings, detector_name)}
     try:
         report.crops = add_source(index, predictor, result, key, summary)

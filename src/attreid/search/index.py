@@ -34,16 +34,9 @@ import numpy as np
 
 from attreid.inference.features import FeatureStore
 from attreid.schema import trained_tasks_of
-from attreid.search.metadata import (
-    Entry,
-    _entry,
-    _from_sql,
-    _insert,
-    _rows,
-    _set_info,
-    probability_columns,
-)
-from attreid.search.sightings import Sighting, ingested, read_sightings
+from attreid.search.metadata import Entry, _entry, _from_sql, _insert, _rows, _set_info
+from attreid.search.metadata import probability_columns
+from attreid.search.sightings import Sighting, ingested, read_sightings, track_ids
 from attreid.search.sources import (
     WRITE_CHUNK,
     RowsHook,
@@ -181,6 +174,11 @@ class GalleryIndex:
         with self._lock:
             return read_sightings(self._db, ids)
 
+    def track(self, image_id: int) -> list[int]:
+        """Ids of the crops of ``image_id``'s track, in time order ([] unless from footage)."""
+        with self._lock:
+            return track_ids(self._db, image_id)
+
     def ingested(self) -> dict[str, dict[str, Any]]:
         """key -> summary of each footage source in the index (:mod:`attreid.search.sightings`)."""
         with self._lock:
@@ -198,11 +196,9 @@ class GalleryIndex:
             "SELECT DISTINCT camera FROM images WHERE camera IS NOT NULL ORDER BY camera")]
 
     def committed(self) -> tuple[int, str]:
-        """``(generation, vectors file name)`` as ``meta.sqlite`` holds them now, read through
-        this object's connection (read-only, one small query): unlike :attr:`info`, it shows
-        an add committed by another process since :meth:`open`, so a reader can tell that it
-        holds an older generation and reopen the folder. (A folder replaced by a rebuild is
-        another file: this object still reads the old one; compare the file's identity.)"""
+        """``(generation, vectors file name)`` as ``meta.sqlite`` holds them now (one read-only
+        query): unlike :attr:`info` it shows another process's add since :meth:`open`, so a
+        reader knows to reopen. (A rebuilt folder is another file: compare its identity.)"""
         rows = dict(self._query(
             "SELECT key, value FROM info WHERE key IN ('generation', 'vectors')"))
         return int(json.loads(rows.get("generation", "0"))), str(json.loads(rows["vectors"]))

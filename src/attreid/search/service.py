@@ -38,6 +38,8 @@ queries never see rows beyond the vectors it holds).
 A task the model was trained without (its training data had no label for it) is never shown
 nor searchable: a constraint on it is a 422 naming it (:meth:`GallerySearch.check_trained`),
 results describe the trained tasks only.
+* The investigator's workspace (cases, timelines, a hit's frame and track, comparing two
+  hits): :mod:`attreid.search.workspace`.
 * ``GET /`` — the web page (static files shipped in ``attreid/search/web``; no CDN).
 
 Uploads are checked before decoding: at most ``max_upload_bytes`` (by Content-Length, and by
@@ -90,6 +92,7 @@ from attreid.search.query import (
 )
 from attreid.search.results import by_time, group_tracks, tracks_json
 from attreid.search.uploads import Upload, UploadStore
+from attreid.search.workspace import add_workspace_routes
 
 WEB_DIR = Path(__file__).parent / "web"
 def _fastapi() -> Any:
@@ -463,6 +466,14 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         if etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
         return FileResponse(path, headers=headers)
+
+    def vector_of_upload(token: str) -> np.ndarray:
+        found = uploads.get(token)
+        if found is None:
+            raise QueryError(f"upload {token!r} is no longer on the server: upload it again")
+        return found.vector
+
+    add_workspace_routes(app, live, vector_of_upload, errors)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

@@ -104,3 +104,17 @@ def read_sightings(db: sqlite3.Connection, ids: Sequence[int]) -> dict[int, Sigh
                                         (row[5], row[6], row[7], row[8]), row[9], row[10],
                                         row[11])
     return out
+
+
+def track_ids(db: sqlite3.Connection, image_id: int) -> list[int]:
+    """Ids of the crops of the track ``image_id`` belongs to (same camera, source and track),
+    in time order; [] for a crop without a sighting."""
+    if not _has_tables(db):
+        return []
+    row = db.execute("SELECT camera_name, source, track FROM sightings WHERE id = ?",
+                     (int(image_id),)).fetchone()
+    if row is None:
+        return []
+    return [int(r[0]) for r in db.execute(
+        "SELECT id FROM sightings WHERE camera_name = ? AND source = ? AND track = ? "
+        "ORDER BY time, id", tuple(row))]
