@@ -125,15 +125,16 @@ def add_workspace_routes(app: Any, live: Any, vector_of_upload: Callable[[str], 
     from fastapi import Form, HTTPException, Query
     from fastapi.responses import Response
 
-    def store() -> CaseStore:
-        return CaseStore(case_file(live.current().search.index.root))
-
     def guarded(call: Callable[[], Any]) -> Any:
         try:
             return call()
         except CaseError as exc:
             status = 404 if str(exc).startswith("no case") else 422
             raise HTTPException(status, str(exc)) from None
+
+    def store() -> CaseStore:
+        root = live.current().search.index.root
+        return guarded(lambda: CaseStore(case_file(root)))
 
     @app.get("/cases")
     def cases() -> dict[str, Any]:
