@@ -262,6 +262,7 @@ def test_cards_show_the_calibrated_probability_and_mark_the_operating_point(
     other = next((p for p in people if p != query and p.name[:4] == query.name[:4]),
                  next(p for p in crops if p != query))
     verdict = search.calibration
+    pg.click("#compare-open")  # the "Same person?" panel opens above the results
     pg.set_input_files("#verify-first", str(query))
     pg.set_input_files("#verify-second", str(other))
     pg.click("#verify-button")

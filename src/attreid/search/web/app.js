@@ -67,7 +67,11 @@
     refine: $("#refine"),
     download: $("#download"),
     more: $("#more"),
+    describe: $("#describe"),
+    reading: $("#describe-reading"),
   };
+  // the investigator's workspace (workspace.js): cases, timeline, frames, compare
+  const ws = () => window.attreidWorkspace || null;
 
   const state = {
     schema: null,
@@ -319,7 +323,7 @@
   // ---- searching -------------------------------------------------------------------------
 
   function hasQuery() {
-    return Boolean(state.query) || state.attributes.size > 0;
+    return Boolean(state.query) || state.attributes.size > 0 || el.describe.value.trim() !== "";
   }
 
   function autoSearch() {
@@ -343,6 +347,7 @@
     if (state.attributes.size) {
       p.set("a", [...state.attributes].map(([t, v]) => `${t}=${v}`).join(","));
     }
+    if (el.describe.value.trim()) p.set("d", el.describe.value.trim());
     if (state.cameras.size) p.set("cam", [...state.cameras].sort((a, b) => a - b).join(","));
     if (el.k.value && el.k.value !== String(DEFAULT_K)) p.set("k", el.k.value);
     if (el.rerank.checked) p.set("rerank", "1");
@@ -372,6 +377,7 @@
       const [task, value] = pair.split("=");
       if (task && value) state.attributes.set(task, value);
     }
+    el.describe.value = p.get("d") || "";
     state.cameras.clear();
     for (const cam of (p.get("cam") || "").split(",").filter(Boolean)) {
       if (!Number.isNaN(Number(cam))) state.cameras.add(Number(cam));
@@ -436,6 +442,8 @@
     for (const li of el.results.querySelectorAll(`li[data-id="${id}"]`)) {
       li.dataset.mark = state.marks.get(id) || "";
     }
+    const hit = state.hits.find((h) => h.id === id);
+    if (ws() && hit) ws().marked(hit, state.marks.get(id) || "clear", state.query);
     const n = state.marks.size;
     el.refine.hidden = n === 0 || !state.query || state.query.kind === "file";
     el.refine.textContent = `Refine with ${n} mark${n === 1 ? "" : "s"}`;
@@ -458,6 +466,7 @@
     if (q && q.kind === "id") form.append("query_id", String(q.id));
     const attrs = [...state.attributes].map(([t, v]) => `${t}=${v}`).join(",");
     if (attrs) form.append("attributes", attrs);
+    if (el.describe.value.trim()) form.append("description", el.describe.value.trim());
     form.append("k", el.k.value || String(DEFAULT_K));
     if (state.cameras.size) form.append("camera", [...state.cameras].sort((a, b) => a - b).join(","));
     if (el.minProb.value !== "") form.append("min_prob", el.minProb.value);
@@ -519,6 +528,9 @@
     showError("");
     state.personThreshold = body.calibration && body.calibration.person_threshold !== undefined ?
       body.calibration.person_threshold : null;
+    showReading(body.description);
+    if (ws() && !append) ws().searched(body, state.query, el.describe.value.trim(),
+      [...state.attributes].map(([t, v]) => `${t}=${v}`).join(","));
     state.hits = append ? state.hits.concat(body.results) : body.results;
     state.mode = body.mode;
     showResults(state.hits, body.mode);
@@ -536,14 +548,16 @@
         ", ranked by the product of their probabilities" :
         `, ranked by the product of their probabilities, crops below ${el.minProb.value} hidden`)
       : "");
-    const total = body.total !== undefined ? ` of ${body.total.toLocaleString()}` : "";
+    // a description ranks every crop (none hidden unless min. prob. says so): the total is
+    // the crops it ranked, not crops that match
+    const total = body.total !== undefined ? ` shown, ranked among ${body.total.toLocaleString()} crops;` : "";
     const hidden = body.hidden ? ` \u00b7 ${body.hidden.toLocaleString()} crop` +
       `${body.hidden === 1 ? "" : "s"} hidden by the attribute filter` : "";
     const refined = state.marks.size && state.query && state.query.kind !== "file" ?
       ` \u00b7 refined with ${state.marks.size} mark${state.marks.size === 1 ? "" : "s"}` : "";
     const soft = state.attributes.size && body.mode !== "attributes" &&
       el.constraints.value === "soft" ? " \u00b7 attributes re-weight (nothing hidden)" : "";
-    setStatus(`${n}${total} result${n === 1 ? "" : "s"} in ${ms} ms \u00b7 ${mode}` + hidden +
+    setStatus(`${n}${total ? total : ` result${n === 1 ? "" : "s"}`} in ${ms} ms \u00b7 ${mode}` + hidden +
       refined + soft +
       calibrationText(body) +
       (n === 0 ? " \u2014 try fewer attributes, more cameras or a lower min. prob." : ""), "done");
@@ -606,6 +620,7 @@
   }
 
   function fail(message) {
+    showReading(null);
     showError(message);
     showResults([], "error");
     setStatus("Search failed.", "error");
@@ -643,6 +658,14 @@
       `${percent(summary.precision)} of the time on the calibration's crops` +
       (summary.unreliable.length ? ` \u00b7 never sure (no better than their majority ` +
         `class): ${summary.unreliable.join(", ")}` : "");
+  }
+
+  // How the server read the description (or nothing without one).
+  function showReading(description) {
+    el.reading.hidden = !description;
+    if (!description) return;
+    el.reading.textContent = "read as: " + description.reading
+      .map((r) => `${r.words} \u2192 ${r.as}`).join("; ");
   }
 
   function percent(p) {
@@ -758,7 +781,8 @@
     const image = mode === "image" || mode === "indexed image";
     el.results.replaceChildren(...hits.map((hit, i) => make("li", {
       "data-id": hit.id, "data-mark": state.marks.get(hit.id) || "" },
-    resultCard(hit, i + 1), image ? markButtons(hit) : null, trackMembers(hit))));
+    resultCard(hit, i + 1), image || ws() ? markButtons(hit) : null,
+    ws() ? ws().cardTools(hit) : null, trackMembers(hit))));
     el.results.dataset.mode = mode && mode !== "error" ? mode : "";
     el.results.dataset.count = String(hits.length);
     state.seq += 1;
@@ -819,6 +843,9 @@
       autoSearch();
     });
     el.k.addEventListener("change", autoSearch);
+    el.describe.addEventListener("keydown", (ev) => {
+      if (ev.key === "Enter") { ev.preventDefault(); autoSearch(); }
+    });
     el.rerank.addEventListener("change", () => { if (state.query) runSearch(); });
     el.minProb.addEventListener("change", () => { if (state.attributes.size) runSearch(); });
     el.download.addEventListener("click", downloadCsv);
@@ -839,6 +866,7 @@
       clearQuery();
       state.attributes.clear();
       state.cameras.clear();
+      el.describe.value = "";
       el.rerank.checked = false;
       el.minProb.value = "";
       if (state.schema) buildKSelect(state.schema.max_k);
@@ -874,5 +902,6 @@
     }
   }
 
+  window.attreidPage = { search: (hit) => setIndexedQuery(hit), percent };
   init();
 })();
