@@ -297,3 +297,14 @@ def test_cli_searches_a_description_in_words(search_index, capsys):
     code, out, err = _run([*args, "-d", "tall woman"], capsys)
     assert code == 1 and "'tall' (height is not an attribute)" in out + err
     assert "Traceback" not in out + err
+
+
+def test_a_frame_range_the_index_lacks_is_refused_naming_its_frames(search_index):
+    """Issue 31: the README promises 422 for a frame range the index does not hold."""
+    search = GallerySearch.open(search_index, model=False)
+    frames = sorted(e.frame for e in search.index.entries(range(len(search.index)))
+                    if e.frame is not None)
+    with pytest.raises(QueryError, match=f"no crop of this index is in that range; its frames "
+                       f"run from {frames[0]} to {frames[-1]}"):
+        search.by_attributes("gender=female", frames=(frames[-1] + 1, frames[-1] + 100))
+    assert search.by_attributes("gender=female", frames=(frames[0], frames[0]))

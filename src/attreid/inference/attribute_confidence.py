@@ -23,7 +23,6 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from attreid.metrics.attributes import majority_gaps
 from attreid.schema import MISSING, TASKS
 
 PRECISION = 0.9
@@ -77,6 +76,8 @@ def fit_attribute_confidence(probabilities: Mapping[str, np.ndarray], targets: n
         (of the targets' majority class), ``"gap"`` ([low, high], 95 %),
         ``"better_than_majority"``, ``"images"}``; tasks without labels are left out.
     """
+    from attreid.metrics.attributes import majority_gaps  # torch: only when fitting
+
     targets = np.asarray(targets, dtype=np.int64)
     predicted = np.full(targets.shape, MISSING, dtype=np.int64)
     for j, task in enumerate(TASKS):

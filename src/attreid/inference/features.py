@@ -30,14 +30,16 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from attreid.errors import AttreidError
-from attreid.metrics import ReidResult, reid_metrics_streamed
 from attreid.schema import TASKS
 from attreid.utils.files import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:  # torch: imported where metrics are computed
+    from attreid.metrics import ReidResult
 
 FORMAT_VERSION = 2
 READ_FORMATS = (1, 2)
@@ -477,6 +479,8 @@ def reid_metrics_on_store(query_features: np.ndarray, query_ids: np.ndarray,
     2 * ceil(Q / chunk_size) times (from the page cache once it fits there). ``block_size``
     ``None``: one shard per block. ``exclude``: (Q, C) gallery rows left out of each query's
     ranking, -1 for none (as :func:`~attreid.metrics.reid_metrics`)."""
+    from attreid.metrics import reid_metrics_streamed  # torch: only when scoring
+
     blocks = store_blocks(gallery, cams="cams" if query_cams is not None else None,
                           block_size=block_size)
     return reid_metrics_streamed(query_features, query_ids, blocks, query_cams,

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from attreid.metrics.distance import pairwise_distance
 
 PERSON_MIN_DISTRACTORS = 10
 """Distractor crops needed to fit the person check (fewer: no check). A floor, not a quality
@@ -53,6 +52,7 @@ def fit_search(embeddings: Any, identities: np.ndarray, metric: str,
         ``{"a", "b", "queries", "gallery", "matches", "top"}`` or None when no query has a
         match in the gallery, or every hit does.
     """
+    from attreid.metrics.distance import pairwise_distance  # torch: only to measure
     from sklearn.linear_model import LogisticRegression
 
     x = np.asarray(embeddings, dtype=np.float32)

@@ -22,7 +22,6 @@ from attreid.inference.calibration import (
     check_far,
     find_calibration,
 )
-from attreid.metrics.distance import pairwise_distance
 from attreid.metrics.verification import distribution_shift
 
 UNLIKE_PEOPLE = 0.05
@@ -242,6 +241,7 @@ def compare_embeddings(a: Any, b: Any, metric: str, calibration: Calibration | N
                        far: float = DEFAULT_FAR, note: str = "") -> Verdict:
     """The :class:`Verdict` for two embeddings (D,): their ``metric`` distance, and with a
     calibration P(same), both crops' P(person) and the decision at ``far``."""
+    from attreid.metrics.distance import pairwise_distance  # torch: only to measure
     a, b = np.asarray(a), np.asarray(b)
     distance = float(pairwise_distance(a[None], b[None], metric)[0, 0])
     person = None if calibration is None else calibration.person_probability(np.stack([a, b]))

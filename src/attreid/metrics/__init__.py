@@ -26,28 +26,56 @@ Modules: ``distance``, ``reid``, ``attributes``, ``reranking`` (k-reciprocal, Zh
 (``errors``, ``schema``, ``config``, ``utils``) only; pure functions, no model, no data reader.
 """
 
-from attreid.metrics.attributes import (
-    BINARY_RAW_ATTRIBUTES,
-    AttributeResult,
-    MajorityGap,
-    attribute_metrics,
-    majority_baseline,
-    majority_classes,
-    majority_gaps,
-    predict_labels,
-)
-from attreid.metrics.distance import DISTANCE_METRICS, pairwise_distance
-from attreid.metrics.inputs import ArrayLike
-from attreid.metrics.reid import (
-    JUNK_ID,
-    PROTOCOLS,
-    GalleryBlock,
-    ReidResult,
-    reid_metrics,
-    reid_metrics_streamed,
-)
-from attreid.metrics.reranking import rerank, rerank_dense
-from attreid.metrics.selection import selection_score
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the real imports, for readers and type checkers
+    from attreid.metrics.attributes import (
+        BINARY_RAW_ATTRIBUTES,
+        AttributeResult,
+        MajorityGap,
+        attribute_metrics,
+        majority_baseline,
+        majority_classes,
+        majority_gaps,
+        predict_labels,
+    )
+    from attreid.metrics.distance import DISTANCE_METRICS, pairwise_distance
+    from attreid.metrics.inputs import ArrayLike
+    from attreid.metrics.reid import (
+        JUNK_ID,
+        PROTOCOLS,
+        GalleryBlock,
+        ReidResult,
+        reid_metrics,
+        reid_metrics_streamed,
+    )
+    from attreid.metrics.reranking import rerank, rerank_dense
+    from attreid.metrics.selection import selection_score
+
+_EXPORTS = {
+    'BINARY_RAW_ATTRIBUTES': 'attreid.metrics.attributes',
+    'AttributeResult': 'attreid.metrics.attributes',
+    'MajorityGap': 'attreid.metrics.attributes',
+    'attribute_metrics': 'attreid.metrics.attributes',
+    'majority_baseline': 'attreid.metrics.attributes',
+    'majority_classes': 'attreid.metrics.attributes',
+    'majority_gaps': 'attreid.metrics.attributes',
+    'predict_labels': 'attreid.metrics.attributes',
+    'DISTANCE_METRICS': 'attreid.metrics.distance',
+    'pairwise_distance': 'attreid.metrics.distance',
+    'ArrayLike': 'attreid.metrics.inputs',
+    'JUNK_ID': 'attreid.metrics.reid',
+    'PROTOCOLS': 'attreid.metrics.reid',
+    'GalleryBlock': 'attreid.metrics.reid',
+    'ReidResult': 'attreid.metrics.reid',
+    'reid_metrics': 'attreid.metrics.reid',
+    'reid_metrics_streamed': 'attreid.metrics.reid',
+    'rerank': 'attreid.metrics.reranking',
+    'rerank_dense': 'attreid.metrics.reranking',
+    'selection_score': 'attreid.metrics.selection',
+}
+"""Public name -> its module: imported on first use (PEP 562), so that importing one
+module of ``attreid.metrics`` does not import them all (torch for a description search)."""
 
 __all__ = [
     "BINARY_RAW_ATTRIBUTES", "DISTANCE_METRICS", "JUNK_ID", "PROTOCOLS", "ArrayLike",
@@ -56,3 +84,11 @@ __all__ = [
     "pairwise_distance", "predict_labels", "reid_metrics", "reid_metrics_streamed", "rerank",
     "rerank_dense", "selection_score",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from attreid.metrics.distance import pairwise_distance
-from attreid.metrics.inputs import ArrayLike, to_tensor
+if TYPE_CHECKING:  # torch, only needed where a distance is measured
+    from attreid.metrics.inputs import ArrayLike
+
 
 TAIL_FAR = 0.05
 """Impostor distances kept exactly: the smallest ``TAIL_FAR`` of all impostor pairs (FARs up
@@ -75,6 +77,9 @@ def pair_distances(embeddings: ArrayLike, identities: ArrayLike, cameras: ArrayL
     Raises:
         ValueError: shapes disagree, or no genuine or no impostor pair exists.
     """
+    from attreid.metrics.distance import pairwise_distance  # torch: only to measure
+    from attreid.metrics.inputs import to_tensor
+
     x = to_tensor(embeddings, "embeddings")
     ids = np.asarray(identities).astype(np.int64)
     cams = np.asarray(cameras).astype(np.int64)

@@ -19,9 +19,7 @@ and the image ranks what is left by distance. :meth:`GallerySearch.count` says h
 filter hid.
 
 Only the tasks the index's model was trained on (:attr:`GalleryIndex.trained_tasks`) can be
-searched by: a constraint on another task (its head never saw a label, its "predictions" are
-noise) is a :class:`QueryError` naming the task. An index of a re-ID-only model is searched
-by image only.
+searched by (another is a :class:`QueryError` naming it); a re-ID-only model: by image only.
 """
 
 from __future__ import annotations
@@ -106,8 +104,7 @@ class GallerySearch:
 
     @property
     def point(self) -> SearchPoint | None:
-        """The operating point hits are marked at (:meth:`Calibration.search_point` of this
-        gallery's size, kept per size: every hit asks), None when uncalibrated."""
+        """Where hits are marked (:meth:`Calibration.search_point` of this size); None: none."""
         size = max(len(self.index), 1)
         if self.calibration is not None and (self._point is None or self._point[0] != size):
             self._point = (size, self.calibration.search_point(size, self.fpir, self.matches))
@@ -155,26 +152,17 @@ class GallerySearch:
              calibration: Path | str | None = None, far: float = DEFAULT_FAR,
              model: bool = True, fpir: float = DEFAULT_FPIR) -> "GallerySearch":
         """Open an index and the checkpoint that made it (``checkpoint`` overrides the recorded
-        path; either way its sha256 must match). An ONNX export (``.onnx``) of that checkpoint
-        works too and runs with ONNX Runtime. ``backend``: how query crops are embedded
-        (:mod:`attreid.inference.backends`; ``auto``: the fastest verified here).
-        ``calibration``: the file mapping distance to P(same person) (default: the one beside
-        the checkpoint, when it was made for it and the index's flip and distance; else hits
-        carry no probability); ``fpir``: the operating point that marks hits as the same
-        person, in strangers marked per query (:meth:`Calibration.search_point`); ``far``: the
-        one-to-one operating point of comparing two crops (:meth:`verify_pair`, POST /verify).
-        ``model=False`` opens the index alone (descriptions and indexed crops need no model;
-        a query image then raises QueryError); the calibration is checked against the sha256
-        the index recorded.
+        path; its sha256 must match; an ONNX export runs with ONNX Runtime). ``backend``: how
+        query crops are embedded (:mod:`attreid.inference.backends`). ``calibration``: distance
+        to P(same) (default: the one beside the checkpoint, when made for it, the index's flip
+        and distance); ``fpir``: strangers marked per query (:meth:`Calibration.search_point`);
+        ``far``: the one-to-one operating point (:meth:`verify_pair`). ``model=False``: the
+        index alone, without importing torch (descriptions and indexed crops need no model).
 
         Raises:
             GalleryIndexError: the index is missing/corrupt or the checkpoint does not match.
             CalibrationError: an explicit calibration file that is missing or does not apply.
         """
-        from attreid.inference.backends import load_predictor
-        from attreid.inference.onnx import ExportError
-        from attreid.utils.checkpoint import CheckpointError
-
         opened = GalleryIndex.open(index)
         path = resolve_checkpoint(checkpoint) if checkpoint else recorded_checkpoint(
             opened.info["checkpoint"], opened.info.get("checkpoint_sha256", ""))
@@ -186,6 +174,10 @@ class GallerySearch:
         if not path.is_file():
             raise GalleryIndexError(f"{path}: the checkpoint of index {opened.root} is not "
                                     "there; pass the checkpoint (--checkpoint) that made it")
+        from attreid.inference.backends import load_predictor  # torch: only with a model
+        from attreid.inference.onnx import ExportError
+        from attreid.utils.checkpoint import CheckpointError
+
         try:
             predictor, choice = load_predictor(path, backend, device=device,
                                                flip=bool(opened.info.get("flip")))
@@ -248,16 +240,24 @@ class GallerySearch:
                              f"from {'it' if len(unknown) == 1 else 'them'}; its cameras: {have}")
 
     def check_frames(self, frames: tuple[int, int] | None) -> None:
-        """Raise :class:`QueryError` for a frame range that is empty, or on an index whose
-        file names gave no frame numbers."""
+        """Raise :class:`QueryError` for a frame range that is empty or holds no crop of the
+        index (naming the frames it has), or on an index whose file names gave no frame
+        numbers."""
         if frames is None:
             return
         low, high = frames
         if low > high or low < 0:
             raise QueryError(f"frames {low}-{high}: expected FIRST-LAST with 0 <= FIRST <= LAST")
-        if not self.index.select("frame IS NOT NULL AND id < ?", [len(self.index)], limit=1):
+        held = "frame IS NOT NULL AND id < ?"
+        first = self.index.select(held, [len(self.index)], "frame", 1, "frame")
+        if not first:
             raise QueryError("frames: this index has no frame numbers (its file names carry "
                              "none), so it cannot be filtered by frame")
+        if not self.index.count(held + " AND frame BETWEEN ? AND ?",
+                                [len(self.index), low, high]):
+            last = self.index.select(held, [len(self.index)], "frame DESC", 1, "frame")
+            raise QueryError(f"frames {low}-{high}: no crop of this index is in that range; its "
+                             f"frames run from {int(first[0][1])} to {int(last[0][1])}")
 
     def _where(self, constraints: Sequence[Constraint], cameras: Sequence[int] | None,
                min_prob: float, frames: tuple[int, int] | None = None
