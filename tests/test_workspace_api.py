@@ -126,3 +126,23 @@ def test_an_index_of_crop_folders_has_no_frames(search_index):
     r = plain.get("/context/0/frame")
     assert r.status_code == 404 and "not cut from footage" in r.json()["detail"]
     assert plain.post("/timeline", data={"query_id": "0"}).status_code == 422  # uncalibrated
+
+
+def test_a_truncated_jpeg_and_a_tiny_crop_are_refused_by_name(client, synth_market):
+    """Issue 31: a truncated JPEG is never searched as if whole; a 10x20 crop is "too small",
+    not "not a person" (in /search and in /verify alike)."""
+    from PIL import Image
+
+    whole = sorted((synth_market / "query").glob("*.jpg"))[0].read_bytes()
+    cut = whole[: len(whole) * 2 // 3]
+    tiny = io.BytesIO()
+    Image.new("RGB", (10, 20), (200, 40, 40)).save(tiny, format="PNG")
+    for data, name, said in ((cut, "cut.jpg", "truncated"),
+                             (tiny.getvalue(), "tiny.png", "10x20 pixels, too small to "
+                                                           "identify a person")):
+        searched = client.post("/search", files={"image": (name, data, "image/jpeg")})
+        assert searched.status_code == 422 and said in searched.json()["detail"]
+        verified = client.post("/verify", files={"first": (name, data, "image/jpeg"),
+                                                 "second": ("w.jpg", whole, "image/jpeg")})
+        assert verified.status_code == 422 and said in verified.json()["detail"]
+        assert "first" in verified.json()["detail"]

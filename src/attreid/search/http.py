@@ -16,9 +16,10 @@ MAX_QUERY_CROPS = 16
 """Query crops one search takes (uploaded, or named by upload token): each costs a decode and
 a forward pass (1,000 1x1 PNGs in one 69 kB request were 10 s of CPU); 16 crops of one person
 are more than their mean needs, and fill one pass of the service's batcher."""
-MIN_SIDE = 8
-"""Fewest pixels per side of an uploaded crop: a smaller one holds no person to search for
-(the model resizes every crop to its input size, 256x128 for the presets)."""
+MIN_SIDE = 16
+"""Fewest pixels per side of an uploaded crop: a smaller one (a 10x20 crop: a person 20 pixels
+tall) holds too little of a person to identify, whatever the person check says of it (the model
+blows every crop up to its input size, 256x128 for the presets; Market-1501's are 64x128)."""
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # JPEG includes MPO
 """Formats decoded from uploads (PIL would also try EPS via Ghostscript, PDF, ... )."""
 
@@ -42,8 +43,8 @@ def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS, field: str = "image
             if width * height > max_pixels:
                 raise QueryError(f"{field}: {width}x{height} pixels, at most {max_pixels} allowed")
             if min(width, height) < MIN_SIDE:
-                raise QueryError(f"{field}: {width}x{height} pixels, too small to show a person "
-                                 f"(at least {MIN_SIDE} pixels a side)")
+                raise QueryError(f"{field}: {width}x{height} pixels, too small to identify a "
+                                 f"person (at least {MIN_SIDE} pixels a side)")
             img.load()
             return to_rgb(img)
     except QueryError:
