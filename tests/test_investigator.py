@@ -74,11 +74,12 @@ def test_cli_refuses_an_unknown_camera(search_index, capsys):
 
 def test_long_commands_write_progress_lines_into_a_log(tiny_checkpoint, synth_market, tmp_path,
                                                        capsys, monkeypatch):
-    """Fault 3: stdout is not a terminal here (captured): plain lines, the last at 100 %."""
+    """Fault 3: stdout is not a terminal here (captured): plain lines, the last at 100 %, on
+    stderr (issue 31: `> out.txt` keeps the results apart from the progress)."""
     from attreid.cli import base
 
     monkeypatch.setattr(base, "PROGRESS_EVERY_S", 0.0)
-    code, out, _ = _run(["index", "build", str(tiny_checkpoint), "--images",
+    code, results, out = _run(["index", "build", str(tiny_checkpoint), "--images",
                          str(synth_market / "bounding_box_test"), "--out", str(tmp_path / "i"),
                          "--batch-size", "16", "--backend", "torch-fp32"], capsys)
     assert code == 0
@@ -86,6 +87,7 @@ def test_long_commands_write_progress_lines_into_a_log(tiny_checkpoint, synth_ma
     assert len(lines) >= 3, out
     total = len(list((synth_market / "bounding_box_test").glob("*.jpg")))
     assert lines[-1].startswith(f"embedding crops: {total:,}/{total:,} (100%)")
+    assert "embedding crops" not in results
     code, out, _ = _run(["calibrate", str(tiny_checkpoint), "--data", str(synth_market),
                          "--out", str(tmp_path / "c.json"), "--json", "--backend",
                          "torch-fp32"], capsys)
@@ -279,7 +281,7 @@ def test_training_progress_lines_start_again_each_epoch(monkeypatch, capsys):
     on_step(0, 1, 2, {"loss": 1.0})
     on_step(0, 0, 2, {"loss": 1.0})  # the next run's first epoch, 500 s later
     on_step(0, 1, 2, {"loss": 1.0})
-    lines = capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 4 and "/s" not in lines[2] and lines[3].startswith(
         "epoch 1/2 steps: 2/2 (100%), 2/s")
 

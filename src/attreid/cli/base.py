@@ -73,7 +73,8 @@ def _fail(message: str) -> None:
 
 
 PROGRESS_EVERY_S = 10.0
-"""Seconds between the plain progress lines written where stdout is not a terminal."""
+"""Seconds between the plain progress lines written where stdout is not a terminal (on stderr:
+``attreid index build ... > out.txt`` keeps its results apart; ``2>&1`` puts both in a log)."""
 
 
 class _ProgressLines:
@@ -112,11 +113,11 @@ def _duration(seconds: float) -> str:
 @contextmanager
 def _count_progress(description: str, stream: TextIO | None = None
                     ) -> Iterator[Callable[[int, int], None]]:
-    """A transient progress bar on a terminal, plain lines on ``stream`` (default stdout)
-    where stdout is not one; yields the ``(done, total)`` callback the library calls. Give
-    ``stream=sys.stderr`` when stdout carries data (JSON)."""
+    """A transient progress bar on a terminal, plain lines on ``stream`` (default stderr: the
+    results on stdout stay apart) where stdout is not one; yields the ``(done, total)``
+    callback the library calls."""
     if not console.is_terminal:
-        yield _ProgressLines(description, stream or sys.stdout)
+        yield _ProgressLines(description, stream or sys.stderr)
         return
     columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn())
@@ -126,14 +127,14 @@ def _count_progress(description: str, stream: TextIO | None = None
 
 
 def _plain_epoch_progress(epochs: int) -> Callable[[int, int, int, dict], None]:
-    """Training's progress as plain lines (stdout not a terminal)."""
+    """Training's progress as plain lines on stderr (stdout not a terminal)."""
     lines: dict[int, _ProgressLines] = {}
 
     def on_step(epoch: int, step: int, steps: int, values: dict) -> None:
         if step == 0 or epoch not in lines:  # a new epoch (the demo trains three runs)
             lines[epoch] = _ProgressLines(f"epoch {epoch + 1}" + (f"/{epochs}" if epochs
                                                                   else "") + " steps",
-                                          sys.stdout)
+                                          sys.stderr)
         info = "  ".join(f"{k} {v:.3f}" if k != "img/s" else f"{v:.0f} img/s"
                          for k, v in values.items())
         lines[epoch](step + 1, steps, info)
