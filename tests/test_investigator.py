@@ -310,3 +310,22 @@ def test_a_frame_range_the_index_lacks_is_refused_naming_its_frames(search_index
                        f"run from {frames[0]} to {frames[-1]}"):
         search.by_attributes("gender=female", frames=(frames[-1] + 1, frames[-1] + 100))
     assert search.by_attributes("gender=female", frames=(frames[0], frames[0]))
+
+
+def test_a_flip_unlike_the_calibrations_is_warned_before_embedding_and_named_after(
+        calibrated_index, synth_market, tmp_path, capsys):
+    """Issue 31: the README calibrated with --flip and built the index without: search said
+    "uncalibrated" with no fix and index build said nothing (a rebuild lost)."""
+    import shutil
+
+    _, checkpoint = calibrated_index  # calibrated without flip
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    for path in sorted((synth_market / "bounding_box_test").glob("*.jpg"))[:12]:
+        shutil.copy(path, crops / path.name)
+    code, _, err = _run(["index", "build", str(checkpoint), "--images", str(crops), "--out",
+                         str(tmp_path / "i"), "--flip", "--backend", "torch-fp32"], capsys)
+    assert code == 0 and "warning: the checkpoint's calibration was fitted with flip off and " \
+        "this index is built with it on" in err and "Build without --flip" in err
+    code, _, err = _run(["search", str(tmp_path / "i"), "--id", "0", "-k", "2"], capsys)
+    assert code == 0 and "build the index without --flip, or calibrate again with --flip" in err

@@ -84,6 +84,7 @@ def index_build(
         predictor, choice = load_predictor(checkpoint, backend, device=device,
                                            batch_size=batch_size, flip=flip, probe_images=crops)
         _show_backend(choice)
+        _warn_flip_mismatch(checkpoint, predictor.checkpoint_sha256, flip)
         with _reported_warnings(), _count_progress("embedding crops") as progress:
             index = build_index(predictor, images, out, kind="ivf" if ivf else "flat",
                                 nlist=max(ivf, 0), nprobe=nprobe, batch_size=batch_size,
@@ -93,6 +94,25 @@ def index_build(
         _fail(str(exc))
     console.print(f"indexed {len(index)} crops ({index.info['kind']}, {index.info['metric']} "
                   f"distance, {index.info['dim']}-d) in {out}", soft_wrap=True)
+
+
+def _warn_flip_mismatch(checkpoint: Path, sha256: str, flip: bool) -> None:
+    """Say before embedding when the calibration beside the checkpoint was fitted with the
+    other flip setting: the index's searches would be uncalibrated (a rebuild lost)."""
+    from attreid.inference.calibration import Calibration, CalibrationError, calibration_path
+    from attreid.zoo import resolve_checkpoint
+
+    try:
+        found = Calibration.load(calibration_path(resolve_checkpoint(checkpoint)))
+    except (CalibrationError, OSError, ValueError):
+        return
+    if found.checkpoint_sha256 == sha256 and found.flip != flip:
+        was, now = ("on" if found.flip else "off"), ("on" if flip else "off")
+        _show_backend_text(
+            f"warning: the checkpoint's calibration was fitted with flip {was} and this index "
+            f"is built with it {now}: its searches will carry no P(same). Build "
+            f"with{'' if found.flip else 'out'} --flip, or calibrate again "
+            f"with{'' if flip else 'out'} --flip.")
 
 
 def index_add(

@@ -325,8 +325,10 @@ class Calibration:
         if self.checkpoint_sha256 != checkpoint_sha256:
             return "it was fitted on another checkpoint"
         if self.flip != flip:
-            return f"it was fitted with flip {'on' if self.flip else 'off'}, these embeddings " \
-                   f"have it {'on' if flip else 'off'}"
+            return (f"it was fitted with flip {'on' if self.flip else 'off'}, these embeddings "
+                    f"have it {'on' if flip else 'off'}: build the index with"
+                    f"{'' if self.flip else 'out'} --flip, or calibrate again with"
+                    f"{'' if flip else 'out'} --flip")
         if self.metric != metric:
             return f"it maps {self.metric} distances, these are {metric}"
         return None
