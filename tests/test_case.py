@@ -196,3 +196,13 @@ def test_the_exported_case_opens_offline_with_every_crop_and_time(search, tmp_pa
     assert rows[-1]["note"] == "other coat" and all(Path(r["path"]).is_file() for r in rows)
     assert all(r["camera"] and r["x1"] and r["frame_image"] for r in rows)
     assert "Timeline of confirmed sightings" in case_html(store.get(name))
+
+
+def test_ordering_a_page_by_time_is_one_chronology_across_cameras(search):
+    from attreid.search.results import by_time
+
+    hits = search.by_id(0, k=20)
+    ordered = by_time(hits)
+    times = [h.entry.time for h in ordered]
+    assert sorted(h.entry.id for h in ordered) == sorted(h.entry.id for h in hits)
+    assert times == sorted(times) and len({h.entry.camera for h in ordered}) > 1

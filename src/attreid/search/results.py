@@ -88,12 +88,17 @@ def tracks_json(tracks: Sequence[Group],
 
 
 def by_time(hits: Sequence[Hit]) -> list[Hit]:
-    """Hits along time per camera (a simple timeline): by camera, then frame; hits without a
-    camera or frame last, in rank order."""
+    """Hits in time order: crops with a wall-clock time (cut from footage) first, one
+    chronology across cameras; then crops without one by camera and frame (a file name's frame
+    numbers are counted per camera, not comparable across cameras); hits without a camera or
+    frame last, in rank order. (The whole gallery's sightings: :mod:`attreid.search.timeline`.)"""
     def key(item: tuple[int, Hit]) -> tuple:
         rank, h = item
-        missing = h.entry.camera is None or h.entry.frame is None
-        return (missing, h.entry.camera or 0, h.entry.frame or 0, rank)
+        e = h.entry
+        if e.time is not None:
+            return (0, e.time, 0, 0, rank)
+        missing = e.camera is None or e.frame is None
+        return (2 if missing else 1, 0.0, e.camera or 0, e.frame or 0, rank)
 
     return [h for _, h in sorted(enumerate(hits), key=key)]
 

@@ -423,11 +423,21 @@
   }
 
   function downloadCsv() {
-    const head = ["rank", "id", "name", "identity", "camera", "frame", "score", "distance",
-      "p_same", "same", "person", "match", "attributes"];
+    // what a reader of the file needs besides the hits: the query, the marks, the members of
+    // grouped tracks and the operating point (a case export keeps full paths and frames)
+    const q = state.query;
+    const query = q ? (q.kind === "id" ? `indexed crop #${q.id}` : `uploaded ${q.name}`) :
+      [el.describe.value.trim(), [...state.attributes].map(([t, v]) => `${t}=${v}`).join(",")]
+        .filter(Boolean).join(" + ");
+    const head = ["rank", "id", "name", "identity", "camera", "frame", "time", "score",
+      "distance", "p_same", "same", "person", "match", "attributes", "mark", "track_members",
+      "query", "operating_point"];
+    const rule = state.rule || "";
     const rows = state.hits.map((h, i) => [i + 1, h.id, h.name, h.identity, h.camera, h.frame,
-      h.score, h.distance, h.probability, h.same, h.person, h.match,
-      Object.entries(h.attributes || {}).map(([t, a]) => `${t}=${a.value}`).join(" ")]);
+      h.time, h.score, h.distance, h.probability, h.same, h.person, h.match,
+      Object.entries(h.attributes || {}).map(([t, a]) => `${t}=${shown(a)}`).join(" "),
+      state.marks.get(h.id) || "", h.group ? h.group.members.map((m) => m.id).join(" ") : "",
+      query, rule]);
     const text = [head, ...rows].map((r) => r.map(csvCell).join(",")).join("\n") + "\n";
     const link = make("a", { href: URL.createObjectURL(new Blob([text], { type: "text/csv" })),
       download: "attreid_results.csv" });
@@ -526,6 +536,7 @@
     }
     writeUrl();
     showError("");
+    state.rule = body.calibration && body.calibration.rule ? body.calibration.rule : "";
     state.personThreshold = body.calibration && body.calibration.person_threshold !== undefined ?
       body.calibration.person_threshold : null;
     showReading(body.description);
@@ -605,6 +616,13 @@
         parts.push(body.note || "uncalibrated");
       }
       el.verifyResult.textContent = parts.join(" \u00b7 ");
+      // the two crops compared, each with its P(person)
+      const crops = document.querySelector("#compare-crops");
+      if (crops) {
+        crops.replaceChildren(...[first, second].map((file, i) => make("span", { class: "facts" },
+          make("img", { src: URL.createObjectURL(file), alt: file.name }), make("br"),
+          file.name, make("br"), body.person ? `P(person) ${percent(body.person[i])}` : "")));
+      }
       el.verifyResult.dataset.state = body.calibrated ? (body.same ? "same" : "different") :
         "uncalibrated";
     } catch (exc) {
