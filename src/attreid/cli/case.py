@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 from rich import box
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -22,6 +23,14 @@ case_app = typer.Typer(help="The investigator's case: sightings marked right or 
 INDEX_ARG = typer.Argument(..., help="The index folder (its cases live beside it, in "
                            "INDEX.cases.sqlite).")
 NAME_ARG = typer.Argument(..., help="The case's name.")
+
+
+def _print_table(table: Table) -> None:
+    """On a terminal at its width; into a file or pipe at 160 columns (times and paths whole)."""
+    if console.is_terminal:
+        console.print(table)
+    else:
+        Console(width=max(console.width, 160)).print(table)
 
 
 def _errors() -> tuple[type[Exception], ...]:
@@ -134,14 +143,15 @@ def case_show(index: Path = INDEX_ARG, name: str = NAME_ARG,
     for title, rows in (("timeline (confirmed)", record["timeline"]),
                         ("rejected", record["rejected"])):
         table = Table(title=f"{case.name}: {title}", box=box.SIMPLE)
-        for column in ("time", "camera", "frame", "track", "id", "note", "crop"):
-            table.add_column(column)
+        for column in ("time", "camera", "frame", "track", "id", "note"):
+            table.add_column(column, no_wrap=column != "note", min_width=len(column))
+        table.add_column("crop", overflow="fold", min_width=20)
         for s in rows:
             camera = s.get("camera_name") or s.get("camera")
             table.add_row(*(escape(str("" if v is None else v)) for v in (
                 s.get("time") or "no clock", camera, s.get("frame"), s.get("track"), s.get("id"),
                 s.get("note"), s.get("path"))))
-        console.print(table, width=None if console.is_terminal else 160)
+        _print_table(table)
     for n in case.notes:
         console.print(f"note {n['at']}: {n['text']}", markup=False, highlight=False,
                       soft_wrap=True)
@@ -203,8 +213,9 @@ def timeline(index: Path = INDEX_ARG,
         search.calibration_status().get("rule")
     _show_backend_text(f"looked at the {looked:,} nearest crops; counted: {rule}")
     table = Table(box=box.SIMPLE)
-    for column in ("from", "to", "camera", "frames", "crops", "best id", "P(same)", "crop"):
-        table.add_column(column)
+    for column in ("from", "to", "camera", "frames", "crops", "best id", "P(same)"):
+        table.add_column(column, no_wrap=True, min_width=len(column))
+    table.add_column("crop", overflow="fold", min_width=20)
     for v in found:
         d = v.as_dict(lambda hits: [])
         p = v.best.probability
@@ -212,6 +223,6 @@ def timeline(index: Path = INDEX_ARG,
         table.add_row(*(escape(str(x)) for x in (
             d["start"] or "no clock", d["end"] or "", v.camera, frames, len(v.hits), d["best"],
             "" if p is None else f"{100 * p:.1f} %", v.best.entry.display_name)))
-    console.print(table, width=None if console.is_terminal else 160)
+    _print_table(table)
     console.print(f"{len(found)} visit(s) in {len(lanes(found))} camera(s)", markup=False,
                   highlight=False)
