@@ -288,6 +288,7 @@ def test_an_uncalibrated_service_says_so(page, good_query):
     assert _wait_search(page, before) == "done"
     assert "P(same): uncalibrated" in page.text_content("#status")
     assert not page.query_selector("#results .prob")
+    page.click("#compare-open")
     page.set_input_files("#verify-first", str(path))
     page.set_input_files("#verify-second", str(path))
     page.click("#verify-button")
