@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attreid.models.backbones import Backbone, build_backbone
