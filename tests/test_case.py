@@ -32,22 +32,22 @@ def _shot(path: str, seconds: float | None, camera: str = "1", frame: int = 0) -
 
 def test_the_case_file_keeps_marks_notes_and_queries(tmp_path):
     store = CaseStore(tmp_path / "c.sqlite")
-    store.create("Robbery 12/3", {"model": "m"})
+    store.create("Robbery 12-3", {"model": "m"})
     with pytest.raises(CaseError, match="exists already"):
-        store.create("Robbery 12/3", {})
-    store.mark("Robbery 12/3", _shot("/a.jpg", 20.0), "right", "red top")
-    store.mark("Robbery 12/3", _shot("/b.jpg", 10.0, "2"), "right")
-    store.mark("Robbery 12/3", _shot("/c.jpg", 5.0), "wrong")
-    store.mark("Robbery 12/3", _shot("/a.jpg", 20.0), "wrong", "not her")  # a mark changes
-    store.add_note("Robbery 12/3", "  seen leaving north  ")
-    store.add_query("Robbery 12/3", "description", {"text": "woman, red top"})
-    case = CaseStore(tmp_path / "c.sqlite").get("Robbery 12/3")  # reopened: all of it is there
+        store.create("Robbery 12-3", {})
+    store.mark("Robbery 12-3", _shot("/a.jpg", 20.0), "right", "red top")
+    store.mark("Robbery 12-3", _shot("/b.jpg", 10.0, "2"), "right")
+    store.mark("Robbery 12-3", _shot("/c.jpg", 5.0), "wrong")
+    store.mark("Robbery 12-3", _shot("/a.jpg", 20.0), "wrong", "not her")  # a mark changes
+    store.add_note("Robbery 12-3", "  seen leaving north  ")
+    store.add_query("Robbery 12-3", "description", {"text": "woman, red top"})
+    case = CaseStore(tmp_path / "c.sqlite").get("Robbery 12-3")  # reopened: all of it is there
     assert [m.path for m in case.confirmed()] == ["/b.jpg"]
     assert {m.path for m in case.rejected()} == {"/a.jpg", "/c.jpg"}
     assert [m.note for m in case.marks if m.path == "/a.jpg"] == ["not her"]
     assert case.notes[0]["text"] == "seen leaving north" and case.context == {"model": "m"}
     assert case.queries[0]["kind"] == "description" and case.queries[0]["text"] == "woman, red top"
-    assert store.unmark("Robbery 12/3", "/c.jpg") and not store.unmark("Robbery 12/3", "/c.jpg")
+    assert store.unmark("Robbery 12-3", "/c.jpg") and not store.unmark("Robbery 12-3", "/c.jpg")
 
 
 @pytest.mark.parametrize("call, message", [
@@ -58,6 +58,7 @@ def test_the_case_file_keeps_marks_notes_and_queries(tmp_path):
     (lambda s: s.create("", {}), "needs a name"),
     (lambda s: s.create("a\x07b", {}), "control characters"),
     (lambda s: s.create("x" * 81, {}), "at most 80"),
+    (lambda s: s.create("theft 05/12", {}), "no / or"),
     (lambda s: s.add_note("one", "  "), "empty note"),
 ])
 def test_bad_case_operations_are_named(tmp_path, call, message):
@@ -123,7 +124,8 @@ def test_where_else_is_every_crop_within_the_distance_by_brute_force(search):
     limit = float(np.quantile(d, 0.3))
     found, looked = where_else(search, vectors[query], exclude=query, max_distance=limit)
     got = sorted(h.entry.id for v in found for h in v.hits)
-    want = sorted(int(i) for i in np.flatnonzero(d <= limit) if i != query)
+    own = set(search.index.track(query)) - {query}  # the query's track always counts
+    want = sorted({int(i) for i in np.flatnonzero(d <= limit) if i != query} | own)
     # FAISS float32 distances against float64: a crop within 1e-4 of the limit may fall
     # either side on some CPU; any other difference is a bug
     unsure = {int(i) for i in np.flatnonzero(np.abs(d - limit) < 1e-4)}
@@ -134,9 +136,10 @@ def test_where_else_is_every_crop_within_the_distance_by_brute_force(search):
         assert len({(h.entry.camera_name, h.entry.track) for h in v.hits}) == 1
     calibrated, _ = where_else(search, vectors[query], exclude=query)
     marked = [h for v in calibrated for h in v.hits]
-    assert all(h.same for h in marked)
+    assert own and all(h.same or h.entry.id in own for h in marked)
     everything = search.by_vector(vectors[query], len(search.index), exclude=query)
-    assert {h.entry.id for h in marked} == {h.entry.id for h in everything if h.same}
+    assert {h.entry.id for h in marked} == {h.entry.id for h in everything
+                                            if h.same or h.entry.id in own}
 
 
 def test_visits_group_tracks_and_order_them_by_time(search):

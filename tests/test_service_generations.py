@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from attreid.search import GalleryIndex, GallerySearch  # noqa: E402
-from attreid.search.http import MAX_QUERY_CROPS, MIN_SIDE  # noqa: E402
+from attreid.search.http import MAX_QUERY_CROPS, MIN_HEIGHT, MIN_WIDTH  # noqa: E402
 from attreid.search.service import create_app  # noqa: E402
 
 BACKEND = "torch-fp32"  # the service and the writing process embed alike: a crop finds itself
@@ -189,7 +189,7 @@ def test_too_many_query_crops_are_a_422_naming_the_limit_before_any_is_embedded(
     """1,000 1x1 PNGs in one 69 kB request (10 s of CPU before), 17 real crops, 17 upload
     tokens: a 422 naming the limit. The service has no model here, so a crop that reached the
     model would answer "needs the index's checkpoint": the limit is checked first. A crop under
-    MIN_SIDE pixels a side is a 422 of its own; MAX_QUERY_CROPS crops are searched."""
+    MIN_WIDTH x MIN_HEIGHT pixels is a 422 of its own; MAX_QUERY_CROPS crops are searched."""
     blind = TestClient(create_app(GallerySearch.open(search_index, model=False)))
     tiny, crop = _png(1, 1), sorted((synth_market / "query").glob("*.jpg"))[0].read_bytes()
     for files in ([("image", (f"{i}.png", tiny, "image/png")) for i in range(1000)],
@@ -205,10 +205,13 @@ def test_too_many_query_crops_are_a_422_naming_the_limit_before_any_is_embedded(
                                                                   "image/jpeg")}).text
 
     client = TestClient(create_app(GallerySearch.open(search_index)))
-    small = client.post("/search", files={"image": ("s.png", _png(MIN_SIDE - 1, 64),
-                                                    "image/png")})
-    assert small.status_code == 422
-    assert f"at least {MIN_SIDE} pixels a side" in small.json()["detail"]
+    for width, height in ((MIN_WIDTH - 1, 64), (32, MIN_HEIGHT - 1)):
+        small = client.post("/search", files={"image": ("s.png", _png(width, height),
+                                                        "image/png")})
+        assert small.status_code == 422
+        assert f"at least {MIN_WIDTH}x{MIN_HEIGHT}" in small.json()["detail"]
+    assert client.post("/search", files={"image": ("s.png", _png(14, 46), "image/png")},
+                       data={"k": "2"}).status_code == 200  # as small as ingest keeps
     many = client.post("/search", files=[("image", (f"{i}.jpg", crop, "image/jpeg"))
                                          for i in range(MAX_QUERY_CROPS)], data={"k": "3"})
     assert many.status_code == 200 and many.json()["count"] == 3

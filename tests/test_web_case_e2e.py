@@ -56,6 +56,13 @@ def test_an_investigator_finds_follows_marks_and_exports_a_person(browser, foota
     pg.fill("#case-name", "e2e case")
     pg.click("#case-new")
     _wait(pg, "() => document.body.dataset.case === 'e2e case'")
+    pg.reload()  # the open case outlives a reload: marks are never silently dropped
+    pg.wait_for_selector("body[data-ready='true']")
+    _wait(pg, "() => document.body.dataset.case === 'e2e case'")
+    pg.fill("#case-name", "theft 05/12")  # a slash would break the page's addresses
+    pg.click("#case-new")
+    _wait(pg, "() => document.querySelector('#case-counts').textContent.includes('no /')")
+    assert pg.eval_on_selector("#case-select", "e => e.value") == "e2e case"
     # describe a person in words
     before = int(pg.get_attribute("#results", "data-seq"))
     pg.fill("#describe", "person with a backpack")
@@ -109,6 +116,13 @@ def test_an_investigator_finds_follows_marks_and_exports_a_person(browser, foota
         pg.click("#frame-next")
         _wait(pg, f"() => document.querySelector('#frame-where').textContent !== {where!r}")
     pg.click("#frame-close")
+    # compare two cards: both crops, the one-to-one verdict and the cards' own P(same)
+    cards = pg.locator("#results li")
+    cards.nth(0).locator(".tool-compare").click()
+    cards.nth(1).locator(".tool-compare").click()
+    _wait(pg, "() => document.querySelector('#verify-result').textContent.includes('one-to-one')")
+    assert pg.locator("#compare-crops img").count() == 2
+    assert "as a search hit" in pg.text_content("#verify-result")
     # mark sightings: confirm from the timeline (or the cards), reject one card
     visits = pg.locator("#timeline-visits li.visit:not(.query)")
     marked = []

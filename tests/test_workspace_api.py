@@ -118,6 +118,10 @@ def test_two_cards_are_compared_as_verify_compares_uploads(client, search):
     assert body["same"] == want["same"] and body["probability"] == pytest.approx(
         want["probability"], abs=1e-6)
     assert body["first"]["url"] == "/images/1" and "person" in json.dumps(body)
+    # the pair as a search hit: what a result card of a search from #1 says of #6
+    card = next(h for h in search.by_id(1, k=len(search.index) - 1) if h.entry.id == 6)
+    assert body["as_search_hit"]["probability"] == pytest.approx(card.probability, abs=1e-6)
+    assert body["as_search_hit"]["same"] == card.same
     assert np.isfinite(body["distance"])
 
 

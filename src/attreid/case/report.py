@@ -26,7 +26,7 @@ THUMB_WIDTH = 360
 CROP_HEIGHT = 160
 """Crops in the report are at most this many pixels high."""
 
-CSV_COLUMNS = ("mark", "time", "camera", "frame", "track", "x1", "y1", "x2", "y2", "path",
+CSV_COLUMNS = ("mark", "id", "time", "camera", "frame", "track", "x1", "y1", "x2", "y2", "path",
                "frame_image", "distance", "p_same", "same", "query", "note", "marked_at")
 
 BOX_COLOUR = (255, 200, 0)
@@ -46,10 +46,10 @@ def chronology(marks: Sequence[Mark]) -> list[Mark]:
 
 
 def camera_label(snapshot: dict[str, Any]) -> str:
-    name = snapshot.get("camera_name")
-    if name:
-        return str(name)
-    return "?" if snapshot.get("camera") is None else f"camera {snapshot['camera']}"
+    name = snapshot.get("camera_name") or snapshot.get("camera")
+    if name is None or name == "":
+        return "camera ?"
+    return f"camera {name}" if str(name).isdigit() else str(name)
 
 
 def _data_uri(image: Any) -> str:
@@ -96,7 +96,8 @@ def _frame_uri(snapshot: dict[str, Any]) -> str | None:
 def _csv_row(mark: Mark) -> list[Any]:
     s = mark.snapshot
     box = list(s.get("box") or [None] * 4)
-    values = [mark.mark, s.get("time"), camera_label(s), s.get("frame"), s.get("track"), *box,
+    values = [mark.mark, s.get("id"), s.get("time"), camera_label(s), s.get("frame"),
+              s.get("track"), *box,
               mark.path, s.get("frame_image"), s.get("distance"), s.get("probability"),
               s.get("same"), s.get("query"), mark.note, mark.at]
     return ["" if v is None else v for v in values]

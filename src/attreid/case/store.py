@@ -58,10 +58,11 @@ def now() -> str:
 
 
 def check_name(name: str) -> str:
-    """A case name, stripped: 1 to 80 printable characters (a file name is made from it).
+    """A case name, stripped: 1 to 80 printable characters, no ``/`` or ``\\`` (a file name and
+    the page's addresses are made from it).
 
     Raises:
-        CaseError: empty, too long, or with control characters.
+        CaseError: empty, too long, with control characters or a slash.
     """
     text = str(name).strip()
     if not text:
@@ -70,6 +71,9 @@ def check_name(name: str) -> str:
         raise CaseError(f"case name {text[:20]!r}...: at most {MAX_NAME} characters")
     if any(unicodedata.category(c).startswith("C") for c in text):
         raise CaseError(f"case name {text!r}: control characters are not allowed")
+    if "/" in text or "\\" in text:
+        raise CaseError(f"case name '{text}': no / or \\ (it is part of the page's addresses); "
+                        "write a date as 05-12 or 5 Dec")
     return text
 
 

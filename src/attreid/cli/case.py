@@ -101,19 +101,23 @@ def case_mark(index: Path = INDEX_ARG, name: str = NAME_ARG,
             raise typer.BadParameter("give one of --right, --wrong, --clear")
         store, search = _store(index), _open(index)
         store.get(name)  # an unknown case before any work
-        for image_id in ids:
-            shot = snapshot(search, image_id, {"query": "attreid case mark"})
+        # every id checked before any is marked: all of them or none
+        shots = [snapshot(search, i, {"query": "attreid case mark"}) for i in ids]
+        changed = 0
+        for shot in shots:
             if clear:
-                store.unmark(name, shot["path"])
+                changed += store.unmark(name, shot["path"])
             else:
                 store.mark(name, shot, "right" if right else "wrong", note)
+                changed += 1
     except typer.BadParameter as exc:
         _fail(str(exc))
     except _errors() as exc:
         _fail(str(exc))
     done = "cleared" if clear else ("right" if right else "wrong")
-    console.print(f"{len(ids)} sighting(s) {done} in case {name!r}", markup=False,
-                  highlight=False)
+    console.print(f"{changed} sighting(s) {done} in case '{name}'" + (
+        f" ({len(ids) - changed} had no mark)" if clear and changed < len(ids) else ""),
+        markup=False, highlight=False)
 
 
 def case_note(index: Path = INDEX_ARG, name: str = NAME_ARG,
@@ -183,7 +187,10 @@ def timeline(index: Path = INDEX_ARG,
                                                        "every crop this near (default: those the "
                                                        "calibrated operating point marks)."),
              depth: int = typer.Option(2000, "--depth", min=1, help="Nearest crops looked at."),
-             as_json: bool = typer.Option(False, "--json", help="Print the visits as JSON."),
+             as_json: bool = typer.Option(False, "--json", help="Print the query and the visits "
+                                          "as JSON."),
+             case: str = typer.Option("", "--case", help="Record this query in the case "
+                                      "(attreid case new)."),
              calibration: Path | None = typer.Option(None, "--calibration",
                                                      help=CALIBRATION_HELP),
              fpir: float = typer.Option(0.01, "--fpir", min=1e-6, help=FPIR_HELP)) -> None:
@@ -194,28 +201,50 @@ def timeline(index: Path = INDEX_ARG,
         from attreid.search.service import open_search
         from attreid.search.timeline import lanes, where_else
 
-        if (query_id is None) == (not image):
+        if query_id is not None and image:
+            raise QueryError("give --id or --image, not both")
+        if query_id is None and not image:
             raise QueryError("give --id or --image")
+        store = _store(index) if case else None
+        if store is not None:
+            store.get(case)  # an unknown case before the search
         search = open_search(index, None, None, "auto", calibration, model=bool(image),
                              fpir=fpir)
         vector = (search.index.vector(query_id) if query_id is not None
                   else pool_vectors(search.embed_many(list(image))))
         found, looked = where_else(search, vector, query_id, depth, max_distance)
+        if store is not None:
+            store.add_query(case, "where else", {
+                "query": f"indexed crop #{query_id}" if query_id is not None else
+                ", ".join(str(p.absolute()) for p in image), "max_distance": max_distance,
+                "visits": len(found)})
+        query = search.index.entries([query_id])[0] if query_id is not None else None
     except KeyError as exc:
         _fail(str(exc.args[0]))
     except _errors() as exc:
         _fail(str(exc))
-    if as_json:
-        print(json.dumps([v.as_dict(lambda hits: [h.as_dict() for h in hits]) for v in found],
-                         indent=1))
-        return
     rule = f"distance <= {max_distance:g}" if max_distance is not None else \
         search.calibration_status().get("rule")
+    if as_json:
+        from attreid.search.hits import Hit
+
+        as_dicts = lambda hits: [h.as_dict() for h in hits]  # noqa: E731
+        print(json.dumps({"query": None if query is None else as_dicts([Hit(query, 0.0, None)])[0],
+                          "looked_at": looked, "rule": rule,
+                          "visits": [v.as_dict(as_dicts) for v in found]}, indent=1))
+        return
     _show_backend_text(f"looked at the {looked:,} nearest crops; counted: {rule}")
     table = Table(box=box.SIMPLE)
     for column in ("from", "to", "camera", "frames", "crops", "best id", "P(same)"):
         table.add_column(column, no_wrap=True, min_width=len(column))
     table.add_column("crop", overflow="fold", min_width=20)
+    if query is not None:  # the query first
+        from attreid.search.sightings import iso_time
+
+        when = "no clock" if query.time is None else iso_time(query.time)
+        table.add_row(*(escape(str(x)) for x in (
+            f"query {when}", "", query.camera_name or query.camera, query.frame, 1, query.id,
+            "", query.display_name)))
     for v in found:
         d = v.as_dict(lambda hits: [])
         p = v.best.probability

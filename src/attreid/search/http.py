@@ -16,10 +16,11 @@ MAX_QUERY_CROPS = 16
 """Query crops one search takes (uploaded, or named by upload token): each costs a decode and
 a forward pass (1,000 1x1 PNGs in one 69 kB request were 10 s of CPU); 16 crops of one person
 are more than their mean needs, and fill one pass of the service's batcher."""
-MIN_SIDE = 16
-"""Fewest pixels per side of an uploaded crop: a smaller one (a 10x20 crop: a person 20 pixels
-tall) holds too little of a person to identify, whatever the person check says of it (the model
-blows every crop up to its input size, 256x128 for the presets; Market-1501's are 64x128)."""
+MIN_WIDTH, MIN_HEIGHT = 8, 24
+"""Smallest uploaded crop (pixels): a smaller one (a 10x20 crop: a person 20 pixels tall) holds
+too little of a person to identify, whatever the person check says of it (the model blows every
+crop up to its input size, 256x128 for the presets). 24 pixels tall is also the least that
+``attreid ingest`` keeps (``TrackletSettings.min_height``), so an indexed crop can be uploaded."""
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # JPEG includes MPO
 """Formats decoded from uploads (PIL would also try EPS via Ghostscript, PDF, ... )."""
 
@@ -29,7 +30,7 @@ def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS, field: str = "image
 
     Raises:
         QueryError: empty, not a decodable image, more than ``max_pixels`` pixels, or a side
-            under :data:`MIN_SIDE` pixels.
+            under :data:`MIN_WIDTH` x :data:`MIN_HEIGHT` pixels.
     """
     from PIL import Image
 
@@ -42,9 +43,9 @@ def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS, field: str = "image
             width, height = img.size
             if width * height > max_pixels:
                 raise QueryError(f"{field}: {width}x{height} pixels, at most {max_pixels} allowed")
-            if min(width, height) < MIN_SIDE:
+            if width < MIN_WIDTH or height < MIN_HEIGHT:
                 raise QueryError(f"{field}: {width}x{height} pixels, too small to identify a "
-                                 f"person (at least {MIN_SIDE} pixels a side)")
+                                 f"person (at least {MIN_WIDTH}x{MIN_HEIGHT}, width x height)")
             img.load()
             return to_rgb(img)
     except QueryError:

@@ -122,7 +122,9 @@ def where_else(search: Any, vector: Any, exclude: int | None = None,
 
     A crop counts when the calibrated search marks it the same person (``Hit.same``: the
     operating point of :attr:`GallerySearch.point`), or, with ``max_distance``, when it is at
-    most that far (for an uncalibrated index, or to look wider than the operating point).
+    most that far (for an uncalibrated index, or to look wider than the operating point). The
+    other crops of an indexed query's own track always count: the tracker followed the person
+    between them, whatever the embeddings say.
 
     Args:
         search: a :class:`~attreid.search.query.GallerySearch`.
@@ -139,8 +141,10 @@ def where_else(search: Any, vector: Any, exclude: int | None = None,
         raise QueryError("where else needs a calibration (attreid calibrate) to say which crops "
                          "are the same person, or a largest distance (max_distance)")
     hits = search.by_vector(vector, min(depth, max(len(search.index), 1)), exclude=exclude)
+    own = set(search.index.track(exclude)) if exclude is not None else set()
     if max_distance is not None:
-        kept = [h for h in hits if h.distance is not None and h.distance <= max_distance]
+        kept = [h for h in hits if h.entry.id in own or (
+            h.distance is not None and h.distance <= max_distance)]
     else:
-        kept = [h for h in hits if h.same]
+        kept = [h for h in hits if h.same or h.entry.id in own]
     return visits(kept), len(hits)

@@ -18,7 +18,9 @@ context and comparing two hits. :func:`add_workspace_routes` adds these routes t
 * ``GET /context/{id}`` and ``GET /context/{id}/frame`` — the hit's track (previous / next
   crop) and its full frame with the box drawn (:mod:`attreid.search.context`).
 * ``POST /compare`` (``first_id``, ``second_id``, ``far``) — two indexed crops: distance,
-  P(same), both P(person) and the verdict, as ``POST /verify`` does for uploads.
+  P(same), both P(person) and the verdict, as ``POST /verify`` does for uploads (one-to-one:
+  a pair as likely the same person as not), and ``as_search_hit``: the P(same) and mark the
+  pair gets as a hit of a search in this gallery (what a result card shows).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations at run time.
@@ -33,7 +35,7 @@ from attreid.case import CaseError, CaseStore, case_csv, case_html, case_json
 from attreid.case.report import safe_stem
 from attreid.case.store import Case
 from attreid.inference.calibration import CalibrationError
-from attreid.inference.verdicts import compare_embeddings
+from attreid.inference.verdicts import compare_embeddings, search_verdict
 from attreid.search.constraints import QueryError
 from attreid.search.context import (
     REDUCED_WIDTH,
@@ -60,8 +62,9 @@ def work_context(search: Any) -> dict[str, Any]:
     """What a case was worked with: the index, the model's sha256, the calibration and the
     operating point (its rule)."""
     info, status = search.index.info, search.calibration_status()
-    out = {"index": str(search.index.root), "checkpoint_sha256": info.get("checkpoint_sha256"),
-           "metric": info.get("metric"), "calibrated": status["calibrated"]}
+    out = {"index": str(Path(search.index.root).absolute()),
+           "checkpoint_sha256": info.get("checkpoint_sha256"), "metric": info.get("metric"),
+           "calibrated": status["calibrated"]}
     if status["calibrated"]:
         out.update(calibration=status["data"], method=status["method"], fpir=status["fpir"],
                    operating_point=status["rule"])
@@ -81,8 +84,11 @@ def snapshot(search: Any, image_id: int, found: dict[str, Any]) -> dict[str, Any
     try:
         entry = search.index.entries([int(image_id)])[0]
     except KeyError:
-        raise QueryError(f"no indexed image with id {image_id}") from None
-    out: dict[str, Any] = {"id": entry.id, "path": entry.path, "name": entry.display_name,
+        raise QueryError(f"no indexed image with id {image_id} (ids 0..{len(search.index) - 1})"
+                         ) from None
+    # full paths: a relative one in the index is relative to where the service runs, as
+    # GET /images/{id} reads it; the record must name the file wherever it is read
+    out: dict[str, Any] = {"id": entry.id, "path": _full(entry.path), "name": entry.display_name,
                            "camera": entry.camera, "frame": entry.frame,
                            "identity": entry.identity, "attributes": entry.attributes(),
                            **found}
@@ -90,8 +96,13 @@ def snapshot(search: Any, image_id: int, found: dict[str, Any]) -> dict[str, Any
     if seen is not None:
         out.update(camera_name=seen.camera_name, source=seen.source, seconds=seen.time,
                    time=iso_time(seen.time), track=seen.track, box=list(seen.box),
-                   frame_image=seen.frame_image, frame_box=_frame_box(search, seen))
+                   frame_image=_full(seen.frame_image) if seen.frame_image else None,
+                   frame_box=_frame_box(search, seen))
     return out
+
+
+def _full(path: str) -> str:
+    return str(Path(path).absolute())
 
 
 def _frame_box(search: Any, seen: Any) -> Optional[list]:
@@ -158,12 +169,13 @@ def add_workspace_routes(app: Any, live: Any, vector_of_upload: Callable[[str], 
              mark: str = Form(..., description="right, wrong or clear"),
              note: str = Form(""), distance: Optional[float] = Form(None),
              probability: Optional[float] = Form(None, ge=0, le=1),
+             same: Optional[bool] = Form(None, description="the mark the search gave it"),
              query: str = Form("", description="how it was found, e.g. 'indexed image 12'")
              ) -> dict[str, Any]:
         """Mark an indexed crop right (the person) or wrong (not), or clear its mark."""
         search = live.current().search
         shot = snapshot(search, image_id, {"distance": distance, "probability": probability,
-                                           "query": query or None})
+                                           "same": same, "query": query or None})
         if mark == "clear":
             return {"cleared": guarded(lambda: store().unmark(name, shot["path"]))}
         kept = guarded(lambda: store().mark(name, shot, mark, note))
@@ -260,9 +272,17 @@ def add_workspace_routes(app: Any, live: Any, vector_of_upload: Callable[[str], 
                                         far or search.far, search.calibration_note)
         except CalibrationError as exc:
             raise QueryError(str(exc)) from None
-        return {**result.as_dict(), "first": {"id": first_id, "url": f"/images/{first_id}"},
+        body = {**result.as_dict(), "first": {"id": first_id, "url": f"/images/{first_id}"},
                 "second": {"id": second_id, "url": f"/images/{second_id}"},
                 "calibration": search.calibration_status()}
+        if search.calibration is not None and search.point is not None:
+            # the same pair as a search hit (the P(same) a card shows): under the prior of a
+            # search among this gallery's crops, not one-to-one's "as likely as not"
+            hit = search_verdict(result.distance, search.calibration, search.point,
+                                 person=result.person)
+            body["as_search_hit"] = {"probability": hit.probability, "same": hit.same,
+                                     "rule": search.point.rule()}
+        return body
 
 
 def _self_hit(search: Any, image_id: int) -> Any:

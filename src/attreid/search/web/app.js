@@ -749,7 +749,9 @@
       make("span", { class: "bags", text: bagInfo(attrs) || "\u00a0" }),
       make("span", { class: "ident",
         text: (hit.identity !== null ? `id ${hit.identity} \u00b7 ` : "") + `#${hit.id}` +
-          (hit.frame !== null && hit.frame !== undefined ? ` \u00b7 frame ${hit.frame}` : "") }),
+          (hit.time ? ` \u00b7 ${hit.time.slice(11, 21)}` :
+            hit.frame !== null && hit.frame !== undefined ? ` \u00b7 frame ${hit.frame}` : ""),
+        title: hit.time ? `${hit.time} (UTC), frame ${hit.frame}` : "" }),
       null));
     for (const [task, a] of Object.entries(attrs)) card.setAttribute(`data-attr-${task}`, a.value);
     card.addEventListener("click", () => {

@@ -7,6 +7,7 @@
 (function () {
   const $ = (sel) => document.querySelector(sel);
   const ws = { caseName: "", compare: [], frameId: null, track: null };
+  const STORE_KEY = `attreid-case:${location.host}`;
 
   function make(tag, attrs, ...children) {
     const node = document.createElement(tag);
@@ -63,8 +64,22 @@
     menu.replaceChildren(make("option", { value: "", text: "no case open" }),
       ...body.cases.map((c) => make("option", { value: c.name, text: c.name })));
     if (select !== undefined) ws.caseName = select;
+    // the open case outlives a reload (kept in this browser), if it still exists
+    if (!body.cases.some((c) => c.name === ws.caseName)) ws.caseName = "";
     menu.value = ws.caseName;
+    remember(ws.caseName);
     await showCase();
+  }
+
+  function remember(name) {
+    try {
+      if (name) localStorage.setItem(STORE_KEY, name);
+      else localStorage.removeItem(STORE_KEY);
+    } catch (exc) { /* private mode: the case is kept for this page only */ }
+  }
+
+  function remembered() {
+    try { return localStorage.getItem(STORE_KEY) || ""; } catch (exc) { return ""; }
   }
 
   async function showCase() {
@@ -125,6 +140,7 @@
     try {
       await call(caseUrl("/marks"), formOf({ image_id: hit.id, mark: kind,
         distance: hit.distance, probability: hit.probability,
+        same: hit.same === null || hit.same === undefined ? "" : String(hit.same),
         query: queryText(query, ws.lastDescription, ws.lastAttributes) }));
       await showCase();
     } catch (exc) {
@@ -249,6 +265,11 @@
     try {
       const body = await call("/timeline", formOf(fields));
       const n = body.visits.length;
+      if (ws.caseName) {
+        call(caseUrl("/queries"), formOf({ kind: "where else", detail: JSON.stringify({
+          query: what, max_distance: fields.max_distance || null, visits: n }) }))
+          .catch((exc) => say(`query not recorded: ${exc.message}`, true));
+      }
       renderTimeline(`Where else: ${what}`, `${n} visit${n === 1 ? "" : "s"} in ` +
         `${body.cameras.length} camera${body.cameras.length === 1 ? "" : "s"}, in time order ` +
         `\u00b7 looked at the ${body.looked_at.toLocaleString()} nearest crops \u00b7 counted: ` +
@@ -317,8 +338,13 @@
           person[i] === null ? "" : `P(person) ${pct(person[i])}`)));
       const verdict = !body.calibrated ? (body.note || "uncalibrated: no verdict") :
         body.same ? "\u2713 the same person" : "\u2717 not the same person";
-      result.textContent = `distance ${body.distance.toFixed(3)} \u00b7 ${verdict}` +
-        (body.calibrated ? ` \u00b7 ${body.rule}` : "");
+      const hit = body.as_search_hit;
+      // two numbers for one pair, each with what it assumes: the cards' P(same) is a search's
+      // (one crop among the gallery's strangers), one-to-one assumes "as likely as not"
+      result.textContent = `distance ${body.distance.toFixed(3)}` + (hit ?
+        ` \u00b7 as a search hit (the cards' P(same)): ${pct(hit.probability)}, ` +
+        `${hit.same ? "\u2713 same" : "not marked"} (${hit.rule})` : "") +
+        ` \u00b7 one-to-one: ${verdict}` + (body.calibrated ? ` \u00b7 ${body.rule}` : "");
       result.dataset.state = body.calibrated ? (body.same ? "same" : "different") : "uncalibrated";
     } catch (exc) {
       result.textContent = `Compare failed: ${exc.message}`;
@@ -331,6 +357,7 @@
   function wire() {
     $("#case-select").addEventListener("change", (ev) => {
       ws.caseName = ev.target.value;
+      remember(ws.caseName);
       showCase().catch((exc) => say(exc.message, true));
     });
     $("#case-new").addEventListener("click", newCase);
@@ -350,7 +377,7 @@
     $("#frame-close").addEventListener("click", () => $("#frame-dialog").close());
     $("#frame-prev").addEventListener("click", () => ws.track && openFrame(ws.track.previous));
     $("#frame-next").addEventListener("click", () => ws.track && openFrame(ws.track.next));
-    loadCases().catch((exc) => say(`cases unavailable: ${exc.message}`, true));
+    loadCases(remembered()).catch((exc) => say(`cases unavailable: ${exc.message}`, true));
   }
 
   window.attreidWorkspace = { cardTools, marked, searched };
