@@ -44,7 +44,7 @@ from attreid.search.context import (
     source_size,
     track_context,
 )
-from attreid.search.http import hits_json
+from attreid.search.http import error_responses, hits_json
 from attreid.search.sightings import iso_time
 from attreid.search.timeline import WHERE_ELSE_DEPTH, lanes, where_else
 
@@ -136,6 +136,9 @@ def add_workspace_routes(app: Any, live: Any, vector_of_upload: Callable[[str], 
     from fastapi import Form, HTTPException, Query
     from fastapi.responses import Response
 
+    posted = {**errors, **error_responses(400, 404, 422)}  # a form; an unknown case or crop
+    read = error_responses(404, 422)
+
     def guarded(call: Callable[[], Any]) -> Any:
         try:
             return call()
@@ -147,24 +150,24 @@ def add_workspace_routes(app: Any, live: Any, vector_of_upload: Callable[[str], 
         root = live.current().search.index.root
         return guarded(lambda: CaseStore(case_file(root)))
 
-    @app.get("/cases")
+    @app.get("/cases", responses=error_responses(422))
     def cases() -> dict[str, Any]:
         """The cases of this index's case file, oldest first."""
         held = store()
         return {"file": str(held.path),
                 "cases": [case_summary(held.get(n)) for n in guarded(held.names)]}
 
-    @app.post("/cases", status_code=201, responses=errors)
+    @app.post("/cases", status_code=201, responses=posted)
     def new_case(name: str = Form(..., description="the case's name (1-80 characters)")
                  ) -> dict[str, Any]:
         search = live.current().search
         return case_json(guarded(lambda: store().create(name, work_context(search))))
 
-    @app.get("/cases/{name}", responses={404: {"description": "no such case"}})
+    @app.get("/cases/{name}", responses=read)
     def get_case(name: str) -> dict[str, Any]:
         return case_json(guarded(lambda: store().get(name)))
 
-    @app.post("/cases/{name}/marks", responses=errors)
+    @app.post("/cases/{name}/marks", responses=posted)
     def mark(name: str, image_id: int = Form(..., ge=0),
              mark: str = Form(..., description="right, wrong or clear"),
              note: str = Form(""), distance: Optional[float] = Form(None),
@@ -181,12 +184,12 @@ def add_workspace_routes(app: Any, live: Any, vector_of_upload: Callable[[str], 
         kept = guarded(lambda: store().mark(name, shot, mark, note))
         return {"path": kept.path, "mark": kept.mark, "note": kept.note, "marked_at": kept.at}
 
-    @app.post("/cases/{name}/notes", responses=errors)
+    @app.post("/cases/{name}/notes", responses=posted)
     def note(name: str, text: str = Form(...)) -> dict[str, Any]:
         guarded(lambda: store().add_note(name, text))
         return {"notes": len(guarded(lambda: store().get(name)).notes)}
 
-    @app.post("/cases/{name}/queries", responses=errors)
+    @app.post("/cases/{name}/queries", responses=posted)
     def query(name: str, kind: str = Form(...), detail: str = Form("{}")) -> dict[str, Any]:
         try:
             parsed = json.loads(detail)
@@ -197,8 +200,9 @@ def add_workspace_routes(app: Any, live: Any, vector_of_upload: Callable[[str], 
         guarded(lambda: store().add_query(name, kind, parsed))
         return {"queries": len(guarded(lambda: store().get(name)).queries)}
 
-    @app.get("/cases/{name}/export", response_class=Response,
-             responses={404: {"description": "no such case"}})
+    @app.get("/cases/{name}/export", response_class=Response, responses={
+        200: {"content": {"text/html": {}, "text/csv": {}, "application/json": {}},
+              "description": "the case as one file (an attachment)"}, **read})
     def export(name: str, format: str = Query("html", pattern="^(html|csv|json)$")
                ) -> Response:
         """The case as one file to hand over (HTML: self-contained, crops and frames inside)."""
@@ -211,7 +215,7 @@ def add_workspace_routes(app: Any, live: Any, vector_of_upload: Callable[[str], 
         return Response(body(case), media_type=media, headers={
             "Content-Disposition": f'attachment; filename="{stem}.{format}"'})
 
-    @app.post("/timeline", responses=errors)
+    @app.post("/timeline", responses=posted)
     def timeline(query_id: Optional[int] = Form(None, ge=0), upload: str = Form(""),
                  depth: int = Form(WHERE_ELSE_DEPTH, ge=1, le=100_000),
                  max_distance: Optional[float] = Form(None, gt=0)) -> dict[str, Any]:
@@ -238,7 +242,7 @@ def add_workspace_routes(app: Any, live: Any, vector_of_upload: Callable[[str], 
             body["query"] = hits_json([_self_hit(search, query_id)], confidence)[0]
         return body
 
-    @app.get("/context/{image_id}", responses={404: {"description": "no frame"}})
+    @app.get("/context/{image_id}", responses=read)
     def context(image_id: int) -> dict[str, Any]:
         """The crop's track: its crops in time order, previous and next."""
         try:
@@ -246,8 +250,8 @@ def add_workspace_routes(app: Any, live: Any, vector_of_upload: Callable[[str], 
         except QueryError as exc:
             raise HTTPException(404, str(exc)) from None
 
-    @app.get("/context/{image_id}/frame", response_class=Response,
-             responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "no frame"}})
+    @app.get("/context/{image_id}/frame", response_class=Response, responses={
+        200: {"content": {"image/jpeg": {}}, "description": "the frame, its box drawn"}, **read})
     def frame(image_id: int) -> Response:
         """The full frame the crop was cut from, its box drawn."""
         try:
@@ -256,7 +260,7 @@ def add_workspace_routes(app: Any, live: Any, vector_of_upload: Callable[[str], 
             raise HTTPException(404, str(exc)) from None
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
 
-    @app.post("/compare", responses=errors)
+    @app.post("/compare", responses=posted)
     def compare(first_id: int = Form(..., ge=0), second_id: int = Form(..., ge=0),
                 far: Optional[float] = Form(None, gt=0, le=1)) -> dict[str, Any]:
         """Two indexed crops: the same person? (as POST /verify, for result cards)."""
