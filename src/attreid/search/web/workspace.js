@@ -177,6 +177,9 @@
       title: "pick two cards to compare (Same person?)" });
     pick.addEventListener("click", () => pickCompare(hit.id));
     tools.push(where, pick);
+    // a press must not take the focus from a control being edited (a Frames value not yet
+    // committed): its change event would start a new search and replace this card mid-click
+    for (const tool of tools) tool.addEventListener("mousedown", (ev) => ev.preventDefault());
     return make("span", { class: "card-tools" }, ...tools);
   }
 
