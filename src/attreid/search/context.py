@@ -52,6 +52,17 @@ def source_size(index: Any, sighting: Sighting) -> tuple[int, int] | None:
     return None
 
 
+def box_in_frame(index: Any, sighting: Sighting, frame_width: int) -> list[float] | None:
+    """The sighting's box in the pixels of its stored frame, ``frame_width`` wide (scaled by
+    the source's frame size; a frame narrower than the reduction was stored as it was); None
+    when the scale is unknown."""
+    size = source_size(index, sighting)
+    original = size[0] if size else (frame_width if frame_width < REDUCED_WIDTH else None)
+    if not original:
+        return None
+    return [v * frame_width / original for v in sighting.box]
+
+
 def frame_with_box(index: Any, image_id: int, width: int = 4) -> bytes:
     """The stored frame of a crop as JPEG bytes, with the crop's box drawn (``width`` pixels).
 
@@ -70,12 +81,8 @@ def frame_with_box(index: Any, image_id: int, width: int = 4) -> bytes:
             frame = opened.convert("RGB")
     except (OSError, ValueError) as exc:
         raise ContextError(f"image {image_id}: its frame {path} cannot be read ({exc})") from None
-    size = source_size(index, seen)
-    if size is None and frame.width < REDUCED_WIDTH:
-        size = frame.size  # frames narrower than the reduction were stored as they were
-    if size is not None:
-        scale = frame.width / size[0]
-        box = [v * scale for v in seen.box]
+    box = box_in_frame(index, seen, frame.width)
+    if box is not None:
         ImageDraw.Draw(frame).rectangle(box, outline=BOX_COLOUR, width=width)
     out = io.BytesIO()
     frame.save(out, format="JPEG", quality=90)

@@ -37,13 +37,7 @@ from attreid.case.store import Case
 from attreid.inference.calibration import CalibrationError
 from attreid.inference.verdicts import compare_embeddings, search_verdict
 from attreid.search.constraints import QueryError
-from attreid.search.context import (
-    REDUCED_WIDTH,
-    frame_with_box,
-    sighting_of,
-    source_size,
-    track_context,
-)
+from attreid.search.context import box_in_frame, frame_with_box, sighting_of, track_context
 from attreid.search.http import error_responses, hits_json
 from attreid.search.sightings import iso_time
 from attreid.search.timeline import WHERE_ELSE_DEPTH, lanes, where_else
@@ -116,11 +110,8 @@ def _frame_box(search: Any, seen: Any) -> Optional[list]:
             width = frame.width
     except OSError:
         return None
-    size = source_size(search.index, seen)
-    original = size[0] if size else (width if width < REDUCED_WIDTH else None)
-    if not original:
-        return None
-    return [round(v * width / original, 2) for v in seen.box]
+    box = box_in_frame(search.index, seen, width)
+    return None if box is None else [round(v, 2) for v in box]
 
 
 def case_summary(case: Case) -> dict[str, Any]:
