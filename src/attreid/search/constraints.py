@@ -42,6 +42,22 @@ def _constraint(task: str, value: str) -> Constraint:
     return Constraint(task, value)
 
 
+def json_object(text: str, field: str, shape: str = "") -> dict:
+    """``text`` parsed as a JSON object.
+
+    Raises:
+        QueryError: invalid JSON, or JSON that is not an object; both name ``field`` (and the
+            ``shape`` expected, e.g. `` {task: value}``).
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise QueryError(f"{field}: invalid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise QueryError(f"{field}: expected a JSON object{shape}")
+    return value
+
+
 def parse_attributes(spec: str | Mapping[str, str] | None) -> list[Constraint]:
     """Constraints from ``"gender=female,backpack=yes"``, a JSON object or a mapping.
 
@@ -55,12 +71,7 @@ def parse_attributes(spec: str | Mapping[str, str] | None) -> list[Constraint]:
         if not text:
             return []
         if text.startswith("{"):
-            try:
-                spec = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise QueryError(f"attributes: invalid JSON ({exc})") from None
-            if not isinstance(spec, dict):
-                raise QueryError("attributes: expected a JSON object {task: value}")
+            spec = json_object(text, "attributes", " {task: value}")
         else:
             pairs = [p for p in text.split(",") if p.strip()]
             if any("=" not in p for p in pairs):

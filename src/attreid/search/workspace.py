@@ -36,7 +36,7 @@ from attreid.case.report import safe_stem
 from attreid.case.store import Case
 from attreid.inference.calibration import CalibrationError
 from attreid.inference.verdicts import compare_embeddings, search_verdict
-from attreid.search.constraints import QueryError
+from attreid.search.constraints import QueryError, json_object
 from attreid.search.context import box_in_frame, frame_with_box, sighting_of, track_context
 from attreid.search.http import error_responses, hits_json
 from attreid.search.sightings import iso_time
@@ -182,12 +182,7 @@ def add_workspace_routes(app: Any, live: Any, vector_of_upload: Callable[[str], 
 
     @app.post("/cases/{name}/queries", responses=posted)
     def query(name: str, kind: str = Form(...), detail: str = Form("{}")) -> dict[str, Any]:
-        try:
-            parsed = json.loads(detail)
-        except json.JSONDecodeError as exc:
-            raise QueryError(f"detail: invalid JSON ({exc})") from None
-        if not isinstance(parsed, dict):
-            raise QueryError("detail: expected a JSON object")
+        parsed = json_object(detail, "detail")
         guarded(lambda: store().add_query(name, kind, parsed))
         return {"queries": len(guarded(lambda: store().get(name)).queries)}
 
