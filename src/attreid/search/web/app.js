@@ -922,6 +922,6 @@
     }
   }
 
-  window.attreidPage = { search: (hit) => setIndexedQuery(hit), percent };
+  window.attreidPage = { search: (hit) => setIndexedQuery(hit), percent, make, errorText };
   init();
 })();

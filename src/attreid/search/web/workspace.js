@@ -9,22 +9,10 @@
   const ws = { caseName: "", compare: [], frameId: null, track: null };
   const STORE_KEY = `attreid-case:${location.host}`;
 
-  function make(tag, attrs, ...children) {
-    const node = document.createElement(tag);
-    for (const [key, value] of Object.entries(attrs || {})) {
-      if (value === null || value === undefined || value === false) continue;
-      if (key === "class") node.className = value;
-      else if (key === "text") node.textContent = value;
-      else if (key.startsWith("data-") || key.startsWith("aria-")) node.setAttribute(key, String(value));
-      else if (key in node) node[key] = value;
-      else node.setAttribute(key, String(value));
-    }
-    for (const child of children) {
-      if (child === null || child === undefined || child === false) continue;
-      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-    }
-    return node;
-  }
+  // app.js's element builder and error text (it runs before any of these functions is called:
+  // both scripts are deferred, the page's handlers start after them)
+  const make = (...args) => window.attreidPage.make(...args);
+  const errorText = (...args) => window.attreidPage.errorText(...args);
 
   const pct = (p) => `${(100 * p).toFixed(1)} %`;
   // a camera named by its number reads "camera 2"; a named one ("lobby") as it is
@@ -35,10 +23,7 @@
     const response = await fetch(url, form ? { method: method || "POST", body: form } :
       { method: method || "GET" });
     const body = await response.json().catch(() => null);
-    if (!response.ok) {
-      const d = body && body.detail;
-      throw new Error(typeof d === "string" ? d : d ? JSON.stringify(d) : `HTTP ${response.status}`);
-    }
+    if (!response.ok) throw new Error(errorText(body && body.detail, response.status));
     return body;
   }
 
