@@ -193,12 +193,14 @@ class CaseStore:
             raise self._unknown(db, name)
         return name
 
-    def add_query(self, name: str, kind: str, detail: dict[str, Any]) -> None:
-        """Record a query run for the case (``kind``: image, indexed image, description...)."""
+    def add_query(self, name: str, kind: str, detail: dict[str, Any]) -> int:
+        """Record a query run for the case (``kind``: image, indexed image, description...);
+        returns how many queries the case holds now."""
         with self._transaction() as db:
             name = self._require(db, name)
             db.execute("INSERT INTO queries (case_name, at, kind, detail) VALUES (?, ?, ?, ?)",
                        (name, now(), str(kind), json.dumps(detail, sort_keys=True)))
+            return _count(db, "queries", name)
 
     def mark(self, name: str, snapshot: dict[str, Any], mark: str, note: str = "") -> Mark:
         """Mark a sighting ``right`` or ``wrong`` (again: the mark and note are replaced).
@@ -229,8 +231,9 @@ class CaseStore:
                               (name, str(path))).rowcount
         return gone > 0
 
-    def add_note(self, name: str, text: str) -> None:
-        """Add a note to the case (kept with its time; notes are never rewritten).
+    def add_note(self, name: str, text: str) -> int:
+        """Add a note to the case (kept with its time; notes are never rewritten); returns how
+        many notes the case holds now.
 
         Raises:
             CaseError: unknown case or an empty note.
@@ -241,6 +244,13 @@ class CaseStore:
             name = self._require(db, name)
             db.execute("INSERT INTO notes (case_name, at, text) VALUES (?, ?, ?)",
                        (name, now(), str(text).strip()))
+            return _count(db, "notes", name)
+
+
+def _count(db: sqlite3.Connection, table: str, name: str) -> int:
+    """Rows of ``table`` (queries or notes) that belong to case ``name``."""
+    return int(db.execute(f"SELECT COUNT(*) FROM {table} WHERE case_name = ?",
+                          (name,)).fetchone()[0])
 
 
 class _Tx:

@@ -177,14 +177,12 @@ def add_workspace_routes(app: Any, live: Any, vector_of_upload: Callable[[str], 
 
     @app.post("/cases/{name}/notes", responses=posted)
     def note(name: str, text: str = Form(...)) -> dict[str, Any]:
-        guarded(lambda: store().add_note(name, text))
-        return {"notes": len(guarded(lambda: store().get(name)).notes)}
+        return {"notes": guarded(lambda: store().add_note(name, text))}
 
     @app.post("/cases/{name}/queries", responses=posted)
     def query(name: str, kind: str = Form(...), detail: str = Form("{}")) -> dict[str, Any]:
         parsed = json_object(detail, "detail")
-        guarded(lambda: store().add_query(name, kind, parsed))
-        return {"queries": len(guarded(lambda: store().get(name)).queries)}
+        return {"queries": guarded(lambda: store().add_query(name, kind, parsed))}
 
     @app.get("/cases/{name}/export", response_class=Response, responses={
         200: {"content": {"text/html": {}, "text/csv": {}, "application/json": {}},
