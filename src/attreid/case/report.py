@@ -30,6 +30,8 @@ CSV_COLUMNS = ("mark", "id", "time", "camera", "frame", "track", "x1", "y1", "x2
                "frame_image", "distance", "p_same", "same", "query", "note", "marked_at")
 
 BOX_COLOUR = (255, 200, 0)
+"""A sighting's box on its frame (RGB): amber, visible on most street scenes; the report and the
+search page's frame view draw it alike."""
 
 
 def chronology(marks: Sequence[Mark]) -> list[Mark]:

@@ -64,10 +64,11 @@ def case_new(index: Path = INDEX_ARG, name: str = NAME_ARG,
     try:
         from attreid.search.workspace import work_context
 
-        case = _store(index).create(name, work_context(_open(index, calibration)))
+        store = _store(index)
+        case = store.create(name, work_context(_open(index, calibration)))
     except _errors() as exc:
         _fail(str(exc))
-    console.print(f"case {case.name!r} opened in {_store(index).path}", markup=False,
+    console.print(f"case {case.name!r} opened in {store.path}", markup=False,
                   highlight=False, soft_wrap=True)
 
 

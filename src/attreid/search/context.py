@@ -13,11 +13,9 @@ import io
 from pathlib import Path
 from typing import Any
 
+from attreid.case.report import BOX_COLOUR
 from attreid.search.constraints import QueryError
 from attreid.search.sightings import Sighting, iso_time
-
-BOX_COLOUR = (255, 200, 0)
-"""The box's colour (RGB): amber, visible on most street scenes."""
 
 REDUCED_WIDTH = 640
 """The ingest's frame width (``attreid.footage.gallery.FRAME_SIDE``): a stored frame of this
