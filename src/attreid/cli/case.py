@@ -200,7 +200,7 @@ def timeline(index: Path = INDEX_ARG,
     try:
         from attreid.search.query import QueryError, pool_vectors
         from attreid.search.service import open_search
-        from attreid.search.timeline import lanes, where_else
+        from attreid.search.timeline import counting_rule, lanes, where_else
 
         if query_id is not None and image:
             raise QueryError("give --id or --image, not both")
@@ -224,8 +224,7 @@ def timeline(index: Path = INDEX_ARG,
         _fail(str(exc.args[0]))
     except _errors() as exc:
         _fail(str(exc))
-    rule = f"distance <= {max_distance:g}" if max_distance is not None else \
-        search.calibration_status().get("rule")
+    rule = counting_rule(search, max_distance)
     if as_json:
         from attreid.search.hits import Hit
 

@@ -114,6 +114,14 @@ def lanes(ordered: Sequence[Visit]) -> list[str]:
     return list(dict.fromkeys(v.camera for v in ordered))
 
 
+def counting_rule(search: Any, max_distance: float | None) -> str | None:
+    """What :func:`where_else` counted as the person, in words: ``distance <= D``, or the
+    calibrated operating point's rule (None when uncalibrated)."""
+    if max_distance is not None:
+        return f"distance <= {max_distance:g}"
+    return search.calibration_status().get("rule")
+
+
 def where_else(search: Any, vector: Any, exclude: int | None = None,
                depth: int = WHERE_ELSE_DEPTH, max_distance: float | None = None
                ) -> tuple[list[Visit], int]:

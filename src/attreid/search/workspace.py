@@ -40,7 +40,7 @@ from attreid.search.constraints import QueryError, json_object
 from attreid.search.context import box_in_frame, frame_with_box, sighting_of, track_context
 from attreid.search.http import error_responses, hits_json
 from attreid.search.sightings import iso_time
-from attreid.search.timeline import WHERE_ELSE_DEPTH, lanes, where_else
+from attreid.search.timeline import WHERE_ELSE_DEPTH, counting_rule, lanes, where_else
 
 CASES_SUFFIX = ".cases.sqlite"
 
@@ -220,8 +220,7 @@ def add_workspace_routes(app: Any, live: Any, vector_of_upload: Callable[[str], 
             "looked_at": looked, "cameras": lanes(found),
             "visits": [v.as_dict(lambda hits: hits_json(list(hits), confidence))
                        for v in found],
-            "rule": (f"distance <= {max_distance:g}" if max_distance is not None
-                     else search.calibration_status().get("rule"))}
+            "rule": counting_rule(search, max_distance)}
         if query_id is not None:
             body["query"] = hits_json([_self_hit(search, query_id)], confidence)[0]
         return body
