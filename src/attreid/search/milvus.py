@@ -1,0 +1,537 @@
+"""A gallery in Milvus (:class:`MilvusGallery`): the same :class:`~attreid.search.gallery.Gallery`
+calls as the FAISS + SQLite index folder, through ``pymilvus.MilvusClient(uri)``: a file path is
+Milvus Lite (embedded, one process per file), ``http://host:19530`` a Milvus server or cluster.
+
+Layout for a gallery ``NAME`` (collection names: letters, digits and ``_``)::
+
+    NAME              alias -> the current generation's collection
+    NAME__g<N>        rows: id (primary key, position in add order), vec, path, path_key,
+                      camera, frame, identity (-1: none), one FLOAT per probability column
+    NAME__g<N>_info   one row: the index's info as JSON, with "count" (committed rows)
+    NAME__writers     writer tickets (auto ids, ordered by the server's clock)
+    NAME__alive       owner -> lease expiry (seconds since the epoch), renewed while writing
+
+* **Adds are atomic.** New rows get ids from ``count`` on and become visible when the info row's
+  ``count`` is replaced (one upsert); every read filters ``id < count``. Rows of an add killed
+  before that are never seen and are deleted by the next writer.
+* **A rebuild is a new generation**: ``NAME__g<N+1>`` is filled, then the alias moves to it
+  (readers of the old one finish) and the old collections are dropped.
+* **One writer at a time**: a writer inserts a ticket and writes only while its ticket is the
+  oldest live one; others wait (``on_wait`` is told once). A lease of :data:`LEASE_S` seconds,
+  renewed every third of it, frees the turn of a writer killed mid-add (writers' clocks must
+  agree to well within a lease, as NTP keeps them). Milvus Lite lets one process open a file:
+  a second process is refused with a message.
+
+Source of the engine: Milvus (Wang et al., "Milvus: A Purpose-Built Vector Data Management
+System", SIGMOD 2021); Milvus Lite and the server come from PyPI (``pymilvus``, ``milvus-lite``,
+``milvus``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from attreid.search.gallery import Found, RowFilter, _committed, check_rows
+from attreid.search.index import FORMAT_VERSION, GalleryIndexError, _trained_tasks
+from attreid.search.metadata import (
+    Entry,
+    _probability_rows,
+    parse_name,
+    probability_columns,
+)
+from attreid.search.vectors import faiss_to_distance, prepare_vectors
+
+EXACT_ROWS = 20_000
+"""A filter allowing at most this many rows is searched exactly (brute force over them)."""
+INSERT_BATCH = 2_000
+"""Rows per insert request."""
+FETCH_BATCH = 1_000
+"""Ids per fetch request."""
+MAX_TOPK = 16_384
+"""Milvus's largest ``limit`` of one search; deeper searches are exact."""
+LEASE_S = 30.0
+"""Seconds a writer's turn outlives its last renewal."""
+INDEX_TYPES = {"flat": "FLAT", "hnsw": "HNSW", "ivf": "IVF_FLAT"}
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,180}")
+_NONE = -1  # camera, frame or identity unknown
+
+
+def _pymilvus() -> Any:
+    try:
+        import pymilvus
+    except ImportError as exc:  # optional dependency: the milvus extra
+        raise ImportError("the Milvus backend needs pymilvus: pip install 'attreid[milvus]' "
+                          "(pymilvus, and milvus-lite for file galleries)") from exc
+    return pymilvus
+
+
+def connect(uri: str) -> Any:
+    """A ``MilvusClient`` for ``uri`` (a ``.db`` file path: Milvus Lite; ``http://...``: a server).
+
+    Raises:
+        GalleryIndexError: the server cannot be reached, or another process holds the Lite file.
+    """
+    pymilvus = _pymilvus()
+    try:
+        return pymilvus.MilvusClient(uri)
+    except Exception as exc:  # pymilvus raises its own MilvusException kinds
+        held = "lock" in repr(exc.__context__ or exc).lower() or "Open local milvus" in str(exc)
+        if held and "://" not in uri:
+            raise GalleryIndexError(
+                f"{uri}: another process has this Milvus Lite file open (Lite serves one "
+                "process per file; stop it, or run a Milvus server for several)") from exc
+        raise GalleryIndexError(f"{uri}: cannot open Milvus ({exc})") from exc
+
+
+def check_name(name: str) -> str:
+    """``name`` if it can name a Milvus collection (letters, digits, ``_``, not a digit first)."""
+    if not _NAME.fullmatch(name):
+        raise GalleryIndexError(f"{name!r}: a Milvus gallery name has letters, digits and _ "
+                                "only, and does not start with a digit")
+    return name
+
+
+def path_key(path: str) -> int:
+    """A signed 64-bit key of a crop path (first 8 bytes of its SHA-1), for finding paths."""
+    digest = hashlib.sha1(path.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class MilvusGallery:
+    """A gallery in one Milvus collection (see the module docstring). Open with :meth:`open`,
+    make with :meth:`create`.
+
+    Attributes:
+        info: as the FAISS index's ``info`` (format, checkpoint, checkpoint_sha256, metric,
+            dim, kind, trained_tasks) plus ``count`` and ``generation``.
+    """
+
+    def __init__(self, client: Any, uri: str, name: str, collection: str,
+                 info: dict[str, Any], lease_s: float = LEASE_S) -> None:
+        self.client, self.uri, self.name = client, uri, name
+        self.collection, self.info = collection, info
+        self.location = f"{uri}#{name}"
+        self.lease_s = lease_s
+        self.trained_tasks: tuple[str, ...] = _trained_tasks(info, self.location)  # type: ignore
+        self._lock = threading.Lock()
+
+    # ---- opening and making ----------------------------------------------------------------
+
+    @classmethod
+    def open(cls, uri: str, name: str, client: Any = None,
+             lease_s: float = LEASE_S) -> "MilvusGallery":
+        """Open the gallery ``name`` at ``uri`` as its current generation.
+
+        Raises:
+            GalleryIndexError: no such gallery, or its info row is missing or of another format.
+        """
+        client = client or connect(uri)
+        collection, info = _current(client, uri, check_name(name))
+        return cls(client, uri, name, collection, info, lease_s)
+
+    @classmethod
+    def create(cls, uri: str, name: str, paths: Sequence[str], embeddings: np.ndarray,
+               probabilities: dict[str, np.ndarray], info: dict[str, Any],
+               kind: str = "flat", overwrite: bool = False, client: Any = None,
+               lease_s: float = LEASE_S,
+               on_wait: Callable[[str], None] | None = None) -> "MilvusGallery":
+        """Write a new gallery (or, with ``overwrite``, the next generation of ``name``) from N
+        embedded crops: ``paths`` (N,), ``embeddings`` (N, D), ``probabilities`` task -> (N, C).
+        ``info`` as :func:`~attreid.search.build.write_index` records (checkpoint, sha256,
+        metric, trained_tasks...); ``kind``: ``flat``, ``hnsw`` or ``ivf``.
+
+        Raises:
+            GalleryIndexError: ``name`` exists (without ``overwrite``), an unknown ``kind``,
+                rows of the wrong shape.
+        """
+        check_name(name)
+        if kind not in INDEX_TYPES:
+            raise GalleryIndexError(f"kind {kind!r}: expected one of {', '.join(INDEX_TYPES)}")
+        check_rows(paths, embeddings, probabilities)
+        client = client or connect(uri)
+        dim = int(np.asarray(embeddings).shape[1])
+        with _writer(client, name, lease_s, on_wait):
+            old = _alias_target(client, name)
+            if old is not None and not overwrite:
+                raise GalleryIndexError(f"{uri}#{name}: the gallery exists; pass overwrite "
+                                        "(--overwrite) to replace it")
+            generation = 0 if old is None else int(_read_info(client, old)["generation"]) + 1
+            data = f"{name}__g{generation}"
+            _drop(client, data)  # a killed build's leftovers
+            _make_collections(client, data, dim, str(info.get("metric", "euclidean")), kind)
+            full = {"format": FORMAT_VERSION, **info, "dim": dim, "kind": kind,
+                    "generation": generation, "count": 0}
+            gallery = cls(client, uri, name, data, full, lease_s)
+            gallery._insert(paths, embeddings, probabilities, start=0, renew=None)
+            gallery._commit(len(paths))
+            (client.alter_alias if old else client.create_alias)(data, name)
+            if old is not None:
+                _drop(client, old)
+        return gallery
+
+    def close(self) -> None:
+        """Forget this handle (the client stays open for others of the same process)."""
+
+    def reload(self) -> None:
+        """Read the current generation again (another writer's adds since :meth:`open`)."""
+        self.collection, self.info = _current(self.client, self.uri, self.name)
+
+    def committed(self) -> tuple[int, int]:
+        """``(generation, committed rows)`` as Milvus holds them now."""
+        collection, info = _current(self.client, self.uri, self.name)
+        return int(info["generation"]), int(info["count"])
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return int(self.info["count"])
+
+    @property
+    def metric(self) -> str:
+        return str(self.info["metric"])
+
+    def count(self, where: RowFilter | None = None) -> int:
+        """Committed rows ``where`` lets through."""
+        flt = _committed(where, len(self))
+        rows = self.client.query(self.collection, filter=flt.milvus(),
+                                 output_fields=["count(*)"])
+        return int(rows[0]["count(*)"])
+
+    def search(self, queries: np.ndarray, k: int, where: RowFilter | None = None) -> Found:
+        """Nearest ``k`` allowed crops of each query row (see :class:`Found`); exact over the
+        allowed rows when at most :data:`EXACT_ROWS` (or ``k`` > :data:`MAX_TOPK`), else
+        Milvus's index, repeated exactly if a row came back short."""
+        flt = _committed(where, len(self))
+        allowed = self.count(flt) if flt.filters else len(self)
+        q = prepare_vectors(np.asarray(queries, dtype=np.float32), self.metric)
+        k = min(int(k), allowed)
+        if k <= 0:
+            return Found(np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64),
+                         allowed, True)
+        if (flt.filters and allowed <= EXACT_ROWS) or k > MAX_TOPK:
+            return Found(*self._exact(q, k, flt), allowed, True)
+        hits = self.client.search(self.collection, data=q.tolist(), limit=k,
+                                  filter=flt.milvus(), anns_field="vec")
+        if any(len(row) < k for row in hits):
+            return Found(*self._exact(q, k, flt), allowed, True)
+        ids = np.array([[h["id"] for h in row] for row in hits], dtype=np.int64)
+        scores = np.array([[h["distance"] for h in row] for row in hits], dtype=np.float32)
+        exact = self.info["kind"] == "flat"
+        return Found(_distances(scores, self.metric), ids, allowed, exact)
+
+    def _exact(self, q: np.ndarray, k: int, flt: RowFilter) -> tuple[np.ndarray, np.ndarray]:
+        """Brute force over the rows ``flt`` allows, streamed: (Q, k) distances and ids,
+        ties by id."""
+        best_d = np.full((len(q), 0), np.inf)
+        best_i = np.zeros((len(q), 0), np.int64)
+        for ids, vectors in self._stream(flt, ["vec"]):
+            x = np.asarray(vectors, dtype=np.float64)
+            if self.metric == "cosine":
+                d = 1.0 - q.astype(np.float64) @ x.T
+            else:
+                d = np.sqrt(np.maximum(((q[:, None, :].astype(np.float64) - x[None]) ** 2
+                                        ).sum(-1), 0.0))
+            all_d = np.concatenate([best_d, d], axis=1)
+            all_i = np.concatenate([best_i, np.broadcast_to(ids, d.shape)], axis=1)
+            order = np.lexsort((all_i, all_d), axis=1)[:, :k]
+            best_d = np.take_along_axis(all_d, order, 1)
+            best_i = np.take_along_axis(all_i, order, 1)
+        return best_d.astype(np.float32), best_i
+
+    def _stream(self, flt: RowFilter, fields: list[str]
+                ) -> Iterator[tuple[np.ndarray, list[Any]]]:
+        """``(ids, values of the first field)`` of the rows ``flt`` allows, a window of
+        :data:`MAX_TOPK` ids at a time (a query returns at most that many rows)."""
+        expr = flt.milvus()
+        for lo in range(0, len(self), MAX_TOPK):
+            window = f"id >= {lo} and id < {lo + MAX_TOPK}"
+            rows = self.client.query(self.collection, output_fields=fields,
+                                     filter=f"{window} and ({expr})" if expr else window)
+            if rows:
+                yield (np.array([r["id"] for r in rows], np.int64),
+                       [r[fields[0]] for r in rows])
+
+    def fetch(self, ids: Sequence[int]) -> list[Entry]:
+        """Rows of ``ids``, in that order.
+
+        Raises:
+            KeyError: an id is not among the committed rows.
+        """
+        ids = [int(i) for i in ids]
+        cols = [c for c in probability_columns() if c[0] in self.trained_tasks]
+        fields = ["id", "path", "camera", "frame", "identity"] + [c for _, _, c in cols]
+        rows: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(ids), FETCH_BATCH):
+            chunk = [i for i in ids[start:start + FETCH_BATCH] if 0 <= i < len(self)]
+            if chunk:
+                for row in self.client.query(self.collection, ids=chunk, output_fields=fields):
+                    rows[int(row["id"])] = row
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            raise KeyError(f"image ids not in the gallery {self.location}: {missing[:10]}")
+        return [self._entry(rows[i], cols) for i in ids]
+
+    def _entry(self, row: dict[str, Any], cols: list[tuple[str, int, str]]) -> Entry:
+        probs: dict[str, list[float]] = {t: [] for t in self.trained_tasks}
+        for task, _, column in cols:
+            probs[task].append(float(row[column]))
+
+        def known(value: Any) -> int | None:
+            return None if value is None or int(value) == _NONE else int(value)
+
+        return Entry(id=int(row["id"]), path=json.loads(row["path"]),
+                     camera=known(row["camera"]), frame=known(row["frame"]),
+                     identity=known(row["identity"]), probabilities=probs,
+                     trained_tasks=self.trained_tasks)
+
+    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """Stored (prepared) vectors of ``ids``, (len(ids), D), in that order."""
+        got: dict[int, Any] = {}
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), FETCH_BATCH):
+            for row in self.client.query(self.collection, ids=ids[start:start + FETCH_BATCH],
+                                         output_fields=["vec"]):
+                got[int(row["id"])] = row["vec"]
+        missing = [i for i in ids if i not in got or i >= len(self)]
+        if missing:
+            raise KeyError(f"image ids not in the gallery {self.location}: {missing[:10]}")
+        return np.array([got[i] for i in ids], dtype=np.float32).reshape(len(ids), -1)
+
+    def paths_indexed(self, paths: Sequence[str]) -> list[str]:
+        """Those of ``paths`` the committed gallery holds."""
+        keys = sorted({path_key(p) for p in paths})
+        found: set[str] = set()
+        for start in range(0, len(keys), FETCH_BATCH):
+            chunk = ", ".join(str(k) for k in keys[start:start + FETCH_BATCH])
+            for row in self.client.query(self.collection, output_fields=["path"],
+                                         filter=f"id < {len(self)} and path_key in [{chunk}]"):
+                found.add(json.loads(row["path"]))
+        return [p for p in paths if p in found]
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def add(self, paths: Sequence[str], embeddings: np.ndarray,
+            probabilities: dict[str, np.ndarray],
+            on_wait: Callable[[str], None] | None = None) -> int:
+        """Add N crops not yet indexed atomically (all become visible at once, or none), after
+        any other writer's; returns N.
+
+        Raises:
+            GalleryIndexError: a path already indexed, rows of the wrong shape or dimension.
+        """
+        paths = [str(p) for p in paths]
+        check_rows(paths, embeddings, probabilities)
+        with _writer(self.client, self.name, self.lease_s, on_wait) as renew:
+            self.reload()
+            if np.asarray(embeddings).shape[1] != self.info["dim"]:
+                raise GalleryIndexError(f"embeddings of dimension {np.asarray(embeddings).shape[1]}"
+                                        f", the gallery {self.location} holds {self.info['dim']}")
+            again = self.paths_indexed(paths)
+            if again:
+                raise GalleryIndexError(f"{self.location}: {len(again)} crop(s) already indexed "
+                                        f"(e.g. {again[0]}); nothing added")
+            start = len(self)
+            self.client.delete(self.collection, filter=f"id >= {start}")  # a killed add's rows
+            self._insert(paths, embeddings, probabilities, start, renew)
+            self._commit(start + len(paths))
+        return len(paths)
+
+    def _insert(self, paths: Sequence[str], embeddings: np.ndarray,
+                probabilities: dict[str, np.ndarray], start: int,
+                renew: Callable[[], None] | None) -> None:
+        x = prepare_vectors(np.asarray(embeddings), self.metric)
+        probs = _probability_rows(probabilities).astype(np.float32)
+        columns = [c for _, _, c in probability_columns()]
+        for lo in range(0, len(paths), INSERT_BATCH):
+            rows = []
+            for i in range(lo, min(lo + INSERT_BATCH, len(paths))):
+                identity, camera, frame = parse_name(os.path.basename(paths[i]))
+                rows.append({"id": start + i, "vec": x[i].tolist(),
+                             "path": json.dumps(paths[i]), "path_key": path_key(paths[i]),
+                             "camera": _NONE if camera is None else camera,
+                             "frame": _NONE if frame is None else frame,
+                             "identity": _NONE if identity is None else identity,
+                             **dict(zip(columns, probs[i].tolist()))})
+            self.client.insert(self.collection, rows)
+            if renew is not None:
+                renew()
+
+    def _commit(self, count: int) -> None:
+        """Make rows ``< count`` visible: one upsert of the info row."""
+        self.info = {**self.info, "count": int(count)}
+        self.client.upsert(f"{self.collection}_info", [_info_row(self.info)])
+
+
+# ---- collections ---------------------------------------------------------------------------
+
+def _make_collections(client: Any, data: str, dim: int, metric: str, kind: str) -> None:
+    pymilvus = _pymilvus()
+    types = pymilvus.DataType
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", types.INT64, is_primary=True)
+    schema.add_field("vec", types.FLOAT_VECTOR, dim=dim)
+    schema.add_field("path", types.VARCHAR, max_length=65535)
+    for field in ("path_key", "camera", "frame", "identity"):
+        schema.add_field(field, types.INT64)
+    for _, _, column in probability_columns():
+        schema.add_field(column, types.FLOAT)
+    params = client.prepare_index_params()
+    extra = {"hnsw": {"M": 16, "efConstruction": 200}, "ivf": {"nlist": 1024}}.get(kind, {})
+    params.add_index("vec", index_type=INDEX_TYPES[kind], params=extra,
+                     metric_type="IP" if metric == "cosine" else "L2")
+    client.create_collection(data, schema=schema, index_params=params,
+                             consistency_level="Strong")
+    _small_collection(client, f"{data}_info", "key", {"value": 65535})
+
+
+def _small_collection(client: Any, name: str, key: str | None,
+                      strings: dict[str, int], doubles: Sequence[str] = ()) -> None:
+    """A bookkeeping collection (Milvus wants a vector field: a 2-d dummy): primary key ``key``
+    (VARCHAR) or auto ids when ``None``."""
+    types = _pymilvus().DataType
+    schema = client.create_schema(auto_id=key is None, enable_dynamic_field=False)
+    if key is None:
+        schema.add_field("id", types.INT64, is_primary=True)
+    else:
+        schema.add_field(key, types.VARCHAR, max_length=200, is_primary=True)
+    schema.add_field("vec", types.FLOAT_VECTOR, dim=2)
+    for field, length in strings.items():
+        schema.add_field(field, types.VARCHAR, max_length=length)
+    for field in doubles:
+        schema.add_field(field, types.DOUBLE)
+    params = client.prepare_index_params()
+    params.add_index("vec", index_type="FLAT", metric_type="L2")
+    if client.has_collection(name):
+        return
+    try:
+        client.create_collection(name, schema=schema, index_params=params,
+                                 consistency_level="Strong")
+    except Exception:  # made meanwhile by another writer
+        if not client.has_collection(name):
+            raise
+
+
+def _info_row(info: dict[str, Any]) -> dict[str, Any]:
+    return {"key": "info", "vec": [0.0, 0.0], "value": json.dumps(info, ensure_ascii=True)}
+
+
+def _read_info(client: Any, data: str) -> dict[str, Any]:
+    rows = client.query(f"{data}_info", ids=["info"], output_fields=["value"])
+    if not rows:
+        raise GalleryIndexError(f"{data}: the gallery's info row is missing (a build killed "
+                                "before it finished?); rebuild it")
+    info = json.loads(rows[0]["value"])
+    if info.get("format") != FORMAT_VERSION:
+        raise GalleryIndexError(f"{data}: gallery format {info.get('format')!r}, this attreid "
+                                f"reads {FORMAT_VERSION}; rebuild it")
+    return info
+
+
+def _alias_target(client: Any, name: str) -> str | None:
+    if name not in client.list_aliases().get("aliases", []):
+        return None
+    return str(client.describe_alias(name)["collection_name"])
+
+
+def _load(client: Any, collection: str) -> None:
+    """Load a collection into memory for reads (Milvus reopens them released)."""
+    state = client.get_load_state(collection)["state"]
+    if str(getattr(state, "name", state)) != "Loaded":
+        client.load_collection(collection)
+
+
+def _current(client: Any, uri: str, name: str) -> tuple[str, dict[str, Any]]:
+    """``(collection, info)`` of the generation ``name`` points at; again when a rebuild
+    switched it between the two reads."""
+    for _ in range(5):
+        data = _alias_target(client, name)
+        if data is None:
+            raise GalleryIndexError(f"{uri}#{name}: no such gallery; make one with "
+                                    "`attreid index build --backend milvus`")
+        try:
+            _load(client, f"{data}_info")
+            info = _read_info(client, data)
+            _load(client, data)
+            return data, info
+        except GalleryIndexError:
+            if _alias_target(client, name) == data:
+                raise
+    raise GalleryIndexError(f"{uri}#{name}: the gallery changed at every read; try again")
+
+
+def _drop(client: Any, data: str) -> None:
+    for name in (data, f"{data}_info"):
+        if client.has_collection(name):
+            client.drop_collection(name)
+
+
+def _distances(scores: np.ndarray, metric: str) -> np.ndarray:
+    """Milvus scores -> attreid distances (L2 is squared there, like FAISS's)."""
+    return faiss_to_distance(scores, metric).astype(np.float32)
+
+
+# ---- one writer at a time ------------------------------------------------------------------
+
+@contextmanager
+def _writer(client: Any, name: str, lease_s: float,
+            on_wait: Callable[[str], None] | None) -> Iterator[Callable[[], None]]:
+    """Hold the writer turn of gallery ``name`` for the block (see the module docstring);
+    yields ``renew()``, which extends the lease when a third of it has passed."""
+    tickets, alive = f"{name}__writers", f"{name}__alive"
+    _small_collection(client, tickets, None, {"owner": 200})
+    _small_collection(client, alive, "owner", {}, ("expires",))
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    renewed = [0.0]
+
+    def renew(force: bool = False) -> None:
+        now = time.time()
+        if force or now - renewed[0] > lease_s / 3:
+            client.upsert(alive, [{"owner": owner, "vec": [0.0, 0.0], "expires": now + lease_s}])
+            renewed[0] = now
+
+    renew(force=True)
+    mine = int(client.insert(tickets, [{"owner": owner, "vec": [0.0, 0.0]}])["ids"][0])
+    told = False
+    try:
+        while not _first(client, tickets, alive, mine):
+            if not told and on_wait is not None:
+                on_wait(f"{client_uri(client)}#{name}: another process is writing this gallery;"
+                        " waiting for it to finish")
+            told = True
+            time.sleep(0.2)
+            renew()
+        yield renew
+    finally:
+        client.delete(tickets, ids=[mine])
+        client.delete(alive, ids=[owner])
+
+
+def _first(client: Any, tickets: str, alive: str, mine: int) -> bool:
+    """Whether ticket ``mine`` is the oldest of a live writer (dead writers' tickets go)."""
+    rows = client.query(tickets, filter=f"id <= {mine}", output_fields=["owner"])
+    owners = sorted({r["owner"] for r in rows})
+    live = {r["owner"] for r in client.query(alive, ids=owners, output_fields=["expires"])
+            if float(r["expires"]) > time.time()} if owners else set()
+    dead = [int(r["id"]) for r in rows if r["owner"] not in live]
+    if dead:
+        client.delete(tickets, ids=dead)
+    return all(int(r["id"]) >= mine for r in rows if r["owner"] in live)
+
+
+def client_uri(client: Any) -> str:
+    """The address a client was opened with, for messages (best effort)."""
+    return str(getattr(client, "_uri", "") or "milvus")
+
+
+__all__ = ["EXACT_ROWS", "LEASE_S", "MilvusGallery", "connect", "path_key"]
