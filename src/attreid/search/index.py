@@ -58,7 +58,8 @@ from attreid.search.storage import (
     write_vectors,
     writer_lock,
 )
-from attreid.search.vectors import _faiss, faiss_to_distance, prepare_vectors
+from attreid.search.vectors import EXACT_ROWS, _faiss, exact_search, faiss_to_distance
+from attreid.search.vectors import prepare_vectors
 from attreid.utils.files import file_sha256
 
 FORMAT_VERSION = 1
@@ -229,10 +230,9 @@ class GalleryIndex:
         Returns:
             distances (Q, k') float32 and ids (Q, k') int64, nearest first; k' = min(k, number
             of allowed images). Euclidean or cosine distance as in training. An IVF search
-            that comes back short of k' (a filter whose rows lie outside the probed lists)
-            is repeated with twice the lists, up to every list (then exact over the allowed
-            ids), so it returns k' whenever k' exist; a slot it still cannot fill has id -1
-            (:func:`unreached` counts them).
+            allowing at most :data:`EXACT_ROWS` ids is exact over them; one that comes back
+            short of k' is repeated with twice the lists, up to every list, so it returns k'
+            whenever k' exist; a slot it cannot fill has id -1 (:func:`unreached`).
         """
         faiss = _faiss()
         total = len(self) if allowed is None else len(allowed)
@@ -242,6 +242,8 @@ class GalleryIndex:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         selector = None if allowed is None else faiss.IDSelectorBatch(
             np.ascontiguousarray(allowed, dtype=np.int64))
+        if self.info["kind"] == "ivf" and allowed is not None and len(allowed) <= EXACT_ROWS:
+            return exact_search(self.vectors, q, k, allowed, self.metric)  # few: exactly
         if self.info["kind"] == "ivf":
             scores, ids = self._search_ivf(q, k, selector, int(nprobe or self.info["nprobe"]))
         else:

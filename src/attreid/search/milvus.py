@@ -14,8 +14,9 @@ Layout for a gallery ``NAME`` (collection names: letters, digits and ``_``)::
 * **Adds are atomic.** New rows get ids from ``count`` on and become visible when the info row's
   ``count`` is replaced (one upsert); every read filters ``id < count``. Rows of an add killed
   before that are never seen and are deleted by the next writer.
-* **A rebuild is a new generation**: ``NAME__g<N+1>`` is filled, then the alias moves to it
-  (readers of the old one finish) and the old collections are dropped.
+* **A rebuild is a new generation**: ``NAME__g<N+1>`` is filled, then the alias moves to it;
+  the previous generation stays readable (readers that opened it go on) until the next rebuild
+  drops it.
 * **One writer at a time**: a writer inserts a ticket and writes only while its ticket is the
   oldest live one; others wait (``on_wait`` is told once). A lease of :data:`LEASE_S` seconds,
   renewed every third of it, frees the turn of a writer killed mid-add (writers' clocks must
@@ -29,31 +30,43 @@ System", SIGMOD 2021); Milvus Lite and the server come from PyPI (``pymilvus``, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
-import socket
 import threading
-import time
-import uuid
-from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from attreid.search.gallery import Found, RowFilter, _committed, check_rows
 from attreid.search.index import FORMAT_VERSION, GalleryIndexError, _trained_tasks
+from attreid.search.milvus_collections import (
+    INDEX_TYPES,
+    alias_target,
+    check_name,
+    connect,
+    current,
+    info_row,
+    is_lite,
+    make_collections,
+    path_key,
+    prune,
+    read_info,
+    writer_turn,
+)
 from attreid.search.metadata import (
     Entry,
     _probability_rows,
     parse_name,
     probability_columns,
 )
-from attreid.search.vectors import faiss_to_distance, prepare_vectors
+from attreid.search.vectors import (
+    EXACT_ROWS,
+    exact_distances,
+    faiss_to_distance,
+    nearest,
+    prepare_vectors,
+)
 
-EXACT_ROWS = 20_000
-"""A filter allowing at most this many rows is searched exactly (brute force over them)."""
 INSERT_BATCH = 2_000
 """Rows per insert request."""
 FETCH_BATCH = 1_000
@@ -62,50 +75,7 @@ MAX_TOPK = 16_384
 """Milvus's largest ``limit`` of one search; deeper searches are exact."""
 LEASE_S = 30.0
 """Seconds a writer's turn outlives its last renewal."""
-INDEX_TYPES = {"flat": "FLAT", "hnsw": "HNSW", "ivf": "IVF_FLAT"}
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,180}")
 _NONE = -1  # camera, frame or identity unknown
-
-
-def _pymilvus() -> Any:
-    try:
-        import pymilvus
-    except ImportError as exc:  # optional dependency: the milvus extra
-        raise ImportError("the Milvus backend needs pymilvus: pip install 'attreid[milvus]' "
-                          "(pymilvus, and milvus-lite for file galleries)") from exc
-    return pymilvus
-
-
-def connect(uri: str) -> Any:
-    """A ``MilvusClient`` for ``uri`` (a ``.db`` file path: Milvus Lite; ``http://...``: a server).
-
-    Raises:
-        GalleryIndexError: the server cannot be reached, or another process holds the Lite file.
-    """
-    pymilvus = _pymilvus()
-    try:
-        return pymilvus.MilvusClient(uri)
-    except Exception as exc:  # pymilvus raises its own MilvusException kinds
-        held = "lock" in repr(exc.__context__ or exc).lower() or "Open local milvus" in str(exc)
-        if held and "://" not in uri:
-            raise GalleryIndexError(
-                f"{uri}: another process has this Milvus Lite file open (Lite serves one "
-                "process per file; stop it, or run a Milvus server for several)") from exc
-        raise GalleryIndexError(f"{uri}: cannot open Milvus ({exc})") from exc
-
-
-def check_name(name: str) -> str:
-    """``name`` if it can name a Milvus collection (letters, digits, ``_``, not a digit first)."""
-    if not _NAME.fullmatch(name):
-        raise GalleryIndexError(f"{name!r}: a Milvus gallery name has letters, digits and _ "
-                                "only, and does not start with a digit")
-    return name
-
-
-def path_key(path: str) -> int:
-    """A signed 64-bit key of a crop path (first 8 bytes of its SHA-1), for finding paths."""
-    digest = hashlib.sha1(path.encode("utf-8", "surrogatepass")).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 class MilvusGallery:
@@ -137,7 +107,7 @@ class MilvusGallery:
             GalleryIndexError: no such gallery, or its info row is missing or of another format.
         """
         client = client or connect(uri)
-        collection, info = _current(client, uri, check_name(name))
+        collection, info = current(client, uri, check_name(name))
         return cls(client, uri, name, collection, info, lease_s)
 
     @classmethod
@@ -161,35 +131,42 @@ class MilvusGallery:
         check_rows(paths, embeddings, probabilities)
         client = client or connect(uri)
         dim = int(np.asarray(embeddings).shape[1])
-        with _writer(client, name, lease_s, on_wait):
-            old = _alias_target(client, name)
+        with writer_turn(client, name, lease_s, on_wait):
+            old = alias_target(client, name)
             if old is not None and not overwrite:
                 raise GalleryIndexError(f"{uri}#{name}: the gallery exists; pass overwrite "
                                         "(--overwrite) to replace it")
-            generation = 0 if old is None else int(_read_info(client, old)["generation"]) + 1
+            generation = 0 if old is None else int(read_info(client, old)["generation"]) + 1
             data = f"{name}__g{generation}"
-            _drop(client, data)  # a killed build's leftovers
-            _make_collections(client, data, dim, str(info.get("metric", "euclidean")), kind)
+            prune(client, name, keep={old})  # a killed build's leftovers
+            make_collections(client, data, dim, str(info.get("metric", "euclidean")), kind)
             full = {"format": FORMAT_VERSION, **info, "dim": dim, "kind": kind,
                     "generation": generation, "count": 0}
             gallery = cls(client, uri, name, data, full, lease_s)
             gallery._insert(paths, embeddings, probabilities, start=0, renew=None)
             gallery._commit(len(paths))
             (client.alter_alias if old else client.create_alias)(data, name)
-            if old is not None:
-                _drop(client, old)
+            prune(client, name, keep={old, data})  # readers of ``old`` go on until the next
         return gallery
 
     def close(self) -> None:
-        """Forget this handle (the client stays open for others of the same process)."""
+        """Close the client; for Milvus Lite also stop this process's server of the file, so
+        that another process may open it (other handles of this process on the file close)."""
+        self.client.close()
+        if is_lite(self.uri):
+            try:
+                from milvus_lite.server_manager import server_manager_instance
+            except ImportError:
+                return
+            server_manager_instance.release_server(self.uri)
 
     def reload(self) -> None:
         """Read the current generation again (another writer's adds since :meth:`open`)."""
-        self.collection, self.info = _current(self.client, self.uri, self.name)
+        self.collection, self.info = current(self.client, self.uri, self.name)
 
     def committed(self) -> tuple[int, int]:
         """``(generation, committed rows)`` as Milvus holds them now."""
-        collection, info = _current(self.client, self.uri, self.name)
+        collection, info = current(self.client, self.uri, self.name)
         return int(info["generation"]), int(info["count"])
 
     # ---- reading ---------------------------------------------------------------------------
@@ -228,7 +205,8 @@ class MilvusGallery:
         ids = np.array([[h["id"] for h in row] for row in hits], dtype=np.int64)
         scores = np.array([[h["distance"] for h in row] for row in hits], dtype=np.float32)
         exact = self.info["kind"] == "flat"
-        return Found(_distances(scores, self.metric), ids, allowed, exact)
+        return Found(faiss_to_distance(scores, self.metric).astype(np.float32), ids, allowed,
+                     exact)
 
     def _exact(self, q: np.ndarray, k: int, flt: RowFilter) -> tuple[np.ndarray, np.ndarray]:
         """Brute force over the rows ``flt`` allows, streamed: (Q, k) distances and ids,
@@ -236,17 +214,10 @@ class MilvusGallery:
         best_d = np.full((len(q), 0), np.inf)
         best_i = np.zeros((len(q), 0), np.int64)
         for ids, vectors in self._stream(flt, ["vec"]):
-            x = np.asarray(vectors, dtype=np.float64)
-            if self.metric == "cosine":
-                d = 1.0 - q.astype(np.float64) @ x.T
-            else:
-                d = np.sqrt(np.maximum(((q[:, None, :].astype(np.float64) - x[None]) ** 2
-                                        ).sum(-1), 0.0))
-            all_d = np.concatenate([best_d, d], axis=1)
-            all_i = np.concatenate([best_i, np.broadcast_to(ids, d.shape)], axis=1)
-            order = np.lexsort((all_i, all_d), axis=1)[:, :k]
-            best_d = np.take_along_axis(all_d, order, 1)
-            best_i = np.take_along_axis(all_i, order, 1)
+            d = exact_distances(q, np.asarray(vectors, np.float32), self.metric)
+            best_d, best_i = nearest(np.concatenate([best_d, d], axis=1),
+                                     np.concatenate([best_i, np.broadcast_to(ids, d.shape)], 1),
+                                     k)
         return best_d.astype(np.float32), best_i
 
     def _stream(self, flt: RowFilter, fields: list[str]
@@ -332,7 +303,7 @@ class MilvusGallery:
         """
         paths = [str(p) for p in paths]
         check_rows(paths, embeddings, probabilities)
-        with _writer(self.client, self.name, self.lease_s, on_wait) as renew:
+        with writer_turn(self.client, self.name, self.lease_s, on_wait) as renew:
             self.reload()
             if np.asarray(embeddings).shape[1] != self.info["dim"]:
                 raise GalleryIndexError(f"embeddings of dimension {np.asarray(embeddings).shape[1]}"
@@ -370,168 +341,7 @@ class MilvusGallery:
     def _commit(self, count: int) -> None:
         """Make rows ``< count`` visible: one upsert of the info row."""
         self.info = {**self.info, "count": int(count)}
-        self.client.upsert(f"{self.collection}_info", [_info_row(self.info)])
-
-
-# ---- collections ---------------------------------------------------------------------------
-
-def _make_collections(client: Any, data: str, dim: int, metric: str, kind: str) -> None:
-    pymilvus = _pymilvus()
-    types = pymilvus.DataType
-    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
-    schema.add_field("id", types.INT64, is_primary=True)
-    schema.add_field("vec", types.FLOAT_VECTOR, dim=dim)
-    schema.add_field("path", types.VARCHAR, max_length=65535)
-    for field in ("path_key", "camera", "frame", "identity"):
-        schema.add_field(field, types.INT64)
-    for _, _, column in probability_columns():
-        schema.add_field(column, types.FLOAT)
-    params = client.prepare_index_params()
-    extra = {"hnsw": {"M": 16, "efConstruction": 200}, "ivf": {"nlist": 1024}}.get(kind, {})
-    params.add_index("vec", index_type=INDEX_TYPES[kind], params=extra,
-                     metric_type="IP" if metric == "cosine" else "L2")
-    client.create_collection(data, schema=schema, index_params=params,
-                             consistency_level="Strong")
-    _small_collection(client, f"{data}_info", "key", {"value": 65535})
-
-
-def _small_collection(client: Any, name: str, key: str | None,
-                      strings: dict[str, int], doubles: Sequence[str] = ()) -> None:
-    """A bookkeeping collection (Milvus wants a vector field: a 2-d dummy): primary key ``key``
-    (VARCHAR) or auto ids when ``None``."""
-    types = _pymilvus().DataType
-    schema = client.create_schema(auto_id=key is None, enable_dynamic_field=False)
-    if key is None:
-        schema.add_field("id", types.INT64, is_primary=True)
-    else:
-        schema.add_field(key, types.VARCHAR, max_length=200, is_primary=True)
-    schema.add_field("vec", types.FLOAT_VECTOR, dim=2)
-    for field, length in strings.items():
-        schema.add_field(field, types.VARCHAR, max_length=length)
-    for field in doubles:
-        schema.add_field(field, types.DOUBLE)
-    params = client.prepare_index_params()
-    params.add_index("vec", index_type="FLAT", metric_type="L2")
-    if client.has_collection(name):
-        return
-    try:
-        client.create_collection(name, schema=schema, index_params=params,
-                                 consistency_level="Strong")
-    except Exception:  # made meanwhile by another writer
-        if not client.has_collection(name):
-            raise
-
-
-def _info_row(info: dict[str, Any]) -> dict[str, Any]:
-    return {"key": "info", "vec": [0.0, 0.0], "value": json.dumps(info, ensure_ascii=True)}
-
-
-def _read_info(client: Any, data: str) -> dict[str, Any]:
-    rows = client.query(f"{data}_info", ids=["info"], output_fields=["value"])
-    if not rows:
-        raise GalleryIndexError(f"{data}: the gallery's info row is missing (a build killed "
-                                "before it finished?); rebuild it")
-    info = json.loads(rows[0]["value"])
-    if info.get("format") != FORMAT_VERSION:
-        raise GalleryIndexError(f"{data}: gallery format {info.get('format')!r}, this attreid "
-                                f"reads {FORMAT_VERSION}; rebuild it")
-    return info
-
-
-def _alias_target(client: Any, name: str) -> str | None:
-    if name not in client.list_aliases().get("aliases", []):
-        return None
-    return str(client.describe_alias(name)["collection_name"])
-
-
-def _load(client: Any, collection: str) -> None:
-    """Load a collection into memory for reads (Milvus reopens them released)."""
-    state = client.get_load_state(collection)["state"]
-    if str(getattr(state, "name", state)) != "Loaded":
-        client.load_collection(collection)
-
-
-def _current(client: Any, uri: str, name: str) -> tuple[str, dict[str, Any]]:
-    """``(collection, info)`` of the generation ``name`` points at; again when a rebuild
-    switched it between the two reads."""
-    for _ in range(5):
-        data = _alias_target(client, name)
-        if data is None:
-            raise GalleryIndexError(f"{uri}#{name}: no such gallery; make one with "
-                                    "`attreid index build --backend milvus`")
-        try:
-            _load(client, f"{data}_info")
-            info = _read_info(client, data)
-            _load(client, data)
-            return data, info
-        except GalleryIndexError:
-            if _alias_target(client, name) == data:
-                raise
-    raise GalleryIndexError(f"{uri}#{name}: the gallery changed at every read; try again")
-
-
-def _drop(client: Any, data: str) -> None:
-    for name in (data, f"{data}_info"):
-        if client.has_collection(name):
-            client.drop_collection(name)
-
-
-def _distances(scores: np.ndarray, metric: str) -> np.ndarray:
-    """Milvus scores -> attreid distances (L2 is squared there, like FAISS's)."""
-    return faiss_to_distance(scores, metric).astype(np.float32)
-
-
-# ---- one writer at a time ------------------------------------------------------------------
-
-@contextmanager
-def _writer(client: Any, name: str, lease_s: float,
-            on_wait: Callable[[str], None] | None) -> Iterator[Callable[[], None]]:
-    """Hold the writer turn of gallery ``name`` for the block (see the module docstring);
-    yields ``renew()``, which extends the lease when a third of it has passed."""
-    tickets, alive = f"{name}__writers", f"{name}__alive"
-    _small_collection(client, tickets, None, {"owner": 200})
-    _small_collection(client, alive, "owner", {}, ("expires",))
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-    renewed = [0.0]
-
-    def renew(force: bool = False) -> None:
-        now = time.time()
-        if force or now - renewed[0] > lease_s / 3:
-            client.upsert(alive, [{"owner": owner, "vec": [0.0, 0.0], "expires": now + lease_s}])
-            renewed[0] = now
-
-    renew(force=True)
-    mine = int(client.insert(tickets, [{"owner": owner, "vec": [0.0, 0.0]}])["ids"][0])
-    told = False
-    try:
-        while not _first(client, tickets, alive, mine):
-            if not told and on_wait is not None:
-                on_wait(f"{client_uri(client)}#{name}: another process is writing this gallery;"
-                        " waiting for it to finish")
-            told = True
-            time.sleep(0.2)
-            renew()
-        yield renew
-    finally:
-        client.delete(tickets, ids=[mine])
-        client.delete(alive, ids=[owner])
-
-
-def _first(client: Any, tickets: str, alive: str, mine: int) -> bool:
-    """Whether ticket ``mine`` is the oldest of a live writer (dead writers' tickets go)."""
-    rows = client.query(tickets, filter=f"id <= {mine}", output_fields=["owner"])
-    owners = sorted({r["owner"] for r in rows})
-    live = {r["owner"] for r in client.query(alive, ids=owners, output_fields=["expires"])
-            if float(r["expires"]) > time.time()} if owners else set()
-    dead = [int(r["id"]) for r in rows if r["owner"] not in live]
-    if dead:
-        client.delete(tickets, ids=dead)
-    return all(int(r["id"]) >= mine for r in rows if r["owner"] in live)
-
-
-def client_uri(client: Any) -> str:
-    """The address a client was opened with, for messages (best effort)."""
-    return str(getattr(client, "_uri", "") or "milvus")
+        self.client.upsert(f"{self.collection}_info", [info_row(self.info)])
 
 
 __all__ = ["EXACT_ROWS", "LEASE_S", "MilvusGallery", "connect", "path_key"]

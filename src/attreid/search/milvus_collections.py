@@ -1,0 +1,228 @@
+"""Milvus bookkeeping for :mod:`attreid.search.milvus`: the client (:func:`connect`), the
+collections of a gallery (rows, info, generations behind an alias) and the writer turn
+(:func:`writer_turn`: tickets with auto ids ordered by the server's clock, leases renewed while
+writing). The layout is described in :mod:`attreid.search.milvus`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import time
+import uuid
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
+
+from attreid.search.index import FORMAT_VERSION, GalleryIndexError
+from attreid.search.metadata import probability_columns
+
+INDEX_TYPES = {"flat": "FLAT", "hnsw": "HNSW", "ivf": "IVF_FLAT"}
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,180}")
+
+
+def _pymilvus() -> Any:
+    try:
+        import pymilvus
+    except ImportError as exc:  # optional dependency: the milvus extra
+        raise ImportError("the Milvus backend needs pymilvus: pip install 'attreid[milvus]' "
+                          "(pymilvus, and milvus-lite for file galleries)") from exc
+    return pymilvus
+
+
+def connect(uri: str) -> Any:
+    """A ``MilvusClient`` for ``uri`` (a ``.db`` file path: Milvus Lite; ``http://...``: a server).
+
+    Raises:
+        GalleryIndexError: the server cannot be reached, or another process holds the Lite file.
+    """
+    pymilvus = _pymilvus()
+    if "://" not in uri and not is_lite(uri):
+        raise GalleryIndexError(f"{uri}: a Milvus URI is a Milvus Lite file ending in .db, or "
+                                "http://host:19530 for a server")
+    try:
+        return pymilvus.MilvusClient(uri)
+    except Exception as exc:  # pymilvus raises its own MilvusException kinds
+        held = "lock" in repr(exc.__context__ or exc).lower() or "Open local milvus" in str(exc)
+        if held and "://" not in uri:
+            raise GalleryIndexError(
+                f"{uri}: another process has this Milvus Lite file open (Lite serves one "
+                "process per file; stop it, or run a Milvus server for several)") from exc
+        raise GalleryIndexError(f"{uri}: cannot open Milvus ({exc})") from exc
+
+
+def is_lite(uri: str) -> bool:
+    return "://" not in uri and uri.endswith(".db")
+
+
+def check_name(name: str) -> str:
+    """``name`` if it can name a Milvus collection (letters, digits, ``_``, not a digit first)."""
+    if not _NAME.fullmatch(name):
+        raise GalleryIndexError(f"{name!r}: a Milvus gallery name has letters, digits and _ "
+                                "only, and does not start with a digit")
+    return name
+
+
+def path_key(path: str) -> int:
+    """A signed 64-bit key of a crop path (first 8 bytes of its SHA-1), for finding paths."""
+    digest = hashlib.sha1(path.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def make_collections(client: Any, data: str, dim: int, metric: str, kind: str) -> None:
+    pymilvus = _pymilvus()
+    types = pymilvus.DataType
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", types.INT64, is_primary=True)
+    schema.add_field("vec", types.FLOAT_VECTOR, dim=dim)
+    schema.add_field("path", types.VARCHAR, max_length=65535)
+    for field in ("path_key", "camera", "frame", "identity"):
+        schema.add_field(field, types.INT64)
+    for _, _, column in probability_columns():
+        schema.add_field(column, types.FLOAT)
+    params = client.prepare_index_params()
+    extra = {"hnsw": {"M": 16, "efConstruction": 200}, "ivf": {"nlist": 1024}}.get(kind, {})
+    params.add_index("vec", index_type=INDEX_TYPES[kind], params=extra,
+                     metric_type="IP" if metric == "cosine" else "L2")
+    client.create_collection(data, schema=schema, index_params=params,
+                             consistency_level="Strong")
+    _small_collection(client, f"{data}_info", "key", {"value": 65535})
+
+
+def _small_collection(client: Any, name: str, key: str | None,
+                      strings: dict[str, int], doubles: Sequence[str] = ()) -> None:
+    """A bookkeeping collection (Milvus wants a vector field: a 2-d dummy): primary key ``key``
+    (VARCHAR) or auto ids when ``None``."""
+    types = _pymilvus().DataType
+    schema = client.create_schema(auto_id=key is None, enable_dynamic_field=False)
+    if key is None:
+        schema.add_field("id", types.INT64, is_primary=True)
+    else:
+        schema.add_field(key, types.VARCHAR, max_length=200, is_primary=True)
+    schema.add_field("vec", types.FLOAT_VECTOR, dim=2)
+    for field, length in strings.items():
+        schema.add_field(field, types.VARCHAR, max_length=length)
+    for field in doubles:
+        schema.add_field(field, types.DOUBLE)
+    params = client.prepare_index_params()
+    params.add_index("vec", index_type="FLAT", metric_type="L2")
+    if client.has_collection(name):
+        return
+    try:
+        client.create_collection(name, schema=schema, index_params=params,
+                                 consistency_level="Strong")
+    except Exception:  # made meanwhile by another writer
+        if not client.has_collection(name):
+            raise
+
+
+def info_row(info: dict[str, Any]) -> dict[str, Any]:
+    return {"key": "info", "vec": [0.0, 0.0], "value": json.dumps(info, ensure_ascii=True)}
+
+
+def read_info(client: Any, data: str) -> dict[str, Any]:
+    rows = client.query(f"{data}_info", ids=["info"], output_fields=["value"])
+    if not rows:
+        raise GalleryIndexError(f"{data}: the gallery's info row is missing (a build killed "
+                                "before it finished?); rebuild it")
+    info = json.loads(rows[0]["value"])
+    if info.get("format") != FORMAT_VERSION:
+        raise GalleryIndexError(f"{data}: gallery format {info.get('format')!r}, this attreid "
+                                f"reads {FORMAT_VERSION}; rebuild it")
+    return info
+
+
+def alias_target(client: Any, name: str) -> str | None:
+    if name not in client.list_aliases().get("aliases", []):
+        return None
+    return str(client.describe_alias(name)["collection_name"])
+
+
+def _load(client: Any, collection: str) -> None:
+    """Load a collection into memory for reads (Milvus reopens them released)."""
+    state = client.get_load_state(collection)["state"]
+    if str(getattr(state, "name", state)) != "Loaded":
+        client.load_collection(collection)
+
+
+def current(client: Any, uri: str, name: str) -> tuple[str, dict[str, Any]]:
+    """``(collection, info)`` of the generation ``name`` points at; again when a rebuild
+    switched it between the two reads."""
+    for _ in range(5):
+        data = alias_target(client, name)
+        if data is None:
+            raise GalleryIndexError(f"{uri}#{name}: no such gallery; make one with "
+                                    "`attreid index build --backend milvus`")
+        try:
+            _load(client, f"{data}_info")
+            info = read_info(client, data)
+            _load(client, data)
+            return data, info
+        except GalleryIndexError:
+            if alias_target(client, name) == data:
+                raise
+    raise GalleryIndexError(f"{uri}#{name}: the gallery changed at every read; try again")
+
+
+def prune(client: Any, name: str, keep: set[str | None]) -> None:
+    """Drop the generations of gallery ``name`` (data and info collections) not in ``keep``."""
+    generation = re.compile(rf"{re.escape(name)}__g\d+")
+    for collection in client.list_collections():
+        data = collection.removesuffix("_info")
+        if generation.fullmatch(data) and data not in keep:
+            client.drop_collection(collection)
+
+
+# ---- one writer at a time ------------------------------------------------------------------
+
+@contextmanager
+def writer_turn(client: Any, name: str, lease_s: float,
+            on_wait: Callable[[str], None] | None) -> Iterator[Callable[[], None]]:
+    """Hold the writer turn of gallery ``name`` for the block (see the module docstring);
+    yields ``renew()``, which extends the lease when a third of it has passed."""
+    tickets, alive = f"{name}__writers", f"{name}__alive"
+    _small_collection(client, tickets, None, {"owner": 200})
+    _small_collection(client, alive, "owner", {}, ("expires",))
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    renewed = [0.0]
+
+    def renew(force: bool = False) -> None:
+        now = time.time()
+        if force or now - renewed[0] > lease_s / 3:
+            client.upsert(alive, [{"owner": owner, "vec": [0.0, 0.0], "expires": now + lease_s}])
+            renewed[0] = now
+
+    renew(force=True)
+    mine = int(client.insert(tickets, [{"owner": owner, "vec": [0.0, 0.0]}])["ids"][0])
+    told = False
+    try:
+        while not _first(client, tickets, alive, mine):
+            if not told and on_wait is not None:
+                on_wait(f"{client_uri(client)}#{name}: another process is writing this gallery;"
+                        " waiting for it to finish")
+            told = True
+            time.sleep(0.2)
+            renew()
+        yield renew
+    finally:
+        client.delete(tickets, ids=[mine])
+        client.delete(alive, ids=[owner])
+
+
+def _first(client: Any, tickets: str, alive: str, mine: int) -> bool:
+    """Whether ticket ``mine`` is the oldest of a live writer (dead writers' tickets go)."""
+    rows = client.query(tickets, filter=f"id <= {mine}", output_fields=["owner"])
+    owners = sorted({r["owner"] for r in rows})
+    live = {r["owner"] for r in client.query(alive, ids=owners, output_fields=["expires"])
+            if float(r["expires"]) > time.time()} if owners else set()
+    dead = [int(r["id"]) for r in rows if r["owner"] not in live]
+    if dead:
+        client.delete(tickets, ids=dead)
+    return all(int(r["id"]) >= mine for r in rows if r["owner"] in live)
+
+
+def client_uri(client: Any) -> str:
+    """The address a client was opened with, for messages (best effort)."""
+    return str(getattr(client, "_uri", "") or "milvus")
