@@ -245,11 +245,12 @@ CHILD = textwrap.dedent("""
         insert = gallery.client.insert
         calls = []
         def slow(collection, rows):
-            insert(collection, rows)
-            calls.append(1)
-            if len(calls) == 2:  # two of six batches written, the add not committed
+            done = insert(collection, rows)
+            calls.append(collection)
+            if calls.count(gallery.collection) == 2:  # two of six batches, not committed
                 print("adding", flush=True)
                 time.sleep(60)
+            return done
         gallery.client.insert = slow
     gallery.add(**part(rows, 0, 3000))
 """)

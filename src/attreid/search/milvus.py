@@ -8,8 +8,8 @@ Layout for a gallery ``NAME`` (collection names: letters, digits and ``_``)::
     NAME__g<N>        rows: id (primary key, position in add order), vec, path, path_key,
                       camera, frame, identity (-1: none), one FLOAT per probability column
     NAME__g<N>_info   one row: the index's info as JSON, with "count" (committed rows)
-    NAME__writers     writer tickets (auto ids, ordered by the server's clock)
-    NAME__alive       owner -> lease expiry (seconds since the epoch), renewed while writing
+    attreid__writers  writer tickets of every gallery there (auto ids: the server's order)
+    attreid__alive    writer -> lease expiry (seconds since the epoch), renewed while writing
 
 * **Adds are atomic.** New rows get ids from ``count`` on and become visible when the info row's
   ``count`` is replaced (one upsert); every read filters ``id < count``. Rows of an add killed

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -86,8 +87,9 @@ def make_collections(client: Any, data: str, dim: int, metric: str, kind: str) -
     extra = {"hnsw": {"M": 16, "efConstruction": 200}, "ivf": {"nlist": 1024}}.get(kind, {})
     params.add_index("vec", index_type=INDEX_TYPES[kind], params=extra,
                      metric_type="IP" if metric == "cosine" else "L2")
-    client.create_collection(data, schema=schema, index_params=params,
-                             consistency_level="Strong")
+    with _quiet_lite():
+        client.create_collection(data, schema=schema, index_params=params,
+                                 consistency_level="Strong")
     _small_collection(client, f"{data}_info", "key", {"value": 65535})
 
 
@@ -109,13 +111,28 @@ def _small_collection(client: Any, name: str, key: str | None,
     params = client.prepare_index_params()
     params.add_index("vec", index_type="FLAT", metric_type="L2")
     if client.has_collection(name):
+        _load(client, name)  # a reopened Milvus holds it released
         return
     try:
-        client.create_collection(name, schema=schema, index_params=params,
-                                 consistency_level="Strong")
+        with _quiet_lite():
+            client.create_collection(name, schema=schema, index_params=params,
+                                     consistency_level="Strong")
     except Exception:  # made meanwhile by another writer
         if not client.has_collection(name):
             raise
+
+
+@contextmanager
+def _quiet_lite() -> Iterator[None]:
+    """Silence Milvus Lite's in-process gRPC server while a collection is made: pymilvus asks it
+    for a timestamp it does not implement (and carries on), and the server logs a traceback."""
+    logger = logging.getLogger("grpc._server")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def info_row(info: dict[str, Any]) -> dict[str, Any]:
@@ -177,28 +194,32 @@ def prune(client: Any, name: str, keep: set[str | None]) -> None:
 
 # ---- one writer at a time ------------------------------------------------------------------
 
+TICKETS, ALIVE = "attreid__writers", "attreid__alive"
+"""The writer tickets and leases of every gallery at one Milvus address."""
+
+
 @contextmanager
 def writer_turn(client: Any, name: str, lease_s: float,
-            on_wait: Callable[[str], None] | None) -> Iterator[Callable[[], None]]:
+                on_wait: Callable[[str], None] | None) -> Iterator[Callable[[], None]]:
     """Hold the writer turn of gallery ``name`` for the block (see the module docstring);
     yields ``renew()``, which extends the lease when a third of it has passed."""
-    tickets, alive = f"{name}__writers", f"{name}__alive"
-    _small_collection(client, tickets, None, {"owner": 200})
-    _small_collection(client, alive, "owner", {}, ("expires",))
+    _small_collection(client, TICKETS, None, {"owner": 200, "gallery": 200})
+    _small_collection(client, ALIVE, "owner", {}, ("expires",))
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
     renewed = [0.0]
 
     def renew(force: bool = False) -> None:
         now = time.time()
         if force or now - renewed[0] > lease_s / 3:
-            client.upsert(alive, [{"owner": owner, "vec": [0.0, 0.0], "expires": now + lease_s}])
+            client.upsert(ALIVE, [{"owner": owner, "vec": [0.0, 0.0], "expires": now + lease_s}])
             renewed[0] = now
 
     renew(force=True)
-    mine = int(client.insert(tickets, [{"owner": owner, "vec": [0.0, 0.0]}])["ids"][0])
+    ticket = {"owner": owner, "gallery": name, "vec": [0.0, 0.0]}
+    mine = int(client.insert(TICKETS, [ticket])["ids"][0])
     told = False
     try:
-        while not _first(client, tickets, alive, mine):
+        while not _first(client, name, mine):
             if not told and on_wait is not None:
                 on_wait(f"{client_uri(client)}#{name}: another process is writing this gallery;"
                         " waiting for it to finish")
@@ -207,19 +228,21 @@ def writer_turn(client: Any, name: str, lease_s: float,
             renew()
         yield renew
     finally:
-        client.delete(tickets, ids=[mine])
-        client.delete(alive, ids=[owner])
+        client.delete(TICKETS, ids=[mine])
+        client.delete(ALIVE, ids=[owner])
 
 
-def _first(client: Any, tickets: str, alive: str, mine: int) -> bool:
-    """Whether ticket ``mine`` is the oldest of a live writer (dead writers' tickets go)."""
-    rows = client.query(tickets, filter=f"id <= {mine}", output_fields=["owner"])
+def _first(client: Any, name: str, mine: int) -> bool:
+    """Whether ticket ``mine`` is the oldest of a live writer of gallery ``name`` (dead
+    writers' tickets go)."""
+    rows = client.query(TICKETS, filter=f'gallery == "{name}" and id <= {mine}',
+                        output_fields=["owner"])
     owners = sorted({r["owner"] for r in rows})
-    live = {r["owner"] for r in client.query(alive, ids=owners, output_fields=["expires"])
+    live = {r["owner"] for r in client.query(ALIVE, ids=owners, output_fields=["expires"])
             if float(r["expires"]) > time.time()} if owners else set()
     dead = [int(r["id"]) for r in rows if r["owner"] not in live]
     if dead:
-        client.delete(tickets, ids=dead)
+        client.delete(TICKETS, ids=dead)
     return all(int(r["id"]) >= mine for r in rows if r["owner"] in live)
 
 
