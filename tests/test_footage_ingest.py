@@ -103,7 +103,7 @@ def test_indexed_crops_carry_camera_time_frame_box_and_track(footage, ingested):
     out, report = ingested
     specs = {s.camera: s for s in read_manifest(footage.manifest)}
     index = GalleryIndex.open(out)
-    rows = index.entries([i for i, _ in index.select("1", [])])
+    rows = index.entries(index.ids().tolist())
     assert len(rows) == sum(r["crops"] for r in report) > 0
     sightings = index.sightings([e.id for e in rows])
     assert set(sightings) == {e.id for e in rows}  # every crop has a sighting
@@ -129,7 +129,7 @@ def test_search_names_each_hit_by_camera_time_and_track(footage, ingested, capsy
 
     out, _ = ingested
     index = GalleryIndex.open(out)
-    first = next(i for i, _ in index.select("1", []))
+    first = int(index.ids()[0])
     entry = index.entries([first])[0]
     cameras = {s.camera for s in read_manifest(footage.manifest)}
     for extra in (["--json"], []):
@@ -153,7 +153,7 @@ def test_grouped_results_follow_the_stored_tracks(ingested, capsys):
 
     out, _ = ingested
     index = GalleryIndex.open(out)
-    first = next(i for i, _ in index.select("1", []))
+    first = int(index.ids()[0])
     args = ["search", str(out), "--id", str(first), "-k", "40", "--backend", "torch", "--json"]
     with pytest.raises(SystemExit):
         cli.run(args)
@@ -230,7 +230,7 @@ def test_a_rerun_skips_every_source(footage, ingested, tiny_checkpoint, capsys):
 
 def _rows(out: Path) -> list[tuple]:
     index = GalleryIndex.open(out)
-    ids = [i for i, _ in index.select("1", [])]
+    ids = index.ids().tolist()
     sightings = index.sightings(ids)
     return [(str(Path(e.path).relative_to(out)), e.camera, e.frame,
              sightings[e.id].track, round(sightings[e.id].time, 3), sightings[e.id].box)

@@ -27,7 +27,7 @@ from attreid.schema import TASKS
 from conftest import missing_requirement, require
 
 from attreid.search.engines import create_gallery, open_gallery  # noqa: E402
-from attreid.search.gallery import RowFilter  # noqa: E402
+from attreid.search.filters import RowFilter  # noqa: E402
 from attreid.search.index import GalleryIndexError  # noqa: E402
 
 DIM = 16
@@ -128,7 +128,7 @@ def test_search_without_and_with_filters_is_exact(engine: dict[str, Any]) -> Non
     rows = crops(600, seed=1)
     gallery = make(engine, rows)
     q = rows["embeddings"][:5] + 0.05
-    found = gallery.search(q, 10)
+    found = gallery.find(q, 10)
     want_d, want_i = brute(rows["embeddings"], q, 10, np.ones(600, bool))
     assert found.allowed == 600 and found.exact
     np.testing.assert_array_equal(found.ids, want_i)
@@ -139,7 +139,7 @@ def test_search_without_and_with_filters_is_exact(engine: dict[str, Any]) -> Non
                RowFilter(below=400, cameras=(1,), minimums=(("p_hat_no", 0.2),))]
     for flt in filters:
         mask = allowed_mask(rows, flt)
-        found = gallery.search(q, 10, flt)
+        found = gallery.find(q, 10, flt)
         assert found.allowed == gallery.count(flt) == int(mask.sum()), flt
         want_d, want_i = brute(rows["embeddings"], q, min(10, int(mask.sum())), mask)
         np.testing.assert_array_equal(found.ids, want_i, err_msg=str(flt))
@@ -152,11 +152,11 @@ def test_narrow_filter_returns_every_allowed_crop(engine: dict[str, Any]) -> Non
     mask = allowed_mask(rows, flt)
     assert mask.sum() == 10
     q = rows["embeddings"][[0]]
-    found = gallery.search(q, 50, flt)
+    found = gallery.find(q, 50, flt)
     assert found.allowed == int(mask.sum())
     assert found.ids.shape == (1, int(mask.sum())), "a narrow filter came back short"
     assert set(found.ids[0].tolist()) == set(np.flatnonzero(mask).tolist())
-    top = gallery.search(q, 3, flt)
+    top = gallery.find(q, 3, flt)
     np.testing.assert_array_equal(top.ids, brute(rows["embeddings"], q, 3, mask)[1])
 
 
@@ -166,20 +166,20 @@ def test_fetch_count_and_add(engine: dict[str, Any]) -> None:
     assert len(gallery) == 200 and gallery.count() == 200
     assert gallery.add(**part(rows, 200, 300)) == 100
     assert len(gallery) == 300 and gallery.count(RowFilter(cameras=(4,))) == 75
-    entries = gallery.fetch([250, 7])
+    entries = gallery.entries([250, 7])
     assert [e.id for e in entries] == [250, 7]
     assert entries[0].path == rows["paths"][250]
     assert (entries[0].camera, entries[0].frame, entries[0].identity) == (3, 250, 250)
     np.testing.assert_allclose(entries[1].probabilities["upcolor"],
                                rows["probabilities"]["upcolor"][7], atol=1e-6)
     with pytest.raises(KeyError, match="300"):
-        gallery.fetch([300])
+        gallery.entries([300])
     with pytest.raises(GalleryIndexError, match="already indexed"):
         gallery.add(**part(rows, 290, 300))
     assert len(gallery) == 300  # nothing of a refused add lands
     again = open_gallery(engine["backend"], engine["location"], engine["name"])
     assert len(again) == 300
-    assert again.fetch([299])[0].path == rows["paths"][299]
+    assert again.entries([299])[0].path == rows["paths"][299]
 
 
 def test_rebuild_switches_generation_and_old_readers_go_on(engine: dict[str, Any]) -> None:
@@ -191,10 +191,10 @@ def test_rebuild_switches_generation_and_old_readers_go_on(engine: dict[str, Any
     make(engine, new_rows, overwrite=True)
     q = old_rows["embeddings"][:2]
     assert len(reader) == 200  # the reader keeps the generation it opened
-    np.testing.assert_array_equal(reader.search(q, 3).ids,
+    np.testing.assert_array_equal(reader.find(q, 3).ids,
                                   brute(old_rows["embeddings"], q, 3, np.ones(200, bool))[1])
     fresh = open_gallery(engine["backend"], engine["location"], engine["name"])
-    assert len(fresh) == 120 and fresh.fetch([0])[0].path == new_rows["paths"][0]
+    assert len(fresh) == 120 and fresh.entries([0])[0].path == new_rows["paths"][0]
 
 
 def test_two_writers_at_once_are_serialised(engine: dict[str, Any]) -> None:
@@ -218,7 +218,7 @@ def test_two_writers_at_once_are_serialised(engine: dict[str, Any]) -> None:
     assert not errors, errors
     gallery = open_gallery(engine["backend"], engine["location"], engine["name"])
     assert len(gallery) == 260
-    paths = [e.path for e in gallery.fetch(range(260))]
+    paths = [e.path for e in gallery.entries(range(260))]
     assert sorted(paths) == sorted(rows["paths"])  # both adds landed, none over the other
 
 
@@ -271,7 +271,7 @@ def test_kill_9_during_add_leaves_all_or_nothing(engine: dict[str, Any], tmp_pat
     gallery = open_gallery(engine["backend"], engine["location"], engine["name"])
     assert len(gallery) == 150 and gallery.count() == 150  # the killed add is not seen
     q = rows["embeddings"][:3]
-    found = gallery.search(q, 5)
+    found = gallery.find(q, 5)
     assert found.ids.max() < 150
     if engine["backend"] == "milvus":
         gallery.lease_s = 2.0
@@ -279,7 +279,7 @@ def test_kill_9_during_add_leaves_all_or_nothing(engine: dict[str, Any], tmp_pat
     assert gallery.add(**more) == 40  # the next writer gets its turn and adds cleanly
     assert len(gallery) == 190
     assert gallery.count(RowFilter()) == 190
-    assert {e.path for e in gallery.fetch(range(150, 190))} == set(more["paths"])
+    assert {e.path for e in gallery.entries(range(150, 190))} == set(more["paths"])
 
 
 def test_lite_file_refuses_a_second_process(tmp_path: Path) -> None:

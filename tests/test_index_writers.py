@@ -35,6 +35,7 @@ from attreid.search import (  # noqa: E402
 )
 from attreid.search import build as build_module  # noqa: E402
 from attreid.search import index as index_module  # noqa: E402
+from attreid.search import index_state as index_state_module  # noqa: E402
 from attreid.search import storage as storage_module  # noqa: E402
 from attreid.search.storage import WRITER_LOCK, IndexDiskFullError  # noqa: E402
 
@@ -255,7 +256,7 @@ def test_open_removes_strays_only_when_no_writer_is_at_work(base, tmp_path):
 
 def test_a_reader_meeting_a_writer_is_told_to_try_again_not_corrupt(base, tmp_path,
                                                                    monkeypatch):
-    monkeypatch.setattr(index_module, "READ_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(index_state_module, "READ_TIMEOUT_S", 0.2)
     monkeypatch.setattr(storage_module, "READ_TIMEOUT_S", 0.2)
     opened = GalleryIndex.open(base)
     holder, release = _hold(SQLITE_WRITER, str(base / "meta.sqlite"), tmp_path=tmp_path)
@@ -385,7 +386,7 @@ def _fill_disk(point: str, writing: str, monkeypatch) -> None:
                 _no_space()
             real_fsync(fd)
 
-        monkeypatch.setattr(index_module.os, "fsync", fsync)
+        monkeypatch.setattr(storage_module.os, "fsync", fsync)
 
 
 POINTS = ["store", "store, short write", "rows", "vectors data", "vectors fsync"]

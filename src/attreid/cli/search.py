@@ -57,9 +57,13 @@ def _search_errors() -> tuple[type[Exception], ...]:
 def index_build(
     checkpoint: Path = typer.Argument(DEFAULT_MODEL, help=CHECKPOINT_HELP),
     images: Path = typer.Option(..., "--images", help="Folder of crops (searched recursively)."),
-    out: Path = typer.Option(Path("index"), "--out", help="Index folder to create."),
+    out: str = typer.Option("index", "--out", help="Index folder to create; or a Milvus "
+                            "gallery: http://HOST:19530#NAME (a server or cluster) or FILE.db#NAME "
+                            "(Milvus Lite), docs/SCALE.md."),
     ivf: int = typer.Option(0, "--ivf", help="Approximate IVF index with this many lists "
                             "(-1: about 4 sqrt(N)); 0: exact search."),
+    hnsw: bool = typer.Option(False, "--hnsw", help="Milvus only: an HNSW index (approximate, "
+                              "fast) instead of exact FLAT search."),
     nprobe: int = typer.Option(16, help="IVF lists visited per query."),
     flip: bool = typer.Option(False, "--flip", help="Flip test-time augmentation."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
@@ -78,22 +82,27 @@ def index_build(
     try:
         from attreid.data.io import list_images
         from attreid.inference.backends import load_predictor
-        from attreid.search import build_index
+        from attreid.search.engines import build_gallery, parse_location
 
+        milvus = parse_location(out)[0] == "milvus"
+        kind = "hnsw" if hnsw else "ivf" if ivf else "flat"
+        if hnsw and not milvus:
+            raise DataError("--hnsw: an HNSW index is for a Milvus gallery (--out http://...#NAME"
+                            " or FILE.db#NAME); an index folder has --ivf")
+        options = {} if milvus else dict(nlist=max(ivf, 0), nprobe=nprobe, features=features,
+                                         shard_size=shard_size)
         crops = list_images(images)[0] if images.is_dir() else []  # the probe: real crops
         predictor, choice = load_predictor(checkpoint, backend, device=device,
                                            batch_size=batch_size, flip=flip, probe_images=crops)
         _show_backend(choice)
         _warn_flip_mismatch(checkpoint, predictor.checkpoint_sha256, flip)
         with _reported_warnings(), _count_progress("embedding crops") as progress:
-            index = build_index(predictor, images, out, kind="ivf" if ivf else "flat",
-                                nlist=max(ivf, 0), nprobe=nprobe, batch_size=batch_size,
-                                overwrite=overwrite, progress=progress, features=features,
-                                shard_size=shard_size, on_wait=_show_backend_text)
+            index = build_gallery(predictor, images, out, kind, overwrite, batch_size,
+                                  progress, _show_backend_text, **options)
     except _search_errors() as exc:
         _fail(str(exc))
     console.print(f"indexed {len(index)} crops ({index.info['kind']}, {index.info['metric']} "
-                  f"distance, {index.info['dim']}-d) in {out}", soft_wrap=True)
+                  f"distance, {index.info['dim']}-d) in {out}", soft_wrap=True, markup=False)
 
 
 def _warn_flip_mismatch(checkpoint: Path, sha256: str, flip: bool) -> None:
@@ -142,7 +151,8 @@ def index_add(
 
 
 def search(
-    index: Path = typer.Argument(..., help="Index folder."),
+    index: str = typer.Argument(..., help="Index folder, or a Milvus gallery "
+                                "(http://HOST:19530#NAME or FILE.db#NAME)."),
     image: list[Path] = typer.Option([], "--image", help="Query crop; repeat it for several "
                                      "crops of one person (their embeddings are averaged)."),
     query_id: int | None = typer.Option(None, "--id", help="Query by an indexed crop's id."),

@@ -35,7 +35,7 @@ class IndexedTracklet:
 def indexed_tracklets(index: GalleryIndex) -> list[IndexedTracklet]:
     """Every tracklet of an index made by ``attreid ingest`` (rows without a sighting are left
     out), ordered by camera, source and track."""
-    ids = [i for i, _ in index.select("1", [], order="id")]
+    ids = index.ids().tolist()
     sightings = index.sightings(ids)
     entries = {e.id: e for e in index.entries(list(sightings))}
     groups: dict[tuple[str, str, int], list[int]] = {}

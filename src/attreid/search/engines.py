@@ -2,22 +2,47 @@
 commands and the tests drive every engine with the same code.
 
 * ``faiss``: ``location`` is an index folder (FAISS + SQLite); ``name`` is unused.
-* ``milvus``: ``location`` is a Milvus URI (a file path: Milvus Lite; ``http://host:19530``:
+* ``milvus``: ``location`` is a Milvus URI (a ``.db`` file: Milvus Lite; ``http://host:19530``:
   a server or cluster) and ``name`` the gallery's collection alias.
+
+Where a command takes an index, the text says which (:func:`parse_location`):
+``runs/index`` is a folder; ``http://milvus:19530#site`` the gallery ``site`` on a Milvus
+server; ``galleries/site.db#site`` (or ``galleries/site.db``, name ``attreid``) Milvus Lite.
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from attreid.search.gallery import BACKENDS, FaissGallery, Gallery
-from attreid.search.index import GalleryIndexError
+from attreid.schema import TASK_NAMES
+from attreid.search.gallery import BACKENDS, Gallery, check_rows
+from attreid.search.index import DATABASE, GalleryIndex, GalleryIndexError
+from attreid.search.sources import _array_source
 
 DEFAULT_NAME = "attreid"
 """The Milvus collection alias of a gallery when none is given."""
+
+
+def parse_location(text: str) -> tuple[str, str, str]:
+    """``(backend, location, name)`` of an index argument (see the module docstring): a URI
+    with a scheme (``http``, ``https``, ``tcp``) or a path ending in ``.db`` is Milvus, its
+    gallery name after ``#`` (default :data:`DEFAULT_NAME`); anything else an index folder."""
+    location, _, name = text.partition("#")
+    folder = Path(text)
+    if (folder / DATABASE).is_file():  # an index folder, whatever its name
+        return "faiss", text, DEFAULT_NAME
+    if "://" in location or location.endswith(".db"):
+        return "milvus", location, name or DEFAULT_NAME
+    return "faiss", text, DEFAULT_NAME
+
+
+def open_location(text: str) -> Gallery:
+    """The gallery an index argument names (:func:`parse_location`), opened."""
+    return open_gallery(*parse_location(text))
 
 
 def _check_backend(backend: str) -> None:
@@ -33,7 +58,7 @@ def open_gallery(backend: str, location: str | Path, name: str = DEFAULT_NAME) -
     """
     _check_backend(backend)
     if backend == "faiss":
-        return FaissGallery.open(location)
+        return GalleryIndex.open(location)
     from attreid.search.milvus import MilvusGallery
 
     return MilvusGallery.open(str(location), name)
@@ -56,15 +81,61 @@ def create_gallery(backend: str, location: str | Path, paths: Sequence[str],
     if backend == "milvus":
         from attreid.search.milvus import MilvusGallery
 
-        return MilvusGallery.create(str(location), name, paths, embeddings, probabilities,
-                                    info, kind=kind, overwrite=overwrite, on_wait=on_wait)
+        check_rows(paths, embeddings, probabilities)
+        return MilvusGallery.create(str(location), name,
+                                    _array_source(list(paths), embeddings, probabilities), info,
+                                    kind=kind, overwrite=overwrite, on_wait=on_wait)
     from attreid.search.build import write_index
 
     if kind not in ("flat", "ivf"):
         raise GalleryIndexError(f"kind {kind!r}: the faiss backend has flat and ivf")
-    index = write_index(location, [Path(p) for p in paths], embeddings, probabilities,
+    return write_index(location, [Path(p) for p in paths], embeddings, probabilities,
                         checkpoint=Path(info["checkpoint"]), metric=info.get("metric", "euclidean"),
                         kind=kind, overwrite=overwrite,
                         checkpoint_sha256=info.get("checkpoint_sha256"),
                         trained_tasks=info.get("trained_tasks"), on_wait=on_wait)
-    return FaissGallery(index)
+
+
+def build_gallery(predictor: Any, images: Path | str, location: str, kind: str = "flat",
+                  overwrite: bool = False, batch_size: int = 64, progress: Any = None,
+                  on_wait: Callable[[str], None] | None = None, **faiss_options: Any) -> Gallery:
+    """Embed every crop under ``images`` with ``predictor`` and write the gallery ``location``
+    names (:func:`parse_location`): an index folder (:func:`~attreid.search.build.build_index`,
+    ``faiss_options``: nlist, nprobe, features, shard_size) or a Milvus gallery (the crops
+    embedded into a scratch feature store, then written a chunk at a time).
+
+    Raises:
+        GalleryIndexError: the gallery exists (without ``overwrite``), no image decoded, or
+            the engine refused; DataError: the image folder is missing or empty.
+    """
+    from attreid.search.build import _warn_skipped, build_index, embed_files_to_store
+    from attreid.search.build import list_gallery
+
+    backend, uri, name = parse_location(location)
+    if backend == "faiss":
+        return build_index(predictor, images, uri, kind=kind, overwrite=overwrite,
+                           batch_size=batch_size, progress=progress, on_wait=on_wait,
+                           **faiss_options)
+    from attreid.search.milvus import MilvusGallery, check_name, connect
+    from attreid.search.milvus_collections import alias_target
+    from attreid.search.sources import _store_source
+    from attreid.zoo import resolve_checkpoint
+
+    client = connect(uri)
+    if alias_target(client, check_name(name)) is not None and not overwrite:  # before embedding
+        raise GalleryIndexError(f"{uri}#{name}: the gallery exists; pass --overwrite to "
+                                "replace it")
+    paths = list_gallery(images)
+    checkpoint = resolve_checkpoint(Path(predictor.checkpoint))
+    info = {"checkpoint": str(checkpoint.resolve()), "metric": predictor.distance,
+            "checkpoint_sha256": predictor.checkpoint_sha256, "flip": bool(predictor.flip),
+            "images_root": str(Path(images).resolve()),
+            "trained_tasks": list(getattr(predictor, "trained_tasks", TASK_NAMES))}
+    with tempfile.TemporaryDirectory(prefix="attreid-milvus-") as scratch:
+        store, skipped = embed_files_to_store(predictor, paths, Path(scratch) / "store",
+                                              batch_size, progress=progress)
+        _warn_skipped(skipped)
+        if not len(store):
+            raise GalleryIndexError(f"{images}: none of the {len(paths)} images decoded")
+        return MilvusGallery.create(uri, name, _store_source(store), info, kind=kind,
+                                    overwrite=overwrite, client=client, on_wait=on_wait)

@@ -24,7 +24,6 @@ re-reads the index from disk under it, so two adds at once both land, one after 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -33,7 +32,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from attreid.inference.features import FeatureStore
-from attreid.schema import trained_tasks_of
+from attreid.search.filters import Found, RowFilter, committed
+from attreid.search.index_state import (
+    DATABASE,
+    FORMAT_VERSION,
+    connect,
+    read_info,
+    read_state,
+    remove_strays_unless_writing,
+    trained_tasks,
+)
 from attreid.search.metadata import Entry, _entry, _from_sql, _insert, _rows, _set_info
 from attreid.search.metadata import probability_columns
 from attreid.search.sightings import Sighting, ingested, read_sightings, track_ids
@@ -46,15 +54,11 @@ from attreid.search.sources import (
     _without,
 )
 from attreid.search.storage import (
-    READ_TIMEOUT_S,
     GalleryIndexError,
     busy_error,
     disk_full,
     is_locked,
-    read_vectors,
-    remove_scratch,
     space_needed,
-    try_writer_lock,
     write_vectors,
     writer_lock,
 )
@@ -62,8 +66,6 @@ from attreid.search.vectors import EXACT_ROWS, _faiss, exact_search, faiss_to_di
 from attreid.search.vectors import prepare_vectors
 from attreid.utils.files import file_sha256
 
-FORMAT_VERSION = 1
-DATABASE = "meta.sqlite"
 
 __all__ = ["DATABASE", "FORMAT_VERSION", "WRITE_CHUNK", "GalleryIndex", "GalleryIndexError"]
 
@@ -82,7 +84,7 @@ class GalleryIndex:
         self._lock = threading.Lock()
         self.vectors = vectors
         self.info = info
-        self.trained_tasks: tuple[str, ...] = _trained_tasks(info, root / DATABASE)
+        self.trained_tasks: tuple[str, ...] = trained_tasks(info, root / DATABASE)
 
     # ---- opening -------------------------------------------------------------------------
 
@@ -105,10 +107,10 @@ class GalleryIndex:
         if not db_path.is_file():
             raise GalleryIndexError(f"{root}: not an attreid index ({DATABASE} not found); "
                                     "make one with `attreid index build`")
-        db = _connect(db_path)
+        db = connect(db_path)
         try:
-            info, vectors = _read_state(root, db)
-            _remove_strays_unless_writing(root, db)
+            info, vectors = read_state(root, db)
+            remove_strays_unless_writing(root, db)
         except BaseException:
             db.close()
             raise
@@ -204,19 +206,63 @@ class GalleryIndex:
             "SELECT key, value FROM info WHERE key IN ('generation', 'vectors')"))
         return int(json.loads(rows.get("generation", "0"))), str(json.loads(rows["vectors"]))
 
-    def select(self, where: str, params: Sequence[Any], order: str = "id",
-               limit: int | None = None, score: str = "1.0", offset: int = 0
-               ) -> list[tuple[int, float]]:
-        """``(id, score)`` of rows matching a SQL condition built by the query layer, from
-        row ``offset`` on."""
-        sql = f"SELECT id, {score} AS score FROM images WHERE {where} ORDER BY {order}"
-        if limit is not None or offset:
-            sql += f" LIMIT {-1 if limit is None else int(limit)} OFFSET {int(offset)}"
-        return [(int(i), float(s)) for i, s in self._query(sql, params)]
+    def ids(self, where: RowFilter | None = None) -> np.ndarray:
+        """Ids of the committed rows ``where`` lets through, ascending (int64)."""
+        sql, params = committed(where, len(self)).sql()
+        rows = self._query(f"SELECT id FROM images WHERE {sql} ORDER BY id", params)
+        return np.array([r[0] for r in rows], dtype=np.int64)
 
-    def count(self, where: str, params: Sequence[Any]) -> int:
-        """Rows matching a SQL condition built by the query layer."""
-        return int(self._query(f"SELECT COUNT(*) FROM images WHERE {where}", params)[0][0])
+    def count(self, where: RowFilter | None = None) -> int:
+        """Committed rows ``where`` lets through."""
+        sql, params = committed(where, len(self)).sql()
+        return int(self._query(f"SELECT COUNT(*) FROM images WHERE {sql}", params)[0][0])
+
+    def products(self, where: RowFilter | None, columns: Sequence[str], k: int | None = None,
+                 offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, product of the probability columns)`` of the rows ``where`` lets through:
+        all in id order (``k`` None), or the ``k`` best from rank ``offset`` (ties: lower id).
+        ``columns``: names of :func:`~attreid.search.metadata.probability_columns`."""
+        known = {c for _, _, c in probability_columns()}
+        if not columns or not set(columns) <= known:
+            raise ValueError(f"columns {list(columns)}: expected probability columns")
+        sql, params = committed(where, len(self)).sql()
+        query = f"SELECT id, {' * '.join(columns)} AS score FROM images WHERE {sql} ORDER BY "
+        if k is None:
+            rows = self._query(query + "id", params)
+        else:
+            rows = self._query(query + f"score DESC, id LIMIT {int(k)} OFFSET {int(offset)}",
+                               params)
+        return (np.array([r[0] for r in rows], np.int64),
+                np.array([r[1] for r in rows], np.float64))
+
+    def frame_range(self) -> tuple[int, int] | None:
+        """``(first, last)`` frame number of the committed rows; None when no name gave one."""
+        low, high = self._query("SELECT MIN(frame), MAX(frame) FROM images WHERE frame IS NOT "
+                                "NULL AND id < ?", [len(self)])[0]
+        return None if low is None else (int(low), int(high))
+
+    def vector_block(self, start: int, count: int) -> np.ndarray:
+        """Stored (prepared) vectors of ids ``start`` .. ``start + count - 1``, (count, D)."""
+        return self.vectors.reconstruct_n(int(start), int(count))
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    def find(self, queries: np.ndarray, k: int, where: RowFilter | None = None) -> Found:
+        """:meth:`search` under a :class:`~attreid.search.filters.RowFilter` (the gallery
+        interface, :mod:`attreid.search.gallery`): how many the filter allowed, and whether
+        the ranking was exact."""
+        allowed = None if where is None or not where.filters else self.ids(where)
+        n = len(self) if allowed is None else len(allowed)
+        distances, ids = self.search(np.asarray(queries), k, allowed)
+        exact = self.info["kind"] == "flat" or (allowed is not None and n <= EXACT_ROWS)
+        return Found(distances, ids, n, exact)
+
+    def add(self, paths: Sequence[Path | str], embeddings: np.ndarray,
+            probabilities: dict[str, np.ndarray]) -> int:
+        """:meth:`append_arrays` (the gallery interface's add)."""
+        return self.append_arrays(paths, embeddings, probabilities)
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
                nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -335,16 +381,16 @@ class GalleryIndex:
     def _reload(self) -> None:
         """Read the index's current state from disk (under the writer lock): another process
         may have added crops, or rebuilt the folder, since this object was opened."""
-        db = _connect(self.root / DATABASE)
+        db = connect(self.root / DATABASE)
         try:
-            info, vectors = _read_state(self.root, db)
+            info, vectors = read_state(self.root, db)
         except BaseException:
             db.close()
             raise
         with self._lock:
             old, self._db = self._db, db
             self.vectors, self.info = vectors, info
-            self.trained_tasks = _trained_tasks(info, self.root / DATABASE)
+            self.trained_tasks = trained_tasks(info, self.root / DATABASE)
         old.close()
 
     def _check_store(self, store: FeatureStore) -> None:
@@ -395,104 +441,14 @@ class GalleryIndex:
         (never delete a committed generation)."""
         try:
             self._db.rollback()
-            current = _read_info(self._db, self.root / DATABASE)[0].get("vectors")
+            current = read_info(self._db, self.root / DATABASE)[0].get("vectors")
         except (sqlite3.Error, GalleryIndexError):
             return  # cannot tell: leave it, a later open removes it if it is a stray
         if current != name:
             (self.root / name).unlink(missing_ok=True)
 
 
-def _connect(db_path: Path) -> sqlite3.Connection:
-    try:
-        return sqlite3.connect(db_path, timeout=READ_TIMEOUT_S, check_same_thread=False)
-    except sqlite3.Error as exc:
-        raise GalleryIndexError(f"{db_path}: cannot open the index database ({exc})") from exc
-
-
-def _read_info(db: sqlite3.Connection, db_path: Path) -> tuple[dict[str, Any], int]:
-    """``(info, number of image rows)``, read in one statement (one snapshot: a writer's
-    commit never falls between the two)."""
-    try:
-        rows = db.execute("SELECT key, value, (SELECT COUNT(*) FROM images) FROM info"
-                          ).fetchall()
-        info = {k: json.loads(v) for k, v, _ in rows}
-    except sqlite3.OperationalError as exc:
-        if is_locked(exc):
-            raise busy_error(db_path, exc) from exc
-        raise GalleryIndexError(f"{db_path}: corrupt index database ({exc})") from exc
-    except (sqlite3.Error, json.JSONDecodeError) as exc:
-        raise GalleryIndexError(f"{db_path}: corrupt index database ({exc})") from exc
-    return info, int(rows[0][2]) if rows else 0
-
-
-def _check_info(info: dict[str, Any], db_path: Path) -> None:
-    if info.get("format") != FORMAT_VERSION:
-        raise GalleryIndexError(f"{db_path}: index format {info.get('format')!r}, "
-                                f"this attreid reads {FORMAT_VERSION}; rebuild the index")
-    missing = [k for k in ("vectors", "dim", "metric", "kind") if k not in info]
-    if missing:
-        raise GalleryIndexError(f"{db_path}: damaged index, its info table lacks "
-                                f"{', '.join(missing)}; rebuild it with `attreid index build`")
-
-
-def _read_state(root: Path, db: sqlite3.Connection) -> tuple[dict[str, Any], Any]:
-    """``(info, FAISS vectors)`` of the index's last committed generation. A writer may
-    commit the next one and delete this one's vectors file between the two reads: then
-    read again."""
-    db_path = root / DATABASE
-    for _ in range(5):
-        info, count = _read_info(db, db_path)
-        _check_info(info, db_path)
-        try:
-            vectors = read_vectors(root / info["vectors"], info)
-        except GalleryIndexError:
-            if _read_info(db, db_path)[0].get("vectors") == info["vectors"]:
-                raise
-            continue  # a newer generation was committed meanwhile
-        if vectors.ntotal != count:
-            raise GalleryIndexError(f"{root}: {vectors.ntotal} vectors but {count} image rows; "
-                                    "the index is damaged, rebuild it")
-        return info, vectors
-    raise GalleryIndexError(f"{root}: the index changed at every read (writers at work); "
-                            "try again")
-
-
 def unreached(ids: np.ndarray) -> int:
     """Slots of a :meth:`GalleryIndex.search` result (Q, k') it could not fill (id -1): 0 unless
     an allowed id is not in the index (every IVF list is probed before a slot stays empty)."""
     return int((np.asarray(ids) < 0).sum())
-
-
-def _trained_tasks(info: dict[str, Any], where: Path) -> tuple[str, ...]:
-    """``info["trained_tasks"]`` in the order of ``TASK_NAMES``; all tasks when absent."""
-    try:
-        return trained_tasks_of(info.get("trained_tasks"))
-    except ValueError as exc:
-        raise GalleryIndexError(f"{where}: damaged index info ({exc}); rebuild it with "
-                                "`attreid index build`") from None
-
-
-def _remove_strays_unless_writing(root: Path, db: sqlite3.Connection) -> None:
-    """Remove what killed writers left (a vectors file never committed, scratch folders),
-    only while holding the writer lock: a live writer's new file is not a stray."""
-    fd = try_writer_lock(root)
-    if fd is None:  # a writer is at work, or the folder is read-only to us
-        return
-    try:
-        current = _read_info(db, root / DATABASE)[0].get("vectors")  # under the lock: fresh
-        if current:
-            _remove_strays(root, current)
-        remove_scratch(root)
-    except GalleryIndexError:
-        pass  # busy or unreadable now: strays are harmless, removed another time
-    finally:
-        os.close(fd)
-
-
-def _remove_strays(root: Path, current: str) -> None:
-    for path in root.glob("*vectors-*.faiss*"):
-        if path.name != current:
-            try:
-                path.unlink()
-            except OSError:  # read-only index folder: strays are harmless
-                pass

@@ -37,8 +37,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from attreid.search.gallery import Found, RowFilter, _committed, check_rows
-from attreid.search.index import FORMAT_VERSION, GalleryIndexError, _trained_tasks
+from attreid.search.filters import Found, RowFilter, committed
+from attreid.search.gallery import check_rows
+from attreid.search.index_state import FORMAT_VERSION, trained_tasks
+from attreid.search.storage import GalleryIndexError
 from attreid.search.milvus_collections import (
     INDEX_TYPES,
     alias_target,
@@ -53,12 +55,8 @@ from attreid.search.milvus_collections import (
     read_info,
     writer_turn,
 )
-from attreid.search.metadata import (
-    Entry,
-    _probability_rows,
-    parse_name,
-    probability_columns,
-)
+from attreid.search.metadata import Entry, parse_name, probability_columns
+from attreid.search.sources import _array_source, _Source
 from attreid.search.vectors import (
     EXACT_ROWS,
     exact_distances,
@@ -93,7 +91,7 @@ class MilvusGallery:
         self.collection, self.info = collection, info
         self.location = f"{uri}#{name}"
         self.lease_s = lease_s
-        self.trained_tasks: tuple[str, ...] = _trained_tasks(info, self.location)  # type: ignore
+        self.trained_tasks: tuple[str, ...] = trained_tasks(info, self.location)  # type: ignore
         self._lock = threading.Lock()
 
     # ---- opening and making ----------------------------------------------------------------
@@ -111,26 +109,23 @@ class MilvusGallery:
         return cls(client, uri, name, collection, info, lease_s)
 
     @classmethod
-    def create(cls, uri: str, name: str, paths: Sequence[str], embeddings: np.ndarray,
-               probabilities: dict[str, np.ndarray], info: dict[str, Any],
+    def create(cls, uri: str, name: str, source: _Source, info: dict[str, Any],
                kind: str = "flat", overwrite: bool = False, client: Any = None,
                lease_s: float = LEASE_S,
                on_wait: Callable[[str], None] | None = None) -> "MilvusGallery":
-        """Write a new gallery (or, with ``overwrite``, the next generation of ``name``) from N
-        embedded crops: ``paths`` (N,), ``embeddings`` (N, D), ``probabilities`` task -> (N, C).
-        ``info`` as :func:`~attreid.search.build.write_index` records (checkpoint, sha256,
-        metric, trained_tasks...); ``kind``: ``flat``, ``hnsw`` or ``ivf``.
+        """Write a new gallery (or, with ``overwrite``, the next generation of ``name``) from
+        the embedded crops of ``source`` (:mod:`attreid.search.sources`: arrays or a feature
+        store, read a chunk at a time). ``info`` as :func:`~attreid.search.build.write_index`
+        records (checkpoint, sha256, metric, flip, trained_tasks...); ``kind``: ``flat``,
+        ``hnsw`` or ``ivf``.
 
         Raises:
-            GalleryIndexError: ``name`` exists (without ``overwrite``), an unknown ``kind``,
-                rows of the wrong shape.
+            GalleryIndexError: ``name`` exists (without ``overwrite``), an unknown ``kind``.
         """
         check_name(name)
         if kind not in INDEX_TYPES:
             raise GalleryIndexError(f"kind {kind!r}: expected one of {', '.join(INDEX_TYPES)}")
-        check_rows(paths, embeddings, probabilities)
         client = client or connect(uri)
-        dim = int(np.asarray(embeddings).shape[1])
         with writer_turn(client, name, lease_s, on_wait):
             old = alias_target(client, name)
             if old is not None and not overwrite:
@@ -139,12 +134,13 @@ class MilvusGallery:
             generation = 0 if old is None else int(read_info(client, old)["generation"]) + 1
             data = f"{name}__g{generation}"
             prune(client, name, keep={old})  # a killed build's leftovers
-            make_collections(client, data, dim, str(info.get("metric", "euclidean")), kind)
-            full = {"format": FORMAT_VERSION, **info, "dim": dim, "kind": kind,
+            make_collections(client, data, source.dim, str(info.get("metric", "euclidean")),
+                             kind)
+            full = {"format": FORMAT_VERSION, **info, "dim": source.dim, "kind": kind,
                     "generation": generation, "count": 0}
             gallery = cls(client, uri, name, data, full, lease_s)
-            gallery._insert(paths, embeddings, probabilities, start=0, renew=None)
-            gallery._commit(len(paths))
+            gallery._insert(source, start=0, renew=None)
+            gallery._commit(source.count)
             (client.alter_alias if old else client.create_alias)(data, name)
             prune(client, name, keep={old, data})  # readers of ``old`` go on until the next
         return gallery
@@ -180,16 +176,16 @@ class MilvusGallery:
 
     def count(self, where: RowFilter | None = None) -> int:
         """Committed rows ``where`` lets through."""
-        flt = _committed(where, len(self))
+        flt = committed(where, len(self))
         rows = self.client.query(self.collection, filter=flt.milvus(),
                                  output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
 
-    def search(self, queries: np.ndarray, k: int, where: RowFilter | None = None) -> Found:
+    def find(self, queries: np.ndarray, k: int, where: RowFilter | None = None) -> Found:
         """Nearest ``k`` allowed crops of each query row (see :class:`Found`); exact over the
         allowed rows when at most :data:`EXACT_ROWS` (or ``k`` > :data:`MAX_TOPK`), else
         Milvus's index, repeated exactly if a row came back short."""
-        flt = _committed(where, len(self))
+        flt = committed(where, len(self))
         allowed = self.count(flt) if flt.filters else len(self)
         q = prepare_vectors(np.asarray(queries, dtype=np.float32), self.metric)
         k = min(int(k), allowed)
@@ -213,16 +209,16 @@ class MilvusGallery:
         ties by id."""
         best_d = np.full((len(q), 0), np.inf)
         best_i = np.zeros((len(q), 0), np.int64)
-        for ids, vectors in self._stream(flt, ["vec"]):
-            d = exact_distances(q, np.asarray(vectors, np.float32), self.metric)
+        for ids, rows in self._stream(flt, ["vec"]):
+            d = exact_distances(q, np.array([r["vec"] for r in rows], np.float32), self.metric)
             best_d, best_i = nearest(np.concatenate([best_d, d], axis=1),
                                      np.concatenate([best_i, np.broadcast_to(ids, d.shape)], 1),
                                      k)
         return best_d.astype(np.float32), best_i
 
     def _stream(self, flt: RowFilter, fields: list[str]
-                ) -> Iterator[tuple[np.ndarray, list[Any]]]:
-        """``(ids, values of the first field)`` of the rows ``flt`` allows, a window of
+                ) -> Iterator[tuple[np.ndarray, list[dict[str, Any]]]]:
+        """``(ids, rows)`` of the rows ``flt`` allows (``fields`` of each), a window of
         :data:`MAX_TOPK` ids at a time (a query returns at most that many rows)."""
         expr = flt.milvus()
         for lo in range(0, len(self), MAX_TOPK):
@@ -230,10 +226,9 @@ class MilvusGallery:
             rows = self.client.query(self.collection, output_fields=fields,
                                      filter=f"{window} and ({expr})" if expr else window)
             if rows:
-                yield (np.array([r["id"] for r in rows], np.int64),
-                       [r[fields[0]] for r in rows])
+                yield np.array([r["id"] for r in rows], np.int64), rows
 
-    def fetch(self, ids: Sequence[int]) -> list[Entry]:
+    def entries(self, ids: Sequence[int]) -> list[Entry]:
         """Rows of ``ids``, in that order.
 
         Raises:
@@ -267,17 +262,88 @@ class MilvusGallery:
                      trained_tasks=self.trained_tasks)
 
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
-        """Stored (prepared) vectors of ``ids``, (len(ids), D), in that order."""
+        """Stored (prepared) vectors of ``ids``, (len(ids), D), in that order.
+
+        Raises:
+            KeyError: an id is not among the committed rows."""
         got: dict[int, Any] = {}
         ids = [int(i) for i in ids]
         for start in range(0, len(ids), FETCH_BATCH):
-            for row in self.client.query(self.collection, ids=ids[start:start + FETCH_BATCH],
-                                         output_fields=["vec"]):
-                got[int(row["id"])] = row["vec"]
-        missing = [i for i in ids if i not in got or i >= len(self)]
+            chunk = [i for i in ids[start:start + FETCH_BATCH] if 0 <= i < len(self)]
+            if chunk:
+                for row in self.client.query(self.collection, ids=chunk, output_fields=["vec"]):
+                    got[int(row["id"])] = row["vec"]
+        missing = [i for i in ids if i not in got]
         if missing:
-            raise KeyError(f"image ids not in the gallery {self.location}: {missing[:10]}")
+            raise KeyError(f"image id(s) not in the gallery {self.location}: {missing[:10]}")
         return np.array([got[i] for i in ids], dtype=np.float32).reshape(len(ids), -1)
+
+    def vector(self, image_id: int) -> np.ndarray:
+        """The stored (prepared) vector of one crop, (D,)."""
+        return self.vectors([image_id])[0]
+
+    def vector_block(self, start: int, count: int) -> np.ndarray:
+        """Stored vectors of ids ``start`` .. ``start + count - 1``, (count, D)."""
+        return self.vectors(range(int(start), int(start) + int(count)))
+
+    def ids(self, where: RowFilter | None = None) -> np.ndarray:
+        """Ids of the committed rows ``where`` lets through, ascending (int64)."""
+        parts = [ids for ids, _ in self._stream(committed(where, len(self)), ["id"])]
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+    def products(self, where: RowFilter | None, columns: Sequence[str], k: int | None = None,
+                 offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, product of the probability columns)`` of the rows ``where`` lets through:
+        all in id order, or the ``k`` best from rank ``offset`` (ties: lower id). A scan of
+        the allowed rows (no vector engine orders by a product of fields)."""
+        known = {c for _, _, c in probability_columns()}
+        if not columns or not set(columns) <= known:
+            raise ValueError(f"columns {list(columns)}: expected probability columns")
+        id_parts, score_parts = [], []
+        for ids, rows in self._stream(committed(where, len(self)), list(columns)):
+            id_parts.append(ids)
+            score_parts.append(np.prod([[float(r[c]) for c in columns] for r in rows], axis=1))
+        ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
+        scores = np.concatenate(score_parts) if score_parts else np.zeros(0)
+        order = np.argsort(ids) if k is None else np.lexsort((ids, -scores))[offset:offset + k]
+        return ids[order], scores[order]
+
+    def frame_range(self) -> tuple[int, int] | None:
+        """``(first, last)`` frame number of the committed rows; None when no name gave one."""
+        frames = [int(r["frame"]) for _, rows in self._stream(committed(None, len(self)),
+                                                              ["frame"])
+                  for r in rows if r["frame"] is not None and int(r["frame"]) != _NONE]
+        return (int(min(frames)), int(max(frames))) if frames else None
+
+    def cameras(self) -> list[int]:
+        """Cameras present among the committed rows, sorted."""
+        return sorted({int(r["camera"]) for _, rows in self._stream(committed(None, len(self)),
+                                                                    ["camera"])
+                       for r in rows if r["camera"] is not None and int(r["camera"]) != _NONE})
+
+    def sightings(self, ids: Sequence[int]) -> dict[int, Any]:
+        """Footage sightings (time, track, box) are kept by the FAISS + SQLite index only, so
+        far: none here."""
+        return {}
+
+    def track(self, image_id: int) -> list[int]:
+        return []
+
+    def ingested(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def check_checkpoint(self, checkpoint: Any, digest: str | None = None) -> None:
+        """Raise :class:`GalleryIndexError` unless ``checkpoint`` made the gallery."""
+        from pathlib import Path
+
+        from attreid.utils.files import file_sha256
+
+        digest = digest or file_sha256(Path(checkpoint))
+        if digest != self.info.get("checkpoint_sha256"):
+            raise GalleryIndexError(
+                f"{checkpoint}: this checkpoint did not make the gallery {self.location} "
+                f"(sha256 {digest[:12]}..., the gallery's {str(self.info.get('checkpoint_sha256'))[:12]}"
+                "...); embeddings of different models cannot be compared")
 
     def paths_indexed(self, paths: Sequence[str]) -> list[str]:
         """Those of ``paths`` the committed gallery holds."""
@@ -314,29 +380,30 @@ class MilvusGallery:
                                         f"(e.g. {again[0]}); nothing added")
             start = len(self)
             self.client.delete(self.collection, filter=f"id >= {start}")  # a killed add's rows
-            self._insert(paths, embeddings, probabilities, start, renew)
+            self._insert(_array_source(paths, embeddings, probabilities), start, renew)
             self._commit(start + len(paths))
         return len(paths)
 
-    def _insert(self, paths: Sequence[str], embeddings: np.ndarray,
-                probabilities: dict[str, np.ndarray], start: int,
-                renew: Callable[[], None] | None) -> None:
-        x = prepare_vectors(np.asarray(embeddings), self.metric)
-        probs = _probability_rows(probabilities).astype(np.float32)
+    def _insert(self, source: _Source, start: int, renew: Callable[[], None] | None) -> None:
         columns = [c for _, _, c in probability_columns()]
-        for lo in range(0, len(paths), INSERT_BATCH):
-            rows = []
-            for i in range(lo, min(lo + INSERT_BATCH, len(paths))):
-                identity, camera, frame = parse_name(os.path.basename(paths[i]))
-                rows.append({"id": start + i, "vec": x[i].tolist(),
-                             "path": json.dumps(paths[i]), "path_key": path_key(paths[i]),
-                             "camera": _NONE if camera is None else camera,
-                             "frame": _NONE if frame is None else frame,
-                             "identity": _NONE if identity is None else identity,
-                             **dict(zip(columns, probs[i].tolist()))})
-            self.client.insert(self.collection, rows)
-            if renew is not None:
-                renew()
+        for paths, embeddings, probs in source.chunks():
+            x = prepare_vectors(np.asarray(embeddings), self.metric)
+            p = np.asarray(probs, np.float32)
+            for lo in range(0, len(paths), INSERT_BATCH):
+                rows = []
+                for i in range(lo, min(lo + INSERT_BATCH, len(paths))):
+                    path = str(paths[i])
+                    identity, camera, frame = parse_name(os.path.basename(path))
+                    rows.append({"id": start + i, "vec": x[i].tolist(), "path": json.dumps(path),
+                                 "path_key": path_key(path),
+                                 "camera": _NONE if camera is None else camera,
+                                 "frame": _NONE if frame is None else frame,
+                                 "identity": _NONE if identity is None else identity,
+                                 **dict(zip(columns, p[i].tolist()))})
+                self.client.insert(self.collection, rows)
+                if renew is not None:
+                    renew()
+            start += len(paths)
 
     def _commit(self, count: int) -> None:
         """Make rows ``< count`` visible: one upsert of the info row."""

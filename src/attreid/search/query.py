@@ -1,4 +1,4 @@
-"""Queries on a :class:`GalleryIndex`: by image, by attributes, both, by camera, re-ranked.
+"""Queries on a gallery (:mod:`attreid.search.gallery`: an index folder or Milvus): by image, by attributes, both, by camera, re-ranked.
 
 Attribute constraints are ``task=value`` pairs with the class names of
 :data:`attreid.schema.TASKS` (``gender=female``, ``backpack=yes``, ``upcolor=red``). How well a
@@ -48,7 +48,10 @@ from attreid.search.constraints import (
     pool_vectors,
 )
 from attreid.search.hits import Hit, Hits, match_of
-from attreid.search.index import GalleryIndex, GalleryIndexError, unreached
+from attreid.search.filters import RowFilter
+from attreid.search.engines import open_location
+from attreid.search.gallery import Gallery
+from attreid.search.index import GalleryIndexError, unreached
 from attreid.search.metadata import Entry
 from attreid.search.vectors import prepare_vectors
 from attreid.zoo import recorded_checkpoint, resolve_checkpoint
@@ -86,7 +89,7 @@ class GallerySearch:
         hits[0].entry.path, hits[0].distance
     """
 
-    def __init__(self, index: GalleryIndex, predictor: Any | None = None,
+    def __init__(self, index: Gallery, predictor: Any | None = None,
                  choice: Any | None = None, calibration: Calibration | None = None,
                  calibration_note: str = "uncalibrated", far: float = DEFAULT_FAR,
                  fpir: float = DEFAULT_FPIR, matches: float = DEFAULT_MATCHES) -> None:
@@ -163,7 +166,7 @@ class GallerySearch:
             GalleryIndexError: the index is missing/corrupt or the checkpoint does not match.
             CalibrationError: an explicit calibration file that is missing or does not apply.
         """
-        opened = GalleryIndex.open(index)
+        opened = open_location(str(index))
         path = resolve_checkpoint(checkpoint) if checkpoint else recorded_checkpoint(
             opened.info["checkpoint"], opened.info.get("checkpoint_sha256", ""))
         flip, metric = bool(opened.info.get("flip")), opened.metric
@@ -172,7 +175,7 @@ class GallerySearch:
                                            calibration)
             return cls(opened, None, None, found, note, far, fpir)
         if not path.is_file():
-            raise GalleryIndexError(f"{path}: the checkpoint of index {opened.root} is not "
+            raise GalleryIndexError(f"{path}: the checkpoint of index {opened.location} is not "
                                     "there; pass the checkpoint (--checkpoint) that made it")
         from attreid.inference.backends import load_predictor  # torch: only with a model
         from attreid.inference.onnx import ExportError
@@ -188,7 +191,7 @@ class GallerySearch:
                                        calibration)
         return cls(opened, predictor, choice, found, note, far, fpir)
 
-    def reopened(self, index: GalleryIndex) -> "GallerySearch":
+    def reopened(self, index: Gallery) -> "GallerySearch":
         """This search over ``index``, a newer generation of its folder (crops added, or the
         folder rebuilt with the same checkpoint): the same model, backend, calibration and
         operating point; nothing computed from the old rows is kept (P(person) of the crops is
@@ -205,7 +208,7 @@ class GallerySearch:
             changed.append("trained_tasks")
         if changed:
             raise GalleryIndexError(
-                f"{index.root}: the index was rebuilt with another {', '.join(changed)} than "
+                f"{index.location}: the index was rebuilt with another {', '.join(changed)} than "
                 "the one this search opened; open it anew (restart `attreid serve`)")
         return GallerySearch(index, self.predictor, self.choice, self.calibration,
                              self.calibration_note, self.far, self.fpir, self.matches)
@@ -248,47 +251,32 @@ class GallerySearch:
         low, high = frames
         if low > high or low < 0:
             raise QueryError(f"frames {low}-{high}: expected FIRST-LAST with 0 <= FIRST <= LAST")
-        held = "frame IS NOT NULL AND id < ?"
-        first = self.index.select(held, [len(self.index)], "frame", 1, "frame")
-        if not first:
+        held = self.index.frame_range()
+        if held is None:
             raise QueryError("frames: this index has no frame numbers (its file names carry "
                              "none), so it cannot be filtered by frame")
-        if not self.index.count(held + " AND frame BETWEEN ? AND ?",
-                                [len(self.index), low, high]):
-            last = self.index.select(held, [len(self.index)], "frame DESC", 1, "frame")
+        if not self.index.count(RowFilter(below=len(self.index), frames=(low, high))):
             raise QueryError(f"frames {low}-{high}: no crop of this index is in that range; its "
-                             f"frames run from {int(first[0][1])} to {int(last[0][1])}")
+                             f"frames run from {held[0]} to {held[1]}")
 
     def _where(self, constraints: Sequence[Constraint], cameras: Sequence[int] | None,
-               min_prob: float, frames: tuple[int, int] | None = None
-               ) -> tuple[str, list[Any]]:
+               min_prob: float, frames: tuple[int, int] | None = None) -> RowFilter:
         self.check_trained(constraints)
         self.check_cameras(cameras)
         self.check_frames(frames)
         # only rows of the vectors held: rows another process added since (a newer
         # generation, see reopened) are not seen, so a query never mixes two generations
-        clauses, params = ["id < ?"], [len(self.index)]
-        for c in constraints:
-            if min_prob > 0:
-                clauses.append(f"{c.column} >= ?")  # column names come from the schema only
-                params.append(min_prob)
-        if cameras:
-            clauses.append(f"camera IN ({', '.join('?' * len(cameras))})")
-            params.extend(int(c) for c in cameras)
-        if frames is not None:
-            clauses.append("frame BETWEEN ? AND ?")
-            params.extend(int(f) for f in frames)
-        return " AND ".join(clauses), params
+        minimums = tuple((c.column, min_prob) for c in constraints) if min_prob > 0 else ()
+        return RowFilter(below=len(self.index), cameras=tuple(int(c) for c in cameras or ()),
+                         frames=None if frames is None else (int(frames[0]), int(frames[1])),
+                         minimums=minimums)
 
     def allowed_ids(self, constraints: Sequence[Constraint], cameras: Sequence[int] | None,
                     min_prob: float, frames: tuple[int, int] | None = None
                     ) -> np.ndarray | None:
         """Ids passing the filters, ``None`` when nothing filters."""
-        if not (constraints and min_prob > 0) and not cameras and frames is None:
-            self.check_trained(constraints)
-            return None
-        where, params = self._where(constraints, cameras, min_prob, frames)
-        return np.array([i for i, _ in self.index.select(where, params)], dtype=np.int64)
+        where = self._where(constraints, cameras, min_prob, frames)
+        return self.index.ids(where) if where.filters else None
 
     def count(self, attributes: str | Mapping[str, str] | None = None,
               cameras: Sequence[int] | None = None, min_prob: float = 0.0,
@@ -296,12 +284,11 @@ class GallerySearch:
         """(crops passing the filters, crops of the cameras and frames that ``min_prob``
         hides): the total behind a page of results, and what a hard filter took away."""
         constraints = parse_attributes(attributes)
-        where, params = self._where(constraints, cameras, check_min_prob(min_prob), frames)
-        passing = self.index.count(where, params)
+        passing = self.index.count(self._where(constraints, cameras, check_min_prob(min_prob),
+                                               frames))
         if not constraints or min_prob <= 0:
             return passing, 0
-        where, params = self._where([], cameras, 0.0, frames)
-        return passing, self.index.count(where, params) - passing
+        return passing, self.index.count(self._where([], cameras, 0.0, frames)) - passing
 
     # ---- queries -------------------------------------------------------------------------
 
@@ -323,18 +310,14 @@ class GallerySearch:
                                  "search by image")
             raise QueryError("nothing to search for: give a query crop (an image or the id of "
                              "an indexed crop) or at least one attribute, e.g. gender=female")
-        where, params = self._where(constraints, cameras, min_prob, frames)
-        score = " * ".join(c.column for c in constraints)
+        where = self._where(constraints, cameras, min_prob, frames)
+        columns = [c.column for c in constraints]
         person = self.person_scores()
         if person is None:
-            rows = self.index.select(where, params, order="score DESC, id", limit=k,
-                                     score=score, offset=check_offset(offset))
-            ids = [i for i, _ in rows]
+            ids = self.index.products(where, columns, k, check_offset(offset))[0].tolist()
         else:  # down-rank junk: match x P(person) over every crop passing the filters
-            rows = self.index.select(where, params, score=score)
-            ids_all = np.array([i for i, _ in rows], dtype=np.int64)
-            combined = np.array([m for _, m in rows]) * person[ids_all]
-            order = np.lexsort((ids_all, -combined))
+            ids_all, match = self.index.products(where, columns)
+            order = np.lexsort((ids_all, -(match * person[ids_all])))
             ids = ids_all[order][check_offset(offset):offset + k].tolist()
         entries = self.index.entries(ids)
         if person is None:
@@ -350,7 +333,7 @@ class GallerySearch:
         if self._person is None or len(self._person) != len(self.index):
             n, parts = len(self.index), []
             for start in range(0, n, PERSON_BLOCK):
-                block = self.index.vectors.reconstruct_n(start, min(PERSON_BLOCK, n - start))
+                block = self.index.vector_block(start, min(PERSON_BLOCK, n - start))
                 parts.append(self.calibration.person_probability(block))
             self._person = np.concatenate(parts) if parts else np.zeros(0)
         return self._person
@@ -373,14 +356,13 @@ class GallerySearch:
         constraints = parse_attributes(attributes)
         k, min_prob, offset = check_k(k), check_min_prob(min_prob), check_offset(offset)
         soft = bool(constraints) and not hard
-        allowed = self.allowed_ids(constraints, cameras, 0.0 if soft else min_prob, frames)
-        if allowed is not None and exclude is not None:
-            allowed = allowed[allowed != exclude]
-        extra = 1 if exclude is not None and allowed is None else 0
+        where = self._where(constraints, cameras, 0.0 if soft else min_prob, frames)
+        extra = 1 if exclude is not None else 0
         want = k + offset
         depth = max(want, RERANK_DEPTH) if rerank else max(want, SOFT_DEPTH) if soft else want
-        dist, ids = self.index.search(np.asarray(vector)[None], depth + extra, allowed)
-        short = unreached(ids)  # a filtered IVF search comes back whole, or says so here
+        found = self.index.find(np.asarray(vector)[None], depth + extra, where)
+        dist, ids = found.distances, found.ids
+        short = unreached(ids)  # a filtered search comes back whole, or says so here
         pairs = [(float(d), int(i)) for d, i in zip(dist[0], ids[0]) if i >= 0 and i != exclude]
         if rerank and len(pairs) > 1:
             pairs = self._rerank(np.asarray(vector), [i for _, i in pairs])
