@@ -70,3 +70,41 @@ def test_build_refuses_an_existing_milvus_gallery(lite_gallery, tiny_checkpoint,
     code, out, err = _run(["index", "build", tiny_checkpoint, "--images",
                            synth_market / "bounding_box_test", "--out", lite_gallery], capsys)
     assert code == 1 and "the gallery exists" in out + err and "--overwrite" in out + err
+
+
+def test_index_add_extends_a_milvus_gallery_once(lite_gallery, tiny_checkpoint, synth_market,
+                                                 tmp_path, capsys):
+    import shutil
+
+    new = tmp_path / "new"
+    new.mkdir()
+    for crop in sorted((synth_market / "query").glob("*.jpg"))[:5]:
+        shutil.copy(crop, new / crop.name)
+    code, out, err = _run(["index", "add", lite_gallery, "--images", new], capsys)
+    assert code == 0 and "added 5 crops (0 already indexed" in out, out + err
+    code, out, err = _run(["index", "add", lite_gallery, "--images", new], capsys)
+    assert code == 0 and "added 0 crops (5 already indexed" in out, out + err
+    hits = _hits([lite_gallery, "--image", new / sorted(p.name for p in new.iterdir())[0],
+                  "-k", "1"], capsys)
+    assert hits[0]["distance"] == pytest.approx(0.0, abs=1e-3)  # the crop itself, now indexed
+
+
+def test_the_service_serves_a_milvus_gallery_and_sees_an_add(lite_gallery, capsys):
+    require("fastapi", "the service needs FastAPI (pip install 'attreid[serve]')")
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from attreid.search.engines import open_location
+    from attreid.search.service import create_app, open_search
+
+    search = open_search(lite_gallery, model=False)
+    client = TestClient(create_app(search, watch_s=0))
+    first = client.post("/search", data={"attributes": "gender=female", "k": "3"}).json()
+    before = client.get("/healthz").json()
+    gallery = open_location(lite_gallery)
+    rows = gallery.entries([0])
+    probs = {t: np.asarray([p], np.float32) for t, p in rows[0].probabilities.items()}
+    gallery.add(["/elsewhere/0001_c6s1_000001_00.jpg"], gallery.vectors([0]), probs)
+    after = client.get("/healthz").json()
+    assert first["count"] == 3 and first["total"] == before["images"]
+    assert after["images"] == before["images"] + 1  # the service reopened the new generation

@@ -125,7 +125,8 @@ def _warn_flip_mismatch(checkpoint: Path, sha256: str, flip: bool) -> None:
 
 
 def index_add(
-    index: Path = typer.Argument(..., help="Index folder made by `attreid index build`."),
+    index: str = typer.Argument(..., help="Index folder made by `attreid index build`, or a "
+                                "Milvus gallery (http://HOST:19530#NAME or FILE.db#NAME)."),
     images: Path = typer.Option(..., "--images", help="Folder of crops; known files are "
                                 "skipped."),
     checkpoint: Path | None = typer.Option(None, help="The index's checkpoint (or shipped "
@@ -136,18 +137,18 @@ def index_add(
 ) -> None:
     """Append new crops to an index without rebuilding it (same checkpoint only)."""
     try:
-        from attreid.search import GallerySearch, add_images
+        from attreid.search import GallerySearch
+        from attreid.search.engines import add_crops
 
         search = GallerySearch.open(index, checkpoint, device, backend)
         _show_backend(search.choice)
         with _reported_warnings(), _count_progress("embedding new crops") as progress:
-            added, known, skipped = add_images(search.index, search.predictor, images,
-                                               batch_size, progress,
-                                               on_wait=_show_backend_text)
+            added, known, skipped = add_crops(search.index, search.predictor, images,
+                                              batch_size, progress, on_wait=_show_backend_text)
     except _search_errors() as exc:
         _fail(str(exc))
     console.print(f"added {added} crops ({known} already indexed, {len(skipped)} undecodable); "
-                  f"{len(search.index)} in {index}", soft_wrap=True)
+                  f"{len(search.index)} in {index}", soft_wrap=True, markup=False)
 
 
 def search(
@@ -367,7 +368,8 @@ def _warn_not_a_person(person: float | None, cut: float) -> None:
 
 
 def serve(
-    index: Path = typer.Argument(..., help="Index folder."),
+    index: str = typer.Argument(..., help="Index folder, or a Milvus gallery "
+                                "(http://HOST:19530#NAME or FILE.db#NAME)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port."),
     checkpoint: Path | None = typer.Option(None, help="The index's checkpoint (or shipped "

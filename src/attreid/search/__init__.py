@@ -1,6 +1,8 @@
-"""Gallery search: a FAISS + SQLite index of crops, queried by image and by description.
+"""Gallery search: crops in a gallery (a FAISS + SQLite index folder, or Milvus beyond one
+machine: :mod:`attreid.search.gallery`), queried by image and by description.
 
-Needs the ``search`` extra (faiss-cpu); the HTTP service also needs the ``serve`` extra.
+Needs the ``search`` extra (faiss-cpu); the HTTP service also needs the ``serve`` extra, Milvus
+the ``milvus`` extra.
 
 May import: every layer below it (the bottom layer, ``data``, ``models``, ``metrics``,
 ``inference``); never ``training``, ``evaluation`` or ``cli``.
@@ -10,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the real imports, for readers and type checkers
     from attreid.search.build import add_images, build_index, write_index, write_index_from_store
+    from attreid.search.engines import build_gallery, open_location
+    from attreid.search.filters import RowFilter
     from attreid.search.index import GalleryIndex, GalleryIndexError
     from attreid.search.metadata import Entry
     from attreid.search.query import Constraint, GallerySearch, Hit, QueryError, parse_attributes
@@ -19,6 +23,9 @@ _EXPORTS = {
     'build_index': 'attreid.search.build',
     'write_index': 'attreid.search.build',
     'write_index_from_store': 'attreid.search.build',
+    'build_gallery': 'attreid.search.engines',
+    'open_location': 'attreid.search.engines',
+    'RowFilter': 'attreid.search.filters',
     'GalleryIndex': 'attreid.search.index',
     'GalleryIndexError': 'attreid.search.index',
     'Entry': 'attreid.search.metadata',
@@ -33,8 +40,8 @@ module of ``attreid.search`` does not import them all (torch for a description s
 
 __all__ = [
     "Constraint", "Entry", "GalleryIndex", "GalleryIndexError", "GallerySearch", "Hit",
-    "QueryError", "add_images", "build_index", "parse_attributes", "write_index",
-    "write_index_from_store",
+    "QueryError", "RowFilter", "add_images", "build_gallery", "build_index", "open_location",
+    "parse_attributes", "write_index", "write_index_from_store",
 ]
 
 

@@ -139,3 +139,38 @@ def build_gallery(predictor: Any, images: Path | str, location: str, kind: str =
             raise GalleryIndexError(f"{images}: none of the {len(paths)} images decoded")
         return MilvusGallery.create(uri, name, _store_source(store), info, kind=kind,
                                     overwrite=overwrite, client=client, on_wait=on_wait)
+
+
+def add_crops(gallery: Gallery, predictor: Any, images: Path | str, batch_size: int = 64,
+              progress: Any = None, on_wait: Callable[[str], None] | None = None
+              ) -> tuple[int, int, list[str]]:
+    """Embed the crops under ``images`` that ``gallery`` lacks and add them (no rebuild):
+    :func:`~attreid.search.build.add_images` on an index folder; on Milvus the new crops go
+    through a scratch feature store, then one atomic add.
+
+    Returns:
+        (added, already indexed, skipped undecodable files).
+
+    Raises:
+        GalleryIndexError: ``predictor``'s checkpoint did not make the gallery.
+    """
+    from attreid.search.build import _warn_skipped, add_images, embed_files_to_store
+    from attreid.search.build import list_gallery
+
+    if isinstance(gallery, GalleryIndex):
+        return add_images(gallery, predictor, images, batch_size, progress, on_wait)
+    from attreid.search.sources import _store_source
+
+    gallery.check_checkpoint(predictor.checkpoint, predictor.checkpoint_sha256)
+    paths = list_gallery(images)
+    known = set(gallery.paths_indexed([str(p) for p in paths]))  # type: ignore[attr-defined]
+    new = [p for p in paths if str(p) not in known]
+    if not new:
+        return 0, len(paths), []
+    with tempfile.TemporaryDirectory(prefix="attreid-milvus-") as scratch:
+        store, skipped = embed_files_to_store(predictor, new, Path(scratch) / "store",
+                                              batch_size, progress=progress)
+        _warn_skipped(skipped)
+        add = gallery.add_source  # type: ignore[attr-defined]
+        added = add(_store_source(store), on_wait) if len(store) else 0
+    return added, len(known), skipped

@@ -101,7 +101,7 @@ class Found:
     exact: bool
 
 
-def committed(where: RowFilter | None, count: int) -> RowFilter:
+def visible(where: RowFilter | None, count: int) -> RowFilter:
     """``where`` limited to the ``count`` committed rows."""
     where = where or RowFilter()
     below = count if where.below is None else min(where.below, count)

@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from attreid.inference.features import FeatureStore
-from attreid.search.filters import Found, RowFilter, committed
+from attreid.search.filters import Found, RowFilter, visible
 from attreid.search.index_state import (
     DATABASE,
     FORMAT_VERSION,
@@ -208,13 +208,13 @@ class GalleryIndex:
 
     def ids(self, where: RowFilter | None = None) -> np.ndarray:
         """Ids of the committed rows ``where`` lets through, ascending (int64)."""
-        sql, params = committed(where, len(self)).sql()
+        sql, params = visible(where, len(self)).sql()
         rows = self._query(f"SELECT id FROM images WHERE {sql} ORDER BY id", params)
         return np.array([r[0] for r in rows], dtype=np.int64)
 
     def count(self, where: RowFilter | None = None) -> int:
         """Committed rows ``where`` lets through."""
-        sql, params = committed(where, len(self)).sql()
+        sql, params = visible(where, len(self)).sql()
         return int(self._query(f"SELECT COUNT(*) FROM images WHERE {sql}", params)[0][0])
 
     def products(self, where: RowFilter | None, columns: Sequence[str], k: int | None = None,
@@ -225,7 +225,7 @@ class GalleryIndex:
         known = {c for _, _, c in probability_columns()}
         if not columns or not set(columns) <= known:
             raise ValueError(f"columns {list(columns)}: expected probability columns")
-        sql, params = committed(where, len(self)).sql()
+        sql, params = visible(where, len(self)).sql()
         query = f"SELECT id, {' * '.join(columns)} AS score FROM images WHERE {sql} ORDER BY "
         if k is None:
             rows = self._query(query + "id", params)

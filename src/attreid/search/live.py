@@ -26,9 +26,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from attreid.search.index import DATABASE, GalleryIndex, GalleryIndexError
+from attreid.search.engines import open_location, parse_location
+from attreid.search.gallery import Gallery
+from attreid.search.index import DATABASE, GalleryIndexError
 from attreid.search.query import GallerySearch
 
 OPEN_TRIES = 3
@@ -44,7 +46,7 @@ class Snapshot:
 
     search: GallerySearch
     file: tuple[int, int]
-    state: tuple[int, str]
+    state: tuple[int, Any]
     token: str
 
     @property
@@ -70,12 +72,12 @@ class LiveSearch:
         self.error: str | None = None  # why the last reload failed (the old one still serves)
         self.reloads = 0
         index = search.index
-        self._current = Snapshot(search, _identity(index.root), _state(index),
+        self._current = Snapshot(search, _identity(index.location), _state(index),
                                  uuid.uuid4().hex[:16])
 
     @property
     def root(self) -> Path:
-        return self._current.search.index.root
+        return Path(self._current.search.index.location)
 
     def current(self) -> Snapshot:
         """The generation in service, looking for a newer one first when ``watch_s`` has passed
@@ -112,7 +114,7 @@ class LiveSearch:
     @staticmethod
     def _changed(held: Snapshot) -> bool:
         try:
-            file = _identity(held.search.index.root)
+            file = _identity(held.search.index.location)
         except FileNotFoundError:  # a rebuild between removing the old folder and the rename
             return False
         if file != held.file:
@@ -120,7 +122,7 @@ class LiveSearch:
         try:
             return held.search.index.committed() != held.state
         except Exception as exc:  # sqlite3.Error, a damaged info row: keep the generation held
-            raise GalleryIndexError(f"{held.search.index.root / DATABASE}: cannot read the "
+            raise GalleryIndexError(f"{held.search.index.location}: cannot read the "
                                     f"index's generation ({type(exc).__name__}: {exc})") from exc
 
     def status(self) -> dict[str, object]:
@@ -130,13 +132,21 @@ class LiveSearch:
                 "reloads": self.reloads, "reload_error": self.error}
 
 
-def _identity(root: Path) -> tuple[int, int]:
-    st = os.stat(root / DATABASE)
+def _identity(location: str) -> tuple[int, int]:
+    """(st_dev, st_ino) of an index folder's database (a rebuilt folder is another file);
+    (0, 0) for a Milvus gallery, whose rebuilds are generations of one alias."""
+    if parse_location(location)[0] != "faiss":
+        return 0, 0
+    st = os.stat(Path(location) / DATABASE)
     return st.st_dev, st.st_ino
 
 
-def _state(index: GalleryIndex) -> tuple[int, str]:
-    return int(index.info.get("generation", 0)), str(index.info["vectors"])
+def _state(index: Gallery) -> tuple[int, Any]:
+    """What :meth:`committed` says of the generation held: (generation, vectors file) of an
+    index folder, (generation, committed rows) of a Milvus gallery."""
+    info = index.info
+    return int(info.get("generation", 0)), info["vectors"] if "vectors" in info else int(
+        info["count"])
 
 
 def _reopen(search: GallerySearch) -> tuple[GallerySearch, tuple[int, int]]:
@@ -145,7 +155,7 @@ def _reopen(search: GallerySearch) -> tuple[GallerySearch, tuple[int, int]]:
     Raises:
         GalleryIndexError: the folder cannot be opened, or holds an index of another model.
     """
-    index, file = _open_settled(search.index.root)
+    index, file = _open_settled(search.index.location)
     try:
         return search.reopened(index), file
     except GalleryIndexError:
@@ -153,7 +163,7 @@ def _reopen(search: GallerySearch) -> tuple[GallerySearch, tuple[int, int]]:
         raise
 
 
-def _open_settled(root: Path) -> tuple[GalleryIndex, tuple[int, int]]:
+def _open_settled(root: str) -> tuple[Gallery, tuple[int, int]]:
     """Open ``root``, the file's identity the same on both sides of the open and the generation
     read by the open still the committed one (else a writer came between: open again, up to
     :data:`OPEN_TRIES` times)."""
@@ -161,7 +171,7 @@ def _open_settled(root: Path) -> tuple[GalleryIndex, tuple[int, int]]:
     for attempt in range(OPEN_TRIES):
         try:
             before = _identity(root)
-            index = GalleryIndex.open(root)
+            index = open_location(root)
             if _identity(root) == before and index.committed() == _state(index):
                 return index, before
             index.close()

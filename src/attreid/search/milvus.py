@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import json
 import os
-import threading
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from attreid.search.filters import Found, RowFilter, committed
+from attreid.search.filters import Found, RowFilter, visible
 from attreid.search.gallery import check_rows
 from attreid.search.index_state import FORMAT_VERSION, trained_tasks
 from attreid.search.storage import GalleryIndexError
@@ -92,7 +92,7 @@ class MilvusGallery:
         self.location = f"{uri}#{name}"
         self.lease_s = lease_s
         self.trained_tasks: tuple[str, ...] = trained_tasks(info, self.location)  # type: ignore
-        self._lock = threading.Lock()
+        self._memo: dict[str, tuple[int, Any]] = {}
 
     # ---- opening and making ----------------------------------------------------------------
 
@@ -165,6 +165,13 @@ class MilvusGallery:
         collection, info = current(self.client, self.uri, self.name)
         return int(info["generation"]), int(info["count"])
 
+    @property
+    def root(self) -> Path:
+        """Where the gallery's files beside it go (its investigators' cases,
+        ``<root>.cases.sqlite``): the Lite file itself, or ``NAME`` in the working directory
+        for a server."""
+        return Path(self.uri) if is_lite(self.uri) else Path(self.name)
+
     # ---- reading ---------------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -176,7 +183,7 @@ class MilvusGallery:
 
     def count(self, where: RowFilter | None = None) -> int:
         """Committed rows ``where`` lets through."""
-        flt = committed(where, len(self))
+        flt = visible(where, len(self))
         rows = self.client.query(self.collection, filter=flt.milvus(),
                                  output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
@@ -185,7 +192,7 @@ class MilvusGallery:
         """Nearest ``k`` allowed crops of each query row (see :class:`Found`); exact over the
         allowed rows when at most :data:`EXACT_ROWS` (or ``k`` > :data:`MAX_TOPK`), else
         Milvus's index, repeated exactly if a row came back short."""
-        flt = committed(where, len(self))
+        flt = visible(where, len(self))
         allowed = self.count(flt) if flt.filters else len(self)
         q = prepare_vectors(np.asarray(queries, dtype=np.float32), self.metric)
         k = min(int(k), allowed)
@@ -288,7 +295,7 @@ class MilvusGallery:
 
     def ids(self, where: RowFilter | None = None) -> np.ndarray:
         """Ids of the committed rows ``where`` lets through, ascending (int64)."""
-        parts = [ids for ids, _ in self._stream(committed(where, len(self)), ["id"])]
+        parts = [ids for ids, _ in self._stream(visible(where, len(self)), ["id"])]
         return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
     def products(self, where: RowFilter | None, columns: Sequence[str], k: int | None = None,
@@ -300,7 +307,7 @@ class MilvusGallery:
         if not columns or not set(columns) <= known:
             raise ValueError(f"columns {list(columns)}: expected probability columns")
         id_parts, score_parts = [], []
-        for ids, rows in self._stream(committed(where, len(self)), list(columns)):
+        for ids, rows in self._stream(visible(where, len(self)), list(columns)):
             id_parts.append(ids)
             score_parts.append(np.prod([[float(r[c]) for c in columns] for r in rows], axis=1))
         ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
@@ -308,16 +315,29 @@ class MilvusGallery:
         order = np.argsort(ids) if k is None else np.lexsort((ids, -scores))[offset:offset + k]
         return ids[order], scores[order]
 
+    def _cached(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per committed row count (a scan of the gallery)."""
+        held = self._memo.get(key)
+        if held is None or held[0] != len(self):
+            held = self._memo[key] = (len(self), compute())
+        return held[1]
+
     def frame_range(self) -> tuple[int, int] | None:
         """``(first, last)`` frame number of the committed rows; None when no name gave one."""
-        frames = [int(r["frame"]) for _, rows in self._stream(committed(None, len(self)),
+        return self._cached("frames", self._frame_range)
+
+    def _frame_range(self) -> tuple[int, int] | None:
+        frames = [int(r["frame"]) for _, rows in self._stream(visible(None, len(self)),
                                                               ["frame"])
                   for r in rows if r["frame"] is not None and int(r["frame"]) != _NONE]
         return (int(min(frames)), int(max(frames))) if frames else None
 
     def cameras(self) -> list[int]:
         """Cameras present among the committed rows, sorted."""
-        return sorted({int(r["camera"]) for _, rows in self._stream(committed(None, len(self)),
+        return self._cached("cameras", self._cameras)
+
+    def _cameras(self) -> list[int]:
+        return sorted({int(r["camera"]) for _, rows in self._stream(visible(None, len(self)),
                                                                     ["camera"])
                        for r in rows if r["camera"] is not None and int(r["camera"]) != _NONE})
 
@@ -334,8 +354,6 @@ class MilvusGallery:
 
     def check_checkpoint(self, checkpoint: Any, digest: str | None = None) -> None:
         """Raise :class:`GalleryIndexError` unless ``checkpoint`` made the gallery."""
-        from pathlib import Path
-
         from attreid.utils.files import file_sha256
 
         digest = digest or file_sha256(Path(checkpoint))
@@ -369,20 +387,27 @@ class MilvusGallery:
         """
         paths = [str(p) for p in paths]
         check_rows(paths, embeddings, probabilities)
+        return self.add_source(_array_source(paths, embeddings, probabilities), on_wait)
+
+    def add_source(self, source: _Source,
+                   on_wait: Callable[[str], None] | None = None) -> int:
+        """:meth:`add` from a source of rows (:mod:`attreid.search.sources`: arrays or a
+        feature store, read a chunk at a time)."""
         with writer_turn(self.client, self.name, self.lease_s, on_wait) as renew:
             self.reload()
-            if np.asarray(embeddings).shape[1] != self.info["dim"]:
-                raise GalleryIndexError(f"embeddings of dimension {np.asarray(embeddings).shape[1]}"
-                                        f", the gallery {self.location} holds {self.info['dim']}")
-            again = self.paths_indexed(paths)
+            if source.dim != self.info["dim"]:
+                raise GalleryIndexError(f"embeddings of dimension {source.dim}, the gallery "
+                                        f"{self.location} holds {self.info['dim']}")
+            again = [p for paths, _, _ in source.chunks()
+                     for p in self.paths_indexed([str(q) for q in paths])]
             if again:
                 raise GalleryIndexError(f"{self.location}: {len(again)} crop(s) already indexed "
                                         f"(e.g. {again[0]}); nothing added")
             start = len(self)
             self.client.delete(self.collection, filter=f"id >= {start}")  # a killed add's rows
-            self._insert(_array_source(paths, embeddings, probabilities), start, renew)
-            self._commit(start + len(paths))
-        return len(paths)
+            self._insert(source, start, renew)
+            self._commit(start + source.count)
+        return source.count
 
     def _insert(self, source: _Source, start: int, renew: Callable[[], None] | None) -> None:
         columns = [c for _, _, c in probability_columns()]
