@@ -19,18 +19,15 @@ from typing import Any, Callable, Iterator, Sequence
 
 from attreid.search.index import FORMAT_VERSION, GalleryIndexError
 from attreid.search.metadata import probability_columns
+from attreid.utils.extras import require_extra
 
 INDEX_TYPES = {"flat": "FLAT", "hnsw": "HNSW", "ivf": "IVF_FLAT"}
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,180}")
 
 
 def _pymilvus() -> Any:
-    try:
-        import pymilvus
-    except ImportError as exc:  # optional dependency: the milvus extra
-        raise ImportError("the Milvus backend needs pymilvus: pip install 'attreid[milvus]' "
-                          "(pymilvus, and milvus-lite for file galleries)") from exc
-    return pymilvus
+    return require_extra("pymilvus", "the Milvus backend", "milvus",
+                         "pymilvus, and milvus-lite for file galleries")
 
 
 def connect(uri: str) -> Any:

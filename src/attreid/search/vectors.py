@@ -9,16 +9,13 @@ from typing import Any
 
 import numpy as np
 
+from attreid.utils.extras import require_extra
+
 INDEX_KINDS = ("flat", "ivf")
 
 
 def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError as exc:  # optional dependency: the search extra
-        raise ImportError("gallery search needs faiss: pip install 'attreid[search]' "
-                          "(or pip install faiss-cpu)") from exc
-    return faiss
+    return require_extra("faiss", "gallery search", "search", "or pip install faiss-cpu")
 
 
 def _new_faiss_index(dim: int, metric: str, kind: str, nlist: int) -> Any:
