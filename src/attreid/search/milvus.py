@@ -8,8 +8,7 @@ Layout for a gallery ``NAME`` (collection names: letters, digits and ``_``)::
     NAME__g<N>        rows: id (primary key, position in add order), vec, path, path_key,
                       camera, frame, identity (-1: none), one FLOAT per probability column
     NAME__g<N>_info   one row: the index's info as JSON, with "count" (committed rows)
-    attreid__writers  writer tickets of every gallery there (auto ids: the server's order)
-    attreid__alive    writer -> lease expiry (seconds since the epoch), renewed while writing
+    attreid__turns    the writers of every gallery there: bakery number, lease expiry
 
 * **Adds are atomic.** New rows get ids from ``count`` on and become visible when the info row's
   ``count`` is replaced (one upsert); every read filters ``id < count``. Rows of an add killed
@@ -17,10 +16,10 @@ Layout for a gallery ``NAME`` (collection names: letters, digits and ``_``)::
 * **A rebuild is a new generation**: ``NAME__g<N+1>`` is filled, then the alias moves to it;
   the previous generation stays readable (readers that opened it go on) until the next rebuild
   drops it.
-* **One writer at a time**: a writer inserts a ticket and writes only while its ticket is the
-  oldest live one; others wait (``on_wait`` is told once). A lease of :data:`LEASE_S` seconds,
-  renewed every third of it, frees the turn of a writer killed mid-add (writers' clocks must
-  agree to well within a lease, as NTP keeps them). Milvus Lite lets one process open a file:
+* **One writer at a time**: a writer takes a number (Lamport's bakery) and writes only when no
+  live writer holds a smaller one; others wait (``on_wait`` is told once). A lease of
+  :data:`LEASE_S` seconds, renewed every third of it, frees the turn of a writer killed mid-add
+  (writers' clocks must agree to well within a lease, as NTP keeps them). Milvus Lite lets one process open a file:
   a second process is refused with a message.
 
 Source of the engine: Milvus (Wang et al., "Milvus: A Purpose-Built Vector Data Management
@@ -71,6 +70,10 @@ FETCH_BATCH = 1_000
 """Ids per fetch request."""
 MAX_TOPK = 16_384
 """Milvus's largest ``limit`` of one search; deeper searches are exact."""
+HNSW_EF = 128
+"""HNSW's candidate list per search (Milvus's ``ef``; more: higher recall, slower)."""
+IVF_NPROBE = 32
+"""IVF lists probed per search on Milvus (of 1,024)."""
 LEASE_S = 30.0
 """Seconds a writer's turn outlives its last renewal."""
 _NONE = -1  # camera, frame or identity unknown
@@ -202,7 +205,8 @@ class MilvusGallery:
         if (flt.filters and allowed <= EXACT_ROWS) or k > MAX_TOPK:
             return Found(*self._exact(q, k, flt), allowed, True)
         hits = self.client.search(self.collection, data=q.tolist(), limit=k,
-                                  filter=flt.milvus(), anns_field="vec")
+                                  filter=flt.milvus(), anns_field="vec",
+                                  search_params=_search_params(self.info["kind"], k))
         if any(len(row) < k for row in hits):
             return Found(*self._exact(q, k, flt), allowed, True)
         ids = np.array([[h["id"] for h in row] for row in hits], dtype=np.int64)
@@ -434,6 +438,16 @@ class MilvusGallery:
         """Make rows ``< count`` visible: one upsert of the info row."""
         self.info = {**self.info, "count": int(count)}
         self.client.upsert(f"{self.collection}_info", [info_row(self.info)])
+
+
+def _search_params(kind: str, k: int) -> dict[str, Any]:
+    """Milvus search parameters of an index kind: HNSW's candidate list ``ef`` (at least
+    :data:`HNSW_EF`, and k), IVF's lists probed (:data:`IVF_NPROBE`)."""
+    if kind == "hnsw":
+        return {"params": {"ef": max(HNSW_EF, k)}}
+    if kind == "ivf":
+        return {"params": {"nprobe": IVF_NPROBE}}
+    return {}
 
 
 __all__ = ["EXACT_ROWS", "LEASE_S", "MilvusGallery", "connect", "path_key"]

@@ -1,6 +1,6 @@
 """Milvus bookkeeping for :mod:`attreid.search.milvus`: the client (:func:`connect`), the
 collections of a gallery (rows, info, generations behind an alias) and the writer turn
-(:func:`writer_turn`: tickets with auto ids ordered by the server's clock, leases renewed while
+(:func:`writer_turn`: Lamport's bakery over rows read back consistently, leases renewed while
 writing). The layout is described in :mod:`attreid.search.milvus`.
 """
 
@@ -191,32 +191,46 @@ def prune(client: Any, name: str, keep: set[str | None]) -> None:
 
 # ---- one writer at a time ------------------------------------------------------------------
 
-TICKETS, ALIVE = "attreid__writers", "attreid__alive"
-"""The writer tickets and leases of every gallery at one Milvus address."""
+TURNS = "attreid__turns"
+"""The writer turns of every gallery at one Milvus address: a row per writer (its owner name,
+gallery, bakery number, whether it is choosing one, lease expiry)."""
 
 
 @contextmanager
 def writer_turn(client: Any, name: str, lease_s: float,
                 on_wait: Callable[[str], None] | None) -> Iterator[Callable[[], None]]:
-    """Hold the writer turn of gallery ``name`` for the block (see the module docstring);
-    yields ``renew()``, which extends the lease when a third of it has passed."""
-    _small_collection(client, TICKETS, None, {"owner": 200, "gallery": 200})
-    _small_collection(client, ALIVE, "owner", {}, ("expires",))
+    """Hold the writer turn of gallery ``name`` for the block; yields ``renew()``, which
+    extends the lease when a third of it has passed.
+
+    Lamport's bakery algorithm (CACM 1974) over rows that Milvus reads back consistently
+    (the collections are made with Strong consistency): a writer takes a number one above every
+    number it sees, then waits until no writer of the gallery is choosing one and none holds a
+    smaller ``(number, owner)``. It needs no server-side counter (Milvus Lite's auto ids are
+    not safe against concurrent inserts). A writer whose lease has lapsed (killed) is ignored
+    and its row removed."""
+    _small_collection(client, TURNS, "owner", {"gallery": 200},
+                      ("expires", "number", "choosing"))
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-    renewed = [0.0]
+    state = {"number": 0.0, "choosing": 1.0, "renewed": 0.0}
 
-    def renew(force: bool = False) -> None:
+    def write() -> None:
         now = time.time()
-        if force or now - renewed[0] > lease_s / 3:
-            client.upsert(ALIVE, [{"owner": owner, "vec": [0.0, 0.0], "expires": now + lease_s}])
-            renewed[0] = now
+        client.upsert(TURNS, [{"owner": owner, "gallery": name, "vec": [0.0, 0.0],
+                               "expires": now + lease_s, "number": state["number"],
+                               "choosing": state["choosing"]}])
+        state["renewed"] = now
 
-    renew(force=True)
-    ticket = {"owner": owner, "gallery": name, "vec": [0.0, 0.0]}
-    mine = int(client.insert(TICKETS, [ticket])["ids"][0])
+    def renew() -> None:
+        if time.time() - state["renewed"] > lease_s / 3:
+            write()
+
+    write()  # choosing
+    state["number"] = 1.0 + max((r["number"] for r in _live(client, name)), default=0.0)
+    state["choosing"] = 0.0
+    write()
     told = False
     try:
-        while not _first(client, name, mine):
+        while not _first(client, name, owner, state["number"]):
             if not told and on_wait is not None:
                 on_wait(f"{client_uri(client)}#{name}: another process is writing this gallery;"
                         " waiting for it to finish")
@@ -225,22 +239,30 @@ def writer_turn(client: Any, name: str, lease_s: float,
             renew()
         yield renew
     finally:
-        client.delete(TICKETS, ids=[mine])
-        client.delete(ALIVE, ids=[owner])
+        client.delete(TURNS, ids=[owner])
 
 
-def _first(client: Any, name: str, mine: int) -> bool:
-    """Whether ticket ``mine`` is the oldest of a live writer of gallery ``name`` (dead
-    writers' tickets go)."""
-    rows = client.query(TICKETS, filter=f'gallery == "{name}" and id <= {mine}',
-                        output_fields=["owner"])
-    owners = sorted({r["owner"] for r in rows})
-    live = {r["owner"] for r in client.query(ALIVE, ids=owners, output_fields=["expires"])
-            if float(r["expires"]) > time.time()} if owners else set()
-    dead = [int(r["id"]) for r in rows if r["owner"] not in live]
+def _live(client: Any, name: str) -> list[dict[str, Any]]:
+    """The rows of gallery ``name``'s writers whose lease holds; lapsed ones are removed."""
+    rows = client.query(TURNS, filter=f'gallery == "{name}"',
+                        output_fields=["expires", "number", "choosing"])
+    now = time.time()
+    dead = [r["owner"] for r in rows if float(r["expires"]) <= now]
     if dead:
-        client.delete(TICKETS, ids=dead)
-    return all(int(r["id"]) >= mine for r in rows if r["owner"] in live)
+        client.delete(TURNS, ids=dead)
+    return [r for r in rows if float(r["expires"]) > now]
+
+
+def _first(client: Any, name: str, owner: str, number: float) -> bool:
+    """Whether ``owner`` (holding ``number``) may write: in one consistent read, no other
+    writer is choosing a number and none holds a smaller ``(number, owner)``."""
+    for row in _live(client, name):
+        if row["owner"] == owner:
+            continue
+        if row["choosing"] or (0 < row["number"] and (row["number"], row["owner"])
+                                < (number, owner)):
+            return False
+    return True
 
 
 def client_uri(client: Any) -> str:
