@@ -19,8 +19,8 @@ Layout for a gallery ``NAME`` (collection names: letters, digits and ``_``)::
 * **One writer at a time**: a writer takes a number (Lamport's bakery) and writes only when no
   live writer holds a smaller one; others wait (``on_wait`` is told once). A lease of
   :data:`LEASE_S` seconds, renewed every third of it, frees the turn of a writer killed mid-add
-  (writers' clocks must agree to well within a lease, as NTP keeps them). Milvus Lite lets one process open a file:
-  a second process is refused with a message.
+  (writers' clocks must agree to well within a lease, as NTP keeps them). Milvus Lite lets one
+  process open a file: a second process is refused with a message.
 
 Source of the engine: Milvus (Wang et al., "Milvus: A Purpose-Built Vector Data Management
 System", SIGMOD 2021); Milvus Lite and the server come from PyPI (``pymilvus``, ``milvus-lite``,
@@ -364,8 +364,9 @@ class MilvusGallery:
         if digest != self.info.get("checkpoint_sha256"):
             raise GalleryIndexError(
                 f"{checkpoint}: this checkpoint did not make the gallery {self.location} "
-                f"(sha256 {digest[:12]}..., the gallery's {str(self.info.get('checkpoint_sha256'))[:12]}"
-                "...); embeddings of different models cannot be compared")
+                f"(sha256 {digest[:12]}..., the gallery's "
+                f"{str(self.info.get('checkpoint_sha256'))[:12]}...); embeddings of different "
+                "models cannot be compared")
 
     def paths_indexed(self, paths: Sequence[str]) -> list[str]:
         """Those of ``paths`` the committed gallery holds."""

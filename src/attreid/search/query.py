@@ -1,4 +1,5 @@
-"""Queries on a gallery (:mod:`attreid.search.gallery`: an index folder or Milvus): by image, by attributes, both, by camera, re-ranked.
+"""Queries on a gallery (:mod:`attreid.search.gallery`: an index folder or Milvus): by image,
+by attributes, both, by camera, re-ranked.
 
 Attribute constraints are ``task=value`` pairs with the class names of
 :data:`attreid.schema.TASKS` (``gender=female``, ``backpack=yes``, ``upcolor=red``). How well a
