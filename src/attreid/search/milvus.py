@@ -48,6 +48,7 @@ from attreid.search.milvus_collections import (
     current,
     info_row,
     is_lite,
+    load,
     make_collections,
     path_key,
     prune,
@@ -134,6 +135,8 @@ class MilvusGallery:
             if old is not None and not overwrite:
                 raise GalleryIndexError(f"{uri}#{name}: the gallery exists; pass overwrite "
                                         "(--overwrite) to replace it")
+            if old is not None:
+                load(client, f"{old}_info")  # another process made it: Milvus holds it released
             generation = 0 if old is None else int(read_info(client, old)["generation"]) + 1
             data = f"{name}__g{generation}"
             prune(client, name, keep={old})  # a killed build's leftovers

@@ -108,7 +108,7 @@ def _small_collection(client: Any, name: str, key: str | None,
     params = client.prepare_index_params()
     params.add_index("vec", index_type="FLAT", metric_type="L2")
     if client.has_collection(name):
-        _load(client, name)  # a reopened Milvus holds it released
+        load(client, name)  # a reopened Milvus holds it released
         return
     try:
         with _quiet_lite():
@@ -154,7 +154,7 @@ def alias_target(client: Any, name: str) -> str | None:
     return str(client.describe_alias(name)["collection_name"])
 
 
-def _load(client: Any, collection: str) -> None:
+def load(client: Any, collection: str) -> None:
     """Load a collection into memory for reads (Milvus reopens them released)."""
     state = client.get_load_state(collection)["state"]
     if str(getattr(state, "name", state)) != "Loaded":
@@ -168,11 +168,11 @@ def current(client: Any, uri: str, name: str) -> tuple[str, dict[str, Any]]:
         data = alias_target(client, name)
         if data is None:
             raise GalleryIndexError(f"{uri}#{name}: no such gallery; make one with "
-                                    "`attreid index build --backend milvus`")
+                                    f"`attreid index build --out {uri}#{name}`")
         try:
-            _load(client, f"{data}_info")
+            load(client, f"{data}_info")
             info = read_info(client, data)
-            _load(client, data)
+            load(client, data)
             return data, info
         except GalleryIndexError:
             if alias_target(client, name) == data:
