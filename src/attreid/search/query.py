@@ -272,13 +272,6 @@ class GallerySearch:
                          frames=None if frames is None else (int(frames[0]), int(frames[1])),
                          minimums=minimums)
 
-    def allowed_ids(self, constraints: Sequence[Constraint], cameras: Sequence[int] | None,
-                    min_prob: float, frames: tuple[int, int] | None = None
-                    ) -> np.ndarray | None:
-        """Ids passing the filters, ``None`` when nothing filters."""
-        where = self._where(constraints, cameras, min_prob, frames)
-        return self.index.ids(where) if where.filters else None
-
     def count(self, attributes: str | Mapping[str, str] | None = None,
               cameras: Sequence[int] | None = None, min_prob: float = 0.0,
               frames: tuple[int, int] | None = None) -> tuple[int, int]:
