@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("training", "evaluation", "case"),
     ("search",),
     ("footage",),
+    ("cluster",),
     ("cli",),
 ]
 """Bottom to top. A module may import its own package and anything in a lower layer; packages

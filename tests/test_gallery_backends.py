@@ -174,6 +174,15 @@ def test_fetch_count_and_add(engine: dict[str, Any]) -> None:
                                rows["probabilities"]["upcolor"][7], atol=1e-6)
     with pytest.raises(KeyError, match="300"):
         gallery.entries([300])
+    # vectors: one batched read, in the order asked, equal to one-at-a-time and to the rows
+    picked = [299, 0, 150, 7, 7]
+    got = gallery.vectors_of(picked)
+    assert got.shape == (5, DIM) and gallery.vectors_of([]).shape == (0, DIM)
+    np.testing.assert_allclose(got, rows["embeddings"][picked], atol=1e-6)
+    np.testing.assert_array_equal(got[2], gallery.vector(150))
+    np.testing.assert_array_equal(gallery.vector_block(5, 3), gallery.vectors_of([5, 6, 7]))
+    with pytest.raises(KeyError, match="300"):
+        gallery.vectors_of([3, 300])
     with pytest.raises(GalleryIndexError, match="already indexed"):
         gallery.add(**part(rows, 290, 300))
     assert len(gallery) == 300  # nothing of a refused add lands
@@ -293,7 +302,20 @@ def test_lite_file_refuses_a_second_process(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 3, result.stderr[-2000:]
-    assert "another process has this Milvus Lite file open" in result.stdout
+    assert "another process has this Milvus Lite gallery open" in result.stdout
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]  # Lite's log kept quiet
+
+
+def test_lite_paths_that_name_no_gallery_make_nothing(tmp_path: Path) -> None:
+    require("pymilvus", "the Milvus backend needs pymilvus (the milvus extra)")
+    require("milvus_lite", "Milvus Lite needs milvus-lite (the milvus extra)")
+    with pytest.raises(GalleryIndexError, match="no Milvus Lite gallery here"):
+        open_gallery("milvus", str(tmp_path / "typo.db"))
+    assert not (tmp_path / "typo.db").exists()
+    with pytest.raises(GalleryIndexError, match="does not exist"):
+        create_gallery("milvus", str(tmp_path / "missing" / "g.db"), **crops(5, seed=1),
+                       info=INFO)
+    assert not (tmp_path / "missing").exists()
 
 
 def test_row_filter_checks_its_parts() -> None:
@@ -309,3 +331,33 @@ def test_row_filter_checks_its_parts() -> None:
     assert flt.milvus() == ("id < 9 and p_hat_yes >= 0.25 and camera in [1, 2] and "
                             "(frame >= 3 and frame <= 4)")
     assert RowFilter().sql() == ("1", []) and RowFilter().milvus() == ""
+
+
+def test_a_server_database_comes_from_the_environment(milvus_server: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ATTREID_MILVUS_DB`` puts the gallery in that database of the server, not ``default``
+    (credentials and TLS take the same path: :data:`SERVER_ENV`)."""
+    import pymilvus
+
+    database = f"d_{uuid.uuid4().hex[:8]}"
+    pymilvus.MilvusClient(milvus_server).create_database(database)
+    monkeypatch.setenv("ATTREID_MILVUS_DB", database)
+    create_gallery("milvus", milvus_server, **crops(30, seed=11), info=INFO, name="site")
+    assert len(open_gallery("milvus", milvus_server, "site")) == 30
+    monkeypatch.delenv("ATTREID_MILVUS_DB")
+    with pytest.raises(GalleryIndexError, match="no such gallery"):
+        open_gallery("milvus", milvus_server, "site")  # not in the default database
+
+
+def test_server_options_name_a_missing_certificate(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    from attreid.search.milvus_collections import server_options
+
+    monkeypatch.setenv("ATTREID_MILVUS_TOKEN", "reader:secret")
+    monkeypatch.setenv("ATTREID_MILVUS_CA", str(tmp_path / "ca.pem"))
+    with pytest.raises(GalleryIndexError, match="ca.pem: no such certificate file"):
+        server_options("https://milvus.site:19530")
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    assert server_options("https://milvus.site:19530") == {
+        "token": "reader:secret", "server_pem_path": str(tmp_path / "ca.pem")}
+    assert server_options(str(tmp_path / "lite.db")) == {}  # Milvus Lite has no accounts

@@ -58,8 +58,11 @@ def test_milvus_gallery_errors_are_one_line(lite_gallery, tmp_path, capsys):
     assert code == 1 and "camera 9: this index has no crop from it" in out + err
     code, out, err = _run(["search", f"{tmp_path / 'none.db'}#nothing", "-a", "gender=female"],
                           capsys)
-    assert code == 1 and "no such gallery" in out + err
-    assert "Traceback" not in out + err
+    assert code == 1 and "no Milvus Lite gallery here" in out + err
+    assert "Traceback" not in out + err and not (tmp_path / "none.db").exists()
+    code, out, err = _run(["search", f"{tmp_path / 'no' / 'dir.db'}#x", "-a", "gender=female"],
+                          capsys)
+    assert code == 1 and f"the folder {tmp_path / 'no'} does not exist" in out + err
     code, out, err = _run(["search", f"{tmp_path / 'x.db'}#bad-name", "-a", "gender=female"],
                           capsys)
     assert code == 1 and "letters, digits and _" in out + err
@@ -70,6 +73,23 @@ def test_build_refuses_an_existing_milvus_gallery(lite_gallery, tiny_checkpoint,
     code, out, err = _run(["index", "build", tiny_checkpoint, "--images",
                            synth_market / "bounding_box_test", "--out", lite_gallery], capsys)
     assert code == 1 and "the gallery exists" in out + err and "--overwrite" in out + err
+
+
+def test_a_failed_build_leaves_no_lite_gallery(tiny_checkpoint, tmp_path, capsys):
+    require("pymilvus", "the Milvus backend needs pymilvus (the milvus extra)")
+    require("milvus_lite", "Milvus Lite needs milvus-lite (the milvus extra)")
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    for name in ("0001_c1s1_000001_00.jpg", "0002_c2s1_000002_00.jpg"):
+        (crops / name).write_bytes(b"\xff\xd8 not a jpeg")
+    out_db = tmp_path / "site.db"
+    code, out, err = _run(["index", "build", tiny_checkpoint, "--images", crops, "--out",
+                           f"{out_db}#site"], capsys)
+    assert code == 1 and "none of the 2 images decoded" in out + err, out + err
+    assert not out_db.exists()  # the command made it, and took it away again
+    code, out, err = _run(["index", "build", tiny_checkpoint, "--images", tmp_path / "nothing",
+                           "--out", f"{out_db}#site"], capsys)
+    assert code == 1 and "nothing" in out + err and not out_db.exists()
 
 
 def test_index_add_extends_a_milvus_gallery_once(lite_gallery, tiny_checkpoint, synth_market,
@@ -104,7 +124,7 @@ def test_the_service_serves_a_milvus_gallery_and_sees_an_add(lite_gallery, capsy
     gallery = open_location(lite_gallery)
     rows = gallery.entries([0])
     probs = {t: np.asarray([p], np.float32) for t, p in rows[0].probabilities.items()}
-    gallery.add(["/elsewhere/0001_c6s1_000001_00.jpg"], gallery.vectors([0]), probs)
+    gallery.add(["/elsewhere/0001_c6s1_000001_00.jpg"], gallery.vectors_of([0]), probs)
     after = client.get("/healthz").json()
     assert first["count"] == 3 and first["total"] == before["images"]
     assert after["images"] == before["images"] + 1  # the service reopened the new generation

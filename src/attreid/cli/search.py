@@ -1,5 +1,5 @@
 """The gallery search commands: ``attreid index build`` and ``attreid index add`` (write and extend
-a FAISS + SQLite index), ``attreid search`` (by image, indexed crop or attributes) and
+a FAISS + SQLite index folder or a Milvus gallery), ``attreid search`` (by image, indexed crop or attributes) and
 ``attreid serve`` (the HTTP API and web page)."""
 
 from __future__ import annotations
@@ -50,18 +50,21 @@ def _search_errors() -> tuple[type[Exception], ...]:
     from attreid.search import GalleryIndexError, QueryError
     from attreid.utils.checkpoint import CheckpointError
 
+    from attreid.cluster.ray_embed import ClusterError
+
     return (DataError, CheckpointError, ExportError, GalleryIndexError, QueryError, ImportError,
-            ValueError, FeatureStoreError)
+            ValueError, FeatureStoreError, ClusterError)
 
 
 def index_build(
     checkpoint: Path = typer.Argument(DEFAULT_MODEL, help=CHECKPOINT_HELP),
     images: Path = typer.Option(..., "--images", help="Folder of crops (searched recursively)."),
     out: str = typer.Option("index", "--out", help="Index folder to create; or a Milvus "
-                            "gallery: http://HOST:19530#NAME (a server or cluster) or FILE.db#NAME "
-                            "(Milvus Lite), docs/SCALE.md."),
+                            "gallery: http://HOST:19530#NAME (a server or cluster; https for "
+                            "TLS; credentials from ATTREID_MILVUS_TOKEN, README) or FILE.db#NAME "
+                            "(Milvus Lite); without #NAME the gallery is named attreid."),
     ivf: int = typer.Option(0, "--ivf", help="Approximate IVF index with this many lists "
-                            "(-1: about 4 sqrt(N)); 0: exact search."),
+                            "(-1: about 4 sqrt(N)); 0: exact search. On Milvus: IVF_FLAT."),
     hnsw: bool = typer.Option(False, "--hnsw", help="Milvus only: an HNSW index (approximate, "
                               "fast) instead of exact FLAT search."),
     nprobe: int = typer.Option(16, help="IVF lists visited per query."),
@@ -74,10 +77,17 @@ def index_build(
                                          "embeddings and probabilities (a sharded feature "
                                          "store) in this new folder."),
     shard_size: int = typer.Option(8192, "--shard-size", min=1, help="Rows per feature shard."),
+    ray: str | None = typer.Option(None, "--ray", help="Embed on a Ray cluster: auto (the "
+                                   "cluster this machine belongs to), local (a Ray started "
+                                   "for this command) or HOST:6379 / ray://HOST:10001; the "
+                                   "crops must be at the same path on every node."),
+    ray_workers: int | None = typer.Option(None, "--ray-workers", min=1, help="Ray workers "
+                                           "(one CPU each; default: every CPU of the cluster)."),
 ) -> None:
-    """Embed every crop, predict its attributes and write a FAISS + SQLite index.
+    """Embed every crop, predict its attributes and write a gallery: a FAISS + SQLite index
+    folder, or a Milvus gallery (--out URI#NAME).
 
-    Embeddings stream to a sharded feature store on disk, then into the index chunk by
+    Embeddings stream to a sharded feature store on disk, then into the gallery chunk by
     chunk, so memory stays bounded apart from the FAISS vectors."""
     try:
         from attreid.data.io import list_images
@@ -89,16 +99,23 @@ def index_build(
         if hnsw and not milvus:
             raise DataError("--hnsw: an HNSW index is for a Milvus gallery (--out http://...#NAME"
                             " or FILE.db#NAME); an index folder has --ivf")
-        options = {} if milvus else dict(nlist=max(ivf, 0), nprobe=nprobe, features=features,
-                                         shard_size=shard_size)
+        options = dict(nlist=max(ivf, 0), nprobe=nprobe)
+        if not milvus:
+            options.update(features=features, shard_size=shard_size)
         crops = list_images(images)[0] if images.is_dir() else []  # the probe: real crops
         predictor, choice = load_predictor(checkpoint, backend, device=device,
                                            batch_size=batch_size, flip=flip, probe_images=crops)
         _show_backend(choice)
         _warn_flip_mismatch(checkpoint, predictor.checkpoint_sha256, flip)
+        embed = None
+        if ray is not None:
+            from attreid.cluster import ray_embedder
+
+            embed = ray_embedder(ray, predictor.checkpoint, choice.backend, flip, batch_size,
+                                 ray_workers)
         with _reported_warnings(), _count_progress("embedding crops") as progress:
             index = build_gallery(predictor, images, out, kind, overwrite, batch_size,
-                                  progress, _show_backend_text, **options)
+                                  progress, _show_backend_text, embed=embed, **options)
     except _search_errors() as exc:
         _fail(str(exc))
     console.print(f"indexed {len(index)} crops ({index.info['kind']}, {index.info['metric']} "

@@ -43,7 +43,7 @@ def indexed_tracklets(index: GalleryIndex) -> list[IndexedTracklet]:
         groups.setdefault((s.camera_name, s.source, s.track), []).append(i)
     out = []
     for (camera, source, track), rows in sorted(groups.items()):
-        vectors = np.stack([index.vector(i) for i in rows])
+        vectors = index.vectors_of(rows)
         out.append(IndexedTracklet(camera, source, track, tuple(rows),
                                    tuple(int(entries[i].frame or 0) for i in rows),
                                    np.array([sightings[i].box for i in rows], np.float32),

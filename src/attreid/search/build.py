@@ -189,8 +189,8 @@ def _check_target(out: Path, kind: str, overwrite: bool) -> None:
 def build_index(predictor: Any, images: Path | str, out: Path | str, kind: str = "flat",
                 nlist: int = 0, nprobe: int = 16, batch_size: int = 64, overwrite: bool = False,
                 progress: Progress | None = None, features: Path | str | None = None,
-                shard_size: int = DEFAULT_SHARD_SIZE,
-                on_wait: Notice | None = None) -> GalleryIndex:
+                shard_size: int = DEFAULT_SHARD_SIZE, on_wait: Notice | None = None,
+                embed: Embed | None = None) -> GalleryIndex:
     """Embed every crop under ``images`` and write a new index folder ``out``.
 
     The crops are embedded batch by batch into a feature store (:mod:`attreid.inference.features`),
@@ -207,6 +207,9 @@ def build_index(predictor: Any, images: Path | str, out: Path | str, kind: str =
         features: keep the feature store in this new folder (default: a temporary one,
             removed); shard_size: its rows per shard.
         on_wait: gets a message when ``overwrite`` waits for another process writing ``out``.
+        embed: how the crops are embedded into the feature store (:data:`Embed`; default
+            :func:`embed_files_to_store` with ``predictor`` in this process; a Ray cluster:
+            :func:`attreid.cluster.ray_embedder`).
 
     Scratch folders that killed builds and adds of ``out`` left beside it are removed first.
     The folder gets the mode of a new folder under the umask.
@@ -225,9 +228,9 @@ def build_index(predictor: Any, images: Path | str, out: Path | str, kind: str =
     count, dim = len(paths), int(getattr(predictor, "embedding_dim", 0))
     with disk_full(out, space_needed(count, count, dim, store_rows=count), _unchanged(out)), \
             _store_folder(out, features) as store_dir:
-        store, skipped = embed_files_to_store(predictor, paths, store_dir, batch_size,
-                                              shard_size, progress,
-                                              overwrite=features is None)
+        store, skipped = (embed or local_embed(predictor, batch_size))(
+            paths, store_dir, shard_size=shard_size, progress=progress,
+            overwrite=features is None)
         _warn_skipped(skipped)
         if not len(store):
             raise GalleryIndexError(f"{images}: none of the {len(paths)} images decoded")
@@ -252,6 +255,22 @@ def _store_folder(out: Path, features: Path | str | None) -> Iterator[Path]:
         return
     with locked_temp_folder(out.parent, f".{out.name}.features.") as scratch:
         yield scratch / "store"
+
+
+Embed = Callable[..., tuple[FeatureStore, list[str]]]
+"""``embed(paths, out, shard_size=, progress=, overwrite=)`` -> (feature store ``out`` of the
+crops that decoded, in the order of ``paths``; skipped files as "path: reason")."""
+
+
+def local_embed(predictor: Any, batch_size: int = 64) -> Embed:
+    """The :data:`Embed` of this process: :func:`embed_files_to_store` with ``predictor``."""
+    def embed(paths: Sequence[Path], out: Path | str, shard_size: int = DEFAULT_SHARD_SIZE,
+              progress: Progress | None = None,
+              overwrite: bool = False) -> tuple[FeatureStore, list[str]]:
+        return embed_files_to_store(predictor, paths, out, batch_size, shard_size, progress,
+                                    overwrite=overwrite)
+
+    return embed
 
 
 def embed_files_to_store(predictor: Any, paths: Sequence[Path], out: Path | str,

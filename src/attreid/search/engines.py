@@ -98,47 +98,79 @@ def create_gallery(backend: str, location: str | Path, paths: Sequence[str],
 
 def build_gallery(predictor: Any, images: Path | str, location: str, kind: str = "flat",
                   overwrite: bool = False, batch_size: int = 64, progress: Any = None,
-                  on_wait: Callable[[str], None] | None = None, **faiss_options: Any) -> Gallery:
+                  on_wait: Callable[[str], None] | None = None, embed: Any = None,
+                  **faiss_options: Any) -> Gallery:
     """Embed every crop under ``images`` with ``predictor`` and write the gallery ``location``
     names (:func:`parse_location`): an index folder (:func:`~attreid.search.build.build_index`,
     ``faiss_options``: nlist, nprobe, features, shard_size) or a Milvus gallery (the crops
-    embedded into a scratch feature store, then written a chunk at a time).
+    embedded into a scratch feature store, then written a chunk at a time; nlist and nprobe
+    set its IVF_FLAT index). ``embed``: how the crops are embedded
+    (:data:`~attreid.search.build.Embed`; default: with ``predictor`` in this process).
 
     Raises:
         GalleryIndexError: the gallery exists (without ``overwrite``), no image decoded, or
             the engine refused; DataError: the image folder is missing or empty.
     """
-    from attreid.search.build import _warn_skipped, build_index, embed_files_to_store
-    from attreid.search.build import list_gallery
+    from attreid.search.build import build_index, list_gallery, local_embed
 
     backend, uri, name = parse_location(location)
     if backend == "faiss":
         return build_index(predictor, images, uri, kind=kind, overwrite=overwrite,
                            batch_size=batch_size, progress=progress, on_wait=on_wait,
-                           **faiss_options)
-    from attreid.search.milvus import MilvusGallery, check_name, connect
-    from attreid.search.milvus_collections import alias_target
+                           embed=embed, **faiss_options)
+    paths = list_gallery(images)  # a missing or empty folder: refused before Milvus is touched
+    ivf = {k: v for k, v in faiss_options.items() if k in ("nlist", "nprobe")}
+    embed = embed or local_embed(predictor, batch_size)
+    return _build_milvus(predictor, images, paths, uri, name, kind, overwrite, embed,
+                         progress, on_wait, **ivf)
+
+
+def _build_milvus(predictor: Any, images: Path | str, paths: list[Path], uri: str, name: str,
+                  kind: str, overwrite: bool, embed: Any, progress: Any,
+                  on_wait: Callable[[str], None] | None, **ivf: int) -> Gallery:
+    """:func:`build_gallery` on Milvus (``ivf``: nlist, nprobe of an ``ivf`` kind). A new Milvus Lite path that fails to build is removed
+    again (nothing of a failed command is left behind)."""
+    from attreid.search.build import _warn_skipped
+    from attreid.search.milvus import MilvusGallery
+    from attreid.search.milvus_collections import alias_target, check_name, connect, is_lite
     from attreid.search.sources import _store_source
     from attreid.zoo import resolve_checkpoint
 
-    client = connect(uri)
-    if alias_target(client, check_name(name)) is not None and not overwrite:  # before embedding
-        raise GalleryIndexError(f"{uri}#{name}: the gallery exists; pass --overwrite to "
-                                "replace it")
-    paths = list_gallery(images)
-    checkpoint = resolve_checkpoint(Path(predictor.checkpoint))
-    info = {"checkpoint": str(checkpoint.resolve()), "metric": predictor.distance,
-            "checkpoint_sha256": predictor.checkpoint_sha256, "flip": bool(predictor.flip),
-            "images_root": str(Path(images).resolve()),
-            "trained_tasks": list(getattr(predictor, "trained_tasks", TASK_NAMES))}
-    with tempfile.TemporaryDirectory(prefix="attreid-milvus-") as scratch:
-        store, skipped = embed_files_to_store(predictor, paths, Path(scratch) / "store",
-                                              batch_size, progress=progress)
-        _warn_skipped(skipped)
-        if not len(store):
-            raise GalleryIndexError(f"{images}: none of the {len(paths)} images decoded")
-        return MilvusGallery.create(uri, name, _store_source(store), info, kind=kind,
-                                    overwrite=overwrite, client=client, on_wait=on_wait)
+    check_name(name)
+    fresh = is_lite(uri) and not Path(uri).exists()
+    client = connect(uri, create=True)
+    try:
+        if alias_target(client, name) is not None and not overwrite:  # before embedding
+            raise GalleryIndexError(f"{uri}#{name}: the gallery exists; pass --overwrite to "
+                                    "replace it")
+        checkpoint = resolve_checkpoint(Path(predictor.checkpoint))
+        info = {"checkpoint": str(checkpoint.resolve()), "metric": predictor.distance,
+                "checkpoint_sha256": predictor.checkpoint_sha256,
+                "flip": bool(predictor.flip), "images_root": str(Path(images).resolve()),
+                "trained_tasks": list(getattr(predictor, "trained_tasks", TASK_NAMES))}
+        with tempfile.TemporaryDirectory(prefix="attreid-milvus-") as scratch:
+            store, skipped = embed(paths, Path(scratch) / "store", progress=progress)
+            _warn_skipped(skipped)
+            if not len(store):
+                raise GalleryIndexError(f"{images}: none of the {len(paths)} images decoded")
+            return MilvusGallery.create(uri, name, _store_source(store), info, kind=kind,
+                                        overwrite=overwrite, client=client, on_wait=on_wait,
+                                        **ivf)
+    except BaseException:
+        if fresh:
+            _remove_lite(client, uri)
+        raise
+
+
+def _remove_lite(client: Any, uri: str) -> None:
+    """Close ``client`` and delete the Milvus Lite folder ``uri`` this command made."""
+    import shutil
+
+    from attreid.search.milvus_collections import release_lite
+
+    client.close()
+    release_lite(uri)
+    shutil.rmtree(uri, ignore_errors=True)
 
 
 def add_crops(gallery: Gallery, predictor: Any, images: Path | str, batch_size: int = 64,

@@ -53,6 +53,7 @@ from attreid.search.milvus_collections import (
     path_key,
     prune,
     read_info,
+    release_lite,
     writer_turn,
 )
 from attreid.search.metadata import Entry, parse_name, probability_columns
@@ -115,13 +116,14 @@ class MilvusGallery:
     @classmethod
     def create(cls, uri: str, name: str, source: _Source, info: dict[str, Any],
                kind: str = "flat", overwrite: bool = False, client: Any = None,
-               lease_s: float = LEASE_S,
-               on_wait: Callable[[str], None] | None = None) -> "MilvusGallery":
+               lease_s: float = LEASE_S, on_wait: Callable[[str], None] | None = None,
+               nlist: int = 0, nprobe: int = IVF_NPROBE) -> "MilvusGallery":
         """Write a new gallery (or, with ``overwrite``, the next generation of ``name``) from
         the embedded crops of ``source`` (:mod:`attreid.search.sources`: arrays or a feature
         store, read a chunk at a time). ``info`` as :func:`~attreid.search.build.write_index`
         records (checkpoint, sha256, metric, flip, trained_tasks...); ``kind``: ``flat``,
-        ``hnsw`` or ``ivf``.
+        ``hnsw`` or ``ivf`` (IVF_FLAT of ``nlist`` lists, 0: about 4 sqrt(N) as FAISS's
+        rule, at most 65,536; ``nprobe`` of them visited per query).
 
         Raises:
             GalleryIndexError: ``name`` exists (without ``overwrite``), an unknown ``kind``.
@@ -129,7 +131,7 @@ class MilvusGallery:
         check_name(name)
         if kind not in INDEX_TYPES:
             raise GalleryIndexError(f"kind {kind!r}: expected one of {', '.join(INDEX_TYPES)}")
-        client = client or connect(uri)
+        client = client or connect(uri, create=True)
         with writer_turn(client, name, lease_s, on_wait):
             old = alias_target(client, name)
             if old is not None and not overwrite:
@@ -140,10 +142,11 @@ class MilvusGallery:
             generation = 0 if old is None else int(read_info(client, old)["generation"]) + 1
             data = f"{name}__g{generation}"
             prune(client, name, keep={old})  # a killed build's leftovers
+            ivf = {"nlist": nlist or ivf_lists(source.count), "nprobe": int(nprobe)}
             make_collections(client, data, source.dim, str(info.get("metric", "euclidean")),
-                             kind)
+                             kind, ivf["nlist"])
             full = {"format": FORMAT_VERSION, **info, "dim": source.dim, "kind": kind,
-                    "generation": generation, "count": 0}
+                    "generation": generation, "count": 0, **(ivf if kind == "ivf" else {})}
             gallery = cls(client, uri, name, data, full, lease_s)
             gallery._insert(source, start=0, renew=None)
             gallery._commit(source.count)
@@ -155,12 +158,7 @@ class MilvusGallery:
         """Close the client; for Milvus Lite also stop this process's server of the file, so
         that another process may open it (other handles of this process on the file close)."""
         self.client.close()
-        if is_lite(self.uri):
-            try:
-                from milvus_lite.server_manager import server_manager_instance
-            except ImportError:
-                return
-            server_manager_instance.release_server(self.uri)
+        release_lite(self.uri)
 
     def reload(self) -> None:
         """Read the current generation again (another writer's adds since :meth:`open`)."""
@@ -209,7 +207,7 @@ class MilvusGallery:
             return Found(*self._exact(q, k, flt), allowed, True)
         hits = self.client.search(self.collection, data=q.tolist(), limit=k,
                                   filter=flt.milvus(), anns_field="vec",
-                                  search_params=_search_params(self.info["kind"], k))
+                                  search_params=_search_params(self.info, k))
         if any(len(row) < k for row in hits):
             return Found(*self._exact(q, k, flt), allowed, True)
         ids = np.array([[h["id"] for h in row] for row in hits], dtype=np.int64)
@@ -275,7 +273,7 @@ class MilvusGallery:
                      identity=known(row["identity"]), probabilities=probs,
                      trained_tasks=self.trained_tasks)
 
-    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+    def vectors_of(self, ids: Sequence[int]) -> np.ndarray:
         """Stored (prepared) vectors of ``ids``, (len(ids), D), in that order.
 
         Raises:
@@ -290,15 +288,16 @@ class MilvusGallery:
         missing = [i for i in ids if i not in got]
         if missing:
             raise KeyError(f"image id(s) not in the gallery {self.location}: {missing[:10]}")
-        return np.array([got[i] for i in ids], dtype=np.float32).reshape(len(ids), -1)
+        return np.array([got[i] for i in ids], dtype=np.float32).reshape(
+            len(ids), int(self.info["dim"]))
 
     def vector(self, image_id: int) -> np.ndarray:
         """The stored (prepared) vector of one crop, (D,)."""
-        return self.vectors([image_id])[0]
+        return self.vectors_of([image_id])[0]
 
     def vector_block(self, start: int, count: int) -> np.ndarray:
         """Stored vectors of ids ``start`` .. ``start + count - 1``, (count, D)."""
-        return self.vectors(range(int(start), int(start) + int(count)))
+        return self.vectors_of(range(int(start), int(start) + int(count)))
 
     def ids(self, where: RowFilter | None = None) -> np.ndarray:
         """Ids of the committed rows ``where`` lets through, ascending (int64)."""
@@ -444,14 +443,20 @@ class MilvusGallery:
         self.client.upsert(f"{self.collection}_info", [info_row(self.info)])
 
 
-def _search_params(kind: str, k: int) -> dict[str, Any]:
-    """Milvus search parameters of an index kind: HNSW's candidate list ``ef`` (at least
-    :data:`HNSW_EF`, and k), IVF's lists probed (:data:`IVF_NPROBE`)."""
-    if kind == "hnsw":
+def _search_params(info: dict[str, Any], k: int) -> dict[str, Any]:
+    """Milvus search parameters of a gallery's index: HNSW's candidate list ``ef`` (at least
+    :data:`HNSW_EF`, and k), IVF's lists probed (its ``nprobe``, else :data:`IVF_NPROBE`)."""
+    if info["kind"] == "hnsw":
         return {"params": {"ef": max(HNSW_EF, k)}}
-    if kind == "ivf":
-        return {"params": {"nprobe": IVF_NPROBE}}
+    if info["kind"] == "ivf":
+        return {"params": {"nprobe": int(info.get("nprobe", IVF_NPROBE))}}
     return {}
+
+
+def ivf_lists(count: int) -> int:
+    """IVF lists for ``count`` rows: about 4 sqrt(N) (FAISS's rule of thumb), 1 .. 65,536
+    (Milvus's range)."""
+    return int(min(65_536, max(1, round(4 * count ** 0.5))))
 
 
 __all__ = ["EXACT_ROWS", "LEASE_S", "MilvusGallery", "connect", "path_key"]

@@ -30,29 +30,104 @@ def _pymilvus() -> Any:
                          "pymilvus, and milvus-lite for file galleries")
 
 
-def connect(uri: str) -> Any:
-    """A ``MilvusClient`` for ``uri`` (a ``.db`` file path: Milvus Lite; ``http://...``: a server).
+def connect(uri: str, create: bool = False) -> Any:
+    """A ``MilvusClient`` for ``uri`` (a ``.db`` path: Milvus Lite; ``http://...``: a server).
+    A Lite path must exist unless ``create`` (a build), so that a mistyped path makes nothing.
 
     Raises:
-        GalleryIndexError: the server cannot be reached, or another process holds the Lite file.
+        GalleryIndexError: the server cannot be reached, the Lite path or its folder is
+            missing, or another process holds the Lite file.
     """
     pymilvus = _pymilvus()
     if "://" not in uri and not is_lite(uri):
         raise GalleryIndexError(f"{uri}: a Milvus URI is a Milvus Lite file ending in .db, or "
                                 "http://host:19530 for a server")
+    if is_lite(uri):
+        _check_lite_path(uri, create)
+    lite_log = logging.getLogger("milvus_lite.server_manager")
+    level = lite_log.level
+    lite_log.setLevel(logging.CRITICAL)  # its traceback of a failed start; we say why below
     try:
-        return pymilvus.MilvusClient(uri)
+        client = pymilvus.MilvusClient(uri, **server_options(uri))
     except Exception as exc:  # pymilvus raises its own MilvusException kinds
-        held = "lock" in repr(exc.__context__ or exc).lower() or "Open local milvus" in str(exc)
-        if held and "://" not in uri:
+        if is_lite(uri) and _lite_held(uri):
             raise GalleryIndexError(
-                f"{uri}: another process has this Milvus Lite file open (Lite serves one "
-                "process per file; stop it, or run a Milvus server for several)") from exc
+                f"{uri}: another process has this Milvus Lite gallery open (Lite serves one "
+                "process per file; stop it, or run a Milvus server for several)") from None
         raise GalleryIndexError(f"{uri}: cannot open Milvus ({exc})") from exc
+    finally:
+        lite_log.setLevel(level)
+    client.attreid_uri = uri  # for messages (client_uri)
+    return client
+
+
+SERVER_ENV = {"ATTREID_MILVUS_TOKEN": "token", "ATTREID_MILVUS_DB": "db_name",
+              "ATTREID_MILVUS_CA": "server_pem_path"}
+"""Environment variables read for a server URI, and the ``MilvusClient`` option each sets:
+the credentials (``user:password``, or an API key of a managed cluster), the database (else
+``default``) and the server's TLS certificate for an ``https://`` URI. Secrets stay out of the
+command line (shell history, the process list)."""
+
+
+def server_options(uri: str) -> dict[str, str]:
+    """The ``MilvusClient`` options of :data:`SERVER_ENV` set in the environment ({} for Lite).
+
+    Raises:
+        GalleryIndexError: ``ATTREID_MILVUS_CA`` names no file."""
+    if is_lite(uri):
+        return {}
+    options = {option: os.environ[env] for env, option in SERVER_ENV.items()
+               if os.environ.get(env)}
+    ca = options.get("server_pem_path")
+    if ca and not os.path.isfile(ca):
+        raise GalleryIndexError(f"ATTREID_MILVUS_CA={ca}: no such certificate file")
+    return options
+
+
+def _check_lite_path(uri: str, create: bool) -> None:
+    """Refuse a Lite path in a missing folder, or (not ``create``) a path with no gallery."""
+    path = os.path.abspath(uri)
+    if not os.path.isdir(os.path.dirname(path)):
+        raise GalleryIndexError(f"{uri}: the folder {os.path.dirname(path)} does not exist")
+    if not create and not os.path.exists(path):
+        raise GalleryIndexError(f"{uri}: no Milvus Lite gallery here; make one with "
+                                f"attreid index build --out {uri}#NAME")
+
+
+def _lite_held(uri: str) -> bool:
+    """Whether another process holds the Lite folder's advisory lock (``LOCK``, flock)."""
+    import fcntl
+
+    lock = os.path.join(os.path.abspath(uri), "LOCK")
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def is_lite(uri: str) -> bool:
     return "://" not in uri and uri.endswith(".db")
+
+
+def release_lite(uri: str) -> None:
+    """Stop this process's Milvus Lite server of ``uri`` (nothing for a server URI), so that
+    another process may open the file."""
+    if not is_lite(uri):
+        return
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:
+        return
+    server_manager_instance.release_server(uri)
 
 
 def check_name(name: str) -> str:
@@ -69,7 +144,8 @@ def path_key(path: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-def make_collections(client: Any, data: str, dim: int, metric: str, kind: str) -> None:
+def make_collections(client: Any, data: str, dim: int, metric: str, kind: str,
+                     nlist: int = 1024) -> None:
     pymilvus = _pymilvus()
     types = pymilvus.DataType
     schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -81,7 +157,7 @@ def make_collections(client: Any, data: str, dim: int, metric: str, kind: str) -
     for _, _, column in probability_columns():
         schema.add_field(column, types.FLOAT)
     params = client.prepare_index_params()
-    extra = {"hnsw": {"M": 16, "efConstruction": 200}, "ivf": {"nlist": 1024}}.get(kind, {})
+    extra = {"hnsw": {"M": 16, "efConstruction": 200}, "ivf": {"nlist": nlist}}.get(kind, {})
     params.add_index("vec", index_type=INDEX_TYPES[kind], params=extra,
                      metric_type="IP" if metric == "cosine" else "L2")
     with _quiet_lite():
@@ -267,4 +343,4 @@ def _first(client: Any, name: str, owner: str, number: float) -> bool:
 
 def client_uri(client: Any) -> str:
     """The address a client was opened with, for messages (best effort)."""
-    return str(getattr(client, "_uri", "") or "milvus")
+    return str(getattr(client, "attreid_uri", "") or "milvus")

@@ -143,7 +143,8 @@ class GallerySearch:
 
             pairs = np.random.default_rng(seed).integers(0, n, (2, sample))
             a, b = pairs[:, pairs[0] != pairs[1]]
-            x, y = (np.stack([self.index.vector(int(i)) for i in rows]) for rows in (a, b))
+            both = self.index.vectors_of(np.concatenate([a, b]))  # one batched read
+            x, y = both[:len(a)], both[len(a):]
             d = np.concatenate([np.diagonal(pairwise_distance(
                 x[i:i + 500], y[i:i + 500], self.index.metric).double().numpy())
                 for i in range(0, len(x), 500)])
@@ -365,9 +366,10 @@ class GallerySearch:
         order = list(range(len(pairs)))
         if soft:  # re-ranked distances are on another scale: their relative weight
             order = self._soft_order([d for d, _ in pairs], matches, calibrated=not rerank)
-        query = self.query_person(vector)
-        hits = Hits(self._hit(entries[j], pairs[j][0], matches[j], rerank, query)
-                    for j in order[offset:want])
+        query, shown = self.query_person(vector), order[offset:want]
+        persons = self._persons([entries[j].id for j in shown])
+        hits = Hits(self._hit(entries[j], pairs[j][0], matches[j], rerank, query, person)
+                    for j, person in zip(shown, persons))
         hits.unreached = short
         return hits
 
@@ -399,15 +401,23 @@ class GallerySearch:
         total, weight = q.copy(), 1.0
         for ids, w in ((right, ROCCHIO_RIGHT), (wrong, -ROCCHIO_WRONG)):
             if len(ids):
-                total += w * np.mean([self._vector(i) for i in ids], axis=0)
+                total += w * self._vectors(ids).mean(axis=0)
                 weight += w
         return total / weight if weight > 0 else total
 
-    def _vector(self, image_id: int) -> np.ndarray:
+    def _vectors(self, ids: Sequence[int]) -> np.ndarray:
         try:
-            return self.index.vector(int(image_id))
+            return self.index.vectors_of([int(i) for i in ids])
         except KeyError as exc:
             raise QueryError(str(exc.args[0])) from None
+
+    def _persons(self, ids: Sequence[int]) -> list[float | None]:
+        """P(person) of indexed crops by the person check (one batched read of their
+        vectors), None each without a calibration or check."""
+        if self.calibration is None or self.calibration.person is None or not len(ids):
+            return [None] * len(ids)
+        p = self.calibration.person_probability(self.index.vectors_of(ids))
+        return [None] * len(ids) if p is None else [float(x) for x in p]
 
     def query_person(self, vector: np.ndarray) -> float | None:
         """P(person) of a query embedding (D,), None without a person check."""
@@ -417,14 +427,12 @@ class GallerySearch:
         return None if p is None else float(p[0])
 
     def _hit(self, entry: Entry, distance: float, match: float | None, reranked: bool,
-             query: float | None) -> Hit:
+             query: float | None, mine: float | None) -> Hit:
         """A hit of an image query, with P(same person) when calibrated and not re-ranked, and
         P(person) of the crop with a person check (a pair is the same person only when both
         crops pass it)."""
         if self.calibration is None:
             return Hit(entry, distance, match, reranked=reranked)
-        person = self.calibration.person_probability(self.index.vector(entry.id)[None])
-        mine = None if person is None else float(person[0])
         if reranked:
             return Hit(entry, distance, match, reranked=True, person=mine)
         pair = None if mine is None or query is None else (query, mine)
@@ -436,7 +444,7 @@ class GallerySearch:
     def _rerank(self, vector: np.ndarray, ids: list[int]) -> list[tuple[float, int]]:
         from attreid.metrics.reranking import rerank
 
-        gallery = np.stack([self.index.vector(i) for i in ids])  # (n, D) prepared
+        gallery = self.index.vectors_of(ids)  # (n, D) prepared
         query = prepare_vectors(vector[None], self.index.metric)
         n = len(ids)
         k1 = max(1, min(20, n - 1))
