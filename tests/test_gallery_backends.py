@@ -333,22 +333,6 @@ def test_row_filter_checks_its_parts() -> None:
     assert RowFilter().sql() == ("1", []) and RowFilter().milvus() == ""
 
 
-def test_a_server_database_comes_from_the_environment(milvus_server: str,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """``ATTREID_MILVUS_DB`` puts the gallery in that database of the server, not ``default``
-    (credentials and TLS take the same path: :data:`SERVER_ENV`)."""
-    import pymilvus
-
-    database = f"d_{uuid.uuid4().hex[:8]}"
-    pymilvus.MilvusClient(milvus_server).create_database(database)
-    monkeypatch.setenv("ATTREID_MILVUS_DB", database)
-    create_gallery("milvus", milvus_server, **crops(30, seed=11), info=INFO, name="site")
-    assert len(open_gallery("milvus", milvus_server, "site")) == 30
-    monkeypatch.delenv("ATTREID_MILVUS_DB")
-    with pytest.raises(GalleryIndexError, match="no such gallery"):
-        open_gallery("milvus", milvus_server, "site")  # not in the default database
-
-
 def test_server_options_name_a_missing_certificate(monkeypatch: pytest.MonkeyPatch,
                                                    tmp_path: Path) -> None:
     from attreid.search.milvus_collections import server_options

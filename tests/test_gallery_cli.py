@@ -128,3 +128,54 @@ def test_the_service_serves_a_milvus_gallery_and_sees_an_add(lite_gallery, capsy
     after = client.get("/healthz").json()
     assert first["count"] == 3 and first["total"] == before["images"]
     assert after["images"] == before["images"] + 1  # the service reopened the new generation
+
+
+def test_a_calibrated_search_reads_vectors_in_batches(calibrated_index, monkeypatch):
+    """The drift check, the hits' P(person) and re-ranking read their vectors in a few batched
+    reads, never one per crop (on a Milvus server each read is a round trip: one per crop made
+    a calibrated search take minutes)."""
+    from attreid.search.index import GalleryIndex
+    from attreid.search.query import GallerySearch
+
+    reads = []
+    batched = GalleryIndex.vectors_of
+
+    def counted(self, ids):
+        ids = list(ids)
+        reads.append(len(ids))
+        return batched(self, ids)
+
+    def one_by_one(self, image_id):
+        raise AssertionError(f"a vector read one at a time (id {image_id})")
+
+    monkeypatch.setattr(GalleryIndex, "vectors_of", counted)
+    monkeypatch.setattr(GalleryIndex, "vector", one_by_one)
+    search = GallerySearch.open(calibrated_index[0])
+    assert search.calibration is not None
+    assert search.drift() is not None and reads[0] > 1000  # 2,000 random pairs, one read
+    reads.clear()
+    hits = search.by_id(3, k=10)
+    assert len(hits) == 10 and all(h.probability is not None for h in hits)
+    assert len(reads) <= 2, reads  # the query, then the hits' vectors for P(person)
+    reads.clear()
+    assert len(search.by_id(3, k=10, rerank=True)) == 10 and len(reads) <= 3, reads
+
+
+def test_a_calibrated_milvus_gallery_gives_the_folder_verdicts(calibrated_index, synth_market,
+                                                              tmp_path, capsys):
+    require("pymilvus", "the Milvus backend needs pymilvus (the milvus extra)")
+    require("milvus_lite", "Milvus Lite needs milvus-lite (the milvus extra)")
+    folder, checkpoint = calibrated_index
+    location = f"{tmp_path / 'cal.db'}#cal"
+    code, out, err = _run(["index", "build", checkpoint, "--images",
+                           synth_market / "bounding_box_test", "--out", location,
+                           "--backend", "torch-fp32"], capsys)
+    assert code == 0, out + err
+    for query in (["--id", "3", "-k", "8"], ["--id", "40", "-k", "5", "--camera", "1"]):
+        milvus, mine = _hits([location, *query], capsys), _hits([folder, *query], capsys)
+        assert [h["id"] for h in milvus] == [h["id"] for h in mine], query
+        for a, b in zip(milvus, mine):
+            assert b["probability"] is not None
+            # float32 distances through a Platt fit: equal to 1e-4 as the distances are
+            assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
+            assert a["same"] == b["same"]

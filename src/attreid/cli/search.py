@@ -168,6 +168,29 @@ def index_add(
                   f"{len(search.index)} in {index}", soft_wrap=True, markup=False)
 
 
+def index_export(
+    index: str = typer.Argument(..., help="Index folder, or a Milvus gallery "
+                                "(http://HOST:19530#NAME or FILE.db#NAME)."),
+    parquet: Path = typer.Option(..., "--parquet", help="New folder for the Parquet files."),
+    rows_per_file: int = typer.Option(1_000_000, "--rows-per-file", min=1,
+                                      help="Rows per Parquet file."),
+) -> None:
+    """Write every crop of a gallery (path, camera, frame, time, track, box, the 40 attribute
+    probabilities, the vector) as Parquet files that Spark, DuckDB and Milvus bulk import
+    read (columns: attreid.search.parquet)."""
+    try:
+        from attreid.search.engines import open_location
+        from attreid.search.parquet import export_parquet
+
+        gallery = open_location(index)
+        with _count_progress("exporting crops") as progress:
+            files = export_parquet(gallery, parquet, rows_per_file, progress)
+    except _search_errors() as exc:
+        _fail(str(exc))
+    console.print(f"wrote {len(gallery)} crops to {len(files)} Parquet file(s) in {parquet}",
+                  soft_wrap=True, markup=False)
+
+
 def search(
     index: str = typer.Argument(..., help="Index folder, or a Milvus gallery "
                                 "(http://HOST:19530#NAME or FILE.db#NAME)."),

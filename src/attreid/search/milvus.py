@@ -109,8 +109,9 @@ class MilvusGallery:
         Raises:
             GalleryIndexError: no such gallery, or its info row is missing or of another format.
         """
+        check_name(name)
         client = client or connect(uri)
-        collection, info = current(client, uri, check_name(name))
+        collection, info = current(client, uri, name)
         return cls(client, uri, name, collection, info, lease_s)
 
     @classmethod

@@ -477,8 +477,5 @@ class GallerySearch:
 
     def by_id(self, image_id: int, k: int = 10, **options: Any) -> list[Hit]:
         """Nearest crops to an indexed crop, itself left out; options as :meth:`by_vector`."""
-        try:
-            vector = self.index.vector(int(image_id))
-        except KeyError as exc:
-            raise QueryError(str(exc.args[0])) from None
+        vector = self._vectors([int(image_id)])[0]
         return self.by_vector(vector, k, exclude=int(image_id), **options)
