@@ -1,6 +1,6 @@
-"""The gallery search commands: ``attreid index build`` and ``attreid index add`` (write and extend
-a FAISS + SQLite index folder or a Milvus gallery), ``attreid search`` (by image, indexed crop or attributes) and
-``attreid serve`` (the HTTP API and web page)."""
+"""The gallery search commands: ``attreid index build`` / ``add`` / ``export`` (write, extend
+and export a FAISS + SQLite index folder or a Milvus gallery), ``attreid search`` (by image,
+indexed crop or attributes) and ``attreid serve`` (the HTTP API and web page)."""
 
 from __future__ import annotations
 
