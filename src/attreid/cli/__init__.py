@@ -6,9 +6,9 @@ One module per command group: :mod:`~attreid.cli.data` (synth, data summary / ch
 export) and :mod:`~attreid.cli.search` (index build / add / export, search, serve),
 :mod:`~attreid.cli.footage` (ingest), :mod:`~attreid.cli.case` (case, timeline),
 :mod:`~attreid.cli.models` (models: the shipped models). :mod:`~attreid.cli.base` holds the
-typer app, the console and helpers they share, and :func:`run` / :func:`main`. The commands are registered below, in the order
-``attreid --help`` lists them; ``app``, ``run`` and ``main`` (the console script) are importable
-from here."""
+typer app, the console and helpers they share, and :func:`run` / :func:`main`. The commands
+are registered below, in the order ``attreid --help`` lists them; ``app``, ``run`` and ``main``
+(the console script) are importable from here."""
 
 from __future__ import annotations
 

@@ -128,8 +128,9 @@ def build_gallery(predictor: Any, images: Path | str, location: str, kind: str =
 def _build_milvus(predictor: Any, images: Path | str, paths: list[Path], uri: str, name: str,
                   kind: str, overwrite: bool, embed: Any, progress: Any,
                   on_wait: Callable[[str], None] | None, **ivf: int) -> Gallery:
-    """:func:`build_gallery` on Milvus (``ivf``: nlist, nprobe of an ``ivf`` kind). A new Milvus Lite path that fails to build is removed
-    again (nothing of a failed command is left behind)."""
+    """:func:`build_gallery` on Milvus (``ivf``: nlist, nprobe of an ``ivf`` kind). A new
+    Milvus Lite path that fails to build is removed again (nothing of a failed command is left
+    behind)."""
     from attreid.search.build import _warn_skipped
     from attreid.search.milvus import MilvusGallery
     from attreid.search.milvus_collections import alias_target, check_name, connect, is_lite
