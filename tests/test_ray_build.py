@@ -6,6 +6,7 @@ Milvus Lite, through the same code."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,3 +108,35 @@ def test_an_unreachable_cluster_is_one_line(tiny_checkpoint, synth_market, tmp_p
                        synth_market / "bounding_box_test", "--out", tmp_path / "x",
                        "--ray", "no-port"], capsys)
     assert code == 1 and "expected auto, local, HOST:PORT" in text, text
+
+
+def test_a_ray_ingest_equals_the_single_process_ingest(calibrated_index, tmp_path, capsys):
+    """`attreid ingest --ray local`: the sources tracked by Ray tasks, the index written here in
+    source order, equal to the one-process ingest: the same crops (names under the index), the
+    same sightings (camera, time, track, box) and vectors to :data:`VECTOR_TOLERANCE`."""
+    require("ray", "ingest --ray needs Ray (the ray extra)")
+    require("cv2", "footage ingest (the footage extra)")
+    from attreid.data.footage_synth import make_footage
+    from attreid.search.index import GalleryIndex
+
+    _, checkpoint = calibrated_index
+    info = make_footage(tmp_path / "scene", cameras=2, people=3, seconds=6.0, fps=10.0, seed=4)
+    common = ["ingest", checkpoint, "--manifest", info.manifest, "--detector", "motion",
+              "--backend", "torch-fp32", "--device", "cpu", "--json"]
+    code, text = _run([*common, "--out", tmp_path / "one"], capsys)
+    assert code == 0, text
+    code, text = _run([*common, "--out", tmp_path / "ray", "--ray", "local"], capsys)
+    assert code == 0, text
+    assert text.count("on Ray") == 2, text  # both sources tracked by Ray tasks
+    one, spread = GalleryIndex.open(tmp_path / "one"), GalleryIndex.open(tmp_path / "ray")
+    n = len(one)
+    assert n > 0 and len(spread) == n
+    ids = list(range(n))
+    rel = [[str(Path(e.path).relative_to(g.root)) for e in g.entries(ids)] for g in (one, spread)]
+    assert rel[0] == rel[1]
+    a, b = one.sightings(ids), spread.sightings(ids)
+    assert [(s.camera_name, s.time, s.track) for s in a.values()] == \
+        [(s.camera_name, s.time, s.track) for s in b.values()]
+    np.testing.assert_allclose([s.box for s in a.values()], [s.box for s in b.values()])
+    gap = float(np.abs(one.vectors_of(ids) - spread.vectors_of(ids)).max())
+    assert gap <= VECTOR_TOLERANCE, f"largest vector difference {gap:.2e}"

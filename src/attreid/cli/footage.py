@@ -17,6 +17,8 @@ DETECTORS_HELP = ("hog (OpenCV's HOG people detector, focused by motion; no weig
                   "(moving blobs of a static camera), mot (precomputed MOTChallenge det.txt: "
                   "--det) or onnx (your own detector: --onnx, --onnx-size, --onnx-layout, "
                   "--person-class).")
+INGEST_BATCH = 32
+"""Crops per forward pass of ingest's predictor (here and on Ray workers alike)."""
 
 
 def ingest(
@@ -61,6 +63,9 @@ def ingest(
     device: str | None = typer.Option(None, help="cpu, cuda, ... (default: auto)."),
     backend: str = BACKEND_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the per-source report as JSON."),
+    ray: str | None = typer.Option(None, "--ray", help="Track the sources on a Ray cluster, "
+                                   "one CPU each: auto, local, HOST:6379 or ray://HOST:10001; "
+                                   "the footage must be at the same path on every node."),
 ) -> None:
     """Detect and track the people in camera footage and add their best crops to a gallery
     index, with camera, frame, time, box and track id; print per source frames/s, tracks and
@@ -87,15 +92,30 @@ def ingest(
         checkpoint = Path(DEFAULT_MODEL)
     if gt is not None and len(specs) != 1:
         _fail("--gt scores one source; give one --video")
-    predictor = _predictor(checkpoint, backend, device) if checkpoint is not None else None
+    predictor, chosen = _predictor(checkpoint, backend, device) if checkpoint is not None \
+        else (None, backend)
     settings = PipelineSettings(stride=stride, target_fps=target_fps, first=first, last=last)
     options = _detector_options(detector, det, onnx, onnx_size, onnx_layout, person_class)
     tracks_dir = tracks or (out / "tracks" if out is not None and not no_index else
                             Path("tracks") if gt is not None else None)
-    with _reported_warnings(), _count_progress("frames") as bar:
-        reports = run_ingest(specs, lambda spec: _make_detector(detector, options), predictor,
-                             None if no_index else out, settings, detector, tracks_dir,
-                             progress=lambda spec: lambda done, total: bar(done, total or None))
+    track_many = None
+    if ray is not None:
+        from attreid.cluster import ray_tracking
+
+        track_many = ray_tracking(
+            ray, None if predictor is None else predictor.checkpoint, chosen,
+            lambda spec: _make_detector(detector, options), settings, INGEST_BATCH,
+            done=lambda spec: console.print(f"tracked {spec.camera} on Ray", markup=False))
+    from attreid.cluster.ray_embed import ClusterError
+
+    try:
+        with _reported_warnings(), _count_progress("frames") as bar:
+            reports = run_ingest(specs, lambda spec: _make_detector(detector, options),
+                                 predictor, None if no_index else out, settings, detector,
+                                 tracks_dir, progress=lambda spec: lambda done, total: bar(
+                                     done, total or None), track_many=track_many)
+    except ClusterError as exc:
+        _fail(str(exc))
     _print_reports(reports, as_json)
     if gt is not None and reports and reports[0].outputs:
         _print_scores(gt, gt_scale, Path(reports[0].outputs[0]), first, last, as_json)
@@ -122,12 +142,14 @@ def _specs(video: list[Path], camera: list[str], start: list[str], fps: float | 
     return specs
 
 
-def _predictor(checkpoint: Path, backend: str, device: str | None) -> Any:
+def _predictor(checkpoint: Path, backend: str, device: str | None) -> tuple[Any, str]:
+    """The predictor and the name of the backend chosen (:data:`INGEST_BATCH` crops a batch)."""
     from attreid.inference.backends import load_predictor
 
-    predictor, choice = load_predictor(checkpoint, backend, device=device, batch_size=32)
+    predictor, choice = load_predictor(checkpoint, backend, device=device,
+                                       batch_size=INGEST_BATCH)
     _show_backend(choice)
-    return predictor
+    return predictor, choice.backend
 
 
 def _detector_options(name: str, det: Path | None, onnx: Path | None, size: str,

@@ -16,6 +16,7 @@ Distributed Framework for Emerging AI Applications", OSDI 2018; core tasks and a
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,11 +63,11 @@ def ray_session(address: str) -> Iterator[Any]:
     if address not in ("local", "auto"):
         _check_reachable(address)  # Ray itself retries an absent head for minutes, then exits
     try:
+        quiet = {"log_to_driver": False, "logging_level": logging.ERROR}  # no start-up chatter
         if address == "local":
-            ray.init(include_dashboard=False, log_to_driver=False,
-                     num_cpus=os.cpu_count() or 1)
+            ray.init(include_dashboard=False, num_cpus=os.cpu_count() or 1, **quiet)
         else:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ClusterError(f"--ray {address}: cannot connect to a Ray cluster ({exc})") from None
     try:

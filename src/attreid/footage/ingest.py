@@ -5,7 +5,9 @@
 JSON) and appends its tracklets' best crops to the index (:mod:`attreid.footage.gallery`). A
 source that cannot be read is reported and skipped: the others are still ingested and nothing
 already indexed is lost. A source already in the index is skipped, so a run killed part-way is
-finished by running the same command again.
+finished by running the same command again. The tracking of the sources can run elsewhere
+(:data:`TrackMany`: a Ray cluster, ``attreid ingest --ray``); the index is written here, in
+the order of the sources.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -80,11 +82,35 @@ def settings_summary(settings: PipelineSettings, detector: str) -> dict[str, Any
             "tracker": asdict(settings.tracker), "tracklets": asdict(settings.tracklets)}
 
 
+TrackMany = Callable[[list[SourceSpec]], Iterator["SourceTracks | Exception"]]
+"""``track_many(specs)``: each source's :class:`SourceTracks`, in the order given, or the
+:class:`FootageError` / ``OSError`` that stopped it (the others go on). In this process by
+default (:func:`local_tracking`); on a Ray cluster: :func:`attreid.cluster.ray_tracking`."""
+
+
+def local_tracking(make_detector: Callable[[SourceSpec], Detector], predictor: Any | None,
+                   settings: PipelineSettings,
+                   progress: Callable[[SourceSpec], Callable[[int, int], None] | None] | None
+                   = None) -> TrackMany:
+    """The :data:`TrackMany` of this process: :func:`track_source` on one source after the
+    other, with ``predictor``'s embeddings for appearance (None: motion only)."""
+    def track_many(specs: list[SourceSpec]) -> Iterator[SourceTracks | Exception]:
+        embedder = predictor_embedder(predictor) if predictor is not None else None
+        for spec in specs:
+            try:
+                yield track_source(spec, make_detector(spec), embedder, settings,
+                                   progress(spec) if progress else None)
+            except (FootageError, OSError) as exc:
+                yield exc
+
+    return track_many
+
+
 def ingest(specs: list[SourceSpec], make_detector: Callable[[SourceSpec], Detector],
            predictor: Any | None, out: Path | None, settings: PipelineSettings,
            detector_name: str, tracks_dir: Path | None = None,
            progress: Callable[[SourceSpec], Callable[[int, int], None] | None] | None = None,
-           ) -> list[SourceReport]:
+           track_many: TrackMany | None = None) -> list[SourceReport]:
     """Ingest ``specs`` (see the module docstring).
 
     Args:
@@ -94,6 +120,9 @@ def ingest(specs: list[SourceSpec], make_detector: Callable[[SourceSpec], Detect
         out: the index folder (created when missing; ``None``: tracks only).
         tracks_dir: where ``<camera>.txt`` (MOTChallenge) and ``<camera>.json`` go.
         progress: a per-source ``(frames done, total)`` callback factory.
+        track_many: where the sources are tracked (:data:`TrackMany`; default: here, one
+            after the other). Whatever tracks them, the index gets the sources in the order of
+            ``specs``.
 
     Raises:
         FootageError: two sources share a camera id.
@@ -101,42 +130,55 @@ def ingest(specs: list[SourceSpec], make_detector: Callable[[SourceSpec], Detect
     """
     check_cameras(specs)
     index = open_or_create(out, predictor) if out is not None and predictor is not None else None
-    reports = []
+    reports, todo = [], []
     for spec in specs:
-        reports.append(_one(spec, make_detector, predictor, index, settings, detector_name,
-                            tracks_dir, progress(spec) if progress else None))
+        report, key = _check(spec, index, settings, detector_name)
+        reports.append(report)
+        if key is not None:
+            todo.append((spec, key, report))
+    track_many = track_many or local_tracking(make_detector, predictor, settings, progress)
+    for (spec, key, report), result in zip(todo, track_many([spec for spec, _, _ in todo])):
+        if isinstance(result, Exception):
+            report.error = str(result)
+        else:
+            _finish(spec, key, report, result, index, predictor, settings, detector_name,
+                    tracks_dir)
     return reports
 
 
-def _one(spec: SourceSpec, make_detector: Callable[[SourceSpec], Detector], predictor: Any,
-         index: GalleryIndex | None, settings: PipelineSettings, detector_name: str,
-         tracks_dir: Path | None, progress: Callable[[int, int], None] | None) -> SourceReport:
+def _check(spec: SourceSpec, index: GalleryIndex | None, settings: PipelineSettings,
+           detector_name: str) -> tuple[SourceReport, str | None]:
+    """The source's report and its key in the index; the key is None (the report saying why)
+    when the source is not to be tracked: missing, already in, or in with other settings."""
     report = SourceReport(spec.camera, str(spec.path), "failed")
     if not spec.path.exists():
         report.error = f"{spec.path}: video or frame folder not found; check the path"
-        return report
+        return report, None
     try:
         key = source_key(spec, settings_summary(settings, detector_name))
-        if index is not None:
-            refusal = _already_in(index, spec, key)
-            if refusal == "same":
-                report.status = "already in the index"
-                return report
-            if refusal:
-                report.error = refusal
-                return report
-        embedder = predictor_embedder(predictor) if predictor is not None else None
-        result = track_source(spec, make_detector(spec), embedder, settings, progress)
     except (FootageError, OSError) as exc:
         report.error = str(exc)
-        return report
+        return report, None
+    refusal = _already_in(index, spec, key) if index is not None else None
+    if refusal == "same":
+        report.status = "already in the index"
+    elif refusal:
+        report.error = refusal
+    return report, (None if refusal else key)
+
+
+def _finish(spec: SourceSpec, key: str, report: SourceReport, result: SourceTracks,
+            index: GalleryIndex | None, predictor: Any, settings: PipelineSettings,
+            detector_name: str, tracks_dir: Path | None) -> None:
+    """A tracked source's tracks written and its crops added to ``index``; ``report`` says
+    what happened."""
     report.frames, report.fps = result.frames, result.fps
     report.tracks = len(result.tracklets)
     if tracks_dir is not None:
         report.outputs = write_tracks(tracks_dir, result)
     if index is None:
         report.status = "tracked"
-        return report
+        return
     summary = {"camera": spec.camera, "path": str(spec.path), "frames": result.frames,
                "tracklets": len(result.tracklets), "start": format_time(spec.start),
                "source_id": source_identity(spec), "size": list(result.size),
@@ -145,9 +187,8 @@ def _one(spec: SourceSpec, make_detector: Callable[[SourceSpec], Detector], pred
         report.crops = add_source(index, predictor, result, key, summary)
     except FootageError as exc:  # e.g. a camera number taken in the index
         report.error = str(exc)
-        return report
+        return
     report.status = "ingested"
-    return report
 
 
 def _already_in(index: GalleryIndex, spec: SourceSpec, key: str) -> str | None:
