@@ -51,17 +51,22 @@ def _vectors(index):
         gallery.close()
 
 
+def _build_twice(checkpoint, synth_market, tmp_path, ray_out: str, options, capsys) -> None:
+    """The gallery built in this process into ``tmp_path/one`` and on a local Ray into
+    ``ray_out`` (batches of 4: the 128 crops make two parts of 16 batches)."""
+    common = ["index", "build", checkpoint, "--images", synth_market / "bounding_box_test",
+              "--backend", "torch-fp32", "--batch-size", "4"]
+    code, text = _run([*common, "--out", tmp_path / "one"], capsys)
+    assert code == 0, text
+    code, text = _run([*common, "--out", ray_out, "--ray", "local", *options], capsys)
+    assert code == 0, text
+
+
 def test_a_ray_build_equals_the_single_process_build(tiny_checkpoint, synth_market, tmp_path,
                                                      capsys):
     require("ray", "index build --ray needs Ray (the ray extra)")
-    images = synth_market / "bounding_box_test"
-    common = ["index", "build", tiny_checkpoint, "--images", images, "--backend", "torch-fp32",
-              "--batch-size", "4"]
-    code, text = _run([*common, "--out", tmp_path / "one"], capsys)
-    assert code == 0, text
-    code, text = _run([*common, "--out", tmp_path / "ray", "--ray", "local",
-                       "--ray-workers", "2"], capsys)
-    assert code == 0, text
+    _build_twice(tiny_checkpoint, synth_market, tmp_path, str(tmp_path / "ray"),
+                 ["--ray-workers", "2"], capsys)
     paths, single = _vectors(str(tmp_path / "one"))
     ray_paths, spread = _vectors(str(tmp_path / "ray"))
     assert len(paths) > 4 * 16  # more than one part of 16 batches: both workers had parts
@@ -83,14 +88,8 @@ def test_a_ray_build_into_milvus_lite(tiny_checkpoint, synth_market, tmp_path, c
     require("ray", "index build --ray needs Ray (the ray extra)")
     require("pymilvus", "the Milvus backend needs pymilvus (the milvus extra)")
     require("milvus_lite", "Milvus Lite needs milvus-lite (the milvus extra)")
-    images = synth_market / "bounding_box_test"
-    common = ["index", "build", tiny_checkpoint, "--images", images, "--backend", "torch-fp32",
-              "--batch-size", "4"]
-    code, text = _run([*common, "--out", tmp_path / "one"], capsys)
-    assert code == 0, text
-    code, text = _run([*common, "--out", f"{tmp_path / 'site.db'}#site", "--ray", "local"],
-                      capsys)
-    assert code == 0, text
+    _build_twice(tiny_checkpoint, synth_market, tmp_path, f"{tmp_path / 'site.db'}#site", [],
+                 capsys)
     paths, single = _vectors(str(tmp_path / "one"))
     milvus_paths, spread = _vectors(f"{tmp_path / 'site.db'}#site")
     assert milvus_paths == paths
