@@ -191,6 +191,17 @@ def test_fetch_count_and_add(engine: dict[str, Any]) -> None:
     assert again.entries([299])[0].path == rows["paths"][299]
 
 
+def test_unknown_fields_and_identity_minus_one_are_kept_apart(engine: dict[str, Any]) -> None:
+    """-1 is an identity (Market-1501's distractors), not "unknown": both engines give it back;
+    a name without identity, camera or frame gives None for each."""
+    rows = crops(3, seed=9)
+    rows["paths"] = ["/g/-1_c2s1_000100_00.jpg", "/g/0007_c3s2_000200_01.jpg", "/g/odd.jpg"]
+    gallery = make(engine, rows)
+    got = [(e.identity, e.camera, e.frame) for e in gallery.entries([0, 1, 2])]
+    assert got == [(-1, 2, 100), (7, 3, 200), (None, None, None)]
+    assert gallery.cameras() == [2, 3] and gallery.frame_range() == (100, 200)
+
+
 def test_rebuild_switches_generation_and_old_readers_go_on(engine: dict[str, Any]) -> None:
     old_rows, new_rows = crops(200, seed=4), crops(120, seed=5, first=5000)
     make(engine, old_rows)

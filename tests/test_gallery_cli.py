@@ -66,6 +66,9 @@ def test_milvus_gallery_errors_are_one_line(lite_gallery, tmp_path, capsys):
     code, out, err = _run(["search", f"{tmp_path / 'x.db'}#bad-name", "-a", "gender=female"],
                           capsys)
     assert code == 1 and "letters, digits and _" in out + err
+    wrong = lite_gallery.replace("#site", "#sitee")
+    code, out, err = _run(["search", wrong, "-a", "gender=female"], capsys)
+    assert code == 1 and "no such gallery (galleries here: site)" in out + err
 
 
 def test_build_refuses_an_existing_milvus_gallery(lite_gallery, tiny_checkpoint, synth_market,
@@ -73,6 +76,15 @@ def test_build_refuses_an_existing_milvus_gallery(lite_gallery, tiny_checkpoint,
     code, out, err = _run(["index", "build", tiny_checkpoint, "--images",
                            synth_market / "bounding_box_test", "--out", lite_gallery], capsys)
     assert code == 1 and "the gallery exists" in out + err and "--overwrite" in out + err
+
+
+def test_a_hash_without_an_engine_is_refused(tiny_checkpoint, synth_market, tmp_path, capsys):
+    """`--out site.bd#site` (a typo of .db) must not make a folder named 'site.bd#site'."""
+    code, out, err = _run(["index", "build", tiny_checkpoint, "--images",
+                           synth_market / "bounding_box_test", "--out",
+                           tmp_path / "site.bd#site"], capsys)
+    assert code == 1 and "'#' names a Milvus gallery" in out + err, out + err
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_failed_build_leaves_no_lite_gallery(tiny_checkpoint, tmp_path, capsys):

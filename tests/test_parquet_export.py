@@ -6,6 +6,7 @@ footage and on Milvus Lite."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -63,6 +64,10 @@ def test_export_of_an_index_folder(search_index, tmp_path, capsys):
                        "--rows-per-file", "50"], capsys)
     assert code == 0, text
     n = _check_rows(str(search_index), out)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # readable as any new folder is
+    assert json.loads((out / "_gallery.json").read_text())["location"] == str(search_index)
     assert sorted(p.name for p in out.glob("*.parquet")) == [
         f"part-{i:05d}.parquet" for i in range(-(-n // 50))]
     assert f"wrote {n} crops to {-(-n // 50)} Parquet file(s)" in text

@@ -67,7 +67,7 @@ def index_build(
                             "(-1: about 4 sqrt(N)); 0: exact search. On Milvus: IVF_FLAT."),
     hnsw: bool = typer.Option(False, "--hnsw", help="Milvus only: an HNSW index (approximate, "
                               "fast) instead of exact FLAT search."),
-    nprobe: int = typer.Option(16, help="IVF lists visited per query."),
+    nprobe: int = typer.Option(16, help="IVF lists visited per query (folder and Milvus)."),
     flip: bool = typer.Option(False, "--flip", help="Flip test-time augmentation."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
@@ -92,8 +92,9 @@ def index_build(
     try:
         from attreid.data.io import list_images
         from attreid.inference.backends import load_predictor
-        from attreid.search.engines import build_gallery, parse_location
+        from attreid.search.engines import build_gallery, check_new_location, parse_location
 
+        check_new_location(out)  # before the model is loaded and measured
         milvus = parse_location(out)[0] == "milvus"
         kind = "hnsw" if hnsw else "ivf" if ivf else "flat"
         if hnsw and not milvus:
@@ -175,7 +176,7 @@ def index_export(
     rows_per_file: int = typer.Option(1_000_000, "--rows-per-file", min=1,
                                       help="Rows per Parquet file."),
 ) -> None:
-    """Write every crop of a gallery (path, camera, frame, time, track, box, the 40 attribute
+    """Write every crop of a gallery (path, camera, frame, time, track, box, the 41 attribute
     probabilities, the vector) as Parquet files that Spark, DuckDB and Milvus bulk import
     read (columns: attreid.search.parquet)."""
     try:

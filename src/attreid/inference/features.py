@@ -432,7 +432,7 @@ def extract_to_store(predictor: Any, batches: Iterable[ImageBatch], out: Path | 
                      progress: Callable[[int], None] | None = None) -> FeatureStore:
     """Embed ``batches`` with a predictor and stream the results to a new store ``out``.
 
-    Stores ``embeddings`` (N, D), ``probabilities`` (N, 40) (see :func:`probability_matrix`),
+    Stores ``embeddings`` (N, D), ``probabilities`` (N, 41) (see :func:`probability_matrix`),
     the batches' paths and fields. Memory: one batch plus one shard, whatever N.
     ``progress`` gets the number of images done after each batch.
     """

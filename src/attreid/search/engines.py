@@ -37,7 +37,24 @@ def parse_location(text: str) -> tuple[str, str, str]:
         return "faiss", text, DEFAULT_NAME
     if "://" in location or location.endswith(".db"):
         return "milvus", location, name or DEFAULT_NAME
+    if "#" in text and not folder.exists():
+        raise GalleryIndexError(f"{text}: '#' names a Milvus gallery, but {location} is "
+                                "neither a Milvus Lite file (FILE.db) nor a URI "
+                                "(http://HOST:19530); an index folder's name has no '#'")
     return "faiss", text, DEFAULT_NAME
+
+
+def check_new_location(text: str) -> None:
+    """Refuse, before any embedding, a gallery location that cannot be written: a Milvus Lite
+    file in a missing folder, or a name with '#' that names no engine.
+
+    Raises:
+        GalleryIndexError: as above."""
+    backend, location, _ = parse_location(text)
+    if backend == "milvus" and "://" not in location:
+        folder = Path(location).resolve().parent
+        if not folder.is_dir():
+            raise GalleryIndexError(f"{location}: the folder {folder} does not exist")
 
 
 def open_location(text: str) -> Gallery:

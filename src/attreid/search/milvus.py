@@ -78,7 +78,9 @@ IVF_NPROBE = 32
 """IVF lists probed per search on Milvus (of 1,024)."""
 LEASE_S = 30.0
 """Seconds a writer's turn outlives its last renewal."""
-_NONE = -1  # camera, frame or identity unknown
+_NONE = -(2 ** 63)
+"""Camera, frame or identity unknown (Milvus has no null integers here): the least int64, not
+-1, which is an identity (Market-1501's distractor crops, ``-1_c1s1_...``)."""
 
 
 class MilvusGallery:

@@ -44,6 +44,8 @@ def connect(uri: str, create: bool = False) -> Any:
                                 "http://host:19530 for a server")
     if is_lite(uri):
         _check_lite_path(uri, create)
+        if not _served_here(uri) and _lite_held(uri):  # Lite would try for seconds first
+            raise _held(uri)
     lite_log = logging.getLogger("milvus_lite.server_manager")
     level = lite_log.level
     lite_log.setLevel(logging.CRITICAL)  # its traceback of a failed start; we say why below
@@ -51,9 +53,7 @@ def connect(uri: str, create: bool = False) -> Any:
         client = pymilvus.MilvusClient(uri, **server_options(uri))
     except Exception as exc:  # pymilvus raises its own MilvusException kinds
         if is_lite(uri) and _lite_held(uri):
-            raise GalleryIndexError(
-                f"{uri}: another process has this Milvus Lite gallery open (Lite serves one "
-                "process per file; stop it, or run a Milvus server for several)") from None
+            raise _held(uri) from None
         raise GalleryIndexError(f"{uri}: cannot open Milvus ({exc})") from exc
     finally:
         lite_log.setLevel(level)
@@ -84,6 +84,12 @@ def server_options(uri: str) -> dict[str, str]:
     return options
 
 
+def _held(uri: str) -> GalleryIndexError:
+    return GalleryIndexError(f"{uri}: another process has this Milvus Lite gallery open (Lite "
+                             "serves one process per file; stop it, or run a Milvus server for "
+                             "several)")
+
+
 def _check_lite_path(uri: str, create: bool) -> None:
     """Refuse a Lite path in a missing folder, or (not ``create``) a path with no gallery."""
     path = os.path.abspath(uri)
@@ -92,6 +98,16 @@ def _check_lite_path(uri: str, create: bool) -> None:
     if not create and not os.path.exists(path):
         raise GalleryIndexError(f"{uri}: no Milvus Lite gallery here; make one with "
                                 f"attreid index build --out {uri}#NAME")
+
+
+def _served_here(uri: str) -> bool:
+    """Whether this process already serves the Lite file (its own lock: a new client shares
+    that server)."""
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:
+        return False
+    return os.path.abspath(uri) in getattr(server_manager_instance, "_servers", {})
 
 
 def _lite_held(uri: str) -> bool:
@@ -243,7 +259,9 @@ def current(client: Any, uri: str, name: str) -> tuple[str, dict[str, Any]]:
     for _ in range(5):
         data = alias_target(client, name)
         if data is None:
-            raise GalleryIndexError(f"{uri}#{name}: no such gallery; make one with "
+            there = sorted(a for a in client.list_aliases().get("aliases", []))
+            known = f" (galleries here: {', '.join(there)})" if there else ""
+            raise GalleryIndexError(f"{uri}#{name}: no such gallery{known}; make one with "
                                     f"`attreid index build --out {uri}#{name}`")
         try:
             load(client, f"{data}_info")

@@ -15,7 +15,7 @@ column                         value
 ``source``, ``camera_name``    string or null: the footage source and camera of a crop
 ``track``                      int64 or null: the crop's track within its source
 ``box``                        list of 4 float32 or null: x1, y1, x2, y2 in frame pixels
-``p_<task>_<class>``           float32: the 12 tasks' class probabilities (40 columns)
+``p_<task>_<class>``           float32: the 12 tasks' class probabilities (41 columns)
 ``vec``                        fixed-size list of D float32: the vector as the gallery stores it
                                (L2-normalised for a cosine gallery)
 =============================  ================================================================
@@ -113,6 +113,9 @@ def export_parquet(gallery: Gallery, out: Path | str, rows_per_file: int = ROWS_
         raise GalleryIndexError(f"{gallery.location}: the gallery holds no crops to export")
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    scratch.chmod(0o777 & ~umask)  # a new folder's mode (mkdtemp makes it 0700)
     try:
         dim = int(gallery.vectors_of([0]).shape[1])
         schema, files = parquet_schema(dim), []
@@ -125,7 +128,11 @@ def export_parquet(gallery: Gallery, out: Path | str, rows_per_file: int = ROWS_
                     writer.write_batch(_block(gallery, ids, schema))
                     if progress:
                         progress(ids[-1] + 1, count)
-        info = {**gallery.info, "count": count, "dim": dim, "location": gallery.location,
+        where = gallery.location
+        if "://" not in where:  # a folder or a Lite file: absolute, as the files are read elsewhere
+            path, _, name = where.partition("#")
+            where = str(Path(path).resolve()) + (f"#{name}" if name else "")
+        info = {**gallery.info, "count": count, "dim": dim, "location": where,
                 "files": [f.name for f in files]}
         (scratch / INFO_FILE).write_text(json.dumps(info, indent=1, default=str) + "\n")
         os.replace(scratch, out)
