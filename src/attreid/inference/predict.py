@@ -174,6 +174,43 @@ def _warn_untrained(trained: Sequence[str], course: bool) -> None:
                   "and their probabilities are not written", stacklevel=3)
 
 
+def _dataset_or_folder(data_root: Path | str, layout: str) -> Any:
+    """The dataset at ``data_root``; with ``layout="auto"`` and none of the layouts' markers,
+    a plain folder of crops: every image under it (any depth) as the gallery, no labels.
+
+    Raises:
+        DataError: no such folder, or neither a dataset nor a folder with images."""
+    from attreid.data.io import find_images
+    from attreid.data.records import DataError
+
+    try:
+        return load_dataset(data_root, layout)
+    except DataError as exc:
+        root = Path(data_root)
+        if layout != "auto" or not root.is_dir() or "cannot tell the layout" not in str(exc):
+            raise
+        paths = find_images(root).paths
+        if not paths:
+            raise DataError(f"{root}: no images, and none of the dataset layouts' markers "
+                            "(bounding_box_train, annotations_train.csv, labels.csv)") from None
+        return _Folder(root, "folder", [], [_Crop(p) for p in paths])
+
+
+@dataclass(frozen=True)
+class _Crop:
+    path: Path
+
+
+@dataclass(frozen=True)
+class _Folder:
+    """A folder of crops without labels, read as a gallery (see :func:`_dataset_or_folder`)."""
+
+    root: Path
+    layout: str
+    query: list
+    gallery: list
+
+
 def predict_dataset(checkpoint: Path | str, data_root: Path | str, out: Path | str,
                     layout: str = "auto", top_k: int = 300, flip: bool = False,
                     device: str | None = None, batch_size: int = 128,
@@ -190,7 +227,7 @@ def predict_dataset(checkpoint: Path | str, data_root: Path | str, out: Path | s
     if top_k < 1:
         raise ValueError(f"top_k={top_k}: expected >= 1")
     with output_folder(out) as out:  # removed again if nothing could be written
-        dataset = load_dataset(data_root, layout)
+        dataset = _dataset_or_folder(data_root, layout)
         if not dataset.query and not dataset.gallery:
             raise ValueError(f"{dataset.root}: no query or gallery images to predict")
         records = dataset.query + dataset.gallery
