@@ -50,11 +50,11 @@ def check_new_location(text: str) -> None:
 
     Raises:
         GalleryIndexError: as above."""
+    from attreid.search.milvus_collections import _check_lite_path, is_lite
+
     backend, location, _ = parse_location(text)
-    if backend == "milvus" and "://" not in location:
-        folder = Path(location).resolve().parent
-        if not folder.is_dir():
-            raise GalleryIndexError(f"{location}: the folder {folder} does not exist")
+    if backend == "milvus" and is_lite(location):
+        _check_lite_path(location, create=True)
 
 
 def open_location(text: str) -> Gallery:
