@@ -12,7 +12,9 @@ noise), k = 10. Truth: exact brute force (float64) with the same filter. Filters
 Per engine: insert rate (rows/s, the whole create: collections, inserts, index), p50 / p95
 latency of one query, recall@10 without a filter and under "broad", hits of 10 returned under
 "narrow" (never short: all 10 of the 12) and their recall. Writes the section "Gallery engines"
-of benchmarks/RESULTS.md with ``--write``.
+of benchmarks/RESULTS.md with ``--write``. Each engine's result is kept as one JSON line in
+``--log`` (default ``runs/gallery_engines_<rows>.jsonl``) as soon as it is measured; a rerun
+skips the engines found there, so a long run resumes where it stopped (``--fresh`` starts over).
 
     python benchmarks/gallery_engines.py --rows 1000000 --write     # about an hour on 2 cores
     python benchmarks/gallery_engines.py --rows 20000 --engines faiss-flat milvus-lite-flat
@@ -21,6 +23,7 @@ of benchmarks/RESULTS.md with ``--write``.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -122,6 +125,14 @@ def measure(name: str, rows: dict[str, Any], q: np.ndarray, want: dict[str, np.n
     return out
 
 
+def measured(log: Path) -> dict[str, dict[str, Any]]:
+    """Engine -> its result line in ``log`` (the last one wins); empty when there is no log."""
+    if not log.exists():
+        return {}
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return {r["engine"]: r for r in lines}
+
+
 def start_server(where: Path) -> tuple[Any, str]:
     from milvus import MilvusServer
 
@@ -136,7 +147,16 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     parser.add_argument("--write", action="store_true")
+    parser.add_argument("--log", type=Path, default=None,
+                        help="JSON lines of measured engines (default runs/gallery_engines_"
+                             "<rows>.jsonl); engines found there are not measured again")
+    parser.add_argument("--fresh", action="store_true", help="ignore the log's results")
     args = parser.parse_args()
+    log = args.log or Path("runs") / f"gallery_engines_{args.rows}.jsonl"
+    done = {} if args.fresh else measured(log)
+    todo = [e for e in args.engines if e not in done]
+    if done:
+        print(f"kept from {log}: {', '.join(e for e in args.engines if e in done) or 'none'}")
     rows = gallery_rows(args.rows)
     rng = np.random.default_rng(1)
     picks = rng.integers(0, args.rows, QUERIES)
@@ -144,20 +164,26 @@ def main() -> None:
     flts = filters(args.rows)
     want = {label: truth(rows, q, mask_of(rows, flt)) for label, flt in flts.items()}
     print(f"narrow filter allows {int(mask_of(rows, flts['narrow']).sum())} rows", flush=True)
-    results = []
+    log.parent.mkdir(parents=True, exist_ok=True)
+    if args.fresh:
+        log.write_text("")
     with tempfile.TemporaryDirectory(prefix="attreid-engines-") as scratch:
         server = url = None
-        if any("server" in e for e in args.engines):
+        if any("server" in e for e in todo):
             server, url = start_server(Path(scratch))
         try:
-            for name in args.engines:
+            for name in todo:
                 where = Path(scratch) / name
                 where.mkdir()
-                results.append(measure(name, rows, q, want, flts, where, url))
-                print(results[-1], flush=True)
+                done[name] = measure(name, rows, q, want, flts, where, url)
+                done[name]["machine"] = _common.machine()
+                with log.open("a") as out:
+                    out.write(json.dumps(done[name]) + "\n")
+                print(done[name], flush=True)
         finally:
             if server is not None:
                 server.stop()
+    results = [done[e] for e in args.engines]
     header = ("| engine | insert rows/s | p50 ms | p95 ms | recall@10 | recall@10 broad "
               "| narrow: hits of 10 | narrow recall |\n|---|---:|---:|---:|---:|---:|---:|---:|")
     lines = [f"| {r['engine']} | {r['rows/s']:,.0f} | {r['p50 ms']:.1f} | {r['p95 ms']:.1f} | "
@@ -166,7 +192,8 @@ def main() -> None:
     body = header + "\n" + "\n".join(lines)
     print(body)
     if args.write:
-        intro = (f"Machine: {_common.machine()}. {args.rows:,} synthetic 512-d crops around "
+        machines = sorted({r["machine"] for r in results})
+        intro = (f"Machine: {'; '.join(machines)}. {args.rows:,} synthetic 512-d crops around "
                  f"{CENTRES:,} centres, {QUERIES} queries, k = {K}; truth: exact float64 brute "
                  "force under the same filter; through attreid's gallery interface "
                  "(`python benchmarks/gallery_engines.py`).")

@@ -152,6 +152,7 @@ class MilvusGallery:
                     "generation": generation, "count": 0, **(ivf if kind == "ivf" else {})}
             gallery = cls(client, uri, name, data, full, lease_s)
             gallery._insert(source, start=0, renew=None)
+            client.flush(data)
             gallery._commit(source.count)
             (client.alter_alias if old else client.create_alias)(data, name)
             prune(client, name, keep={old, data})  # readers of ``old`` go on until the next
@@ -207,35 +208,43 @@ class MilvusGallery:
             return Found(np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64),
                          allowed, True)
         if (flt.filters and allowed <= EXACT_ROWS) or k > MAX_TOPK:
-            return Found(*self._exact(q, k, flt), allowed, True)
+            return Found(*self._exact(q, k, flt, allowed), allowed, True)
         hits = self.client.search(self.collection, data=q.tolist(), limit=k,
                                   filter=flt.milvus(), anns_field="vec",
                                   search_params=_search_params(self.info, k))
         if any(len(row) < k for row in hits):
-            return Found(*self._exact(q, k, flt), allowed, True)
+            return Found(*self._exact(q, k, flt, allowed), allowed, True)
         ids = np.array([[h["id"] for h in row] for row in hits], dtype=np.int64)
         scores = np.array([[h["distance"] for h in row] for row in hits], dtype=np.float32)
         exact = self.info["kind"] == "flat"
         return Found(faiss_to_distance(scores, self.metric).astype(np.float32), ids, allowed,
                      exact)
 
-    def _exact(self, q: np.ndarray, k: int, flt: RowFilter) -> tuple[np.ndarray, np.ndarray]:
-        """Brute force over the rows ``flt`` allows, streamed: (Q, k) distances and ids,
-        ties by id."""
+    def _exact(self, q: np.ndarray, k: int, flt: RowFilter, allowed: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Brute force over the ``allowed`` rows ``flt`` lets through, streamed: (Q, k)
+        distances and ids, ties by id."""
         best_d = np.full((len(q), 0), np.inf)
         best_i = np.zeros((len(q), 0), np.int64)
-        for ids, rows in self._stream(flt, ["vec"]):
+        for ids, rows in self._stream(flt, ["vec"], allowed):
             d = exact_distances(q, np.array([r["vec"] for r in rows], np.float32), self.metric)
             best_d, best_i = nearest(np.concatenate([best_d, d], axis=1),
                                      np.concatenate([best_i, np.broadcast_to(ids, d.shape)], 1),
                                      k)
         return best_d.astype(np.float32), best_i
 
-    def _stream(self, flt: RowFilter, fields: list[str]
+    def _stream(self, flt: RowFilter, fields: list[str], allowed: int | None = None
                 ) -> Iterator[tuple[np.ndarray, list[dict[str, Any]]]]:
-        """``(ids, rows)`` of the rows ``flt`` allows (``fields`` of each), a window of
-        :data:`MAX_TOPK` ids at a time (a query returns at most that many rows)."""
+        """``(ids, rows)`` of the rows ``flt`` allows (``fields`` of each): one query when
+        their number ``allowed`` is known and at most :data:`MAX_TOPK` (a query returns at most
+        that many rows), else a window of :data:`MAX_TOPK` ids at a time."""
         expr = flt.milvus()
+        if allowed is not None and allowed <= MAX_TOPK:
+            rows = self.client.query(self.collection, output_fields=fields,
+                                     filter=expr or f"id < {len(self)}", limit=max(allowed, 1))
+            if rows:
+                yield np.array([r["id"] for r in rows], np.int64), rows
+            return
         for lo in range(0, len(self), MAX_TOPK):
             window = f"id >= {lo} and id < {lo + MAX_TOPK}"
             rows = self.client.query(self.collection, output_fields=fields,
@@ -416,6 +425,7 @@ class MilvusGallery:
             start = len(self)
             self.client.delete(self.collection, filter=f"id >= {start}")  # a killed add's rows
             self._insert(source, start, renew)
+            self.client.flush(self.collection)
             self._commit(start + source.count)
         return source.count
 
