@@ -356,3 +356,53 @@ def test_server_options_name_a_missing_certificate(monkeypatch: pytest.MonkeyPat
     assert server_options("https://milvus.site:19530") == {
         "token": "reader:secret", "server_pem_path": str(tmp_path / "ca.pem")}
     assert server_options(str(tmp_path / "lite.db")) == {}  # Milvus Lite has no accounts
+
+
+def test_description_ranking_equals_brute_force_from_the_engine_and_from_columns(
+        engine: dict[str, Any]) -> None:
+    """Ranking by a product of probabilities (search by description): the engine's own query
+    and the columns held in memory (attreid.search.columns) give the float64 brute force's
+    ids and scores exactly, ties by the lower id, paged, under every kind of filter; crops
+    without camera or frame are left out by a camera or frame filter."""
+    from attreid.search.columns import ColumnStore
+
+    rows = crops(240, seed=11)
+    rows["probabilities"] = {k: np.round(v * 4) / 4 for k, v in rows["probabilities"].items()}
+    rows["paths"][-5:] = [f"/g/odd_{i}.jpg" for i in range(5)]  # no camera, no frame
+    gallery = make(engine, rows)
+    store = ColumnStore(gallery)
+    cams = np.array([float(p.split("_c")[1][0]) if "_c" in p else np.nan for p in rows["paths"]])
+    frames = np.array([float(p.split("_")[2]) if "_c" in p else np.nan for p in rows["paths"]])
+
+    def column(name: str) -> np.ndarray:
+        task, cls = name[2:].split("_", 1)
+        spec = next(t for t in TASKS if t.name == task)
+        return rows["probabilities"][task][:, spec.classes.index(cls)].astype(np.float64)
+
+    filters = [None, RowFilter(cameras=(2, 4)), RowFilter(frames=(30, 200)),
+               RowFilter(below=200, minimums=(("p_gender_female", 0.5),)),
+               RowFilter(cameras=(1,), frames=(0, 10_000), minimums=(("p_hat_no", 0.25),))]
+    for flt in filters:
+        f = flt or RowFilter()
+        keep = np.arange(240) < (f.below or 240)
+        keep &= np.isin(cams, f.cameras) if f.cameras else True
+        if f.frames:
+            keep &= (frames >= f.frames[0]) & (frames <= f.frames[1])
+        for name, p in f.minimums:
+            keep &= column(name) >= p
+        for columns in (["p_gender_female"], ["p_backpack_yes", "p_down_short", "p_hat_no"]):
+            ids = np.flatnonzero(keep)
+            score = column(columns[0])[ids]
+            for name in columns[1:]:
+                score = score * column(name)[ids]
+            order = np.lexsort((ids, -score))
+            for k, offset in ((None, 0), (10, 0), (7, 5), (500, 0)):
+                want = (ids, score) if k is None else (ids[order][offset:offset + k],
+                                                       score[order][offset:offset + k])
+                for answer in (gallery.products(flt, columns, k, offset),
+                               store.products(flt, columns, k, offset)):
+                    np.testing.assert_array_equal(answer[0], want[0], err_msg=f"{flt} {k}")
+                    np.testing.assert_array_equal(answer[1], want[1], err_msg=f"{flt} {k}")
+        assert store.count(flt) == gallery.count(flt) == int(keep.sum())
+    with pytest.raises(ValueError, match="not a column"):
+        store.products(None, ["path"])

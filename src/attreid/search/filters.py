@@ -14,6 +14,19 @@ from attreid.search.metadata import probability_columns
 _COLUMNS = frozenset(c for _, _, c in probability_columns())
 
 
+def check_column(name: str) -> str:
+    """``name`` when it is a column a gallery reads whole (:meth:`Gallery.column`): a
+    probability column (``p_<task>_<class>``), ``camera`` or ``frame``.
+
+    Raises:
+        ValueError: any other name.
+    """
+    if name not in _COLUMNS and name not in ("camera", "frame"):
+        raise ValueError(f"{name!r}: not a column of the index (a probability column, "
+                         "camera or frame)")
+    return name
+
+
 @dataclass(frozen=True)
 class RowFilter:
     """Which crops a search, count or listing may see; every part optional (all: no filter).

@@ -46,6 +46,7 @@ class Gallery(Protocol):
     location: str
     info: dict[str, Any]
     trained_tasks: tuple[str, ...]
+    scans_by_query: bool  # one engine query ranks the rows by a product (else hold columns)
 
     def __len__(self) -> int: ...
 
@@ -65,6 +66,8 @@ class Gallery(Protocol):
 
     def products(self, where: RowFilter | None, columns: Sequence[str], k: int | None = None,
                  offset: int = 0) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def column(self, name: str) -> np.ndarray: ...
 
     def frame_range(self) -> tuple[int, int] | None: ...
 

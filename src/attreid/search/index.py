@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from attreid.inference.features import FeatureStore
-from attreid.search.filters import Found, RowFilter, visible
+from attreid.search.filters import Found, RowFilter, check_column, visible
 from attreid.search.index_state import (
     DATABASE,
     FORMAT_VERSION,
@@ -76,6 +76,8 @@ class GalleryIndex:
     Thread-safe for concurrent searches: SQLite reads take a lock, FAISS searches are
     read-only.
     """
+
+    scans_by_query = True  # one SQLite query ranks the rows by a product of columns
 
     def __init__(self, root: Path, db: sqlite3.Connection, vectors: Any,
                  info: dict[str, Any]) -> None:
@@ -250,6 +252,13 @@ class GalleryIndex:
                                params)
         return (np.array([r[0] for r in rows], np.int64),
                 np.array([r[1] for r in rows], np.float64))
+
+    def column(self, name: str) -> np.ndarray:
+        """Column ``name`` (:func:`~attreid.search.filters.check_column`) of the committed
+        rows in id order, (N,) float64; NaN where a camera or frame is unknown."""
+        rows = self._query(f"SELECT {check_column(name)} FROM images WHERE id < ? ORDER BY id",
+                           [len(self)])
+        return np.array([r[0] for r in rows], dtype=np.float64)
 
     def frame_range(self) -> tuple[int, int] | None:
         """``(first, last)`` frame number of the committed rows; None when no name gave one."""

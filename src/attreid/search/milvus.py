@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from attreid.search.filters import Found, RowFilter, visible
+from attreid.search.filters import Found, RowFilter, check_column, visible
 from attreid.search.gallery import check_rows
 from attreid.search.index_state import FORMAT_VERSION, trained_tasks
 from attreid.search.storage import GalleryIndexError
@@ -91,6 +91,8 @@ class MilvusGallery:
         info: as the FAISS index's ``info`` (format, checkpoint, checkpoint_sha256, metric,
             dim, kind, trained_tasks) plus ``count`` and ``generation``.
     """
+
+    scans_by_query = False  # a scan streams every row through the client: hold columns
 
     def __init__(self, client: Any, uri: str, name: str, collection: str,
                  info: dict[str, Any], lease_s: float = LEASE_S) -> None:
@@ -327,7 +329,11 @@ class MilvusGallery:
         id_parts, score_parts = [], []
         for ids, rows in self._stream(visible(where, len(self)), list(columns)):
             id_parts.append(ids)
-            score_parts.append(np.prod([[float(r[c]) for c in columns] for r in rows], axis=1))
+            values = np.array([[float(r[c]) for c in columns] for r in rows])
+            score = values[:, 0].copy()
+            for j in range(1, len(columns)):  # left to right, as SQLite multiplies
+                score *= values[:, j]
+            score_parts.append(score)
         ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
         scores = np.concatenate(score_parts) if score_parts else np.zeros(0)
         order = np.argsort(ids) if k is None else np.lexsort((ids, -scores))[offset:offset + k]
@@ -339,6 +345,14 @@ class MilvusGallery:
         if held is None or held[0] != len(self):
             held = self._memo[key] = (len(self), compute())
         return held[1]
+
+    def column(self, name: str) -> np.ndarray:
+        """Column ``name`` (:func:`~attreid.search.filters.check_column`) of the committed
+        rows in id order, (N,) float64; NaN where a camera or frame is unknown."""
+        values = np.full(len(self), np.nan)
+        for ids, rows in self._stream(visible(None, len(self)), [check_column(name)]):
+            values[ids] = [np.nan if r[name] == _NONE else float(r[name]) for r in rows]
+        return values
 
     def frame_range(self) -> tuple[int, int] | None:
         """``(first, last)`` frame number of the committed rows; None when no name gave one."""

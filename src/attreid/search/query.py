@@ -49,6 +49,7 @@ from attreid.search.constraints import (
     pool_vectors,
 )
 from attreid.search.hits import Hit, Hits, match_of
+from attreid.search.columns import ColumnStore
 from attreid.search.filters import RowFilter
 from attreid.search.engines import open_location
 from attreid.search.gallery import Gallery
@@ -105,6 +106,15 @@ class GallerySearch:
         self._person: np.ndarray | None = None  # P(person) of every crop, when computed
         self._drift: list[str] | None = None
         self._point: tuple[int, SearchPoint] | None = None  # (gallery size, its point)
+        # description search from columns in memory (attreid.search.columns): where the
+        # engine's own query would stream every row through the client
+        self.columns = None if index.scans_by_query else ColumnStore(index)
+
+    def hold_columns(self) -> None:
+        """Answer descriptions from columns held in memory (:mod:`attreid.search.columns`),
+        for a process that answers many queries (``attreid serve``)."""
+        if self.columns is None:
+            self.columns = ColumnStore(self.index)
 
     @property
     def point(self) -> SearchPoint | None:
@@ -212,8 +222,11 @@ class GallerySearch:
             raise GalleryIndexError(
                 f"{index.location}: the index was rebuilt with another {', '.join(changed)} than "
                 "the one this search opened; open it anew (restart `attreid serve`)")
-        return GallerySearch(index, self.predictor, self.choice, self.calibration,
-                             self.calibration_note, self.far, self.fpir, self.matches)
+        fresh = GallerySearch(index, self.predictor, self.choice, self.calibration,
+                              self.calibration_note, self.far, self.fpir, self.matches)
+        if self.columns is not None:
+            fresh.hold_columns()
+        return fresh
 
     # ---- filters -------------------------------------------------------------------------
 
@@ -279,11 +292,11 @@ class GallerySearch:
         """(crops passing the filters, crops of the cameras and frames that ``min_prob``
         hides): the total behind a page of results, and what a hard filter took away."""
         constraints = parse_attributes(attributes)
-        passing = self.index.count(self._where(constraints, cameras, check_min_prob(min_prob),
-                                               frames))
+        rows = self.columns or self.index
+        passing = rows.count(self._where(constraints, cameras, check_min_prob(min_prob), frames))
         if not constraints or min_prob <= 0:
             return passing, 0
-        return passing, self.index.count(self._where([], cameras, 0.0, frames)) - passing
+        return passing, rows.count(self._where([], cameras, 0.0, frames)) - passing
 
     # ---- queries -------------------------------------------------------------------------
 
@@ -308,10 +321,11 @@ class GallerySearch:
         where = self._where(constraints, cameras, min_prob, frames)
         columns = [c.column for c in constraints]
         person = self.person_scores()
+        rows = self.columns or self.index
         if person is None:
-            ids = self.index.products(where, columns, k, check_offset(offset))[0].tolist()
+            ids = rows.products(where, columns, k, check_offset(offset))[0].tolist()
         else:  # down-rank junk: match x P(person) over every crop passing the filters
-            ids_all, match = self.index.products(where, columns)
+            ids_all, match = rows.products(where, columns)
             order = np.lexsort((ids_all, -(match * person[ids_all])))
             ids = ids_all[order][check_offset(offset):offset + k].tolist()
         entries = self.index.entries(ids)

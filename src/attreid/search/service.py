@@ -493,6 +493,7 @@ def serve(index: Path | str, host: str = "127.0.0.1", port: int = 8000,
     import uvicorn
 
     search = open_search(index, checkpoint, device, backend, calibration, far, fpir=fpir)
+    search.hold_columns()  # many descriptions: columns in memory (attreid.search.columns)
     if search.choice is not None:
         log(search.choice.describe())
     log(describe_calibration(search))
