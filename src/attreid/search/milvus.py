@@ -42,18 +42,22 @@ from attreid.search.index_state import FORMAT_VERSION, trained_tasks
 from attreid.search.storage import GalleryIndexError
 from attreid.search.milvus_collections import (
     INDEX_TYPES,
+    IVF_NPROBE,
+    READ,
     alias_target,
     check_name,
     connect,
     current,
     info_row,
     is_lite,
+    ivf_lists,
     load,
     make_collections,
     path_key,
     prune,
     read_info,
     release_lite,
+    search_params,
     writer_turn,
 )
 from attreid.search.metadata import Entry, parse_name, probability_columns
@@ -72,10 +76,6 @@ FETCH_BATCH = 1_000
 """Ids per fetch request."""
 MAX_TOPK = 16_384
 """Milvus's largest ``limit`` of one search; deeper searches are exact."""
-HNSW_EF = 128
-"""HNSW's candidate list per search (Milvus's ``ef``; more: higher recall, slower)."""
-IVF_NPROBE = 32
-"""IVF lists probed per search on Milvus (of 1,024)."""
 LEASE_S = 30.0
 """Seconds a writer's turn outlives its last renewal."""
 _NONE = -(2 ** 63)
@@ -194,7 +194,7 @@ class MilvusGallery:
     def count(self, where: RowFilter | None = None) -> int:
         """Committed rows ``where`` lets through."""
         flt = visible(where, len(self))
-        rows = self.client.query(self.collection, filter=flt.milvus(),
+        rows = self.client.query(self.collection, **READ, filter=flt.milvus(),
                                  output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
 
@@ -211,9 +211,10 @@ class MilvusGallery:
                          allowed, True)
         if (flt.filters and allowed <= EXACT_ROWS) or k > MAX_TOPK:
             return Found(*self._exact(q, k, flt, allowed), allowed, True)
-        hits = self.client.search(self.collection, data=q.tolist(), limit=k,
+        hits = self.client.search(self.collection, **READ, data=q.tolist(), limit=k,
                                   filter=flt.milvus(), anns_field="vec",
-                                  search_params=_search_params(self.info, k))
+                                  search_params=search_params(self.info, k,
+                                                               allowed / max(len(self), 1)))
         if any(len(row) < k for row in hits):
             return Found(*self._exact(q, k, flt, allowed), allowed, True)
         ids = np.array([[h["id"] for h in row] for row in hits], dtype=np.int64)
@@ -242,14 +243,14 @@ class MilvusGallery:
         that many rows), else a window of :data:`MAX_TOPK` ids at a time."""
         expr = flt.milvus()
         if allowed is not None and allowed <= MAX_TOPK:
-            rows = self.client.query(self.collection, output_fields=fields,
+            rows = self.client.query(self.collection, **READ, output_fields=fields,
                                      filter=expr or f"id < {len(self)}", limit=max(allowed, 1))
             if rows:
                 yield np.array([r["id"] for r in rows], np.int64), rows
             return
         for lo in range(0, len(self), MAX_TOPK):
             window = f"id >= {lo} and id < {lo + MAX_TOPK}"
-            rows = self.client.query(self.collection, output_fields=fields,
+            rows = self.client.query(self.collection, **READ, output_fields=fields,
                                      filter=f"{window} and ({expr})" if expr else window)
             if rows:
                 yield np.array([r["id"] for r in rows], np.int64), rows
@@ -267,7 +268,8 @@ class MilvusGallery:
         for start in range(0, len(ids), FETCH_BATCH):
             chunk = [i for i in ids[start:start + FETCH_BATCH] if 0 <= i < len(self)]
             if chunk:
-                for row in self.client.query(self.collection, ids=chunk, output_fields=fields):
+                for row in self.client.query(self.collection, ids=chunk, output_fields=fields,
+                                             **READ):
                     rows[int(row["id"])] = row
         missing = [i for i in ids if i not in rows]
         if missing:
@@ -297,7 +299,8 @@ class MilvusGallery:
         for start in range(0, len(ids), FETCH_BATCH):
             chunk = [i for i in ids[start:start + FETCH_BATCH] if 0 <= i < len(self)]
             if chunk:
-                for row in self.client.query(self.collection, ids=chunk, output_fields=["vec"]):
+                for row in self.client.query(self.collection, ids=chunk,
+                                             output_fields=["vec"], **READ):
                     got[int(row["id"])] = row["vec"]
         missing = [i for i in ids if i not in got]
         if missing:
@@ -468,22 +471,6 @@ class MilvusGallery:
         """Make rows ``< count`` visible: one upsert of the info row."""
         self.info = {**self.info, "count": int(count)}
         self.client.upsert(f"{self.collection}_info", [info_row(self.info)])
-
-
-def _search_params(info: dict[str, Any], k: int) -> dict[str, Any]:
-    """Milvus search parameters of a gallery's index: HNSW's candidate list ``ef`` (at least
-    :data:`HNSW_EF`, and k), IVF's lists probed (its ``nprobe``, else :data:`IVF_NPROBE`)."""
-    if info["kind"] == "hnsw":
-        return {"params": {"ef": max(HNSW_EF, k)}}
-    if info["kind"] == "ivf":
-        return {"params": {"nprobe": int(info.get("nprobe", IVF_NPROBE))}}
-    return {}
-
-
-def ivf_lists(count: int) -> int:
-    """IVF lists for ``count`` rows: about 4 sqrt(N) (FAISS's rule of thumb), 1 .. 65,536
-    (Milvus's range)."""
-    return int(min(65_536, max(1, round(4 * count ** 0.5))))
 
 
 __all__ = ["EXACT_ROWS", "LEASE_S", "MilvusGallery", "connect", "path_key"]
