@@ -162,8 +162,7 @@ def track_distance(search: GallerySearch, hits: list) -> float:
     else the median query distance of the hits (or 0 for a description without one)."""
     if search.calibration is not None:
         return search.calibration.threshold(1e-3)
-    distances = [h.distance for h in hits if h.distance is not None]
-    return float(np.median(distances)) if distances else 0.0
+    return float(np.median([h.distance for h in hits if h.distance is not None] or [0.0]))
 
 
 def describe_calibration(search: GallerySearch, rerank: bool = False) -> str:
@@ -239,11 +238,12 @@ def _new_app(fastapi: Any, **kwargs: Any) -> Any:
 def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                max_pixels: int = MAX_PIXELS, max_k: int = MAX_K, max_batch: int = 16,
                watch_s: float = 1.0) -> Any:
-    """The FastAPI app serving ``search`` (see the module docstring for its routes).
-    Uploaded crops of concurrent requests share forward passes of up to ``max_batch`` images
-    (:class:`~attreid.search.batching.EmbeddingBatcher`; 1: one pass per request). A new
-    generation of the index folder is looked for at most every ``watch_s`` seconds (0: on
-    every request), and at ``POST /reload``."""
+    """The FastAPI app serving ``search`` (routes: the module docstring). Uploads of concurrent
+    requests share forward passes of up to ``max_batch`` crops (1: one pass per request;
+    :class:`~attreid.search.batching.EmbeddingBatcher`). A new generation of the index folder
+    is looked for at most every ``watch_s`` s (0: every request) and at ``POST /reload``.
+    Descriptions rank from columns held in memory (:meth:`GallerySearch.hold_columns`)."""
+    search.hold_columns()
     fastapi = _fastapi()
     from fastapi import File, Form, HTTPException, Query, Request, UploadFile
     from fastapi.responses import FileResponse, JSONResponse, Response
@@ -493,7 +493,6 @@ def serve(index: Path | str, host: str = "127.0.0.1", port: int = 8000,
     import uvicorn
 
     search = open_search(index, checkpoint, device, backend, calibration, far, fpir=fpir)
-    search.hold_columns()  # many descriptions: columns in memory (attreid.search.columns)
     if search.choice is not None:
         log(search.choice.describe())
     log(describe_calibration(search))
