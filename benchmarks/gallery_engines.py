@@ -205,6 +205,10 @@ def main() -> None:
                  "truth: exact float64 brute "
                  "force under the same filter; through attreid's gallery interface "
                  "(`python benchmarks/gallery_engines.py`).")
+        if args.rows < 10 * CENTRES:
+            intro += (f" With fewer than 10 crops per centre ({args.rows / CENTRES:.0f} here) "
+                      "the true 10 nearest are mostly crops of other centres at near-equal "
+                      "distances: an approximate index's recall@10 says little here.")
         _common.replace_section(SECTION.format(rows=args.rows), intro, body)
 
 
