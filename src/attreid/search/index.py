@@ -303,7 +303,7 @@ class GalleryIndex:
             of allowed images). Euclidean or cosine distance as in training. An IVF search
             allowing at most :data:`EXACT_ROWS` ids is exact over them; one allowing a
             fraction f of the rows visits nprobe / f lists (up to all: the allowed rows it
-            ranks stay as many as an unfiltered search ranks; at f = 7.5 % of 10^6 crops
+            ranks stay as many as an unfiltered search ranks; at f = 8.75 % of 10^6 crops
             recall@10 was 0.54 with nprobe lists, benchmarks/RESULTS.md); one that comes back
             short of k' is repeated with twice the lists, up to every list, so it returns k'
             whenever k' exist; a slot it cannot fill has id -1 (:func:`unreached`).
