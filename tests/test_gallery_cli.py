@@ -11,6 +11,9 @@ import pytest
 from attreid import cli
 from conftest import require
 
+from attreid.search.filters import RowFilter  # noqa: E402
+from attreid.search.index import GalleryIndex  # noqa: E402
+
 
 def _run(args, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -50,6 +53,12 @@ def test_milvus_gallery_answers_as_the_index_folder(lite_gallery, search_index, 
         for a, b in zip(milvus, folder):
             if b.get("distance") is not None:  # float32 vectors on both sides
                 assert a["distance"] == pytest.approx(b["distance"], rel=1e-4, abs=1e-4)
+    # a filtered image query says how many crops the filter let in, the same on both engines
+    allowed = GalleryIndex.open(search_index).count(RowFilter(cameras=(2,)))
+    for gallery in (lite_gallery, search_index):
+        code, out, err = _run(["search", gallery, "--id", "5", "-k", "5", "--camera", "2"],
+                              capsys)
+        assert code == 0 and f"the filters allow {allowed:,} crop(s)" in out, out + err
 
 
 def test_milvus_gallery_errors_are_one_line(lite_gallery, tmp_path, capsys):

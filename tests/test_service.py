@@ -129,6 +129,9 @@ def test_image_with_attributes_and_camera(client, api, held_out):
     by_hand = [e.id for e in api.index.entries(list(range(len(api.index))))
                if e.camera in (1, 3) and e.probabilities["backpack"][0] >= 0.6]
     assert sorted(r["id"] for r in body["results"]) == sorted(by_hand)
+    assert body["allowed"] == len(by_hand) == expected.allowed  # how many the filters let in
+    plain = _post_image(client, held_out, k=3).json()
+    assert plain["allowed"] is None  # no filter: nothing to say
     for result in body["results"]:
         assert result["camera"] in (1, 3)
         assert result["attributes"]["backpack"]["value"] == "no"

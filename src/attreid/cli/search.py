@@ -280,6 +280,7 @@ def search(
         else:
             hits = opened.by_attributes(**options, k=k)
         short = getattr(hits, "unreached", 0)  # an image query the index fell short of
+        allowed = getattr(hits, "allowed", None)  # crops its filters let through
         hits = by_time(hits) if order == "time" else hits
     except _search_errors() as exc:
         _fail(str(exc))
@@ -308,6 +309,8 @@ def search(
     if short:
         console.print(f"{short} more result(s) pass the filters but the index could not "
                       "reach them", markup=False, highlight=False)
+    if allowed is not None:
+        console.print(f"the filters allow {allowed:,} crop(s)", markup=False, highlight=False)
     if tracks:
         console.print(f"{len(hits)} results in {len(tracks)} track(s): a row per track, "
                       "'crops' counts the results it stands for", markup=False, highlight=False)

@@ -60,9 +60,11 @@ class Hits(list):
     """The :class:`Hit` s of an image query, best first (a plain list otherwise), and
     ``unreached``: candidate slots the index could not fill although that many crops pass the
     filters (0 unless an allowed crop is out of every IVF list; a short IVF search is repeated
-    with more lists first, see :meth:`GalleryIndex.search`)."""
+    with more lists first, see :meth:`GalleryIndex.search`), and ``allowed``: crops the
+    query's filters let through (cameras, frames, a hard attribute filter; None: no filter)."""
 
     unreached: int = 0
+    allowed: int | None = None
 
 
 def match_of(entry: Entry, constraints: Sequence[Constraint]) -> float | None:

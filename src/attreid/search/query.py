@@ -384,7 +384,7 @@ class GallerySearch:
         persons = self._persons([entries[j].id for j in shown])
         hits = Hits(self._hit(entries[j], pairs[j][0], matches[j], rerank, query, person)
                     for j, person in zip(shown, persons))
-        hits.unreached = short
+        hits.unreached, hits.allowed = short, (found.allowed if where.filters else None)
         return hits
 
     def _soft_order(self, distances: list[float], matches: list[float | None],

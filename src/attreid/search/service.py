@@ -125,12 +125,12 @@ def open_search(index: Path | str, checkpoint: Path | str | None = None,
 
 
 def _respond(search: GallerySearch, mode: str, hits: list, order: str, group: bool,
-             offset: int, vector: Any, **counts: int) -> dict[str, Any]:
+             offset: int, vector: Any, **counts: int | None) -> dict[str, Any]:
     """The JSON of a search: its hits (by time, grouped into tracks when asked), what the
     probabilities mean (``attribute_confidence``: when an attribute value is sure), the
-    query's P(person), the counts (``total``: crops passing the
-    filters of a description, ``hidden``: crops a hard filter took away) and the index
-    ``generation`` that answered."""
+    query's P(person), the counts (``total``: crops passing the filters of a description,
+    ``allowed``: those an image query's filters let through, null without one; ``hidden``:
+    crops a hard filter took away) and the index ``generation`` that answered."""
     if order == "time":
         hits = by_time(hits)
     body: dict[str, Any] = {"mode": mode, "count": len(hits), "offset": offset, **counts,
@@ -356,15 +356,12 @@ def create_app(search: GallerySearch, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         options = dict(attributes=attributes, cameras=cameras, min_prob=min_prob,
                        frames=frame_range, hard=constraints == "hard", rerank=rerank)
         depth = k + offset + len(marked[1])
-        if query_id is not None:
-            hits = search.by_vector(vector, depth, exclude=query_id, **options)
-        else:
-            hits = search.by_vector(vector, depth, **options)
-        hits = [h for h in hits if h.entry.id not in set(marked[1])][offset:offset + k]
+        found = search.by_vector(vector, depth, exclude=query_id, **options)
+        hits = [h for h in found if h.entry.id not in set(marked[1])][offset:offset + k]
         hidden = search.count(attributes, cameras, min_prob, frame_range)[1] \
             if constraints == "hard" else 0
         body = _respond(search, "image" if query_id is None else "indexed image", hits, order,
-                        group, offset, vector, hidden=hidden)
+                        group, offset, vector, hidden=hidden, allowed=found.allowed)
         if query_id is not None:
             e = search.index.entries([query_id])[0]
             body["query"].update(id=e.id, name=e.display_name, identity=e.identity,
