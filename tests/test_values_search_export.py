@@ -214,6 +214,10 @@ def test_cli_overwrite_replaces_and_refusal_leaves_the_index_byte_identical(
                 "--device", "cpu", code=1)
     assert _error_line(text).startswith(f"error: {out}: already exists")
     assert _snapshot(out) == before
+    # refused before the model is loaded: a checkpoint that is not there is not even looked at
+    text = _cli("index", "build", tmp_path / "no_such.pt", "--images", second, "--out", out,
+                code=1)
+    assert _error_line(text).startswith(f"error: {out}: already exists; pass --overwrite")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first", "idx", "second"]  # no temp
     _cli("index", "build", tiny_checkpoint, "--images", second, "--out", out, "--device", "cpu",
          "--overwrite")

@@ -94,7 +94,7 @@ def index_build(
         from attreid.inference.backends import load_predictor
         from attreid.search.engines import build_gallery, check_new_location, parse_location
 
-        check_new_location(out)  # before the model is loaded and measured
+        check_new_location(out, overwrite)  # before the model is loaded and measured
         milvus = parse_location(out)[0] == "milvus"
         kind = "hnsw" if hnsw else "ivf" if ivf else "flat"
         if hnsw and not milvus:

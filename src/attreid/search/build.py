@@ -182,8 +182,8 @@ def _check_target(out: Path, kind: str, overwrite: bool) -> None:
     if kind not in INDEX_KINDS:
         raise GalleryIndexError(f"index kind {kind!r}: expected one of {INDEX_KINDS}")
     if out.exists() and not overwrite:
-        raise GalleryIndexError(f"{out}: already exists; pass overwrite (--overwrite) to "
-                                "replace it or `attreid index add` to extend it")
+        raise GalleryIndexError(f"{out}: already exists; pass --overwrite to replace it or "
+                                "`attreid index add` to extend it")
 
 
 def build_index(predictor: Any, images: Path | str, out: Path | str, kind: str = "flat",

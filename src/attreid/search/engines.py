@@ -44,9 +44,10 @@ def parse_location(text: str) -> tuple[str, str, str]:
     return "faiss", text, DEFAULT_NAME
 
 
-def check_new_location(text: str) -> None:
+def check_new_location(text: str, overwrite: bool = True) -> None:
     """Refuse, before any embedding, a gallery location that cannot be written: a Milvus Lite
-    file in a missing folder, or a name with '#' that names no engine.
+    file in a missing folder, a name with '#' that names no engine, an existing index folder
+    without ``overwrite``.
 
     Raises:
         GalleryIndexError: as above."""
@@ -55,6 +56,9 @@ def check_new_location(text: str) -> None:
     backend, location, _ = parse_location(text)
     if backend == "milvus" and is_lite(location):
         _check_lite_path(location, create=True)
+    if backend == "faiss" and Path(location).exists() and not overwrite:
+        raise GalleryIndexError(f"{location}: already exists; pass --overwrite to replace it "
+                                "or `attreid index add` to extend it")
 
 
 def open_location(text: str) -> Gallery:
