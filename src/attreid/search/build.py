@@ -178,12 +178,18 @@ def _train_ivf(vectors: Any, source: "_Source", nlist: int, metric: str, seed: i
     vectors.train(prepare_vectors(source.take(rows), metric))  # (size, D)
 
 
-def _check_target(out: Path, kind: str, overwrite: bool) -> None:
-    if kind not in INDEX_KINDS:
-        raise GalleryIndexError(f"index kind {kind!r}: expected one of {INDEX_KINDS}")
+def refuse_existing(out: Path, overwrite: bool) -> None:
+    """Raise :class:`GalleryIndexError` when the index folder ``out`` exists and ``overwrite``
+    is off."""
     if out.exists() and not overwrite:
         raise GalleryIndexError(f"{out}: already exists; pass --overwrite to replace it or "
                                 "`attreid index add` to extend it")
+
+
+def _check_target(out: Path, kind: str, overwrite: bool) -> None:
+    if kind not in INDEX_KINDS:
+        raise GalleryIndexError(f"index kind {kind!r}: expected one of {INDEX_KINDS}")
+    refuse_existing(out, overwrite)
 
 
 def build_index(predictor: Any, images: Path | str, out: Path | str, kind: str = "flat",

@@ -24,6 +24,15 @@ import numpy as np
 from attreid.search.filters import RowFilter, visible
 
 
+def product(values: Sequence[np.ndarray]) -> np.ndarray:
+    """Elementwise product of equal-length float64 arrays, multiplied left to right as SQLite
+    evaluates ``a * b * c`` (so every engine's ties fall alike)."""
+    score = np.array(values[0], dtype=np.float64)
+    for more in values[1:]:
+        score *= more
+    return score
+
+
 class ColumnSource(Protocol):
     """A gallery's committed rows, one column at a time (every engine has ``column``)."""
 
@@ -83,9 +92,7 @@ class ColumnStore:
         if not columns:
             raise ValueError("columns []: expected probability columns")
         ids = np.flatnonzero(self.mask(where))
-        score = self[columns[0]][ids].copy()
-        for name in columns[1:]:
-            score *= self[name][ids]
+        score = product([self[name][ids] for name in columns])
         if k is None:
             return ids, score
         want = int(offset) + int(k)

@@ -51,14 +51,14 @@ def check_new_location(text: str, overwrite: bool = True) -> None:
 
     Raises:
         GalleryIndexError: as above."""
+    from attreid.search.build import refuse_existing
     from attreid.search.milvus_collections import _check_lite_path, is_lite
 
     backend, location, _ = parse_location(text)
     if backend == "milvus" and is_lite(location):
         _check_lite_path(location, create=True)
-    if backend == "faiss" and Path(location).exists() and not overwrite:
-        raise GalleryIndexError(f"{location}: already exists; pass --overwrite to replace it "
-                                "or `attreid index add` to extend it")
+    if backend == "faiss":
+        refuse_existing(Path(location), overwrite)
 
 
 def open_location(text: str) -> Gallery:

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from attreid.search.columns import product
 from attreid.search.filters import Found, RowFilter, check_column, visible
 from attreid.search.gallery import check_rows
 from attreid.search.index_state import FORMAT_VERSION, trained_tasks
@@ -333,10 +334,7 @@ class MilvusGallery:
         for ids, rows in self._stream(visible(where, len(self)), list(columns)):
             id_parts.append(ids)
             values = np.array([[float(r[c]) for c in columns] for r in rows])
-            score = values[:, 0].copy()
-            for j in range(1, len(columns)):  # left to right, as SQLite multiplies
-                score *= values[:, j]
-            score_parts.append(score)
+            score_parts.append(product(list(values.T)))
         ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
         scores = np.concatenate(score_parts) if score_parts else np.zeros(0)
         order = np.argsort(ids) if k is None else np.lexsort((ids, -scores))[offset:offset + k]
